@@ -1,0 +1,172 @@
+"""One copy of the base weights in three roles (DESIGN.md, paper Algorithm 1).
+
+``G_t2i`` is the frozen base (all adapters disabled), ``G_edit`` is the base plus the
+trainable ``student`` LoRA, ``G_EMA`` is the base plus the ``ema`` LoRA, a frozen moving
+average of the student. peft's adapter switching flips ``requires_grad``; every switch here
+re-applies the one rule that matters: exactly the student LoRA tensors are trainable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+
+from .backbones.base import EditBackbone, TextCond
+
+STUDENT = "student"  # not "train": peft adapter names clash with nn.Module attributes
+EMA = "ema"
+BASE = "base"
+ROLES = (STUDENT, EMA, BASE)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What a LoRA adapter is: rank, alpha and the module-name suffixes it wraps."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+
+
+class Adapters:
+    """The student and EMA LoRA adapters injected into every transformer of a backbone."""
+
+    def __init__(self, backbone: EditBackbone, spec: LoraSpec) -> None:
+        self.backbone = backbone
+        self.spec = spec
+        config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules))
+        for transformer in backbone.transformers.values():
+            transformer.requires_grad_(False)
+            with warnings.catch_warnings():  # two adapters in one model is the point here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(config, transformer, adapter_name=STUDENT)
+                inject_adapter_in_model(config, transformer, adapter_name=EMA)
+        self.copy(STUDENT, EMA)
+        self.active = STUDENT
+        self._activate(STUDENT)
+
+    def layers(self, expert: str | None = None) -> dict[str, LoraLayer]:
+        """LoRA layers by '<expert>/<module name>' (one expert's only when ``expert`` is given)."""
+        found = {}
+        for name, transformer in self.backbone.transformers.items():
+            if expert not in (None, name):
+                continue
+            for module_name, module in transformer.named_modules():
+                if isinstance(module, LoraLayer):
+                    found[f"{name}/{module_name}"] = module
+        return found
+
+    def parameters(self, role: str = STUDENT, expert: str | None = None) -> list[torch.nn.Parameter]:
+        """The A and B matrices of one adapter, in a fixed order (the optimizer's order)."""
+        params = []
+        for layer in self.layers(expert).values():
+            params += [layer.lora_A[role].weight, layer.lora_B[role].weight]
+        return params
+
+    def _activate(self, role: str) -> None:
+        for layer in self.layers().values():
+            if role == BASE:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(role)
+        for param in self.parameters(EMA):
+            param.requires_grad_(False)
+        for param in self.parameters(STUDENT):
+            param.requires_grad_(True)
+        self.active = role
+
+    @contextmanager
+    def use(self, role: str) -> Iterator[None]:
+        """Run the backbone as ``G_edit`` (student), ``G_EMA`` (ema) or ``G_t2i`` (base)."""
+        if role not in ROLES:
+            raise ValueError(f"adapter role must be one of {ROLES}, got {role!r}")
+        previous = self.active
+        self._activate(role)
+        try:
+            yield
+        finally:
+            self._activate(previous)
+
+    @torch.no_grad()
+    def copy(self, src: str, dst: str) -> None:
+        for p_src, p_dst in zip(self.parameters(src), self.parameters(dst)):
+            p_dst.copy_(p_src)
+
+    @torch.no_grad()
+    def ema_update(self, decay: float) -> None:
+        """theta_EMA <- decay * theta_EMA + (1 - decay) * theta_student (paper 4.1)."""
+        for p_student, p_ema in zip(self.parameters(STUDENT), self.parameters(EMA)):
+            p_ema.lerp_(p_student.to(p_ema.dtype), 1.0 - decay)
+
+    def set_strength(self, strength: float) -> None:
+        """Scale every LoRA's output: 1 is the trained edit, 0 is the base model."""
+        for layer in self.layers().values():
+            for role in (STUDENT, EMA):
+                layer.set_scale(role, strength)
+
+    def state_dict(self, role: str) -> dict[str, torch.Tensor]:
+        """'<expert>/<module>.lora_A' / '.lora_B' -> tensor, for one adapter."""
+        state = {}
+        for name, layer in self.layers().items():
+            state[f"{name}.lora_A"] = layer.lora_A[role].weight.detach()
+            state[f"{name}.lora_B"] = layer.lora_B[role].weight.detach()
+        return state
+
+    def check_state_dict(self, role: str, state: dict[str, torch.Tensor]) -> None:
+        """Raise, changing nothing, unless ``state`` has exactly this adapter's keys and shapes."""
+        own = self.state_dict(role)
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"LoRA tensors do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for key, target in own.items():
+            if state[key].shape != target.shape:
+                raise ValueError(
+                    f"LoRA tensor {key} has shape {tuple(state[key].shape)}, the model expects {tuple(target.shape)}"
+                )
+
+    @torch.no_grad()
+    def load_state_dict(self, role: str, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``state_dict``, all or nothing."""
+        self.check_state_dict(role, state)
+        for key, target in self.state_dict(role).items():
+            target.copy_(state[key])
+
+
+class Generators:
+    """The paper's three networks over one backbone: ``edit``, ``ema`` and ``t2i``.
+
+    ``use_ema=False`` makes ``ema`` a stop-gradient copy of the current student (the
+    paper's default for video, appendix C.1).
+    """
+
+    def __init__(self, backbone: EditBackbone, adapters: Adapters, use_ema: bool = True) -> None:
+        self.backbone = backbone
+        self.adapters = adapters
+        self.use_ema = use_ema
+
+    def edit(self, y_t: torch.Tensor, t: torch.Tensor, c: TextCond, x: torch.Tensor) -> torch.Tensor:
+        """G_edit(y_t, t, c, x): the trainable editor (Eq. 1)."""
+        with self.adapters.use(STUDENT):
+            return self.backbone.velocity(y_t, t, c, source=x)
+
+    @torch.no_grad()
+    def ema(self, y_t: torch.Tensor, t: torch.Tensor, c: TextCond, x: torch.Tensor) -> torch.Tensor:
+        """G_EMA(y_t, t, c, x): the frozen moving-average editor that bootstraps targets (4.1)."""
+        with self.adapters.use(EMA if self.use_ema else STUDENT):
+            return self.backbone.velocity(y_t, t, c, source=x)
+
+    @torch.no_grad()
+    def t2i(self, y_t: torch.Tensor, t: torch.Tensor, p: TextCond) -> torch.Tensor:
+        """G_t2i(y_t, t, p): the frozen base model with no source (4.2)."""
+        with self.adapters.use(BASE):
+            return self.backbone.velocity(y_t, t, p)

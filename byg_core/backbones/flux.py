@@ -1,0 +1,143 @@
+"""FLUX.1 behind ``EditBackbone``: diffusers' ``FluxTransformer2DModel`` with Kontext-style
+source conditioning (paper B.1: source latents concatenated along the token sequence).
+
+Latents are (B, C, H, W); the transformer sees them packed into 2x2 patches
+(B, H/2 * W/2, 4C) with position ids ``[index, row, col]``. Noisy tokens carry index 0.
+Source tokens carry index 1 (``positions="index"``), which is what ComfyUI's
+``ReferenceLatent`` and FLUX.1 Kontext use, so a LoRA trained here also works in stock
+ComfyUI graphs; ``positions="same"`` gives them the noisy tokens' ids instead.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from einops import rearrange
+
+from .base import EditBackbone, LatentCodec, TextCond, TextEncoder
+
+PATCH = 2  # FLUX packs 2x2 latent cells into one token
+SOURCE_POSITIONS = ("index", "same")
+
+# diffusers' Flux Kontext LoRA script (train_dreambooth_lora_flux_kontext.py) default targets
+FLUX_LORA_TARGETS = [
+    "attn.to_k",
+    "attn.to_q",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+]
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C), the token layout of diffusers' FluxPipeline."""
+    return rearrange(latents, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=PATCH, pw=PATCH)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``pack_latents`` for latents of spatial size (height, width)."""
+    return rearrange(
+        tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=height // PATCH, w=width // PATCH, ph=PATCH, pw=PATCH
+    )
+
+
+def image_ids(height: int, width: int, index: int, device=None) -> torch.Tensor:
+    """Position ids ``[index, row, col]`` of the packed tokens of a (height, width) latent."""
+    rows = torch.arange(height // PATCH, device=device)
+    cols = torch.arange(width // PATCH, device=device)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
+    return torch.cat([torch.full_like(grid[:, :1], index), grid], dim=1).float()
+
+
+class FluxBackbone(EditBackbone):
+    """FLUX.1 text-to-image model queried as ``G_t2i`` (no source) or ``G_edit`` (with source)."""
+
+    family = "flux"
+
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        text_encoder: TextEncoder | None,
+        codec: LatentCodec,
+        guidance: float = 3.5,
+        positions: str = "index",
+        scheduler_shift: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if positions not in SOURCE_POSITIONS:
+            raise ValueError(f"positions must be one of {SOURCE_POSITIONS}, got {positions!r}")
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.guidance = guidance  # FLUX.1-dev is guidance-distilled: one value for base and editor
+        self.positions = positions
+        self.scheduler_shift = scheduler_shift
+
+    @property
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        return {"transformer": self.transformer}
+
+    def lora_target_modules(self) -> list[str]:
+        return list(FLUX_LORA_TARGETS)
+
+    def lora_file_key(self, module_name: str, expert: str = "transformer") -> str:
+        """Prefix under which stock ComfyUI's LoraLoaderModelOnly finds diffusers FLUX keys."""
+        return f"transformer.{module_name}"
+
+    def lora_module_name(self, file_key: str) -> str:
+        if not file_key.startswith("transformer."):
+            raise ValueError(f"FLUX LoRA key {file_key!r} does not start with 'transformer.'")
+        return file_key[len("transformer.") :]
+
+    def make_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        """The flow-matching Euler scheduler FLUX pipelines sample with."""
+        return FlowMatchEulerDiscreteScheduler(shift=self.scheduler_shift)
+
+    def check_pixels(self, shape: Sequence[int]) -> None:
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"FLUX edits images shaped (B, 3, H, W); got shape {tuple(shape)}")
+        step = self.codec.spatial_factor * PATCH
+        for name, size in (("height", shape[2]), ("width", shape[3])):
+            if size % step or size == 0:
+                lower = max(step, size // step * step)
+                raise ValueError(
+                    f"image {name} {size} px is not a multiple of {step} (VAE factor x 2x2 patches); "
+                    f"resize or crop it to {lower} or {lower + step} px"
+                )
+
+    def velocity(
+        self, latents: torch.Tensor, t: torch.Tensor, text: TextCond, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, _, height, width = latents.shape
+        tokens = pack_latents(latents)
+        ids = image_ids(height, width, 0, latents.device)
+        if source is not None:
+            # paper B.1: source tokens appended after the noisy tokens (Kontext layout)
+            index = 1 if self.positions == "index" else 0
+            tokens = torch.cat([tokens, pack_latents(source)], dim=1)
+            ids = torch.cat([ids, image_ids(height, width, index, latents.device)])
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((batch,), self.guidance, device=latents.device, dtype=latents.dtype)
+        out = self.transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=text.tokens,
+            pooled_projections=text.pooled,
+            timestep=t.to(latents.dtype),  # FLUX multiplies t in [0, 1] by 1000 inside
+            img_ids=ids,
+            txt_ids=torch.zeros(text.tokens.shape[1], 3, device=latents.device),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        n_noisy = (height // PATCH) * (width // PATCH)
+        return unpack_latents(out[:, :n_noisy], height, width)

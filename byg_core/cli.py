@@ -1,0 +1,196 @@
+"""``byg``: train and apply ByG editing LoRAs from the command line.
+
+    byg demo --out DIR                 train a LoRA on the toy shapes world and show what it learnt
+    byg train CONFIG.toml              train a LoRA from a TOML config (see examples/toy.toml)
+    byg edit --lora F --image I ...    edit an image with a trained LoRA
+    byg bench --out DIR                measure ByG against baselines on the toy world
+    byg toy pretrain                   re-make the shipped toy base model
+
+Several GPUs: ``accelerate launch -m byg_core.cli train CONFIG.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class Progress:
+    """A one-line progress bar on stderr: step, rate and the latest loss terms."""
+
+    def __init__(self, total: int, label: str = "train", every: int = 1) -> None:
+        self.total, self.label, self.every = total, label, max(1, every)
+        self.start = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, step: int, terms: dict[str, float]) -> None:
+        if step % self.every and step != self.total:
+            return
+        rate = step / max(time.perf_counter() - self.start, 1e-9)
+        width = 24
+        done = int(width * step / max(self.total, 1))
+        shown = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k not in ("step", "identity_step"))
+        line = f"{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{self.total} {rate:.2f} it/s {shown}"
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty and step == self.total:
+            print(file=sys.stderr)
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects key=value, got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value  # a bare word is a string
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .data import EditDataset, cache
+    from .loading import load_backbone
+    from .train import Callbacks, Trainer, write_history
+
+    import tomllib
+
+    values = tomllib.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    for key, value in map(_parse_override, args.set or []):
+        table = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+        table[leaf] = value
+    cfg = TrainConfig.from_dict(values, args.config or "--set")
+    if not cfg.data:
+        raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
+    backbone = load_backbone(cfg.model)
+    dataset = EditDataset.from_folder(cfg.data)
+    data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
+    trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
+    if args.resume:
+        print(f"resumed at step {trainer.resume()}", file=sys.stderr)
+    result = trainer.run()
+    write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
+    for path in result.lora_paths:
+        print(f"LoRA: {path}")
+    print(f"checkpoint: {result.checkpoint} (step {result.steps_done})")
+    return 0
+
+
+def load_pixels(path: str) -> torch.Tensor:
+    from .data import load_image
+
+    return load_image(Path(path)).unsqueeze(0)
+
+
+def save_pixels(pixels: torch.Tensor, path: str | Path) -> Path:
+    """(1, 3, H, W) in [0, 1] -> PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .lora_io import load_lora
+    from .loading import load_backbone
+    from .sample import edit
+
+    backbone = load_backbone(args.model)
+    adapters = load_lora(args.lora, backbone, strength=args.strength)
+    x = backbone.encode_pixels(load_pixels(args.image))
+    c = backbone.encode_text([args.instruction])
+    result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
+    print(save_pixels(backbone.decode_latents(result.latents), args.out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .toy.bench import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .toy.bench import run_bench
+
+    run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def cmd_toy_pretrain(args: argparse.Namespace) -> int:
+    from .toy.model import DEFAULT_TOY_WEIGHTS, pretrain
+
+    out = Path(args.out or DEFAULT_TOY_WEIGHTS)
+    report = pretrain(steps=args.steps, seed=args.seed, out_path=out, progress=Progress(args.steps, "pretrain", 50))
+    print(report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="byg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a ByG LoRA from a TOML config")
+    train.add_argument("config", nargs="?", help="TOML file with TrainConfig fields ([objective] table for losses)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. --set steps=500")
+    train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.safetensors")
+    train.set_defaults(run=cmd_train)
+
+    edit = sub.add_parser("edit", help="edit an image with a trained LoRA")
+    edit.add_argument("--lora", nargs="+", required=True, help="LoRA file(s); two for a two-expert Wan model")
+    edit.add_argument("--image", required=True, help="source image")
+    edit.add_argument("--instruction", required=True, help='e.g. "change the circle\'s colour to green"')
+    edit.add_argument("--out", required=True, help="where to write the edited PNG")
+    edit.add_argument("--model", default="toy", help="base model the LoRA was trained on (default: toy)")
+    edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")
+    edit.set_defaults(run=cmd_edit)
+
+    demo = sub.add_parser("demo", help="train and evaluate a ByG LoRA on the toy shapes world (CPU, minutes)")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
+
+    bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world")
+    bench.add_argument("--out", default="out/bench")
+    bench.add_argument("--suite", choices=["main", "ablations"], default="main")
+    bench.add_argument("--steps", type=int, default=None)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(run=cmd_bench)
+
+    toy = sub.add_parser("toy", help="toy-world utilities")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
+    pretrain.add_argument("--steps", type=int, default=3000)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--out", default=None, help="default: the shipped byg_core/toy/assets file")
+    pretrain.set_defaults(run=cmd_toy_pretrain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"byg: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

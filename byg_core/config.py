@@ -1,0 +1,132 @@
+"""``TrainConfig``: the one typed configuration the CLI, the nodes and the bench all build.
+
+Loadable from TOML (objective weights and ablation switches live in an ``[objective]``
+table). Every bad value is refused with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .objective import ObjectiveConfig
+from .timesteps import TIMESTEP_SAMPLERS
+
+MIXED_PRECISION = ("no", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Paper defaults (appendix B.1) unless a comment says otherwise."""
+
+    # what to train on what
+    model: str = "toy"  # "toy" (the shipped toy FLUX-architecture base) or a local model path
+    data: str = ""  # dataset folder holding edits.jsonl
+    output_dir: str = "runs/byg"  # checkpoint, LoRA, logs
+    save_name: str = "byg_lora"  # LoRA file name (without .safetensors)
+    resolution: list[int] | None = None  # [H, W] sources are resized to; None keeps file sizes
+    # optimisation
+    steps: int = 1000  # the paper trains 30k, and sees editing after ~1k
+    batch_size: int = 8
+    lr: float = 3e-4  # video: 1e-4 (B.2)
+    weight_decay: float = 1e-2  # AdamW
+    grad_clip: float = 1.0  # not in the paper; guards the early bootstrapping steps
+    rank: int = 64
+    lora_alpha: float | None = None  # None: alpha = rank, i.e. LoRA scale 1
+    target_modules: list[str] | None = None  # None: the backbone's defaults
+    mixed_precision: str = "no"  # "bf16" on GPUs that have it
+    # ByG
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    warmup_identity_steps: int = 200  # identity loss only, so the editor learns to read its source
+    identity_prob: float = 0.15  # random identity steps (video: 0.10)
+    use_ema: bool = True  # video default omits EMA (C.1): targets come from the current student
+    ema_decay: float = 0.99  # the paper gives no value
+    timesteps: str = "uniform"  # "uniform" or "logit_normal" (video: logit-normal, shift 12)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0  # t' = s t / (1 + (s - 1) t), biases t toward noise for s > 1
+    expert: str = "auto"  # two-expert Wan: "auto" trains the expert each t falls on, or name one
+    # bookkeeping
+    seed: int = 0
+    checkpoint_every: int = 100  # steps between checkpoints (0: only at the end)
+    preview_every: int = 0  # steps between preview edits (0: none)
+    log_every: int = 10
+
+    def validate(self) -> "TrainConfig":
+        positive = ("steps", "batch_size", "rank")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr",):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "warmup_identity_steps", "checkpoint_every", "preview_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("identity_prob", "ema_decay"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.timesteps not in TIMESTEP_SAMPLERS:
+            raise ValueError(f"timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, got {self.timesteps!r}")
+        if self.shift <= 0 or self.logit_std <= 0:
+            raise ValueError(f"shift and logit_std must be > 0, got shift={self.shift}, logit_std={self.logit_std}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) < 1):
+            raise ValueError(f"resolution must be [height, width], got {self.resolution}")
+        self.objective.validate()
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from plain values (a TOML table); unknown or mistyped keys name the field."""
+        values = dict(values)
+        objective = _build(ObjectiveConfig, values.pop("objective", {}), f"{source} [objective]")
+        config = _build(cls, values, source)
+        config.objective = objective
+        return config.validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from None
+        return cls.from_dict(values, str(path))
+
+
+def _build(cls, values: dict[str, Any], source: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(fields)}")
+    for name, value in values.items():
+        _check_type(name, value, getattr(cls(), name), source)
+    return cls(**values)
+
+
+def _check_type(name: str, value: Any, default: Any, source: str) -> None:
+    """Refuse a value whose type cannot stand for the field's default (ints pass for floats)."""
+    if default is None or value is None:
+        return
+    expected = float if isinstance(default, float) else type(default)
+    ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+    if isinstance(value, bool) and expected is not bool:
+        ok = False
+    if not ok:
+        raise ValueError(f"{source}: field '{name}' must be {expected.__name__}, got {value!r}")

@@ -1,0 +1,193 @@
+"""Edit-tuple datasets (paper appendix D): a folder of images or videos plus ``edits.jsonl``.
+
+One JSON object per line::
+
+    {"image": "cat.png", "src_caption": "...", "instruction": "...",
+     "tgt_caption": "...", "reverse_instruction": "..."}
+
+(``video`` instead of ``image`` for a folder of frames). Every line is validated and a bad
+one is reported with its file and line number. The reverse instruction must be
+self-contained: "restore", "revert" and "undo" refer to an original the model never sees.
+Text conditioning and source latents are computed once (``cache``), so text encoders and
+the VAE need not stay loaded during training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones.base import EditBackbone
+from .objective import EditBatch
+
+TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
+MEDIA_FIELDS = ("image", "video")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+NON_SELF_CONTAINED = re.compile(r"\b(restore|revert|undo)\w*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """One tuple (x, p_src, p_tgt, c, c_bar) before encoding."""
+
+    media: Path
+    src_caption: str
+    instruction: str
+    tgt_caption: str
+    reverse_instruction: str
+    line: int = 0
+
+
+@dataclass
+class EditDataset:
+    """Validated records of one ``edits.jsonl`` and the lines that were rejected, with reasons."""
+
+    root: Path
+    records: list[EditRecord]
+    rejected: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @classmethod
+    def from_folder(cls, root: str | Path, strict: bool = True) -> "EditDataset":
+        """Read ``root/edits.jsonl``; ``strict`` raises on any bad line, else bad lines are skipped and listed."""
+        root = Path(root)
+        index = root / "edits.jsonl"
+        if not index.is_file():
+            raise FileNotFoundError(f"{index} not found: a dataset is a folder with images and an edits.jsonl")
+        records, rejected = [], []
+        for number, text in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                records.append(parse_record(json.loads(text), root, number))
+            except (ValueError, json.JSONDecodeError) as error:
+                rejected.append(f"{index}:{number}: {error}")
+        if strict and rejected:
+            raise ValueError("bad lines in the dataset:\n" + "\n".join(rejected))
+        if not records:
+            raise ValueError(f"{index} has no usable edit tuple" + (":\n" + "\n".join(rejected) if rejected else ""))
+        return cls(root, records, rejected)
+
+
+def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
+    """Validate one line's object (fields, media file, self-contained reverse instruction)."""
+    if not isinstance(obj, dict):
+        raise ValueError("a line must be a JSON object")
+    media_keys = [k for k in MEDIA_FIELDS if k in obj]
+    if len(media_keys) != 1:
+        raise ValueError("give exactly one of 'image' or 'video'")
+    for name in TEXT_FIELDS:
+        if not isinstance(obj.get(name), str) or not obj[name].strip():
+            raise ValueError(f"missing or empty field '{name}'")
+    if NON_SELF_CONTAINED.search(obj["reverse_instruction"]):
+        raise ValueError(
+            f"reverse_instruction {obj['reverse_instruction']!r} refers to an original state "
+            "(restore/revert/undo); state the inverse edit itself, e.g. 'change the car colour to red'"
+        )
+    media = root / obj[media_keys[0]]
+    check_media(media)
+    return EditRecord(media, *(obj[name].strip() for name in TEXT_FIELDS), line=line)
+
+
+def check_media(path: Path) -> None:
+    """An image must open; a video is a folder of image frames."""
+    if path.is_dir():
+        if not frame_paths(path):
+            raise ValueError(f"video folder {path} holds no image frames")
+        return
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types for a broken file
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def frame_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(3, H, W) in [0, 1]; resized (centre-cropped to the aspect first) when ``size`` is given."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if size is not None and image.size != (size[1], size[0]):
+            image = _fit(image, size)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    height, width = size
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def load_media(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image (3, H, W) or a video folder as (3, F, H, W)."""
+    if path.is_dir():
+        return torch.stack([load_image(p, size) for p in frame_paths(path)], dim=1)
+    return load_image(path, size)
+
+
+@dataclass
+class CachedEdits:
+    """A dataset in model space: source latents and the prompts, whose encodings the backbone caches."""
+
+    x: torch.Tensor  # (N, C, ...) source latents
+    records: list[EditRecord]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def batch(self, backbone: EditBackbone, index: Sequence[int]) -> EditBatch:
+        rows = [self.records[i] for i in index]
+        return EditBatch(
+            x=self.x[list(index)].to(backbone.device),
+            p_src=backbone.encode_text([r.src_caption for r in rows]),
+            p_tgt=backbone.encode_text([r.tgt_caption for r in rows]),
+            c=backbone.encode_text([r.instruction for r in rows]),
+            c_bar=backbone.encode_text([r.reverse_instruction for r in rows]),
+        )
+
+
+def cache(dataset: EditDataset, backbone: EditBackbone, size: tuple[int, int] | None = None) -> CachedEdits:
+    """Encode every source once and every prompt once (then the text encoder can be released)."""
+    latents = []
+    for record in dataset.records:
+        pixels = load_media(record.media, size).unsqueeze(0)
+        try:
+            latents.append(backbone.encode_pixels(pixels).cpu())
+        except ValueError as error:
+            raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
+    shapes = {tuple(x.shape) for x in latents}
+    if len(shapes) > 1:
+        raise ValueError(f"sources differ in size {sorted(shapes)}; set a training resolution so all are resized alike")
+    for record in dataset.records:
+        backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
+    return CachedEdits(torch.cat(latents), list(dataset.records))
+
+
+def write_dataset(root: str | Path, rows: list[dict], images: list[torch.Tensor]) -> Path:
+    """Write a dataset folder (images as PNG + edits.jsonl); ``rows`` hold the text fields."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (row, pixels) in enumerate(zip(rows, images)):
+        name = f"{i:05d}.png"
+        array = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(root / name)
+        lines.append(json.dumps({"image": name, **{k: row[k] for k in TEXT_FIELDS}}))
+    (root / "edits.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root

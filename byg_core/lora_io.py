@@ -1,0 +1,125 @@
+"""LoRA files in the key formats stock ComfyUI applies.
+
+FLUX: ``transformer.<diffusers module>.lora_A.weight`` / ``.lora_B.weight`` plus a
+``transformer.<diffusers module>.alpha`` tensor (LoraLoaderModelOnly scales by alpha / rank;
+without ``.alpha`` it scales wrongly, without the prefix it loads nothing).
+Wan: native names, ``diffusion_model.blocks.N.self_attn.q.lora_A.weight`` etc. plus
+``.alpha``; a two-expert model (Wan2.2 A14B) gets one file per expert.
+Metadata records family, rank, alpha, position scheme, targets and the training config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import EMA, STUDENT, Adapters, LoraSpec
+from .backbones.base import EditBackbone
+from .safefiles import load_checked, meta_json, save_atomic
+
+FORMAT_VERSION = 1
+EXPERT_SUFFIX = {"transformer": "high_noise", "transformer_2": "low_noise"}  # Wan2.2 A14B convention
+
+
+@dataclass
+class LoraFile:
+    """A LoRA read from disk: per-module A, B matrices (keyed '<expert>/<module>') and metadata."""
+
+    path: Path
+    family: str
+    spec: LoraSpec
+    expert: str
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def expert_paths(path: str | os.PathLike, experts: list[str]) -> dict[str, Path]:
+    """One file per expert: the path itself for one, ``<stem>_high_noise`` / ``_low_noise`` for two."""
+    path = Path(path)
+    if len(experts) == 1:
+        return {experts[0]: path}
+    return {e: path.with_name(f"{path.stem}_{EXPERT_SUFFIX.get(e, e)}{path.suffix}") for e in experts}
+
+
+def save_lora(
+    path: str | os.PathLike,
+    backbone: EditBackbone,
+    adapters: Adapters,
+    role: str = EMA,
+    config: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write the ``role`` adapter (EMA by default: it is what inference uses) atomically."""
+    state = adapters.state_dict(role)
+    written = []
+    for expert, file_path in expert_paths(path, list(backbone.transformers)).items():
+        tensors = {}
+        for key, value in state.items():
+            owner, rest = key.split("/", 1)
+            if owner != expert:
+                continue
+            module, which = rest.rsplit(".", 1)
+            prefix = backbone.lora_file_key(module, expert)
+            tensors[f"{prefix}.{which}.weight"] = value
+            tensors[f"{prefix}.alpha"] = torch.tensor(float(adapters.spec.alpha))
+        metadata = {
+            "byg.format": FORMAT_VERSION,
+            "byg.family": backbone.family,
+            "byg.rank": adapters.spec.rank,
+            "byg.alpha": adapters.spec.alpha,
+            "byg.target_modules": list(adapters.spec.target_modules),
+            "byg.positions": getattr(backbone, "positions", "same"),
+            "byg.expert": expert,
+            "byg.config": config or {},
+        }
+        written.append(save_atomic(tensors, file_path, metadata))
+    return written
+
+
+def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
+    """Read one LoRA file and map its keys back to this backbone's modules."""
+    tensors, raw = load_checked(path, "LoRA file")
+    family = meta_json(raw, "byg.family", path)
+    if family != backbone.family:
+        raise ValueError(f"LoRA file {path} was trained for a {family} model; the model given is {backbone.family}")
+    spec = LoraSpec(
+        rank=int(meta_json(raw, "byg.rank", path)),
+        alpha=float(meta_json(raw, "byg.alpha", path)),
+        target_modules=tuple(meta_json(raw, "byg.target_modules", path)),
+    )
+    expert = meta_json(raw, "byg.expert", path)
+    mapped = {}
+    for key, value in tensors.items():
+        if key.endswith(".alpha"):
+            continue
+        prefix, which, _ = key.rsplit(".", 2)
+        mapped[f"{expert}/{backbone.lora_module_name(prefix)}.{which}"] = value
+    return LoraFile(Path(path), family, spec, expert, mapped, {k: meta_json(raw, k, path) for k in raw})
+
+
+def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 1.0) -> None:
+    """Put the files' weights into both the student and EMA adapters, scaled by ``strength``."""
+    for lora in files:
+        if lora.spec != adapters.spec:
+            raise ValueError(
+                f"LoRA file {lora.path} has rank {lora.spec.rank} (alpha {lora.spec.alpha}); the model's adapters "
+                f"have rank {adapters.spec.rank} (alpha {adapters.spec.alpha}): load it onto a model without a LoRA"
+            )
+    state = {k: v for lora in files for k, v in lora.tensors.items()}
+    loaded = {lora.expert for lora in files}
+    for role in (STUDENT, EMA):
+        # an expert with no file keeps a zero LoRA (e.g. only A14B's high-noise expert was trained)
+        untouched = {k: torch.zeros_like(v) for k, v in adapters.state_dict(role).items() if k.split("/", 1)[0] not in loaded}
+        adapters.load_state_dict(role, {**untouched, **state})
+    adapters.set_strength(strength)
+
+
+def load_lora(paths: list[str | os.PathLike], backbone: EditBackbone, strength: float = 1.0) -> Adapters:
+    """Fresh adapters on ``backbone`` holding the LoRA files' weights."""
+    files = [read_lora(p, backbone) for p in paths]
+    adapters = Adapters(backbone, files[0].spec)
+    load_lora_into(adapters, files, strength)
+    return adapters

@@ -1,0 +1,163 @@
+"""The ByG objective, one function per equation of the paper (section 4, Algorithm 1).
+
+Time convention (section 3): ``t = 1`` is noise, ``t = 0`` is data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import Generators
+from .backbones.base import TextCond
+from .bootstrap import bootstrap_rollout
+
+
+def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (B,) time over a (B, ...) latent."""
+    return t.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def noise(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x + t eps (section 3)."""
+    t = _per_sample(t, x)
+    return (1 - t) * x + t * eps
+
+
+def velocity_target(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """u_t = eps - x, the ground-truth flow velocity (Eq. 1)."""
+    return eps - x
+
+
+def one_step_prediction(y_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """y_hat = y_t - t v (Algorithm 1, line 15)."""
+    return y_t - _per_sample(t, y_t) * v
+
+
+def supervised_edit_loss(v: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """||u_t - G(y_t, t, c, x)||^2 with u_t = eps - y (Eq. 1; also Eq. 3 and the identity loss)."""
+    return F.mse_loss(v, velocity_target(x, eps))
+
+
+def directional_loss(v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor) -> torch.Tensor:
+    """1 - cos(v_pred - v_src, v_tgt - v_src) over each sample's flattened velocity (Eq. 2)."""
+    cos = F.cosine_similarity((v_pred - v_src).flatten(1), (v_tgt - v_src).flatten(1), dim=1, eps=1e-8)
+    return (1 - cos).mean()
+
+
+def directional_prior_loss(
+    v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor, alpha: float, directional: bool = True
+) -> torch.Tensor:
+    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); MSE only without the directional term."""
+    mse = F.mse_loss(v_pred, v_tgt)
+    if not directional:
+        return mse
+    return directional_loss(v_pred, v_src, v_tgt) + alpha * mse
+
+
+def route_gradients(clean: torch.Tensor, one_step: torch.Tensor) -> torch.Tensor:
+    """y_hyb = sg(clean) + (one_step - sg(one_step)): the value of ``clean``, the gradient of ``one_step`` (Eq. 4)."""
+    return clean.detach() + (one_step - one_step.detach())
+
+
+def total_loss(
+    l_cycle: torch.Tensor,
+    l_prior_fwd: torch.Tensor,
+    l_prior_rev: torch.Tensor,
+    l_id: torch.Tensor,
+    lambda_cycle: float,
+    lambda_prior: float,
+    lambda_id: float,
+) -> torch.Tensor:
+    """L = lambda_cycle L_cycle + lambda_prior (L_prior_fwd + L_prior_rev) + lambda_id L_id (Eq. 5)."""
+    return lambda_cycle * l_cycle + lambda_prior * (l_prior_fwd + l_prior_rev) + lambda_id * l_id
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights and the switches of the paper's ablations (Table 4)."""
+
+    lambda_cycle: float = 1.0  # paper B.1
+    lambda_prior: float = 1.0  # paper B.1
+    lambda_id: float = 0.2  # paper B.1
+    alpha: float = 0.1  # MSE anchor inside the prior (4.2); the paper gives no value
+    rollout_steps: int = 10  # n, Euler steps of the EMA rollout (B.1)
+    gradient_routing: bool = True  # off: the reverse pass is conditioned on the blurry y_hat
+    cycle: bool = True  # off: no cycle loss and no reverse-pass prior
+    directional: bool = True  # off: the prior is the MSE anchor alone
+    bootstrap: bool = True  # off: the forward pass is fed the noised source x_t, not y_t
+    regularization: bool = True  # off: no prior loss at all (the editor collapses to identity)
+    identity_steps: bool = True  # off: no random identity-only steps (the trainer reads this)
+
+    def validate(self) -> None:
+        for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+
+
+@dataclass
+class StepLosses:
+    """Every term of one training step; ``total`` is what is back-propagated."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    t: torch.Tensor | None = None  # the (snapped) timesteps the step trained on
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.terms.items()}}
+
+
+@dataclass
+class EditBatch:
+    """A batch of tuples (x, p_src, p_tgt, c, c_bar) in model space (Algorithm 1, line 2)."""
+
+    x: torch.Tensor  # source latents
+    p_src: TextCond
+    p_tgt: TextCond
+    c: TextCond
+    c_bar: TextCond
+
+
+def identity_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor) -> StepLosses:
+    """L_id = ||G_edit(x_t, t, c_bar, x) - (eps - x)||^2 (section 4.3; the warm-up and random identity steps)."""
+    x_t = noise(batch.x, eps, t)
+    l_id = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, batch.x), batch.x, eps)
+    return StepLosses(total=l_id, terms={"identity": l_id}, t=t)
+
+
+def byg_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor, cfg: ObjectiveConfig) -> StepLosses:
+    """One full ByG step (Algorithm 1, lines 4-34): bootstrap, forward, prior, cycle, identity."""
+    x = batch.x
+    rollout = bootstrap_rollout(G, x, batch.c, eps, t, cfg.rollout_steps)
+    t = rollout.t
+    x_t = noise(x, eps, t)
+    y_t = rollout.y_t if cfg.bootstrap else x_t
+    v_fwd = G.edit(y_t, t, batch.c, x)
+    y_hat = one_step_prediction(y_t, t, v_fwd)
+    zero = v_fwd.new_zeros(())
+    terms = {}
+
+    terms["prior_fwd"] = zero
+    if cfg.regularization:
+        v_src, v_tgt = G.t2i(y_t, t, batch.p_src), G.t2i(y_t, t, batch.p_tgt)
+        terms["prior_fwd"] = directional_prior_loss(v_fwd, v_src, v_tgt, cfg.alpha, cfg.directional)
+
+    terms["cycle"], terms["prior_rev"] = zero, zero
+    if cfg.cycle:
+        y_hyb = route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat
+        v_rev = G.edit(x_t, t, batch.c_bar, y_hyb)
+        terms["cycle"] = supervised_edit_loss(v_rev, x, eps)
+        if cfg.regularization:  # the prior applied to the reverse pass, prompts swapped (4.3)
+            v_src_rev, v_tgt_rev = G.t2i(x_t, t, batch.p_tgt), G.t2i(x_t, t, batch.p_src)
+            terms["prior_rev"] = directional_prior_loss(v_rev, v_src_rev, v_tgt_rev, cfg.alpha, cfg.directional)
+
+    terms["identity"] = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, x), x, eps)
+    total = total_loss(
+        terms["cycle"], terms["prior_fwd"], terms["prior_rev"], terms["identity"],
+        cfg.lambda_cycle, cfg.lambda_prior, cfg.lambda_id,
+    )
+    return StepLosses(total=total, terms=terms, t=t)

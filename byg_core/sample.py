@@ -1,0 +1,140 @@
+"""Inference: editing with the trained adapter, and two zero-shot baselines on the base model.
+
+``edit`` integrates the flow ODE of ``G_edit(y_t, t, c, x)`` from noise with the backbone's
+diffusers scheduler (Euler for FLUX, UniPC for Wan, as the paper's inference does).
+``sdedit`` and ``flowedit`` use only the frozen base ``G_t2i`` and two captions.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .adapters import BASE, EMA, Adapters
+from .backbones.base import EditBackbone, TextCond
+from .objective import noise
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EditResult:
+    """Edited latents and, when asked for, the intermediate states ``y_t`` of the ODE."""
+
+    latents: torch.Tensor
+    states: list[torch.Tensor] = field(default_factory=list)
+    t: list[float] = field(default_factory=list)
+
+
+def initial_noise(shape: Sequence[int], seed: int, device, dtype) -> torch.Tensor:
+    """eps ~ N(0, I), drawn on the CPU so a seed gives the same noise on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def integrate(scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_states: bool = False) -> EditResult:
+    """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler (its sigmas are our t)."""
+    scheduler.set_timesteps(steps, device=y.device)
+    result = EditResult(latents=y)
+    for i, timestep in enumerate(scheduler.timesteps):
+        t = torch.full((y.shape[0],), float(scheduler.sigmas[i]), device=y.device)
+        if keep_states:
+            result.states.append(y)
+            result.t.append(float(t[0]))
+        y = scheduler.step(velocity(y, t), timestep, y, return_dict=False)[0]
+    result.latents = y
+    return result
+
+
+def _as_batch(text: TextCond, batch: int) -> TextCond:
+    return text if len(text) == batch else TextCond.cat([text] * batch)
+
+
+@torch.no_grad()
+def edit(
+    backbone: EditBackbone,
+    adapters: Adapters,
+    x: torch.Tensor,
+    c: TextCond,
+    steps: int = 20,
+    seed: int = 0,
+    role: str = EMA,
+    keep_states: bool = False,
+) -> EditResult:
+    """Edit source latents ``x`` by instruction ``c`` with the EMA (default) or student adapter."""
+    c = _as_batch(c, x.shape[0])
+    eps = initial_noise(x.shape, seed, x.device, x.dtype)
+    with adapters.use(role):
+        return integrate(backbone.make_scheduler(), lambda y, t: backbone.velocity(y, t, c, source=x), eps, steps, keep_states)
+
+
+def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float) -> list[float]:
+    """The backbone scheduler's t grid for ``steps`` steps, cut to start at ``t_start`` (SDEdit/FlowEdit)."""
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(steps)
+    sigmas = [float(s) for s in scheduler.sigmas]
+    return [s for s in sigmas[:-1] if s <= t_start + 1e-6] + [sigmas[-1]]
+
+
+@torch.no_grad()
+def sdedit(
+    backbone: EditBackbone,
+    adapters: Adapters | None,
+    x: torch.Tensor,
+    p_tgt: TextCond,
+    strength: float = 0.6,
+    steps: int = 20,
+    seed: int = 0,
+) -> torch.Tensor:
+    """SDEdit (Meng et al.): noise the source to t = strength, then denoise with the target caption."""
+    p_tgt = _as_batch(p_tgt, x.shape[0])
+    grid = _sigma_grid(backbone, steps, strength)
+    y = noise(x, initial_noise(x.shape, seed, x.device, x.dtype), torch.full((x.shape[0],), grid[0], device=x.device))
+    with _base(adapters):
+        for s, s_next in zip(grid[:-1], grid[1:]):
+            y = y + (s_next - s) * backbone.velocity(y, torch.full((x.shape[0],), s, device=x.device), p_tgt)
+    return y
+
+
+@torch.no_grad()
+def flowedit(
+    backbone: EditBackbone,
+    adapters: Adapters | None,
+    x: torch.Tensor,
+    p_src: TextCond,
+    p_tgt: TextCond,
+    steps: int = 20,
+    t_max: float = 0.8,
+    n_avg: int = 1,
+    seed: int = 0,
+) -> torch.Tensor:
+    """FlowEdit (Kulikov et al.): inversion-free, integrates v(z_tgt, p_tgt) - v(z_src, p_src) from x.
+
+    z_src = (1 - t) x + t eps,  z_tgt = z_fe + z_src - x,  z_fe <- z_fe + (t_next - t) * mean(v_delta).
+    """
+    batch = x.shape[0]
+    p_src, p_tgt = _as_batch(p_src, batch), _as_batch(p_tgt, batch)
+    generator = np.random.default_rng(seed)
+    z_fe = x.clone()
+    grid = _sigma_grid(backbone, steps, t_max)
+    with _base(adapters):
+        for s, s_next in zip(grid[:-1], grid[1:]):
+            t = torch.full((batch,), s, device=x.device)
+            v_delta = torch.zeros_like(x)
+            for _ in range(n_avg):
+                eps = initial_noise(x.shape, int(generator.integers(2**31)), x.device, x.dtype)
+                z_src = noise(x, eps, t)
+                z_tgt = z_fe + z_src - x
+                v_delta += backbone.velocity(z_tgt, t, p_tgt) - backbone.velocity(z_src, t, p_src)
+            z_fe = z_fe + (s_next - s) * v_delta / n_avg
+    return z_fe
+
+
+def _base(adapters: Adapters | None):
+    """The base model: adapters disabled when there are any."""
+    return nullcontext() if adapters is None else adapters.use(BASE)

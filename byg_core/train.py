@@ -1,0 +1,224 @@
+"""The ByG training loop (Algorithm 1) on ``accelerate``, with checkpoints that resume exactly.
+
+Every random draw of step k comes from a generator seeded by (seed, k, process), so a run
+stopped at step k and resumed is bit-for-bit the run that never stopped. Checkpoints hold
+the student and EMA LoRA, the AdamW state, the step and the loss history, in one
+safetensors file written atomically (no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
+from .backbones.base import EditBackbone
+from .config import TrainConfig
+from .data import CachedEdits
+from .lora_io import save_lora
+from .objective import StepLosses, byg_step, identity_step
+from .safefiles import load_checked, meta_json, save_atomic
+from .sample import edit
+from .timesteps import TIMESTEP_SAMPLERS
+
+CHECKPOINT = "checkpoint.safetensors"
+# fields that must match between a checkpoint and the run resuming it
+RESUME_KEYS = ("model", "rank", "lora_alpha", "target_modules", "seed", "batch_size")
+
+
+@dataclass
+class Callbacks:
+    """Hooks for a host (CLI progress bar, ComfyUI's progress bar and interrupt, previews)."""
+
+    on_step: Callable[[int, dict[str, float]], None] | None = None  # (step, loss terms)
+    should_stop: Callable[[], bool] | None = None  # polled once per step
+    on_preview: Callable[[int, torch.Tensor], None] | None = None  # (step, edited pixels)
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    stopped_early: bool
+    lora_paths: list[Path]
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains the student LoRA of ``backbone`` on cached edit tuples."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backbone: EditBackbone,
+        data: CachedEdits,
+        callbacks: Callbacks | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.cfg = config.validate()
+        self.backbone = backbone
+        self.data = data
+        self.callbacks = callbacks or Callbacks()
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        for transformer in backbone.transformers.values():
+            transformer.to(self.accelerator.device)
+        if config.expert not in ("auto", *backbone.transformers):
+            raise ValueError(f"expert must be 'auto' or one of {list(backbone.transformers)}, got {config.expert!r}")
+        targets = tuple(config.target_modules or backbone.lora_target_modules())
+        self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets))
+        self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
+        self.optimizer = torch.optim.AdamW(
+            self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.sample_t = TIMESTEP_SAMPLERS[config.timesteps](
+            shift=config.shift, mean=config.logit_mean, std=config.logit_std
+        )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.output_dir = Path(config.output_dir)
+
+    # --- one step -------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        seed = (self.cfg.seed * 1_000_003 + self.step) * 257 + self.accelerator.process_index
+        return torch.Generator().manual_seed(seed)
+
+    def _timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        t = self.sample_t(n, generator)
+        if self.cfg.expert != "auto":  # squeeze t into the chosen expert's range
+            low, high = self.backbone.expert_range(self.cfg.expert)
+            t = low + t * (high - low)
+        return t
+
+    def is_identity_step(self, coin: float) -> bool:
+        """Warm-up steps, then random identity steps with probability identity_prob (B.1)."""
+        if self.step < self.cfg.warmup_identity_steps:
+            return True
+        return self.cfg.objective.identity_steps and coin < self.cfg.identity_prob
+
+    def train_step(self) -> StepLosses:
+        g = self._generator()
+        index = torch.randint(len(self.data), (self.cfg.batch_size,), generator=g).tolist()
+        batch = self.data.batch(self.backbone, index)
+        t = self._timesteps(self.cfg.batch_size, g).to(batch.x.device)
+        eps = torch.randn(batch.x.shape, generator=g).to(batch.x)
+        identity = self.is_identity_step(float(torch.rand((), generator=g)))
+        with self.accelerator.autocast():
+            if identity:
+                losses = identity_step(self.G, batch, t, eps)
+            else:
+                losses = byg_step(self.G, batch, t, eps, self.cfg.objective)
+        self.accelerator.backward(losses.total)
+        self._sync_and_clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.use_ema:
+            self.adapters.ema_update(self.cfg.ema_decay)
+        self.step += 1
+        return losses
+
+    def _sync_and_clip(self) -> None:
+        """Average student gradients over processes (no DDP wrapper: one module plays three roles)."""
+        params = [p for p in self.adapters.parameters(STUDENT) if p.grad is not None]
+        if self.accelerator.num_processes > 1:
+            for p in params:
+                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        if self.cfg.grad_clip > 0 and params:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    # --- the loop -------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        stopped = False
+        while self.step < self.cfg.steps:
+            if self.callbacks.should_stop and self.callbacks.should_stop():
+                stopped = True
+                break
+            losses = self.train_step()
+            record = {"step": self.step, **losses.as_floats(), "identity_step": float("cycle" not in losses.terms)}
+            self.history.append(record)
+            if self.callbacks.on_step:
+                self.callbacks.on_step(self.step, record)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.callbacks.on_preview:
+                self.callbacks.on_preview(self.step, self.preview())
+        checkpoint = self.save_checkpoint()
+        return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history)
+
+    def preview(self, count: int = 4, steps: int = 10) -> torch.Tensor:
+        """Edit the first ``count`` sources with the current EMA editor; pixels (N, 3, ...)."""
+        batch = self.data.batch(self.backbone, list(range(min(count, len(self.data)))))
+        role = EMA if self.cfg.use_ema else STUDENT
+        edited = edit(self.backbone, self.adapters, batch.x, batch.c, steps=steps, seed=self.cfg.seed, role=role)
+        return self.backbone.decode_latents(edited.latents)
+
+    def save_lora(self) -> list[Path]:
+        if not self.accelerator.is_main_process:
+            return []
+        role = EMA if self.cfg.use_ema else STUDENT
+        path = self.output_dir / f"{self.cfg.save_name}.safetensors"
+        return save_lora(path, self.backbone, self.adapters, role=role, config=self.cfg.to_dict())
+
+    # --- checkpoints ----------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT
+
+    def save_checkpoint(self) -> Path:
+        if not self.accelerator.is_main_process:
+            return self.checkpoint_path
+        tensors = {f"student/{k}": v for k, v in self.adapters.state_dict(STUDENT).items()}
+        tensors |= {f"ema/{k}": v for k, v in self.adapters.state_dict(EMA).items()}
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            tensors |= {f"optim/{index}/{name}": torch.as_tensor(value) for name, value in state.items()}
+        metadata = {
+            "byg.step": self.step,
+            "byg.config": self.cfg.to_dict(),
+            "byg.param_groups": optim["param_groups"],
+            "byg.history": self.history,
+        }
+        return save_atomic(tensors, self.checkpoint_path, metadata)
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Continue from a checkpoint; a missing, corrupt or mismatched one raises and changes nothing."""
+        path = Path(path) if path else self.checkpoint_path
+        tensors, raw = load_checked(path, "checkpoint")
+        saved = meta_json(raw, "byg.config", path)
+        for key in RESUME_KEYS:
+            if saved.get(key) != self.cfg.to_dict()[key]:
+                raise ValueError(
+                    f"checkpoint {path} was made with {key}={saved.get(key)!r}, this run has "
+                    f"{key}={self.cfg.to_dict()[key]!r}; use the same value or a new output_dir"
+                )
+        optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
+        student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
+        ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
+        self.adapters.check_state_dict(STUDENT, student)
+        self.adapters.check_state_dict(EMA, ema)
+        self.optimizer.load_state_dict(optim_state)  # validates before it changes anything
+        self.adapters.load_state_dict(STUDENT, student)
+        self.adapters.load_state_dict(EMA, ema)
+        self.step = int(meta_json(raw, "byg.step", path))
+        self.history = list(meta_json(raw, "byg.history", path))
+        return self.step
+
+    def _optimizer_state(self, tensors: dict[str, torch.Tensor], groups: list, path: Path) -> dict:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/")
+                state.setdefault(int(index), {})[name] = value.to(self.accelerator.device) if name != "step" else value
+        if len(groups) != len(self.optimizer.param_groups):
+            raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, expected 1")
+        return {"state": state, "param_groups": groups}
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> Path:
+    """The per-step loss terms as JSON lines (for plots and the closing note)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+    return path

@@ -1,0 +1,86 @@
+"""One copy of the weights in three roles: base, student, EMA (DESIGN.md)."""
+
+import copy
+
+import pytest
+import torch
+
+from byg_core.adapters import BASE, EMA, STUDENT, Adapters, Generators, LoraSpec
+
+
+@pytest.fixture
+def parts(flux_backbone):
+    plain = copy.deepcopy(flux_backbone.transformer)  # the transformer before any adapter
+    adapters = Adapters(flux_backbone, LoraSpec(4, 8.0, tuple(flux_backbone.lora_target_modules())))
+    with torch.no_grad():
+        for p in adapters.parameters(STUDENT):
+            p.normal_(0, 0.3)
+        for p in adapters.parameters(EMA):
+            p.normal_(0, 0.3)
+    return flux_backbone, adapters, plain
+
+
+def inputs(backbone):
+    y = torch.randn(2, 3, 8, 8)
+    t = torch.tensor([0.2, 0.7])
+    return y, t, backbone.encode_text(["a red circle on a blue background"] * 2)
+
+
+def test_base_query_equals_the_transformer_without_adapters(parts):
+    backbone, adapters, plain = parts
+    y, t, p = inputs(backbone)
+    with adapters.use(BASE):
+        v_base = backbone.velocity(y, t, p)
+    with adapters.use(STUDENT):
+        v_student = backbone.velocity(y, t, p)
+    backbone.transformer = plain
+    v_plain = backbone.velocity(y, t, p)
+    assert torch.allclose(v_base, v_plain, atol=1e-6)
+    assert not torch.allclose(v_student, v_plain, atol=1e-3)
+
+
+def test_roles_differ_and_trainable_set_stays_the_student_after_every_switch(parts):
+    backbone, adapters, _ = parts
+    y, t, p = inputs(backbone)
+    G = Generators(backbone, adapters)
+    x = torch.randn_like(y)
+    outputs = [G.edit(y, t, p, x), G.ema(y, t, p, x), G.t2i(y, t, p)]
+    assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
+    student = {id(p) for p in adapters.parameters(STUDENT)}
+    for role in (BASE, EMA, STUDENT):
+        with adapters.use(role):
+            trainable = {id(q) for q in backbone.transformer.parameters() if q.requires_grad}
+            assert trainable == student
+    assert adapters.active == STUDENT
+
+
+def test_ema_moves_toward_the_student_by_the_decay(parts):
+    _, adapters, _ = parts
+    before_ema = [p.detach().clone() for p in adapters.parameters(EMA)]
+    student = [p.detach().clone() for p in adapters.parameters(STUDENT)]
+    adapters.ema_update(0.9)
+    for old, s, new in zip(before_ema, student, adapters.parameters(EMA)):
+        assert torch.allclose(new, 0.9 * old + 0.1 * s, atol=1e-6)
+    assert all(torch.equal(s, p) for s, p in zip(student, adapters.parameters(STUDENT)))
+
+
+def test_without_ema_the_bootstrap_network_is_the_current_student(parts):
+    backbone, adapters, _ = parts
+    y, t, p = inputs(backbone)
+    x = torch.randn_like(y)
+    G = Generators(backbone, adapters, use_ema=False)
+    assert torch.allclose(G.ema(y, t, p, x), G.edit(y, t, p, x).detach())
+
+
+def test_strength_zero_is_the_base_model(parts):
+    backbone, adapters, _ = parts
+    y, t, p = inputs(backbone)
+    with adapters.use(BASE):
+        v_base = backbone.velocity(y, t, p)
+    adapters.set_strength(0.0)
+    assert torch.allclose(backbone.velocity(y, t, p), v_base, atol=1e-6)
+
+
+def test_no_matching_target_module_is_refused(flux_backbone):
+    with pytest.raises(ValueError, match="not found"):
+        Adapters(flux_backbone, LoraSpec(4, 4.0, ("no_such_module",)))

@@ -1,0 +1,132 @@
+"""The trainer: loss goes down on a fixed batch, resume is exact, bad configs are refused."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from byg_core.adapters import EMA, STUDENT
+from byg_core.config import TrainConfig
+from byg_core.data import CachedEdits, EditRecord
+from byg_core.objective import byg_step
+from byg_core.train import Callbacks, Trainer
+from helpers import make_flux_backbone
+
+RECORDS = [
+    EditRecord(Path("a.png"), "a red circle on a blue background", "change the circle's colour to green",
+               "a green circle on a blue background", "change the circle's colour to red"),
+    EditRecord(Path("b.png"), "a green square on a red background", "change the background colour to blue",
+               "a green square on a blue background", "change the background colour to red"),
+]
+
+
+def tiny_data(n=2):
+    g = torch.Generator().manual_seed(3)
+    return CachedEdits(torch.rand(n, 3, 8, 8, generator=g) * 2 - 1, RECORDS[:n])
+
+
+def config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), steps=6, batch_size=2, rank=4, lr=1e-2, warmup_identity_steps=1,
+                  checkpoint_every=0, seed=5)
+    values.update(overrides)
+    cfg = TrainConfig.from_dict({k: v for k, v in values.items() if k != "objective"})
+    if "objective" in overrides:
+        cfg.objective = overrides["objective"]
+    return cfg
+
+
+def lora_state(trainer):
+    return {k: v.clone() for k, v in trainer.adapters.state_dict(STUDENT).items()}
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    full = Trainer(config(tmp_path / "full"), make_flux_backbone(), tiny_data())
+    full.run()
+    stops = iter([False, False, False, True])  # stop after 3 steps
+    first = Trainer(config(tmp_path / "split"), make_flux_backbone(), tiny_data(),
+                    Callbacks(should_stop=lambda: next(stops)))
+    result = first.run()
+    assert result.stopped_early and result.steps_done == 3
+    second = Trainer(config(tmp_path / "split"), make_flux_backbone(), tiny_data())
+    assert second.resume() == 3
+    second.run()
+    for key, value in lora_state(full).items():
+        assert torch.equal(value, second.adapters.state_dict(STUDENT)[key]), key
+    assert torch.equal(
+        torch.cat([p.flatten() for p in full.adapters.parameters(EMA)]),
+        torch.cat([p.flatten() for p in second.adapters.parameters(EMA)]),
+    )
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+
+
+def test_training_on_a_fixed_tiny_batch_lowers_the_loss(tmp_path):
+    cfg = config(tmp_path, steps=30, warmup_identity_steps=0, identity_prob=0.0, lr=1e-2, rank=8, seed=1)
+    cfg.objective.rollout_steps = 4
+    trainer = Trainer(cfg, make_flux_backbone(), tiny_data())
+    batch = trainer.data.batch(trainer.backbone, [0, 1])
+    t, eps = torch.tensor([0.3, 0.7]), torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(9))
+
+    def probe():
+        return byg_step(trainer.G, batch, t, eps, cfg.objective).as_floats()
+
+    before = probe()
+    trainer.run()
+    after = probe()
+    assert after["loss"] < 0.85 * before["loss"]
+    assert after["prior_fwd"] < 0.6 * before["prior_fwd"]  # the edit direction is learnt first
+
+
+def test_warmup_steps_are_identity_only_then_random(tmp_path):
+    trainer = Trainer(config(tmp_path, steps=4, warmup_identity_steps=2, identity_prob=0.0), make_flux_backbone(),
+                      tiny_data())
+    history = trainer.run().history
+    assert [h["identity_step"] for h in history] == [1.0, 1.0, 0.0, 0.0]
+    assert "cycle" not in history[0] and "cycle" in history[2]
+
+
+def test_switching_off_random_identity_steps_stops_them(tmp_path):
+    cfg = config(tmp_path, warmup_identity_steps=0, identity_prob=1.0)
+    trainer = Trainer(cfg, make_flux_backbone(), tiny_data())
+    assert trainer.is_identity_step(0.5)
+    cfg.objective.identity_steps = False
+    assert not trainer.is_identity_step(0.5)
+
+
+def test_missing_or_corrupt_checkpoint_is_reported_and_changes_nothing(tmp_path):
+    trainer = Trainer(config(tmp_path), make_flux_backbone(), tiny_data())
+    before = lora_state(trainer)
+    with pytest.raises(FileNotFoundError, match="checkpoint .* does not exist"):
+        trainer.resume()
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        trainer.resume()
+    assert trainer.step == 0
+    assert all(torch.equal(v, trainer.adapters.state_dict(STUDENT)[k]) for k, v in before.items())
+
+
+def test_checkpoint_from_another_rank_is_refused(tmp_path):
+    Trainer(config(tmp_path, steps=1), make_flux_backbone(), tiny_data()).run()
+    other = Trainer(config(tmp_path, steps=2, rank=2), make_flux_backbone(), tiny_data())
+    with pytest.raises(ValueError, match="rank=4"):
+        other.resume()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("steps", -1, "steps must be >= 1"), ("timesteps", "cosine", "timesteps must be one of"),
+     ("lr", 0.0, "lr must be > 0"), ("identity_prob", 2.0, "identity_prob"), ("steps", "ten", "'steps' must be int"),
+     ("stepz", 3, r"unknown field\(s\) \['stepz'\]")],
+)
+def test_bad_config_values_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({field: value})
+
+
+def test_config_loads_from_toml_with_an_objective_table(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('steps = 12\nlr = 1e-4\n[objective]\nalpha = 0.5\ncycle = false\n')
+    cfg = TrainConfig.from_toml(path)
+    assert (cfg.steps, cfg.lr, cfg.objective.alpha, cfg.objective.cycle) == (12, 1e-4, 0.5, False)
+    path.write_text('[objective]\nalpha = -1\n')
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        TrainConfig.from_toml(path)

@@ -1,0 +1,172 @@
+"""Reading scenes back from pixels and scoring edits against the true edited scene."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from byg_core.toy.metrics import (
+    PRESERVE_IOU,
+    aggregate,
+    classify_kind,
+    evaluate_edit,
+    mask_centroid,
+    read_scene,
+)
+from byg_core.toy.world import (
+    COLORS,
+    FAMILIES,
+    SHAPE_KINDS,
+    SHAPES,
+    Scene,
+    color_tensor,
+    make_edit,
+    random_scene,
+    render,
+    sample_tuples,
+    shape_mask,
+)
+
+torch.set_num_threads(1)
+
+
+def _scene_with(rng, shape, fg, bg):
+    geometry = random_scene(rng)
+    return Scene(shape, fg, bg, geometry.cx, geometry.cy, geometry.size)
+
+
+def test_read_scene_recovers_every_attribute_of_every_combination():
+    rng = random.Random(0)
+    for shape in SHAPES:
+        for fg in COLORS:
+            for bg in (c for c in COLORS if c != fg):
+                for _ in range(3):
+                    scene = _scene_with(rng, shape, fg, bg)
+                    reading = read_scene(render(scene))
+                    assert (reading.shape, reading.shape_color, reading.bg_color) == (
+                        shape,
+                        fg,
+                        bg,
+                    ), scene
+                    assert torch.equal(reading.mask, shape_mask(scene, 16))
+
+
+@pytest.mark.parametrize("resolution", [16, 32, 64])
+def test_read_scene_centroid_tracks_the_analytic_centroid(resolution):
+    rng = random.Random(resolution)
+    for _ in range(100):
+        scene = random_scene(rng)
+        reading = read_scene(render(scene, resolution))
+        assert reading.shape == scene.shape
+        x, y = reading.centroid
+        true_y = scene.cy + SHAPE_KINDS[scene.shape].centroid_dy * scene.size
+        # Pixel sampling moves the centroid by well under a pixel.
+        assert abs(x - scene.cx * resolution) < 0.6
+        assert abs(y - true_y * resolution) < 0.6
+
+
+def test_read_scene_of_a_plain_image_finds_no_shape():
+    image = color_tensor("cyan")[:, None, None].expand(3, 16, 16)
+    reading = read_scene(image)
+    assert reading.bg_color == "cyan"
+    assert (reading.shape, reading.shape_color, reading.centroid) == (None, None, None)
+    assert not reading.mask.any()
+
+
+def test_read_scene_tolerates_small_noise_and_refuses_non_square_images():
+    scene = Scene("triangle", "yellow", "blue", 0.5, 0.5, 0.6)
+    noise = 0.15 * torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reading = read_scene(render(scene) + noise.clamp(-0.25, 0.25))
+    assert (reading.shape, reading.shape_color, reading.bg_color) == ("triangle", "yellow", "blue")
+    with pytest.raises(ValueError, match="square"):
+        read_scene(torch.zeros(3, 16, 8))
+
+
+def test_classify_kind_tells_shapes_apart_in_the_same_box():
+    for shape in SHAPES:
+        assert classify_kind(shape_mask(Scene(shape, "red", "black", 0.5, 0.5, 0.45), 16)) == shape
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_true_edit_scores_perfectly(family):
+    for t in sample_tuples(30, seed=1, families=[family]):
+        row = evaluate_edit(render(t.source), render(t.target), t)
+        assert row["edit_success"] == 1.0 and row["preservation"] == 1.0
+        assert row["pixel_error"] == 0.0 and row["mask_iou"] == 1.0
+        assert row["source_distance"] > 0
+        assert row["family"] == family and row["unseen"] is False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_doing_nothing_never_counts_as_an_edit(family):
+    for t in sample_tuples(30, seed=2, families=[family]):
+        source = render(t.source)
+        row = evaluate_edit(source, source, t)
+        assert row["edit_success"] == 0.0
+        assert row["source_distance"] == 0.0 and row["pixel_error"] > 0
+
+
+def _smear(image, width):
+    """Horizontal motion blur over ``width`` pixels (the shape is dragged sideways)."""
+    padded = F.pad(image[None], (width - 1, 0, 0, 0), mode="replicate")
+    return F.avg_pool2d(padded, (1, width), stride=1)[0]
+
+
+def test_smeared_result_loses_preservation():
+    rows = [
+        evaluate_edit(render(t.source), _smear(render(t.target), 7), t)
+        for t in sample_tuples(60, seed=3)
+    ]
+    summary = aggregate(rows)["all"]
+    assert summary["preservation"] < 0.1
+    assert summary["mask_iou"] < PRESERVE_IOU
+    assert summary["pixel_error"] > 0.05
+
+
+def test_moved_or_recoloured_result_loses_preservation_but_keeps_success():
+    t = make_edit(Scene("square", "red", "blue", 0.5, 0.5, 0.5), "shape_color", "green")
+    moved = render(Scene("square", "green", "blue", 0.65, 0.5, 0.5))
+    row = evaluate_edit(render(t.source), moved, t)
+    assert (row["edit_success"], row["preservation"]) == (1.0, 0.0)
+    recoloured = render(Scene("square", "green", "white", 0.5, 0.5, 0.5))
+    row = evaluate_edit(render(t.source), recoloured, t)
+    assert (row["edit_success"], row["preservation"], row["mask_iou"]) == (1.0, 0.0, 1.0)
+    blank = color_tensor("blue")[:, None, None].expand(3, 16, 16)
+    row = evaluate_edit(render(t.source), blank, t)
+    assert (row["edit_success"], row["preservation"], row["mask_iou"]) == (0.0, 0.0, 0.0)
+
+
+def test_shape_kind_edit_is_judged_against_the_true_edited_mask():
+    t = make_edit(Scene("circle", "white", "black", 0.5, 0.5, 0.6), "shape_kind", "triangle")
+    row = evaluate_edit(render(t.source), render(t.target), t)
+    assert mask_centroid(shape_mask(t.target, 16))[1] > mask_centroid(shape_mask(t.source, 16))[1]
+    assert (row["edit_success"], row["preservation"]) == (1.0, 1.0)
+
+
+def test_aggregate_means_overall_per_family_and_per_split():
+    rows = [
+        {"family": "bg_color", "unseen": False, "edit_success": 1.0, "pixel_error": 0.0},
+        {"family": "bg_color", "unseen": True, "edit_success": 0.0, "pixel_error": 0.4},
+        {"family": "shape_kind", "unseen": False, "edit_success": 1.0, "pixel_error": 0.2},
+    ]
+    summary = aggregate(rows)
+    assert summary["all"] == pytest.approx({"edit_success": 2 / 3, "pixel_error": 0.2, "n": 3})
+    assert summary["by_family"]["bg_color"] == pytest.approx(
+        {"edit_success": 0.5, "pixel_error": 0.2, "n": 2}
+    )
+    assert summary["by_split"]["seen"] == pytest.approx(
+        {"edit_success": 1.0, "pixel_error": 0.1, "n": 2}
+    )
+    assert summary["by_split"]["unseen"]["n"] == 1
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+def test_aggregate_of_evaluated_rows_reports_unseen_split():
+    tuples = sample_tuples(6, seed=0, exclude_combos=(), require_combos=[("red", "yellow")])
+    tuples += sample_tuples(6, seed=0)
+    rows = [evaluate_edit(render(t.source), render(t.target), t) for t in tuples]
+    summary = aggregate(rows)
+    assert summary["by_split"]["unseen"]["n"] == 6 and summary["by_split"]["seen"]["n"] == 6
+    assert summary["by_split"]["unseen"]["edit_success"] == 1.0
