@@ -37,19 +37,48 @@ class LoraSpec:
 class Adapters:
     """The student and EMA LoRA adapters injected into every transformer of a backbone."""
 
-    def __init__(self, backbone: EditBackbone, spec: LoraSpec) -> None:
+    def __init__(self, backbone: EditBackbone, spec: LoraSpec, seed: int = 0) -> None:
+        """Attach fresh adapters (student initialised from ``seed``, EMA = student).
+
+        A backbone that already carries adapters of the same spec is reused; of another spec,
+        they are replaced, so one loaded model can be trained or given a LoRA again.
+        """
         self.backbone = backbone
         self.spec = spec
         config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules))
         for transformer in backbone.transformers.values():
+            if getattr(transformer, "_byg_lora_spec", None) == spec:
+                continue
+            self._remove(transformer)
             transformer.requires_grad_(False)
             with warnings.catch_warnings():  # two adapters in one model is the point here
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 inject_adapter_in_model(config, transformer, adapter_name=STUDENT)
                 inject_adapter_in_model(config, transformer, adapter_name=EMA)
-        self.copy(STUDENT, EMA)
+            transformer._byg_lora_spec = spec
+        self.reset(seed)
         self.active = STUDENT
         self._activate(STUDENT)
+
+    @staticmethod
+    def _remove(transformer: torch.nn.Module) -> None:
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer):
+                for role in (STUDENT, EMA):
+                    if role in module.lora_A:
+                        module.delete_adapter(role)
+        transformer._byg_lora_spec = None
+
+    @torch.no_grad()
+    def reset(self, seed: int = 0) -> None:
+        """Student to peft's LoRA init (B = 0, so the editor starts as the base), EMA = student."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for layer in self.layers().values():
+                layer.reset_lora_parameters(STUDENT, True)
+                layer.set_scale(STUDENT, 1.0)
+                layer.set_scale(EMA, 1.0)
+        self.copy(STUDENT, EMA)
 
     def layers(self, expert: str | None = None) -> dict[str, LoraLayer]:
         """LoRA layers by '<expert>/<module name>' (one expert's only when ``expert`` is given)."""

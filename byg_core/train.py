@@ -70,7 +70,7 @@ class Trainer:
         if config.expert not in ("auto", *backbone.transformers):
             raise ValueError(f"expert must be 'auto' or one of {list(backbone.transformers)}, got {config.expert!r}")
         targets = tuple(config.target_modules or backbone.lora_target_modules())
-        self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets))
+        self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets), seed=config.seed)
         self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
         self.optimizer = torch.optim.AdamW(
             self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay

@@ -84,3 +84,17 @@ def test_strength_zero_is_the_base_model(parts):
 def test_no_matching_target_module_is_refused(flux_backbone):
     with pytest.raises(ValueError, match="not found"):
         Adapters(flux_backbone, LoraSpec(4, 4.0, ("no_such_module",)))
+
+
+def test_adapters_attach_again_reset_and_change_rank(parts):
+    backbone, adapters, _ = parts
+    y, t, p = inputs(backbone)
+    with adapters.use(BASE):
+        v_base = backbone.velocity(y, t, p)
+    again = Adapters(backbone, adapters.spec, seed=1)  # same spec: reused, reset to the base
+    assert torch.allclose(backbone.velocity(y, t, p), v_base, atol=1e-6)
+    first_a = again.parameters(STUDENT)[0].detach().clone()
+    assert torch.equal(Adapters(backbone, adapters.spec, seed=1).parameters(STUDENT)[0], first_a)
+    wider = Adapters(backbone, LoraSpec(8, 8.0, adapters.spec.target_modules))
+    assert wider.parameters(STUDENT)[0].shape[0] == 8
+    assert len(wider.parameters(STUDENT)) == len(adapters.parameters(STUDENT))
