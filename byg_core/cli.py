@@ -4,6 +4,7 @@
     byg train CONFIG.toml              train a LoRA from a TOML config (see examples/toy.toml)
     byg edit --lora F --image I ...    edit an image with a trained LoRA
     byg bench --out DIR                measure ByG against baselines on the toy world
+    byg toy dataset --out DIR          write toy edit tuples as a dataset folder
     byg toy pretrain                   re-make the shipped toy base model
 
 Several GPUs: ``accelerate launch -m byg_core.cli train CONFIG.toml``.
@@ -139,6 +140,13 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toy_dataset(args: argparse.Namespace) -> int:
+    from .toy.dataset import write_toy_dataset
+
+    print(write_toy_dataset(args.out, n=args.n, seed=args.seed))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--out", default=None, help="default: the shipped byg_core/toy/assets file")
     pretrain.set_defaults(run=cmd_toy_pretrain)
+    dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
+    dataset.add_argument("--out", default="out/toy_data")
+    dataset.add_argument("--n", type=int, default=256, help="number of tuples")
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.set_defaults(run=cmd_toy_dataset)
     return parser
 
 

@@ -16,6 +16,15 @@ from .objective import ObjectiveConfig
 from .timesteps import TIMESTEP_SAMPLERS
 
 MIXED_PRECISION = ("no", "bf16")
+# what video training changes from the image defaults (paper appendix B.2, C.1)
+VIDEO_PRESET: dict[str, Any] = {
+    "lr": 1e-4,
+    "identity_prob": 0.1,
+    "timesteps": "logit_normal",
+    "shift": 12.0,
+    "use_ema": False,
+}
+METHODS = ("byg", "supervised")
 
 
 @dataclass
@@ -39,6 +48,7 @@ class TrainConfig:
     target_modules: list[str] | None = None  # None: the backbone's defaults
     mixed_precision: str = "no"  # "bf16" on GPUs that have it
     # ByG
+    method: str = "byg"  # "supervised" trains on true pairs with Eq. 1 (the toy bench's reference)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     warmup_identity_steps: int = 200  # identity loss only, so the editor learns to read its source
     identity_prob: float = 0.15  # random identity steps (video: 0.10)
@@ -75,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, got {self.timesteps!r}")
         if self.shift <= 0 or self.logit_std <= 0:
             raise ValueError(f"shift and logit_std must be > 0, got shift={self.shift}, logit_std={self.logit_std}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) < 1):
@@ -97,6 +109,11 @@ class TrainConfig:
         config = _build(cls, values, source)
         config.objective = objective
         return config.validate()
+
+    @classmethod
+    def for_video(cls, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
+        """``from_dict`` on top of ``VIDEO_PRESET``: the paper's video options unless ``values`` say otherwise."""
+        return cls.from_dict({**VIDEO_PRESET, **(values or {})}, source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":

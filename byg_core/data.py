@@ -5,8 +5,9 @@ One JSON object per line::
     {"image": "cat.png", "src_caption": "...", "instruction": "...",
      "tgt_caption": "...", "reverse_instruction": "..."}
 
-(``video`` instead of ``image`` for a folder of frames). Every line is validated and a bad
-one is reported with its file and line number. The reverse instruction must be
+(``video`` instead of ``image`` for a folder of frames; video files are refused, as no decoder
+is a dependency). Every line is validated and a bad one is reported with its file and line
+number. The reverse instruction must be
 self-contained: "restore", "revert" and "undo" refer to an original the model never sees.
 Text conditioning and source latents are computed once (``cache``), so text encoders and
 the VAE need not stay loaded during training.
@@ -30,6 +31,8 @@ from .objective import EditBatch
 TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
 MEDIA_FIELDS = ("image", "video")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# no video decoder is a dependency (PyAV, OpenCV, decord, torchvision.io are all absent)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 NON_SELF_CONTAINED = re.compile(r"\b(restore|revert|undo)\w*", re.IGNORECASE)
 
 
@@ -94,6 +97,8 @@ def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
             "(restore/revert/undo); state the inverse edit itself, e.g. 'change the car colour to red'"
         )
     media = root / obj[media_keys[0]]
+    if media_keys[0] == "video":
+        check_video(media)
     check_media(media)
     return EditRecord(media, *(obj[name].strip() for name in TEXT_FIELDS), line=line)
 
@@ -111,6 +116,17 @@ def check_media(path: Path) -> None:
             image.verify()
     except Exception as error:  # PIL raises many types for a broken file
         raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def check_video(path: Path) -> None:
+    """A ``video`` is a folder of frames; a video file is refused with the command that converts it."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise ValueError(f"video {path} is an image: give it as 'image', or give 'video' a folder of frames")
+    if path.is_file() or path.suffix.lower() in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"video {path} is not a folder of frames and no video decoder is installed: convert it to a folder "
+            f"of PNG frames, e.g. ffmpeg -i {path.name} {path.stem}/%05d.png, and give the folder"
+        )
 
 
 def frame_paths(folder: Path) -> list[Path]:
@@ -137,7 +153,11 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def load_media(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """An image (3, H, W) or a video folder as (3, F, H, W)."""
     if path.is_dir():
-        return torch.stack([load_image(p, size) for p in frame_paths(path)], dim=1)
+        frames = [load_image(p, size) for p in frame_paths(path)]
+        sizes = sorted({tuple(f.shape[1:]) for f in frames})
+        if len(sizes) > 1:
+            raise ValueError(f"frames of video {path} differ in size {sizes}; set a resolution to resize them alike")
+        return torch.stack(frames, dim=1)
     return load_image(path, size)
 
 
@@ -147,6 +167,7 @@ class CachedEdits:
 
     x: torch.Tensor  # (N, C, ...) source latents
     records: list[EditRecord]
+    y: torch.Tensor | None = None  # (N, C, ...) true edited latents, for the supervised reference only
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,6 +180,7 @@ class CachedEdits:
             p_tgt=backbone.encode_text([r.tgt_caption for r in rows]),
             c=backbone.encode_text([r.instruction for r in rows]),
             c_bar=backbone.encode_text([r.reverse_instruction for r in rows]),
+            y=None if self.y is None else self.y[list(index)].to(backbone.device),
         )
 
 

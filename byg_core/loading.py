@@ -30,6 +30,22 @@ def _load_toy(**options) -> EditBackbone:
     return build_toy_backbone(**options)
 
 
+@register_loader("toy-wan-5b")
+def _load_toy_wan_5b(seed: int = 0, **options) -> EditBackbone:
+    """Tiny random-init Wan2.2 TI2V-5B layout for toy videos (no pretrained toy video base)."""
+    from .toy.video import build_toy_wan_backbone
+
+    return build_toy_wan_backbone("ti2v-5b", seed=seed, **options)
+
+
+@register_loader("toy-wan-a14b")
+def _load_toy_wan_a14b(seed: int = 0, **options) -> EditBackbone:
+    """Tiny random-init Wan2.2 T2V-A14B layout (two experts) for toy videos."""
+    from .toy.video import build_toy_wan_backbone
+
+    return build_toy_wan_backbone("t2v-a14b", seed=seed, **options)
+
+
 def load_backbone(model: str, **options) -> EditBackbone:
     """The backbone named ``model`` (see ``LOADERS``)."""
     if model not in LOADERS:

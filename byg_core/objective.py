@@ -106,6 +106,7 @@ class StepLosses:
     total: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     t: torch.Tensor | None = None  # the (snapped) timesteps the step trained on
+    kind: str = "byg"  # "byg", "identity" or "supervised"
 
     def as_floats(self) -> dict[str, float]:
         return {"loss": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.terms.items()}}
@@ -120,13 +121,23 @@ class EditBatch:
     p_tgt: TextCond
     c: TextCond
     c_bar: TextCond
+    y: torch.Tensor | None = None  # true edited latents: only the supervised reference has them
 
 
 def identity_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor) -> StepLosses:
     """L_id = ||G_edit(x_t, t, c_bar, x) - (eps - x)||^2 (section 4.3; the warm-up and random identity steps)."""
     x_t = noise(batch.x, eps, t)
     l_id = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, batch.x), batch.x, eps)
-    return StepLosses(total=l_id, terms={"identity": l_id}, t=t)
+    return StepLosses(total=l_id, terms={"identity": l_id}, t=t, kind="identity")
+
+
+def supervised_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor) -> StepLosses:
+    """Eq. 1 on true pairs, ||(eps - y) - G_edit(y_t, t, c, x)||^2: the reference ByG does without."""
+    if batch.y is None:
+        raise ValueError("supervised training needs the true edited targets y; this dataset has none")
+    y_t = noise(batch.y, eps, t)
+    l_edit = supervised_edit_loss(G.edit(y_t, t, batch.c, batch.x), batch.y, eps)
+    return StepLosses(total=l_edit, terms={"edit": l_edit}, t=t, kind="supervised")
 
 
 def byg_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor, cfg: ObjectiveConfig) -> StepLosses:

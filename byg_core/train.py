@@ -17,11 +17,12 @@ import torch
 from accelerate import Accelerator
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
+from .bootstrap import snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
 from .data import CachedEdits
 from .lora_io import save_lora
-from .objective import StepLosses, byg_step, identity_step
+from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, save_atomic
 from .sample import edit
 from .timesteps import TIMESTEP_SAMPLERS
@@ -89,10 +90,22 @@ class Trainer:
 
     def _timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         t = self.sample_t(n, generator)
-        if self.cfg.expert != "auto":  # squeeze t into the chosen expert's range
-            low, high = self.backbone.expert_range(self.cfg.expert)
-            t = low + t * (high - low)
+        if self.cfg.expert != "auto":
+            low, high = self._expert_grid_range()
+            t = snap_to_grid(low + t * (high - low), self.cfg.objective.rollout_steps)
         return t
+
+    def _expert_grid_range(self) -> tuple[float, float]:
+        """The t interval that snaps onto rollout-grid points k/n served by the chosen expert.
+
+        Squeezing t into the expert's own range is not enough: the rollout snaps t to k/n,
+        and e.g. t = 0.86 (low-noise expert) would snap to 0.9 (high-noise expert).
+        """
+        n = self.cfg.objective.rollout_steps
+        ks = [k for k in range(1, n + 1) if self.backbone.expert_for(k / n) == self.cfg.expert]
+        if not ks:
+            raise ValueError(f"no rollout step k/{n} falls on expert {self.cfg.expert!r}; raise rollout_steps")
+        return (min(ks) - 0.5) / n, (max(ks) + 0.5 - 1e-3) / n
 
     def is_identity_step(self, coin: float) -> bool:
         """Warm-up steps, then random identity steps with probability identity_prob (B.1)."""
@@ -108,7 +121,9 @@ class Trainer:
         eps = torch.randn(batch.x.shape, generator=g).to(batch.x)
         identity = self.is_identity_step(float(torch.rand((), generator=g)))
         with self.accelerator.autocast():
-            if identity:
+            if self.cfg.method == "supervised":
+                losses = supervised_step(self.G, batch, t, eps)
+            elif identity:
                 losses = identity_step(self.G, batch, t, eps)
             else:
                 losses = byg_step(self.G, batch, t, eps, self.cfg.objective)
@@ -138,7 +153,7 @@ class Trainer:
                 stopped = True
                 break
             losses = self.train_step()
-            record = {"step": self.step, **losses.as_floats(), "identity_step": float("cycle" not in losses.terms)}
+            record = {"step": self.step, **losses.as_floats(), "identity_step": float(losses.kind == "identity")}
             self.history.append(record)
             if self.callbacks.on_step:
                 self.callbacks.on_step(self.step, record)

@@ -1,0 +1,85 @@
+"""Pictures for people: a loss curve and an image grid, drawn with PIL (no plotting dependency).
+
+Both return float tensors (H, W, 3) in [0, 1], the layout ComfyUI's IMAGE uses, and
+``save_png`` writes one to disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average, so a noisy per-step loss shows its trend."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def loss_curve(history: list[dict[str, float]], keys: Sequence[str] | None = None, size=(640, 360)) -> torch.Tensor:
+    """Each loss term against the step, smoothed, one colour per term, with a legend."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    keys = keys or [k for k in (history[0] if history else {}) if k not in ("step", "identity_step")]
+    series = {k: smooth([row[k] for row in history if k in row], max(1, len(history) // 50)) for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    left, top, right, bottom = 50, 20, width - 10, height - 30
+    draw.rectangle([left, top, right, bottom], outline="black")
+    if not series:
+        draw.text((left + 10, top + 10), "no steps yet", fill="black")
+        return _to_tensor(image)
+    high = max(max(v) for v in series.values())
+    low = min(0.0, min(min(v) for v in series.values()))
+    span = max(high - low, 1e-9)
+    for i, (name, values) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        n = max(len(values) - 1, 1)
+        points = [(left + (right - left) * j / n, bottom - (bottom - top) * (v - low) / span) for j, v in enumerate(values)]
+        draw.line(points if len(points) > 1 else points * 2, fill=colour, width=2)
+        draw.text((left + 8, top + 6 + 14 * i), name, fill=colour)
+    draw.text((4, top), f"{high:.3g}", fill="black")
+    draw.text((4, bottom - 10), f"{low:.3g}", fill="black")
+    draw.text((left, bottom + 8), f"step 1 .. {len(history)}", fill="black")
+    return _to_tensor(image)
+
+
+def image_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] = (), scale: int = 4, pad: int = 2) -> torch.Tensor:
+    """Rows of (3, H, W) images in [0, 1], enlarged ``scale`` times, columns titled by ``labels``."""
+    height, width = rows[0][0].shape[-2:]
+    cell_h, cell_w = height * scale + pad, width * scale + pad
+    title = 14 if labels else 0
+    columns = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (columns * cell_w + pad, title + len(rows) * cell_h + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(labels):
+        draw.text((pad + j * cell_w, 1), label[: max(1, cell_w // 6)], fill="black")
+    for i, row in enumerate(rows):
+        for j, pixels in enumerate(row):
+            array = (pixels.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            tile = Image.fromarray(array).resize((width * scale, height * scale), Image.NEAREST)
+            canvas.paste(tile, (pad + j * cell_w, title + pad + i * cell_h))
+    return _to_tensor(canvas)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write an (H, W, 3) image in [0, 1]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(path)
+    return path

@@ -1,0 +1,168 @@
+"""ByG training and editing on the Wan2.2 backbone (toy videos, tiny random transformers).
+
+A14B's two experts: gradients reach only the student LoRA of the expert the step's t falls
+on; a chosen expert keeps t in its range; each expert gets its own LoRA file with native
+Wan keys that loads back to identical outputs. Bad videos are refused through the dataset.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from byg_core import cli
+from byg_core.adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
+from byg_core.config import VIDEO_PRESET, TrainConfig
+from byg_core.data import EditDataset, cache
+from byg_core.lora_io import load_lora
+from byg_core.objective import ObjectiveConfig, byg_step
+from byg_core.sample import edit
+from byg_core.toy.video import build_toy_wan_backbone, write_video_dataset
+from byg_core.train import Trainer
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_video.toml"
+VARIANTS = {"ti2v-5b": ["transformer"], "t2v-a14b": ["transformer", "transformer_2"]}
+
+
+def toy_videos(root, backbone, n=2, **kwargs):
+    write_video_dataset(root, n, seed=0, **kwargs)
+    return cache(EditDataset.from_folder(root), backbone)
+
+
+def video_config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "run"), steps=3, batch_size=2, rank=4, lr=1e-2,
+                  warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0, seed=2)
+    cfg = TrainConfig.for_video({**values, **overrides})
+    cfg.objective.rollout_steps = 2
+    return cfg
+
+
+def grad_size(params):
+    return sum(0.0 if p.grad is None else float(p.grad.abs().sum()) for p in params)
+
+
+@pytest.mark.parametrize(
+    "t, expert, other", [(0.93, "transformer", "transformer_2"), (0.5, "transformer_2", "transformer")]
+)
+def test_gradients_reach_only_the_student_lora_of_the_expert_in_use(tmp_path, t, expert, other):
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    data = toy_videos(tmp_path, backbone)
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())))
+    G = Generators(backbone, adapters, use_ema=True)
+    batch = data.batch(backbone, [0, 1])
+    eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
+    losses = byg_step(G, batch, torch.full((2,), t), eps, ObjectiveConfig(rollout_steps=4))
+    assert backbone.expert_for(float(losses.t[0])) == expert  # the snapped t stays on its side
+    losses.total.backward()
+    assert grad_size(adapters.parameters(STUDENT, expert)) > 0
+    assert grad_size(adapters.parameters(STUDENT, other)) == 0
+    assert grad_size(adapters.parameters(EMA)) == 0
+    frozen = [p for m in backbone.transformers.values() for n, p in m.named_parameters() if "lora_" not in n]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_a_chosen_expert_keeps_t_in_its_range_and_trains_alone(tmp_path):
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    trainer = Trainer(video_config(tmp_path, expert="transformer"), backbone, toy_videos(tmp_path / "data", backbone))
+    t = trainer._timesteps(256, torch.Generator().manual_seed(0))
+    assert t.min() >= 0.875 and t.max() <= 1
+    low_before = [p.clone() for p in trainer.adapters.parameters(STUDENT, "transformer_2")]
+    high_before = [p.clone() for p in trainer.adapters.parameters(STUDENT, "transformer")]
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(low_before, trainer.adapters.parameters(STUDENT, "transformer_2")))
+    assert not all(torch.equal(a, b) for a, b in zip(high_before, trainer.adapters.parameters(STUDENT, "transformer")))
+
+
+def test_the_low_noise_expert_is_never_given_a_high_noise_t(tmp_path):
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    trainer = Trainer(video_config(tmp_path, expert="transformer_2"), backbone, toy_videos(tmp_path / "data", backbone))
+    high_before = [p.clone() for p in trainer.adapters.parameters(STUDENT, "transformer")]
+    trainer.cfg.steps = 6  # logit-normal with shift 12 puts most t near the top of the range
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(high_before, trainer.adapters.parameters(STUDENT, "transformer")))
+
+
+def native_keys(path):
+    with safe_open(str(path), "pt") as f:
+        return set(f.keys())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_trainer_run_writes_native_lora_files_that_load_back_identically(tmp_path, variant):
+    backbone = build_toy_wan_backbone(variant)
+    trainer = Trainer(video_config(tmp_path), backbone, toy_videos(tmp_path / "data", backbone))
+    result = trainer.run()
+    assert result.steps_done == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    names = {"transformer": "byg_lora", "transformer_2": "byg_lora_low_noise"}
+    if variant == "t2v-a14b":
+        names["transformer"] = "byg_lora_high_noise"
+    assert [p.name for p in result.lora_paths] == [f"{names[e]}.safetensors" for e in VARIANTS[variant]]
+    for path in result.lora_paths:
+        keys = native_keys(path)
+        assert all(k.startswith("diffusion_model.blocks.") for k in keys)
+        for expected in ("0.self_attn.q.lora_A.weight", "1.self_attn.o.lora_B.weight", "0.cross_attn.k.lora_A.weight",
+                         "1.ffn.0.lora_B.weight", "0.ffn.2.alpha"):
+            assert f"diffusion_model.blocks.{expected}" in keys
+
+    batch = trainer.data.batch(backbone, [0, 1])
+    y = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0.95, 0.3])  # one sample on each A14B expert
+    with trainer.adapters.use(STUDENT):  # use_ema = false: the student is what was saved
+        trained = backbone.velocity(y, t, batch.c, source=batch.x)
+    fresh = build_toy_wan_backbone(variant)
+    loaded = load_lora(result.lora_paths, fresh)
+    with loaded.use(EMA):
+        assert torch.equal(fresh.velocity(y, t, fresh.encode_text([r.instruction for r in trainer.data.records[:2]]),
+                                          source=batch.x), trained)
+    with loaded.use("base"):
+        assert (fresh.velocity(y, t, batch.c, source=batch.x) - trained).abs().max() > 1e-4
+
+
+def test_video_edit_runs_unipc_through_both_experts(tmp_path):
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    data = toy_videos(tmp_path, backbone, n=1)
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())))
+    calls = {name: 0 for name in backbone.transformers}
+    for name, model in backbone.transformers.items():
+        model.patch_embedding.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    batch = data.batch(backbone, [0])
+    result = edit(backbone, adapters, batch.x, batch.c, steps=6, keep_states=True)
+    pixels = backbone.decode_latents(result.latents)
+    assert pixels.shape == (1, 3, 5, 16, 16)
+    assert type(backbone.make_scheduler()).__name__ == "UniPCMultistepScheduler"
+    # 6 steps with flow shift 3: the first two sit above the 0.875 boundary (2 patchify calls each)
+    high = sum(t >= 0.875 for t in result.t)
+    assert 0 < high < 6 and calls == {"transformer": 2 * high, "transformer_2": 2 * (6 - high)}
+
+
+def test_bad_videos_are_refused_through_the_dataset_with_file_line_and_nearest_values(tmp_path):
+    backbone = build_toy_wan_backbone("ti2v-5b")
+    refusal = r"00000 \(edits.jsonl line 1\): got 6 frames; Wan needs 4k\+1 frames: use 5 or 9"
+    with pytest.raises(ValueError, match=refusal):
+        toy_videos(tmp_path / "frames", backbone, frames=6)
+    with pytest.raises(ValueError, match=r"line 1\): got height 18; Wan needs a height divisible by 4: use 16 or 20"):
+        toy_videos(tmp_path / "size", backbone, size=18)
+    folder = tmp_path / "file"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(b"\x00")
+    fields = '"src_caption": "a", "instruction": "b", "tgt_caption": "c", "reverse_instruction": "d"'
+    (folder / "edits.jsonl").write_text('{"video": "clip.mp4", ' + fields + "}\n")
+    with pytest.raises(ValueError, match=r"edits.jsonl:1: .*ffmpeg -i clip.mp4 clip/%05d.png"):
+        EditDataset.from_folder(folder)
+
+
+def test_example_config_has_the_papers_video_options():
+    cfg = TrainConfig.from_toml(EXAMPLE)
+    assert {k: getattr(cfg, k) for k in VIDEO_PRESET} == VIDEO_PRESET
+    assert cfg.model == "toy-wan-5b" and cfg.objective.rollout_steps == 10
+
+
+def test_cli_trains_the_two_expert_toy_model_from_the_example(tmp_path, capsys):
+    write_video_dataset(tmp_path / "data", 2, seed=0)
+    overrides = [f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "model=toy-wan-a14b", "steps=2",
+                 "rank=4", "warmup_identity_steps=1", "objective.rollout_steps=2", "log_every=1"]
+    assert cli.main(["train", str(EXAMPLE), *sum((["--set", o] for o in overrides), [])]) == 0
+    printed = capsys.readouterr().out
+    assert "byg_toy_video_high_noise.safetensors" in printed and "byg_toy_video_low_noise.safetensors" in printed
+    assert (tmp_path / "run" / "losses.jsonl").read_text().count("\n") == 2
