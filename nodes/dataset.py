@@ -1,0 +1,71 @@
+"""BYGDataset: a folder of images (or frame folders) plus ``edits.jsonl``, validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import host
+from . import inputs as I
+from .values import DATASET, BygDataset
+
+
+def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node: str) -> BygDataset:
+    """Validate the folder; the error says what to change (nothing usable, bad lines in strict mode)."""
+    from byg_core.data import EditDataset
+
+    try:
+        return BygDataset(EditDataset.from_folder(folder, strict=strict), size)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(
+            f"{node}: {error}\nFix or remove the lines listed, or point 'folder' at a folder holding "
+            "images and an edits.jsonl with the fields image, src_caption, instruction, tgt_caption, reverse_instruction."
+        ) from error
+
+
+def _resolve(folder: str) -> Path:
+    path = Path(folder.strip())
+    return path if path.is_absolute() else host.input_dir() / path
+
+
+def training_size(width: int, height: int) -> tuple[int, int] | None:
+    if width == 0 and height == 0:
+        return None
+    if width == 0 or height == 0:
+        raise ValueError(f"BYGDataset: set both width and height (or both to 0 to keep file sizes), got {width}x{height}")
+    return (height, width)
+
+
+class BYGDataset:
+    DESCRIPTION = (
+        "Reads an unpaired edit dataset: a folder of images plus edits.jsonl (image, src_caption, instruction, "
+        "tgt_caption, reverse_instruction per line). Bad lines are rejected and reported."
+    )
+    CATEGORY = "ByG/data"
+    RETURN_TYPES = (DATASET, "STRING")
+    RETURN_NAMES = ("dataset", "report")
+    OUTPUT_TOOLTIPS = ("The validated edit tuples.", "How many tuples were kept, and each rejected line with its reason.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": I.text("", "Dataset folder holding edits.jsonl; a relative path is read from ComfyUI's input folder."),
+                "strict": I.flag(False, "On: any bad line stops the run. Off: bad lines are skipped and listed in the report."),
+                "width": I.integer(0, 0, 8192, "Resize (centre-crop) every source to this width; 0 with height 0 keeps file sizes.", 8),
+                "height": I.integer(0, 0, 8192, "Resize (centre-crop) every source to this height; 0 with width 0 keeps file sizes.", 8),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, folder, **_):
+        """Re-read the dataset when its edits.jsonl changes (ComfyUI otherwise caches the node's output)."""
+        index = _resolve(folder) / "edits.jsonl"
+        return index.stat().st_mtime if index.is_file() else ""
+
+    def load(self, folder, strict, width, height):
+        if not folder.strip():
+            raise ValueError("BYGDataset: set 'folder' to a dataset folder holding edits.jsonl")
+        path = _resolve(folder)
+        data = read_dataset(path, strict, training_size(width, height), "BYGDataset")
+        return (data, data.report)

@@ -1,0 +1,116 @@
+"""BootstrapSampler and BYGVideoEdit: edit an IMAGE batch or a video (IMAGE frames) by instruction."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from . import host
+from . import inputs as I
+from .values import MODEL
+
+SIZE_HINT = " (an ImageScale node can resize it)"
+
+
+@contextmanager
+def guidance_of(backbone, guidance: float):
+    """FLUX.1-dev's distilled guidance for this run only (the backbone is shared); models without it ignore it."""
+    if not hasattr(backbone, "guidance"):
+        yield
+        return
+    previous, backbone.guidance = backbone.guidance, guidance
+    try:
+        yield
+    finally:
+        backbone.guidance = previous
+
+
+def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int, guidance: float,
+             keep_states: bool = False):
+    """Encode, edit with the model's LoRA state, decode: (edited pixels, decoded y_t states or None)."""
+    from byg_core.sample import edit
+
+    if not instruction.strip():
+        raise ValueError(f"{node}: write an edit instruction, e.g. \"change the circle's colour to green\"")
+    backbone = model.backbone
+    try:
+        backbone.check_pixels(tuple(pixels.shape))
+    except ValueError as error:
+        raise ValueError(f"{node}: {error}{SIZE_HINT}") from error
+    try:
+        c = backbone.encode_text([instruction.strip()])
+    except ValueError as error:
+        raise ValueError(f"{node}: the instruction cannot be read by this model: {error}") from error
+    x = backbone.encode_pixels(pixels)
+    adapters = model.prepare()
+    with guidance_of(backbone, guidance):
+        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states)
+    edited = backbone.decode_latents(result.latents)
+    states = backbone.decode_latents(torch.cat(result.states)) if keep_states else None
+    return edited, states
+
+
+def _common_inputs(what: str) -> dict:
+    return {
+        "instruction": I.text("", f"What to change in the {what}, e.g. \"change the circle's colour to green\".", multiline=True),
+        "steps": I.integer(20, 1, 1000, "ODE steps of the edit (paper: 20)."),
+        "seed": I.seed("Seed of the starting noise."),
+        "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input ignore it."),
+    }
+
+
+class BootstrapSampler:
+    DESCRIPTION = "Edits every image of an IMAGE batch by one instruction with a ByG-trained model."
+    CATEGORY = "ByG/edit"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("image", "states")
+    OUTPUT_TOOLTIPS = (
+        "The edited images, same size as the input.",
+        "With return_states on: the decoded intermediate states y_t of the rollout, step by step (steps x batch "
+        "images, noisiest first); off: the edited images again.",
+    )
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "model": I.socket(MODEL, "A model carrying a ByG LoRA (BYGLoRALoader)."),
+            "image": I.socket("IMAGE", "Images to edit; their size must suit the model (the error says which sizes do)."),
+        }
+        required |= _common_inputs("image")
+        required["return_states"] = I.flag(False, "Also output the intermediate states y_t of the rollout.")
+        return {"required": required}
+
+    def sample(self, model, image, instruction, steps, seed, guidance, return_states):
+        pixels = host.image_to_pixels(image)
+        edited, states = run_edit("BootstrapSampler", model, pixels, instruction, steps, seed, guidance, return_states)
+        image_out = host.pixels_to_image(edited)
+        return (image_out, host.pixels_to_image(states) if return_states else image_out)
+
+
+class BYGVideoEdit:
+    DESCRIPTION = "Edits a video, given as IMAGE frames, by one instruction with a ByG-trained Wan2.2 model."
+    CATEGORY = "ByG/edit"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The edited frames, as many and as large as the input's.",)
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "model": I.socket(MODEL, "A Wan2.2 video model carrying a ByG LoRA."),
+            "frames": I.socket("IMAGE", "The video's frames in order (Wan takes 4k+1 frames)."),
+        }
+        return {"required": required | _common_inputs("video")}
+
+    def edit(self, model, frames, instruction, steps, seed, guidance):
+        if model.family != "wan":
+            raise ValueError(
+                f"BYGVideoEdit needs a Wan2.2 video model; the loaded model {model.name!r} is {model.family}, "
+                "an image model: edit its frames with BootstrapSampler, or load a Wan2.2 model"
+            )
+        video = host.frames_to_video(frames)
+        edited, _ = run_edit("BYGVideoEdit", model, video, instruction, steps, seed, guidance)
+        return (host.video_to_frames(edited),)

@@ -1,0 +1,175 @@
+"""The one adapter to ComfyUI's host modules, plus IMAGE <-> tensor conversion.
+
+Every host import (``folder_paths``, ``comfy.utils``, ``comfy.model_management``) happens
+inside a function, so the pack imports and its tests run without ComfyUI. Without the
+host: the ``loras`` folder is ``$BYG_LORAS_DIR`` (else ``./loras``), the output and input
+folders are ``$BYG_OUTPUT_DIR`` / ``$BYG_INPUT_DIR`` (else ``./output`` / ``./input``), the
+progress bar does nothing and ComfyUI's interrupt never fires.
+
+ComfyUI's IMAGE is (B, H, W, C) float in [0, 1]; byg_core takes pixels (B, 3, H, W) and
+videos (B, 3, F, H, W).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+LORA_SUFFIXES = (".safetensors",)
+
+
+# --- folders ----------------------------------------------------------------------------
+def _folder_paths():
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def loras_dir() -> Path:
+    """Where new LoRAs are saved: the first of ComfyUI's ``loras`` folders."""
+    host = _folder_paths()
+    if host is not None:
+        return Path(host.get_folder_paths("loras")[0])
+    return Path(os.environ.get("BYG_LORAS_DIR", "loras"))
+
+
+def lora_names() -> list[str]:
+    """LoRA files ComfyUI lists (relative names), safetensors only."""
+    host = _folder_paths()
+    if host is not None:
+        names = host.get_filename_list("loras")
+    else:
+        root = loras_dir()
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*")] if root.is_dir() else []
+    return sorted(n for n in names if n.endswith(LORA_SUFFIXES))
+
+
+def lora_path(name: str) -> Path:
+    """The full path of a LoRA listed by ``lora_names``."""
+    host = _folder_paths()
+    path = host.get_full_path("loras", name) if host is not None else loras_dir() / name
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(f"LoRA {name!r} is not in the loras folder ({loras_dir()}); refresh the node list")
+    return Path(path)
+
+
+def output_dir() -> Path:
+    host = _folder_paths()
+    if host is not None:
+        return Path(host.get_output_directory())
+    return Path(os.environ.get("BYG_OUTPUT_DIR", "output"))
+
+
+def input_dir() -> Path:
+    host = _folder_paths()
+    if host is not None:
+        return Path(host.get_input_directory())
+    return Path(os.environ.get("BYG_INPUT_DIR", "input"))
+
+
+def install_loras(paths: list[Path]) -> list[Path]:
+    """Copy trained LoRA files into the loras folder (atomically: a half-copied file is never listed)."""
+    target_dir = loras_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for path in paths:
+        target = target_dir / Path(path).name
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+        installed.append(target)
+    return installed
+
+
+# --- progress and interrupt ---------------------------------------------------------------
+def _model_management():
+    try:
+        import comfy.model_management as model_management
+    except ImportError:
+        return None
+    return model_management
+
+
+def interrupted() -> bool:
+    """Whether the user pressed ComfyUI's Cancel (polled, the flag stays set)."""
+    host = _model_management()
+    return bool(host is not None and host.processing_interrupted())
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    return type(error).__name__ == "InterruptProcessingException"
+
+
+class Progress:
+    """ComfyUI's progress bar for a long loop that must stop cleanly, not mid-step.
+
+    ComfyUI's bar raises ``InterruptProcessingException`` from ``update`` once the user
+    cancels; a trainer must first save its checkpoint, so that exception is caught here,
+    ``should_stop`` reports it, and ``raise_if_interrupted`` re-raises it afterwards.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._stopped: BaseException | None = None
+        try:
+            from comfy.utils import ProgressBar
+        except ImportError:
+            self._bar = None
+        else:
+            self._bar = ProgressBar(total)
+
+    def update(self, value: int, preview_image=None) -> None:
+        """Move the bar to ``value``; ``preview_image`` (a PIL image) shows under the node."""
+        if self._bar is None or self.should_stop():
+            return
+        preview = None if preview_image is None else ("JPEG", preview_image, 512)
+        try:
+            self._bar.update_absolute(value, self.total, preview)
+        except Exception as error:  # the host's interrupt exception is not importable without the host
+            if not _is_interrupt(error):
+                raise
+            self._stopped = error
+
+    def should_stop(self) -> bool:
+        return self._stopped is not None or interrupted()
+
+    def raise_if_interrupted(self) -> None:
+        """Re-raise the user's interrupt, so ComfyUI stops the queue and caches no partial result."""
+        if self._stopped is not None:
+            raise self._stopped
+        host = _model_management()
+        if host is not None:
+            host.throw_exception_if_processing_interrupted()
+
+
+# --- IMAGE <-> pixels ---------------------------------------------------------------------
+def _check_image(image: torch.Tensor, what: str) -> None:
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise ValueError(f"{what} must be a ComfyUI IMAGE (batch, height, width, 3), got shape {tuple(image.shape)}")
+
+
+def image_to_pixels(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> pixels (B, 3, H, W); an alpha channel is dropped."""
+    _check_image(image, "image")
+    return image[..., :3].permute(0, 3, 1, 2).float().contiguous()
+
+
+def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, H, W) -> IMAGE (B, H, W, 3), float32 on the CPU, clamped to [0, 1]."""
+    return pixels.detach().permute(0, 2, 3, 1).float().clamp(0, 1).cpu().contiguous()
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE frames (F, H, W, C) -> one video (1, 3, F, H, W)."""
+    _check_image(frames, "frames")
+    return frames[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float().contiguous()
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """Videos (B, 3, F, H, W) -> IMAGE frames (B * F, H, W, 3), as VAEDecode flattens video."""
+    return video.detach().permute(0, 2, 3, 4, 1).flatten(0, 1).float().clamp(0, 1).cpu().contiguous()

@@ -1,0 +1,95 @@
+"""Every node's ComfyUI V1 contract, and importing the pack the way ComfyUI does, with no ComfyUI present."""
+
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACK_DIR = Path(__file__).resolve().parents[2]
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+CUSTOM_TYPES = {"BYG_MODEL", "BYG_DATASET", "BYG_OBJECTIVE", "BYG_LORA"}
+NAMED = {"BootstrapSampler", "DirectionalPriorLoss", "CycleTrainer", "BYGLoRALoader", "BYGVideoEdit"}
+
+
+def all_inputs(cls):
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def test_pack_registers_the_named_nodes_with_display_names(pack):
+    assert NAMED <= set(pack.NODE_CLASS_MAPPINGS)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    assert all(name.startswith("ByG ") for name in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+
+
+@pytest.mark.parametrize("name", ["BYGModelLoader", "BYGDataset", "DirectionalPriorLoss", "CycleTrainer", "BYGLoRALoader",
+                                  "BootstrapSampler", "BYGVideoEdit", "BYGToyScene", "BYGToyDataset"])
+def test_node_contract(nodes, name):
+    cls = nodes[name]
+    assert cls.CATEGORY.startswith("ByG/") and cls.DESCRIPTION
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    inputs = all_inputs(cls)
+    for key, declared in inputs.items():
+        kind, options = declared
+        assert options.get("tooltip"), f"{name}.{key} has no tooltip"
+        if isinstance(kind, list):
+            assert options.get("default", kind[0]) in kind
+        elif kind in WIDGET_TYPES:
+            assert "default" in options
+            if kind in ("INT", "FLOAT"):
+                assert options["min"] <= options["default"] <= options["max"]
+        else:
+            assert kind in CUSTOM_TYPES | {"IMAGE"}, f"{name}.{key}: unexpected socket type {kind}"
+    signature = inspect.signature(getattr(cls, cls.FUNCTION))
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    assert takes_any or set(inputs) <= set(signature.parameters), f"{name}.{cls.FUNCTION} misses inputs"
+    for key in cls.INPUT_TYPES().get("required", {}):
+        parameter = signature.parameters.get(key)
+        assert parameter is None or parameter.default is inspect.Parameter.empty or takes_any
+
+
+def test_outputs_are_the_expected_types(nodes):
+    expected = {
+        "BYGModelLoader": ("BYG_MODEL",),
+        "BYGDataset": ("BYG_DATASET", "STRING"),
+        "DirectionalPriorLoss": ("BYG_OBJECTIVE", "IMAGE"),
+        "CycleTrainer": ("BYG_LORA", "IMAGE"),
+        "BYGLoRALoader": ("BYG_MODEL",),
+        "BootstrapSampler": ("IMAGE", "IMAGE"),
+        "BYGVideoEdit": ("IMAGE",),
+    }
+    assert {name: nodes[name].RETURN_TYPES for name in expected} == expected
+
+
+def test_objective_widgets_cover_every_objective_field(nodes):
+    import dataclasses
+
+    from byg_core.objective import ObjectiveConfig
+
+    fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    assert fields == set(nodes["DirectionalPriorLoss"].INPUT_TYPES()["required"])
+
+
+def test_importing_the_pack_needs_no_comfyui_and_loads_nothing_heavy():
+    """A fresh interpreter imports the pack by path, as ComfyUI does: no comfy, no diffusers/peft yet."""
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        path = {str(PACK_DIR)!r}
+        name = path.replace(".", "_x_")
+        spec = importlib.util.spec_from_file_location(name, path + "/__init__.py", submodule_search_locations=[path])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        assert len(module.NODE_CLASS_MAPPINGS) >= 7
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("comfy", "folder_paths", "diffusers", "peft", "accelerate"))
+        print(heavy)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,252 @@
+"""The toy train-and-edit graph, node by node, with real tensors in ComfyUI's formats (IMAGE = B,H,W,C in 0..1)."""
+
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+INSTRUCTION = "change the circle's colour to green"
+FAST_OBJECTIVE = dict(  # DirectionalPriorLoss widgets, the paper's except a short rollout for CPU tests
+    lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1, rollout_steps=2, gradient_routing=True,
+    cycle=True, directional=True, bootstrap=True, regularization=True, identity_steps=True,
+)
+
+
+def train_inputs(**overrides):
+    values = dict(steps=3, learning_rate=1e-3, rank=4, batch_size=2, seed=0, save_name="toy_test", resume=False,
+                  warmup_identity_steps=1, preview_every=2)
+    return values | overrides
+
+
+@pytest.fixture
+def graph(run, toy_model_name):
+    """Nodes 1-4 of the toy workflow: model, dataset, source image, objective (with its direction map)."""
+    (model,) = run("BYGModelLoader", model=toy_model_name)
+    dataset, report = run("BYGToyDataset", count=8, seed=0, name="toy")
+    image, caption = run("BYGToyScene", shape="circle", shape_color="red", bg_color="blue", size=16)
+    objective, direction = run("DirectionalPriorLoss", **FAST_OBJECTIVE, model=model, image=image,
+                               src_caption=caption, tgt_caption="a green circle on a blue background", t=0.5, seed=0)
+    return types.SimpleNamespace(model=model, dataset=dataset, report=report, image=image, caption=caption,
+                                 objective=objective, direction=direction)
+
+
+def test_toy_graph_trains_a_lora_and_edits_an_image(run, nodes, graph, host_folders):
+    assert graph.report.startswith("8 edit tuples") and graph.caption == "a red circle on a blue background"
+    assert graph.image.shape == (1, 16, 16, 3) and graph.image.dtype == torch.float32
+    assert graph.direction.shape == (1, 16, 16, 3) and float(graph.direction.max()) == pytest.approx(1.0)
+    assert float(graph.direction.min()) >= 0
+
+    lora, curve = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective, **train_inputs())
+    assert (host_folders / "loras" / "toy_test.safetensors").is_file()
+    assert (host_folders / "output" / "byg" / "toy_test" / "checkpoint.safetensors").is_file()
+    assert lora.rank == 4 and lora.family == "flux"
+    assert curve.ndim == 4 and curve.shape[0] == 1 and curve.shape[-1] == 3
+
+    (edited_model,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
+    edited, states = run("BootstrapSampler", model=edited_model, image=graph.image, instruction=INSTRUCTION,
+                         steps=4, seed=0, guidance=3.5, return_states=True)
+    assert edited.shape == graph.image.shape and 0 <= float(edited.min()) and float(edited.max()) <= 1
+    assert (edited - graph.image).abs().mean() > 0.01
+    assert states.shape == (4, 16, 16, 3)  # one decoded y_t per ODE step, noisiest first
+
+    # the saved file, picked from the loras folder by name, is the same LoRA
+    assert "toy_test.safetensors" in nodes["BYGLoRALoader"].INPUT_TYPES()["required"]["lora_name"][0]
+    (from_file,) = run("BYGLoRALoader", model=graph.model, lora_name="toy_test.safetensors", strength=1.0)
+    again, _ = run("BootstrapSampler", model=from_file, image=graph.image, instruction=INSTRUCTION,
+                   steps=4, seed=0, guidance=3.5, return_states=False)
+    torch.testing.assert_close(again, edited)
+
+
+def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
+    """Running a LoRA branch never leaks into a branch holding the same backbone without it (values.py)."""
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                  **train_inputs(steps=2, preview_every=0))
+    (with_lora,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
+    (weak,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=0.0, lora=lora)
+    assert with_lora.backbone is graph.model.backbone and graph.model.lora is None
+
+    def sample(model):
+        return run("BootstrapSampler", model=model, image=graph.image, instruction=INSTRUCTION, steps=2, seed=1,
+                   guidance=3.5, return_states=False)[0]
+
+    base_before = sample(graph.model)
+    edited = sample(with_lora)
+    torch.testing.assert_close(sample(graph.model), base_before)
+    torch.testing.assert_close(sample(weak), base_before)  # strength 0 is the base model
+    torch.testing.assert_close(sample(with_lora), edited)
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+@pytest.fixture
+def comfy_interrupt_at(monkeypatch):
+    """A stand-in for ComfyUI's progress hook: after the user's Cancel, the bar's update raises."""
+    state = {"at": None, "updates": [], "previews": 0}
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            state["updates"].append(value)
+            state["previews"] += preview is not None
+            if state["at"] is not None and value >= state["at"]:
+                raise InterruptProcessingException()
+
+    def throw():
+        pass  # the fake hook raised already and (like ComfyUI's) reset the flag
+
+    comfy = types.ModuleType("comfy")
+    utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    management = types.SimpleNamespace(processing_interrupted=lambda: False, throw_exception_if_processing_interrupted=throw,
+                                       InterruptProcessingException=InterruptProcessingException)
+    comfy.utils, comfy.model_management = utils, management
+    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", management)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return state
+
+
+def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host_folders, comfy_interrupt_at, monkeypatch):
+    comfy_interrupt_at["at"] = 2
+    with pytest.raises(InterruptProcessingException):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective, **train_inputs(steps=5))
+    assert comfy_interrupt_at["updates"][-1] == 2 and comfy_interrupt_at["previews"] == 0
+    from byg_core.safefiles import load_checked
+
+    _, metadata = load_checked(host_folders / "output" / "byg" / "toy_test" / "checkpoint.safetensors", "checkpoint")
+    assert metadata["byg.step"] == "2"  # stopped after the step the user cancelled in, checkpoint kept
+    assert (host_folders / "loras" / "toy_test.safetensors").is_file()
+
+    comfy_interrupt_at["at"] = None
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                  **train_inputs(steps=5, resume=True))
+    assert comfy_interrupt_at["updates"] == [1, 2, 3, 4, 4, 5]  # steps 3..5 on the same bar, the preview at 4
+    assert comfy_interrupt_at["previews"] == 1
+    assert len(lora.files) == 1
+
+
+# --- bad input says what to change ---------------------------------------------------------------------------
+def test_image_size_the_model_cannot_take(run, graph):
+    odd = torch.rand(1, 15, 16, 3)
+    with pytest.raises(ValueError, match=r"BootstrapSampler: image height 15 px .* 14 or 16 px.*ImageScale"):
+        run("BootstrapSampler", model=graph.model, image=odd, instruction=INSTRUCTION, steps=2, seed=0,
+            guidance=3.5, return_states=False)
+
+
+def test_empty_and_missing_datasets(run, host_folders):
+    empty = host_folders / "input" / "empty"
+    empty.mkdir()
+    (empty / "edits.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="BYGDataset: .*edits.jsonl has no usable edit tuple"):
+        run("BYGDataset", folder="empty", strict=False, width=0, height=0)
+    with pytest.raises(ValueError, match="BYGDataset: .*not found"):
+        run("BYGDataset", folder="nowhere", strict=False, width=0, height=0)
+    with pytest.raises(ValueError, match="set 'folder'"):
+        run("BYGDataset", folder=" ", strict=False, width=0, height=0)
+
+
+def test_dataset_report_lists_rejected_lines(run, host_folders):
+    from byg_core.toy.dataset import write_toy_dataset
+
+    root = write_toy_dataset(host_folders / "input" / "mixed", n=3, seed=0)
+    with open(root / "edits.jsonl", "a") as handle:
+        handle.write('{"image": "00000.png", "src_caption": "a", "instruction": "b", "tgt_caption": "c", '
+                     '"reverse_instruction": "undo it"}\n{"image": "gone.png"}\n')
+    dataset, report = run("BYGDataset", folder=str(root), strict=False, width=16, height=16)
+    assert len(dataset.dataset) == 3 and dataset.size == (16, 16)
+    assert report.splitlines()[0].endswith("2 rejected")
+    assert "edits.jsonl:4: reverse_instruction 'undo it'" in report and "edits.jsonl:5: " in report
+    with pytest.raises(ValueError, match="bad lines"):
+        run("BYGDataset", folder=str(root), strict=True, width=0, height=0)
+
+
+def test_lora_for_another_family_is_refused(run, graph, host_folders):
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.lora_io import save_lora
+    from byg_core.toy.video import build_toy_wan_backbone
+
+    wan = build_toy_wan_backbone()
+    adapters = Adapters(wan, LoraSpec(2, 2.0, tuple(wan.lora_target_modules())))
+    save_lora(host_folders / "loras" / "video.safetensors", wan, adapters)
+    with pytest.raises(ValueError, match="BYGLoRALoader: .*trained for a wan model.*flux"):
+        run("BYGLoRALoader", model=graph.model, lora_name="video.safetensors", strength=1.0)
+
+
+def test_lora_of_another_rank_and_size_is_refused(run, graph, host_folders):
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.lora_io import save_lora
+    from helpers import make_flux_backbone  # a smaller FLUX: same family, other shapes
+
+    other = make_flux_backbone()
+    save_lora(host_folders / "loras" / "other.safetensors", other,
+              Adapters(other, LoraSpec(8, 8.0, tuple(other.lora_target_modules()))))
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model.*rank 8.*was not trained on model"):
+        run("BYGLoRALoader", model=graph.model, lora_name="other.safetensors", strength=1.0)
+
+
+def test_resume_with_another_rank_says_what_to_change(run, graph):
+    run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+        **train_inputs(steps=1, preview_every=0))
+    with pytest.raises(ValueError, match=r"(?s)cannot resume: .*rank=4.*rank=8.*turn resume off"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, rank=8, resume=True))
+
+
+def test_trainer_refuses_a_model_that_carries_a_lora(run, graph):
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                  **train_inputs(steps=1, preview_every=0))
+    (carrying,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
+    with pytest.raises(ValueError, match="connect the model loader's output directly"):
+        run("CycleTrainer", model=carrying, dataset=graph.dataset, objective=graph.objective, **train_inputs())
+
+
+def test_lora_loader_needs_a_lora(run, graph):
+    with pytest.raises(ValueError, match="pick a lora_name or connect"):
+        run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0)
+
+
+def test_objective_without_model_gives_a_blank_map_and_checks_values(run):
+    objective, direction = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
+    assert objective.rollout_steps == 2 and direction.shape == (1, 64, 64, 3) and float(direction.max()) == 0
+    with pytest.raises(ValueError, match="DirectionalPriorLoss: lambda_id must be >= 0"):
+        run("DirectionalPriorLoss", **(FAST_OBJECTIVE | {"lambda_id": -1.0}))
+
+
+# --- video ------------------------------------------------------------------------------------------------------
+def test_video_edit_refuses_an_image_model(run, graph):
+    frames = torch.rand(5, 16, 16, 3)
+    with pytest.raises(ValueError, match="BYGVideoEdit needs a Wan2.2 video model; the loaded model .* is flux"):
+        run("BYGVideoEdit", model=graph.model, frames=frames, instruction=INSTRUCTION, steps=2, seed=0, guidance=3.5)
+
+
+@pytest.fixture
+def toy_video_model(run, monkeypatch):
+    from byg_core.loading import LOADERS
+    from byg_core.toy.video import build_toy_wan_backbone
+
+    if "toy-video" not in LOADERS:
+        monkeypatch.setitem(LOADERS, "toy-video", lambda **options: build_toy_wan_backbone(**options))
+    return run("BYGModelLoader", model="toy-video")[0]
+
+
+def test_video_edit_on_a_wan_model(run, toy_video_model):
+    frames = torch.rand(5, 16, 16, 3)
+    (edited,) = run("BYGVideoEdit", model=toy_video_model, frames=frames, instruction=INSTRUCTION, steps=2, seed=0,
+                    guidance=3.5)
+    assert edited.shape == frames.shape and (edited - frames).abs().mean() > 0.01
+    with pytest.raises(ValueError, match="BYGVideoEdit: .*4k\\+1 frames"):
+        run("BYGVideoEdit", model=toy_video_model, frames=frames[:4], instruction=INSTRUCTION, steps=2, seed=0,
+            guidance=3.5)
+
+
+def test_dataset_node_reruns_when_edits_jsonl_changes(nodes, host_folders):
+    from byg_core.toy.dataset import write_toy_dataset
+
+    root = write_toy_dataset(host_folders / "input" / "ds", n=2, seed=0)
+    before = nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0)
+    os.utime(root / "edits.jsonl", (1, 1))
+    assert nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0) != before

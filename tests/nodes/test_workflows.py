@@ -1,0 +1,139 @@
+"""Every workflow in example_workflows/ loads in ComfyUI: known node types, widget values that line up with the
+nodes' inputs (number, order, type), and links that join matching types.
+
+Stock nodes are described by a table written from ComfyUI's source (notes on ComfyUI 0.3.64), not by importing
+ComfyUI: each input is (name, kind) with kind a socket type, a widget type, a list of options, or FILE (a combo
+listing model/input files, any name).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+WIDGET_TYPES = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
+SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
+FILE = "FILE"
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "uni_pc"]  # a subset; euler comes first
+SCHEDULERS = ["simple", "normal", "karras", "exponential", "sgm_uniform", "beta"]
+
+STOCK = {
+    "UNETLoader": ([("unet_name", FILE), ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"])], ["MODEL"]),
+    "LoraLoaderModelOnly": ([("model", "MODEL"), ("lora_name", FILE), ("strength_model", "FLOAT")], ["MODEL"]),
+    "DualCLIPLoader": ([("clip_name1", FILE), ("clip_name2", FILE),
+                        ("type", ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]),
+                        ("device", ["default", "cpu"])], ["CLIP"]),
+    "VAELoader": ([("vae_name", FILE)], ["VAE"]),
+    "LoadImage": ([("image", FILE), ("upload", ["image"])], ["IMAGE", "MASK"]),
+    "FluxKontextImageScale": ([("image", "IMAGE")], ["IMAGE"]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], ["LATENT"]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], ["IMAGE"]),
+    "CLIPTextEncode": ([("text", "STRING"), ("clip", "CLIP")], ["CONDITIONING"]),
+    "ReferenceLatent": ([("conditioning", "CONDITIONING"), ("latent", "LATENT")], ["CONDITIONING"]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING"), ("guidance", "FLOAT")], ["CONDITIONING"]),
+    "ConditioningZeroOut": ([("conditioning", "CONDITIONING")], ["CONDITIONING"]),
+    "KSampler": ([("model", "MODEL"), ("seed", "INT"), ("steps", "INT"), ("cfg", "FLOAT"), ("sampler_name", SAMPLERS),
+                  ("scheduler", SCHEDULERS), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT"), ("denoise", "FLOAT")], ["LATENT"]),
+    "SaveImage": ([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "ImageScale": ([("image", "IMAGE"), ("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
+                    ("width", "INT"), ("height", "INT"), ("crop", ["disabled", "center"])], ["IMAGE"]),
+    "Note": ([("text", "STRING")], []),  # frontend-only node
+}
+
+
+def definition(nodes, node_type):
+    """(inputs [(name, kind, options)], output types) of a pack or stock node."""
+    if node_type in nodes:
+        cls = nodes[node_type]
+        spec = cls.INPUT_TYPES()
+        inputs = [(k, v[0], v[1]) for part in ("required", "optional") for k, v in spec.get(part, {}).items()]
+        return inputs, list(cls.RETURN_TYPES)
+    assert node_type in STOCK, f"unknown node type {node_type}: neither this pack's nor a stock ComfyUI node"
+    inputs, outputs = STOCK[node_type]
+    return [(k, kind, {}) for k, kind in inputs], outputs
+
+
+def is_widget(kind, options) -> bool:
+    return (isinstance(kind, list) or kind in WIDGET_TYPES or kind == FILE) and not options.get("forceInput")
+
+
+def expected_widgets(inputs):
+    """One entry per saved value: (name, kind, options); seed-like INTs are followed by their control value."""
+    for name, kind, options in inputs:
+        if not is_widget(kind, options):
+            continue
+        yield name, kind, options
+        control = options.get("control_after_generate", name in ("seed", "noise_seed"))
+        if kind == "INT" and control:
+            yield f"{name} control", sorted(SEED_CONTROL), {}
+
+
+@pytest.fixture(params=WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def workflow(request):
+    return json.loads(request.param.read_text())
+
+
+def test_the_promised_workflows_exist():
+    assert {"byg_toy_train_and_edit.json", "byg_flux_edit_stock_comfyui.json"} <= {p.name for p in WORKFLOWS}
+
+
+def test_workflow_is_ui_format(workflow):
+    assert workflow["version"] == 0.4 and isinstance(workflow["nodes"], list) and isinstance(workflow["links"], list)
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(set(ids)) == len(ids) and workflow["last_node_id"] >= max(ids)
+    assert workflow["last_link_id"] >= max((link[0] for link in workflow["links"]), default=0)
+
+
+def test_widget_values_match_inputs_in_number_order_and_type(workflow, nodes):
+    for node in workflow["nodes"]:
+        inputs, _ = definition(nodes, node["type"])
+        widgets = list(expected_widgets(inputs))
+        values = node.get("widgets_values", [])
+        where = f"node {node['id']} ({node['type']})"
+        assert len(values) == len(widgets), f"{where}: {len(values)} values for widgets {[w[0] for w in widgets]}"
+        for value, (name, kind, options) in zip(values, widgets):
+            if isinstance(kind, list):
+                assert value in kind, f"{where}.{name}: {value!r} not in {kind}"
+            elif kind == FILE:
+                assert isinstance(value, str) and value, f"{where}.{name}: {value!r} is not a file name"
+            else:
+                assert isinstance(value, WIDGET_TYPES[kind]) and not (kind != "BOOLEAN" and isinstance(value, bool)), \
+                    f"{where}.{name}: {value!r} is not {kind}"
+                if kind in ("INT", "FLOAT") and "min" in options:
+                    assert options["min"] <= value <= options["max"], f"{where}.{name}: {value} out of range"
+
+
+def test_sockets_and_links_join_matching_types(workflow, nodes):
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        inputs, outputs = definition(nodes, node["type"])
+        sockets = [(k, kind) for k, kind, options in inputs if not is_widget(kind, options)]
+        assert [(i["name"], i["type"]) for i in node["inputs"] if "widget" not in i] == sockets, node["type"]
+        assert [o["type"] for o in node["outputs"]] == outputs, node["type"]
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        out = by_id[origin]["outputs"][origin_slot]
+        into = by_id[target]["inputs"][target_slot]
+        assert out["type"] == kind == into["type"], f"link {link_id}: {out['type']} -> {into['type']} as {kind}"
+        assert link_id in (out["links"] or []) and into["link"] == link_id, f"link {link_id} is not wired both ends"
+    linked = {link[0] for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        for socket in node["inputs"]:
+            assert socket["link"] is None or socket["link"] in linked
+
+
+def test_required_sockets_are_connected(workflow, nodes):
+    for node in workflow["nodes"]:
+        if node["type"] in nodes:
+            required = nodes[node["type"]].INPUT_TYPES()["required"]
+            for socket in node["inputs"]:
+                if socket["name"] in required:
+                    assert socket["link"] is not None, f"{node['type']}.{socket['name']} is not connected"
+
+
+def test_flux_workflow_shows_the_stock_comfyui_path():
+    flux = json.loads(next(p for p in WORKFLOWS if p.name == "byg_flux_edit_stock_comfyui.json").read_text())
+    types = {n["type"] for n in flux["nodes"]}
+    assert {"LoraLoaderModelOnly", "ReferenceLatent", "KSampler", "UNETLoader", "VAEEncode", "VAEDecode"} <= types
