@@ -89,14 +89,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def load_pixels(path: str) -> torch.Tensor:
-    from .data import load_image
+    """An image (1, 3, H, W) or a folder of video frames (1, 3, F, H, W)."""
+    from .data import load_media
 
-    return load_image(Path(path)).unsqueeze(0)
+    return load_media(Path(path)).unsqueeze(0)
 
 
 def save_pixels(pixels: torch.Tensor, path: str | Path) -> Path:
-    """(1, 3, H, W) in [0, 1] -> PNG."""
+    """(1, 3, H, W) in [0, 1] -> PNG; a video (1, 3, F, H, W) -> a folder of PNG frames."""
     path = Path(path)
+    if pixels.ndim == 5:
+        for i, frame in enumerate(pixels.unbind(2)):
+            save_pixels(frame, path / f"{i:05d}.png")
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     Image.fromarray(array).save(path)
@@ -159,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = sub.add_parser("edit", help="edit an image with a trained LoRA")
     edit.add_argument("--lora", nargs="+", required=True, help="LoRA file(s); two for a two-expert Wan model")
-    edit.add_argument("--image", required=True, help="source image")
+    edit.add_argument("--image", required=True, help="source image, or a folder of video frames (Wan models)")
     edit.add_argument("--instruction", required=True, help='e.g. "change the circle\'s colour to green"')
-    edit.add_argument("--out", required=True, help="where to write the edited PNG")
+    edit.add_argument("--out", required=True, help="the edited PNG (a folder of frames for a video)")
     edit.add_argument("--model", default="toy", help="base model the LoRA was trained on (default: toy)")
     edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
     edit.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,61 @@
+"""`byg` as a user runs it: make a dataset, train, resume, edit an image and a video."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from byg_core import cli
+from byg_core.data import load_image, load_media
+from byg_core.toy.video import write_video_dataset
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def sets(*pairs):
+    return sum((["--set", p] for p in pairs), [])
+
+
+def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=2", "rank=4",
+                     "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2")
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 0
+    lora = tmp_path / "run" / "byg_toy_lora.safetensors"
+    assert lora.is_file() and "checkpoint" in capsys.readouterr().out
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=3", "--resume"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().err
+    source = tmp_path / "data" / "00000.png"
+    out = tmp_path / "edited.png"
+    assert cli.main(["edit", "--lora", str(lora), "--image", str(source), "--out", str(out),
+                     "--instruction", "change the background colour to red", "--steps", "3"]) == 0
+    assert load_image(out).shape == load_image(source).shape
+    assert not torch.equal(load_image(out), load_image(source))
+
+
+def test_edit_a_video_folder_with_a_wan_lora(tmp_path):
+    write_video_dataset(tmp_path / "data", 2, seed=0)
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=1", "rank=4",
+                     "warmup_identity_steps=1", "objective.rollout_steps=2")
+    assert cli.main(["train", str(EXAMPLES / "toy_video.toml"), *overrides]) == 0
+    lora = tmp_path / "run" / "byg_toy_video.safetensors"
+    video = next(p for p in (tmp_path / "data").iterdir() if p.is_dir())
+    assert cli.main(["edit", "--model", "toy-wan-5b", "--lora", str(lora), "--image", str(video),
+                     "--out", str(tmp_path / "edited"), "--instruction", "change the background colour to red",
+                     "--steps", "2"]) == 0
+    assert load_media(tmp_path / "edited").shape == load_media(video).shape
+
+
+def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = -3\n")
+    assert cli.main(["train", str(bad)]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("demo", "train", "edit", "bench", "toy"):
+        assert command in text
