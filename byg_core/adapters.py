@@ -56,6 +56,7 @@ class Adapters:
                 inject_adapter_in_model(config, transformer, adapter_name=STUDENT)
                 inject_adapter_in_model(config, transformer, adapter_name=EMA)
             transformer._byg_lora_spec = spec
+        self._layers = self._find_layers()
         self.reset(seed)
         self.active = STUDENT
         self._activate(STUDENT)
@@ -80,16 +81,19 @@ class Adapters:
                 layer.set_scale(EMA, 1.0)
         self.copy(STUDENT, EMA)
 
-    def layers(self, expert: str | None = None) -> dict[str, LoraLayer]:
-        """LoRA layers by '<expert>/<module name>' (one expert's only when ``expert`` is given)."""
+    def _find_layers(self) -> dict[str, LoraLayer]:
         found = {}
         for name, transformer in self.backbone.transformers.items():
-            if expert not in (None, name):
-                continue
             for module_name, module in transformer.named_modules():
                 if isinstance(module, LoraLayer):
                     found[f"{name}/{module_name}"] = module
         return found
+
+    def layers(self, expert: str | None = None) -> dict[str, LoraLayer]:
+        """LoRA layers by '<expert>/<module name>' (one expert's only when ``expert`` is given)."""
+        if expert is None:
+            return self._layers
+        return {k: v for k, v in self._layers.items() if k.split("/", 1)[0] == expert}
 
     def parameters(self, role: str = STUDENT, expert: str | None = None) -> list[torch.nn.Parameter]:
         """The A and B matrices of one adapter, in a fixed order (the optimizer's order)."""
@@ -99,16 +103,15 @@ class Adapters:
         return params
 
     def _activate(self, role: str) -> None:
-        for layer in self.layers().values():
+        for layer in self._layers.values():
             if role == BASE:
                 layer.enable_adapters(False)
             else:
                 layer.enable_adapters(True)
                 layer.set_adapter(role)
-        for param in self.parameters(EMA):
-            param.requires_grad_(False)
-        for param in self.parameters(STUDENT):
-            param.requires_grad_(True)
+            for name in (STUDENT, EMA):  # peft flipped these: only the student is trainable
+                layer.lora_A[name].weight.requires_grad_(name == STUDENT)
+                layer.lora_B[name].weight.requires_grad_(name == STUDENT)
         self.active = role
 
     @contextmanager
@@ -117,6 +120,9 @@ class Adapters:
         if role not in ROLES:
             raise ValueError(f"adapter role must be one of {ROLES}, got {role!r}")
         previous = self.active
+        if role == previous:  # switching walks every LoRA layer: skip it when nothing changes
+            yield
+            return
         self._activate(role)
         try:
             yield
