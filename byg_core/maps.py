@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
-from .adapters import BASE, Adapters
+from .adapters import Adapters
 from .backbones.base import EditBackbone, TextCond
 from .objective import noise
-from .sample import initial_noise
+from .sample import as_batch, base_model, initial_noise
 
 
 @torch.no_grad()
@@ -29,8 +27,8 @@ def edit_direction_map(
         raise ValueError(f"edit_direction_map takes images (B, 3, H, W), got latents {tuple(x.shape)}")
     t_vec = torch.full((x.shape[0],), float(t), device=x.device)
     y_t = noise(x, initial_noise(x.shape, seed, x.device, x.dtype), t_vec)
-    p_src, p_tgt = (p if len(p) == x.shape[0] else TextCond.cat([p] * x.shape[0]) for p in (p_src, p_tgt))
-    with nullcontext() if adapters is None else adapters.use(BASE):
+    p_src, p_tgt = as_batch(p_src, x.shape[0]), as_batch(p_tgt, x.shape[0])
+    with base_model(adapters):
         delta = backbone.velocity(y_t, t_vec, p_tgt) - backbone.velocity(y_t, t_vec, p_src)
     magnitude = delta.float().norm(dim=1, keepdim=True)
     magnitude = magnitude / magnitude.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)

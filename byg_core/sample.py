@@ -51,7 +51,8 @@ def integrate(scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_s
     return result
 
 
-def _as_batch(text: TextCond, batch: int) -> TextCond:
+def as_batch(text: TextCond, batch: int) -> TextCond:
+    """One prompt's conditioning repeated over a batch (a batch's own is returned as is)."""
     return text if len(text) == batch else TextCond.cat([text] * batch)
 
 
@@ -67,7 +68,7 @@ def edit(
     keep_states: bool = False,
 ) -> EditResult:
     """Edit source latents ``x`` by instruction ``c`` with the EMA (default) or student adapter."""
-    c = _as_batch(c, x.shape[0])
+    c = as_batch(c, x.shape[0])
     eps = initial_noise(x.shape, seed, x.device, x.dtype)
     with adapters.use(role):
         return integrate(backbone.make_scheduler(), lambda y, t: backbone.velocity(y, t, c, source=x), eps, steps, keep_states)
@@ -92,10 +93,10 @@ def sdedit(
     seed: int = 0,
 ) -> torch.Tensor:
     """SDEdit (Meng et al.): noise the source to t = strength, then denoise with the target caption."""
-    p_tgt = _as_batch(p_tgt, x.shape[0])
+    p_tgt = as_batch(p_tgt, x.shape[0])
     grid = _sigma_grid(backbone, steps, strength)
     y = noise(x, initial_noise(x.shape, seed, x.device, x.dtype), torch.full((x.shape[0],), grid[0], device=x.device))
-    with _base(adapters):
+    with base_model(adapters):
         for s, s_next in zip(grid[:-1], grid[1:]):
             y = y + (s_next - s) * backbone.velocity(y, torch.full((x.shape[0],), s, device=x.device), p_tgt)
     return y
@@ -118,11 +119,11 @@ def flowedit(
     z_src = (1 - t) x + t eps,  z_tgt = z_fe + z_src - x,  z_fe <- z_fe + (t_next - t) * mean(v_delta).
     """
     batch = x.shape[0]
-    p_src, p_tgt = _as_batch(p_src, batch), _as_batch(p_tgt, batch)
+    p_src, p_tgt = as_batch(p_src, batch), as_batch(p_tgt, batch)
     generator = np.random.default_rng(seed)
     z_fe = x.clone()
     grid = _sigma_grid(backbone, steps, t_max)
-    with _base(adapters):
+    with base_model(adapters):
         for s, s_next in zip(grid[:-1], grid[1:]):
             t = torch.full((batch,), s, device=x.device)
             v_delta = torch.zeros_like(x)
@@ -135,6 +136,6 @@ def flowedit(
     return z_fe
 
 
-def _base(adapters: Adapters | None):
+def base_model(adapters: Adapters | None):
     """The base model: adapters disabled when there are any."""
     return nullcontext() if adapters is None else adapters.use(BASE)
