@@ -67,7 +67,9 @@ class Adapters:
             if isinstance(module, LoraLayer):
                 for role in (STUDENT, EMA):
                     if role in module.lora_A:
-                        module.delete_adapter(role)
+                        with warnings.catch_warnings():  # "adapter was active which is now deleted": intended
+                            warnings.simplefilter("ignore")
+                            module.delete_adapter(role)
         transformer._byg_lora_spec = None
 
     @torch.no_grad()

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="toy-world utilities")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
-    pretrain.add_argument("--steps", type=int, default=3000)
+    pretrain.add_argument("--steps", type=int, default=900)
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--out", default=None, help="default: the shipped byg_core/toy/assets file")
     pretrain.set_defaults(run=cmd_toy_pretrain)

@@ -53,12 +53,15 @@ TOY_FLUX_CONFIG: dict = dict(
     out_channels=12,
     num_layers=2,  # double-stream (MM-DiT) blocks
     num_single_layers=2,  # single-stream blocks
-    attention_head_dim=16,
-    num_attention_heads=4,  # inner dim 64
+    attention_head_dim=32,  # wide heads: more RoPE frequencies per axis (see axes_dims_rope)
+    num_attention_heads=2,  # inner dim 64
     joint_attention_dim=64,  # = ToyTextEncoder dim
     pooled_projection_dim=64,  # = ToyTextEncoder pooled_dim
     guidance_embeds=False,  # no CFG distillation: ByG needs no guidance, like FLUX.1-schnell
-    axes_dims_rope=[4, 6, 6],  # [index, row, col]; sums to attention_head_dim
+    # [index, row, col], summing to attention_head_dim. diffusers fixes RoPE theta at 10000,
+    # so an axis of d dims gets d/2 frequencies 10000^(-2k/d): 14 dims give 7 from 1 to 3e-4
+    # rad per token, enough to tell apart all 8 rows and columns (6 dims would give 3).
+    axes_dims_rope=[4, 14, 14],
 )
 TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
 
@@ -130,13 +133,13 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def pretrain(
-    steps: int = 1500,
+    steps: int = 900,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 32,
     lr: float = 2e-3,
     out_path: str | os.PathLike = DEFAULT_TOY_WEIGHTS,
     progress: Progress | None = None,
-    timesteps: str = "uniform",
+    timesteps: str = "logit_normal",
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -168,9 +171,10 @@ def pretrain(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        smoothed = float(loss) if smoothed is None else 0.98 * smoothed + 0.02 * float(loss)
+        value = float(loss.detach())
+        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
         if progress is not None:
-            progress(step + 1, {"loss": float(loss), "loss_avg": smoothed})
+            progress(step + 1, {"loss": value, "loss_avg": smoothed})
     transformer.eval().requires_grad_(False)
     info = dict(
         steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps,

@@ -1,0 +1,117 @@
+"""The shipped toy base model: it loads, draws captions, knows its config, and re-makes from a seed."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import byg_core.safefiles as safefiles
+from byg_core.backbones.flux import FluxBackbone
+from byg_core.safefiles import load_checked, save_atomic
+from byg_core.toy.model import (
+    DEFAULT_TOY_WEIGHTS,
+    TOY_FLUX_CONFIG,
+    build_toy_backbone,
+    directional_prior_check,
+    evaluate_base,
+    pretrain,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def base() -> FluxBackbone:
+    return build_toy_backbone(DEFAULT_TOY_WEIGHTS)
+
+
+def test_shipped_base_draws_its_captions_colours(base):
+    # The shipped base (900 CPU steps) draws both colours right; its shapes are still blobs
+    # whose kind reads near chance, so shape kind is not asserted here.
+    report = evaluate_base(base, n=32, seed=123, steps=10)
+    assert report["n"] == 32
+    for key in ("shape_color", "bg_color"):
+        assert report[key] >= 0.8, report
+
+
+def test_base_velocity_points_from_source_caption_to_target_caption(base):
+    """The directional prior v_tgt - v_src moves the one-step prediction toward the true edit."""
+    report = directional_prior_check(base, n=24, seed=5, t=0.5)
+    assert report["src_reads_source"] >= 0.8, report
+    assert report["cosine"] > 0.3, report
+
+
+def test_file_config_is_the_one_used(base):
+    with safe_open(DEFAULT_TOY_WEIGHTS, framework="pt") as handle:
+        metadata = handle.metadata()
+    config = json.loads(metadata["transformer_config"])
+    assert config == TOY_FLUX_CONFIG
+    for key, value in config.items():
+        built = base.transformer.config[key]
+        assert (list(built) if isinstance(built, (tuple, list)) else built) == value
+    text = json.loads(metadata["text_encoder_config"])
+    assert (base.text_encoder.dim, base.text_encoder.pooled_dim) == (text["dim"], text["pooled_dim"])
+    assert text["dim"] == config["joint_attention_dim"] and text["pooled_dim"] == config["pooled_projection_dim"]
+    # one file is the whole model: transformer weights and text-encoder tables
+    tensors, _ = load_checked(DEFAULT_TOY_WEIGHTS, "toy base")
+    assert torch.equal(tensors["text_encoder.word_embeddings"], base.text_encoder.word_embeddings)
+    assert any(k.startswith("transformer.transformer_blocks.") for k in tensors)
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        build_toy_backbone(missing)
+
+
+def test_corrupt_weights_file_says_so(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(DEFAULT_TOY_WEIGHTS.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated"):
+        build_toy_backbone(broken)
+
+
+def test_foreign_or_stale_files_are_refused(tmp_path):
+    tensors, metadata = load_checked(DEFAULT_TOY_WEIGHTS, "toy base")
+    foreign = save_atomic({"x": torch.zeros(1)}, tmp_path / "lora.safetensors", {"format": "something-else"})
+    with pytest.raises(ValueError, match="not a toy base model"):
+        build_toy_backbone(foreign)
+    stale_vocab = dict(metadata, vocabulary=json.dumps(["<pad>", "<unk>", "a"]))
+    stale = save_atomic(tensors, tmp_path / "stale.safetensors", stale_vocab)
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_toy_backbone(stale)
+    del tensors["transformer.proj_out.weight"]
+    incomplete = save_atomic(tensors, tmp_path / "incomplete.safetensors", metadata)
+    with pytest.raises(ValueError, match="proj_out"):
+        build_toy_backbone(incomplete)
+
+
+def test_pretrain_is_deterministic_from_the_seed(tmp_path):
+    a = pretrain(steps=3, seed=7, batch_size=4, lr=1e-3, out_path=tmp_path / "a.safetensors")
+    b = pretrain(steps=3, seed=7, batch_size=4, lr=1e-3, out_path=tmp_path / "b.safetensors")
+    c = pretrain(steps=3, seed=8, batch_size=4, lr=1e-3, out_path=tmp_path / "c.safetensors")
+    wa, wb, wc = (load_checked(r["path"], "toy base")[0] for r in (a, b, c))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["transformer.proj_out.weight"], wc["transformer.proj_out.weight"])
+    # what pretrain wrote loads back as a backbone with exactly those weights
+    loaded = build_toy_backbone(a["path"])
+    assert torch.equal(loaded.transformer.proj_out.weight, wa["transformer.proj_out.weight"])
+    assert json.loads(load_checked(a["path"], "toy base")[1]["pretrain"])["seed"] == 7
+
+
+def test_pretrain_reports_progress_and_writes_atomically(tmp_path, monkeypatch):
+    out = tmp_path / "base.safetensors"
+    out.write_bytes(b"previous")
+    seen = []
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safefiles, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        pretrain(steps=2, seed=0, batch_size=2, out_path=out, progress=lambda step, terms: seen.append((step, terms)))
+    assert out.read_bytes() == b"previous"  # a failed save leaves the old file
+    assert [p.name for p in tmp_path.iterdir()] == ["base.safetensors"]  # and no temporary file
+    assert [step for step, _ in seen] == [1, 2] and "loss" in seen[0][1]
