@@ -45,6 +45,17 @@ def expert_paths(path: str | os.PathLike, experts: list[str]) -> dict[str, Path]
     return {e: path.with_name(f"{path.stem}_{EXPERT_SUFFIX.get(e, e)}{path.suffix}") for e in experts}
 
 
+def sibling_paths(path: str | os.PathLike, backbone: EditBackbone) -> list[Path]:
+    """All existing files of the pair ``path`` belongs to (a two-expert model's high/low-noise files)."""
+    path = Path(path)
+    experts = list(backbone.transformers)
+    for suffix in (f"_{EXPERT_SUFFIX.get(e, e)}" for e in experts if len(experts) > 1):
+        if path.stem.endswith(suffix):
+            base = path.with_name(path.stem[: -len(suffix)] + path.suffix)
+            return [p for p in expert_paths(base, experts).values() if p.is_file()]
+    return [path]
+
+
 def save_lora(
     path: str | os.PathLike,
     backbone: EditBackbone,

@@ -37,8 +37,14 @@ def initial_noise(shape: Sequence[int], seed: int, device, dtype) -> torch.Tenso
 
 
 @torch.no_grad()
-def integrate(scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_states: bool = False) -> EditResult:
-    """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler (its sigmas are our t)."""
+def integrate(
+    scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_states: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> EditResult:
+    """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler (its sigmas are our t).
+
+    ``on_step(i)`` is called after step i (1-based), for a host's progress bar.
+    """
     scheduler.set_timesteps(steps, device=y.device)
     result = EditResult(latents=y)
     for i, timestep in enumerate(scheduler.timesteps):
@@ -47,6 +53,8 @@ def integrate(scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_s
             result.states.append(y)
             result.t.append(float(t[0]))
         y = scheduler.step(velocity(y, t), timestep, y, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1)
     result.latents = y
     return result
 
@@ -66,12 +74,15 @@ def edit(
     seed: int = 0,
     role: str = EMA,
     keep_states: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> EditResult:
     """Edit source latents ``x`` by instruction ``c`` with the EMA (default) or student adapter."""
     c = as_batch(c, x.shape[0])
     eps = initial_noise(x.shape, seed, x.device, x.dtype)
     with adapters.use(role):
-        return integrate(backbone.make_scheduler(), lambda y, t: backbone.velocity(y, t, c, source=x), eps, steps, keep_states)
+        return integrate(
+            backbone.make_scheduler(), lambda y, t: backbone.velocity(y, t, c, source=x), eps, steps, keep_states, on_step
+        )
 
 
 def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float) -> list[float]:

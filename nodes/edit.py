@@ -44,8 +44,10 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
         raise ValueError(f"{node}: the instruction cannot be read by this model: {error}") from error
     x = backbone.encode_pixels(pixels)
     adapters = model.prepare()
+    progress = host.Progress(steps)
     with guidance_of(backbone, guidance):
-        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states)
+        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=progress.update)
+    progress.raise_if_interrupted()
     edited = backbone.decode_latents(result.latents)
     states = backbone.decode_latents(torch.cat(result.states)) if keep_states else None
     return edited, states

@@ -46,12 +46,13 @@ class BYGLoRALoader:
 
     @staticmethod
     def _read(model, lora_name) -> BygLora:
-        from byg_core.lora_io import read_lora
+        from byg_core.lora_io import read_lora, sibling_paths
 
         if lora_name == NONE:
             raise ValueError("BYGLoRALoader: pick a lora_name or connect a LoRA to the lora input")
         try:
-            file = read_lora(host.lora_path(lora_name), model.backbone)
+            # picking either file of a Wan2.2 A14B pair loads both experts' LoRAs
+            files = tuple(read_lora(p, model.backbone) for p in sibling_paths(host.lora_path(lora_name), model.backbone))
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"BYGLoRALoader: {error}. Pick a LoRA trained on a {model.family} model.") from error
-        return BygLora(lora_name, file.family, (file,))
+        return BygLora(lora_name, files[0].family, files)

@@ -11,6 +11,9 @@ def test_integrating_the_straight_flow_lands_on_the_data(flux_backbone):
     result = integrate(flux_backbone.make_scheduler(), lambda y, t: eps - x, eps, steps=7, keep_states=True)
     assert torch.allclose(result.latents, x, atol=1e-5)
     assert len(result.states) == 7 and result.t[0] == 1.0 and torch.equal(result.states[0], eps)
+    calls = []
+    integrate(flux_backbone.make_scheduler(), lambda y, t: eps - x, eps, steps=3, on_step=calls.append)
+    assert calls == [1, 2, 3]
 
 
 def test_edit_is_seeded_and_uses_the_chosen_adapter(flux_backbone):

@@ -15,7 +15,7 @@ from byg_core import cli
 from byg_core.adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
 from byg_core.config import VIDEO_PRESET, TrainConfig
 from byg_core.data import EditDataset, cache
-from byg_core.lora_io import load_lora
+from byg_core.lora_io import load_lora, save_lora
 from byg_core.objective import ObjectiveConfig, byg_step
 from byg_core.sample import edit
 from byg_core.toy.video import build_toy_wan_backbone, write_video_dataset
@@ -166,3 +166,14 @@ def test_cli_trains_the_two_expert_toy_model_from_the_example(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "byg_toy_video_high_noise.safetensors" in printed and "byg_toy_video_low_noise.safetensors" in printed
     assert (tmp_path / "run" / "losses.jsonl").read_text().count("\n") == 2
+
+
+def test_either_file_of_an_expert_pair_names_both(tmp_path):
+    from byg_core.lora_io import sibling_paths
+
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())))
+    high, low = save_lora(tmp_path / "pair.safetensors", backbone, adapters)
+    assert sibling_paths(high, backbone) == [high, low] == sibling_paths(low, backbone)
+    single = build_toy_wan_backbone("ti2v-5b")
+    assert sibling_paths(high, single) == [high]
