@@ -48,12 +48,12 @@ class ToySettings:
     """Paper defaults (B.1) scaled to a 16 px world and a 2-core CPU."""
 
     steps: int = 600
-    batch_size: int = 16
+    batch_size: int = 8  # paper B.1
     rank: int = 16
-    lr: float = 1e-3  # the paper's 3e-4 is for a 12B model at batch 8; the toy LoRA is tiny
-    warmup_identity_steps: int = 100
+    lr: float = 3e-3  # the paper's 3e-4 is for a 12B model and 30k steps; the toy LoRA is tiny and runs short
+    warmup_identity_steps: int = 50  # paper: 200 of 30k steps
     identity_prob: float = 0.15
-    ema_decay: float = 0.99
+    ema_decay: float = 0.95  # a time constant of 20 steps: 0.99 left the EMA editor behind in 600-step runs
     rollout_steps: int = 10
     edit_steps: int = 20
     n_train: int = 1024
