@@ -65,7 +65,7 @@ class Trainer:
         self.backbone = backbone
         self.data = data
         self.callbacks = callbacks or Callbacks()
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=_no_accelerator())
         for transformer in backbone.transformers.values():
             transformer.to(self.accelerator.device)
         if config.expert not in ("auto", *backbone.transformers):
@@ -231,6 +231,11 @@ class Trainer:
         if len(groups) != len(self.optimizer.param_groups):
             raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, expected 1")
         return {"state": state, "param_groups": groups}
+
+
+def _no_accelerator() -> bool:
+    """accelerate runs several CPU processes (gloo) only when told the run is on the CPU."""
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> Path:
