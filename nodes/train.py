@@ -37,11 +37,13 @@ class CycleTrainer:
                 "resume": I.flag(False, "Continue from <output>/byg/<save_name>/checkpoint.safetensors instead of starting fresh."),
                 "warmup_identity_steps": I.integer(200, 0, 1_000_000, "First steps train the identity loss only (paper: 200)."),
                 "preview_every": I.integer(100, 0, 1_000_000, "Steps between preview edits under the node (0: none)."),
+                "ema_decay": I.number(0.99, 0.0, 1.0, 0.001, "Decay of the EMA editor that bootstraps the targets; "
+                                      "short runs want less (0.95 for a few hundred steps)."),
             }
         }
 
     def train(self, model, dataset, objective, steps, learning_rate, rank, batch_size, seed, save_name, resume,
-              warmup_identity_steps, preview_every):
+              warmup_identity_steps, preview_every, ema_decay):
         from byg_core.config import TrainConfig
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
@@ -57,7 +59,7 @@ class CycleTrainer:
             model=model.name, data=str(dataset.dataset.root), output_dir=str(host.output_dir() / "byg" / name),
             save_name=name, resolution=list(dataset.size) if dataset.size else None, steps=steps, batch_size=batch_size,
             lr=learning_rate, rank=rank, seed=seed, objective=dataclasses.replace(objective),
-            warmup_identity_steps=warmup_identity_steps, preview_every=preview_every,
+            warmup_identity_steps=warmup_identity_steps, preview_every=preview_every, ema_decay=ema_decay,
         )
         progress = host.Progress(steps)
         callbacks = Callbacks(

@@ -16,7 +16,7 @@ FAST_OBJECTIVE = dict(  # DirectionalPriorLoss widgets, the paper's except a sho
 
 def train_inputs(**overrides):
     values = dict(steps=3, learning_rate=1e-3, rank=4, batch_size=2, seed=0, save_name="toy_test", resume=False,
-                  warmup_identity_steps=1, preview_every=2)
+                  warmup_identity_steps=1, preview_every=2, ema_decay=0.95)
     return values | overrides
 
 
