@@ -1,6 +1,5 @@
 """The toy world: scene rules, exact renders, captions and ground-truth edit tuples."""
 
-import math
 import random
 from dataclasses import replace
 
