@@ -61,13 +61,13 @@ class ToySettings:
     seed: int = 0
 
     def train_config(self, out: Path, **overrides) -> TrainConfig:
-        objective = overrides.pop("objective", ObjectiveConfig(rollout_steps=self.rollout_steps))
-        cfg = TrainConfig(
+        values = dict(
             model="toy", output_dir=str(out), steps=self.steps, batch_size=self.batch_size, rank=self.rank,
             lr=self.lr, warmup_identity_steps=self.warmup_identity_steps, identity_prob=self.identity_prob,
-            ema_decay=self.ema_decay, seed=self.seed, checkpoint_every=0, objective=objective, **overrides,
+            ema_decay=self.ema_decay, seed=self.seed, checkpoint_every=0,
+            objective=ObjectiveConfig(rollout_steps=self.rollout_steps),
         )
-        return cfg.validate()
+        return TrainConfig(**(values | overrides)).validate()
 
 
 @dataclass
@@ -131,6 +131,7 @@ def run_methods(out: Path, settings: ToySettings, suite: str, log: Callable[[str
         edited, history = fn()
         results[name] = MethodResult(score(eval_tuples, edited), time.perf_counter() - start, edited, history)
         log(f"{name}: {_summary(results[name].metrics)} ({results[name].seconds:.0f} s)")
+        write_report(out, results, settings, eval_tuples, {"suite": suite, "complete": False})
 
     def trained(**overrides):
         def fn():
@@ -195,13 +196,17 @@ def write_report(out: Path, results: dict[str, MethodResult], settings: ToySetti
     save_png(image_grid(rows, ["source", *results, "truth"]), out / "grid.png")
 
 
+BENCH_SETTINGS = ToySettings()
+
+
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0) -> dict:
     """``byg bench``: every method on the same held-out tuples; writes results.json/.md and grid.png."""
-    settings = ToySettings(seed=seed, **({"steps": steps} if steps else {}))
+    settings = dataclasses.replace(BENCH_SETTINGS, seed=seed, **({"steps": steps} if steps else {}))
     start = time.perf_counter()
     results = run_methods(out, settings, suite, print)
     tuples = eval_split(settings.n_eval, settings.seed)
-    write_report(out, results, settings, tuples, {"suite": suite, "total_seconds": time.perf_counter() - start})
+    write_report(out, results, settings, tuples,
+                 {"suite": suite, "complete": True, "total_seconds": time.perf_counter() - start})
     print(markdown_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")
     return json.loads((out / "results.json").read_text())

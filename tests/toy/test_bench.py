@@ -45,3 +45,18 @@ def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["byg"]) >= {"edit_success", "preservation", "pixel_error", "by_family", "by_split"}
     assert saved["steps"] == report["steps"] == 2
+
+
+def test_the_ablation_bench_runs_every_method_and_reports_them(tmp_path, monkeypatch):
+    import byg_core.toy.bench as bench
+
+    monkeypatch.setattr(bench, "BENCH_SETTINGS", ToySettings(steps=2, n_train=16, n_eval=2, edit_steps=2,
+                                                             warmup_identity_steps=1, rollout_steps=2))
+    report = bench.run_bench(Path(tmp_path), suite="ablations")
+    expected = {"byg", "supervised", "sdedit", "flowedit", "identity", *bench.ABLATIONS}
+    assert set(report["methods"]) == expected and report["complete"]
+    for metrics in report["methods"].values():
+        assert set(metrics) >= {"edit_success", "preservation", "pixel_error", "by_family", "by_split"}
+    assert report["methods"]["identity"]["edit_success"] == 0.0
+    assert (tmp_path / "results.md").read_text().count("\n") == len(expected) + 2
+    assert (tmp_path / "grid.png").is_file()
