@@ -250,3 +250,22 @@ def test_dataset_node_reruns_when_edits_jsonl_changes(nodes, host_folders):
     before = nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0)
     os.utime(root / "edits.jsonl", (1, 1))
     assert nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0) != before
+
+
+def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders):
+    """example_workflows/byg_toy_wan_video_train_and_edit.json, on a toy video dataset in the input folder."""
+    from byg_core.toy.video import write_video_dataset
+
+    write_video_dataset(host_folders / "input" / "toy_video", 4, seed=0)
+    (model,) = run("BYGModelLoader", model="toy-wan-5b")
+    dataset, report = run("BYGDataset", folder="toy_video", strict=True, width=0, height=0)
+    objective, _ = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
+    lora, curve = run("CycleTrainer", model=model, dataset=dataset, objective=objective,
+                      **train_inputs(steps=2, preview_every=0, save_name="toy_video"))
+    assert (host_folders / "loras" / "toy_video.safetensors").is_file() and curve.ndim == 4
+    (with_lora,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
+    image, _ = run("BYGToyScene", shape="circle", shape_color="red", bg_color="blue", size=16)
+    frames = image.repeat(5, 1, 1, 1)  # what stock RepeatImageBatch(amount=5) outputs
+    (edited,) = run("BYGVideoEdit", model=with_lora, frames=frames, instruction="change the background colour to green",
+                    steps=2, seed=0, guidance=3.5)
+    assert edited.shape == frames.shape and not torch.equal(edited, frames)

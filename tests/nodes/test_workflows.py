@@ -40,6 +40,7 @@ STOCK = {
     "PreviewImage": ([("images", "IMAGE")], []),
     "ImageScale": ([("image", "IMAGE"), ("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
                     ("width", "INT"), ("height", "INT"), ("crop", ["disabled", "center"])], ["IMAGE"]),
+    "RepeatImageBatch": ([("image", "IMAGE"), ("amount", "INT")], ["IMAGE"]),
     "Note": ([("text", "STRING")], []),  # frontend-only node
 }
 
