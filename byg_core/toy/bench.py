@@ -212,7 +212,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     return json.loads((out / "results.json").read_text())
 
 
-DEMO_SETTINGS = ToySettings(steps=300, n_eval=32)
+DEMO_SETTINGS = ToySettings(steps=450, n_eval=32)
 
 
 def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
