@@ -38,7 +38,9 @@ def loss_curve(history: list[dict[str, float]], keys: Sequence[str] | None = Non
     draw = ImageDraw.Draw(image)
     seen = dict.fromkeys(k for row in history for k in row)  # every term any step logged, in first-seen order
     keys = keys or [k for k in seen if k not in ("step", "identity_step")]
-    series = {k: smooth([row[k] for row in history if k in row], max(1, len(history) // 50)) for k in keys}
+    window = max(1, len(history) // 50)
+    steps = {k: [i for i, row in enumerate(history) if k in row] for k in keys}  # a term's own steps
+    series = {k: smooth([history[i][k] for i in steps[k]], window) for k in keys}
     series = {k: v for k, v in series.items() if v}
     left, top, right, bottom = 50, 20, width - 10, height - 30
     draw.rectangle([left, top, right, bottom], outline="black")
@@ -50,8 +52,9 @@ def loss_curve(history: list[dict[str, float]], keys: Sequence[str] | None = Non
     span = max(high - low, 1e-9)
     for i, (name, values) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
-        n = max(len(values) - 1, 1)
-        points = [(left + (right - left) * j / n, bottom - (bottom - top) * (v - low) / span) for j, v in enumerate(values)]
+        n = max(len(history) - 1, 1)
+        points = [(left + (right - left) * i / n, bottom - (bottom - top) * (v - low) / span)
+                  for i, v in zip(steps[name], values)]
         draw.line(points if len(points) > 1 else points * 2, fill=colour, width=2)
         draw.text((left + 8, top + 6 + 14 * i), name, fill=colour)
     draw.text((4, top), f"{high:.3g}", fill="black")
