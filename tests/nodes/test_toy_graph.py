@@ -263,6 +263,9 @@ def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders)
     lora, curve = run("CycleTrainer", model=model, dataset=dataset, objective=objective,
                       **train_inputs(steps=2, preview_every=0, save_name="toy_video"))
     assert (host_folders / "loras" / "toy_video.safetensors").is_file() and curve.ndim == 4
+    trained_with = lora.files[0].metadata["byg.config"]  # the paper's video options (B.2), lr from the widget
+    assert (trained_with["use_ema"], trained_with["timesteps"], trained_with["shift"]) == (False, "logit_normal", 12.0)
+    assert trained_with["lr"] == train_inputs()["learning_rate"]
     (with_lora,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
     image, _ = run("BYGToyScene", shape="circle", shape_color="red", bg_color="blue", size=16)
     frames = image.repeat(5, 1, 1, 1)  # what stock RepeatImageBatch(amount=5) outputs
