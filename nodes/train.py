@@ -44,7 +44,7 @@ class CycleTrainer:
 
     def train(self, model, dataset, objective, steps, learning_rate, rank, batch_size, seed, save_name, resume,
               warmup_identity_steps, preview_every, ema_decay):
-        from byg_core.config import VIDEO_PRESET, TrainConfig
+        from byg_core.config import TrainConfig
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
         from byg_core.train import Callbacks, Trainer
@@ -55,16 +55,16 @@ class CycleTrainer:
                 f"CycleTrainer trains a new LoRA on the base model, but this model carries LoRA {model.lora.name!r}: "
                 "connect the model loader's output directly"
             )
-        # a video model trains with the paper's video options (B.2) unless a widget sets them
-        preset = VIDEO_PRESET if model.family == "wan" else {}
-        config = TrainConfig(**{
-            **preset,
+        values = {
             "model": model.name, "data": str(dataset.dataset.root), "output_dir": str(host.output_dir() / "byg" / name),
             "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "steps": steps,
             "batch_size": batch_size, "lr": learning_rate, "rank": rank, "seed": seed,
-            "objective": dataclasses.replace(objective), "warmup_identity_steps": warmup_identity_steps,
+            "objective": dataclasses.asdict(objective), "warmup_identity_steps": warmup_identity_steps,
             "preview_every": preview_every, "ema_decay": ema_decay,
-        })
+        }
+        # a video model trains with the paper's video options (B.2) unless a widget sets them
+        build = TrainConfig.for_video if model.family == "wan" else TrainConfig.from_dict
+        config = build(values, "CycleTrainer")
         progress = host.Progress(steps)
         callbacks = Callbacks(
             on_step=lambda step, _: progress.update(step),
