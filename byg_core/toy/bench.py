@@ -119,7 +119,10 @@ def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: 
     return trainer, edited, history
 
 
-def run_methods(out: Path, settings: ToySettings, suite: str, log: Callable[[str], None]) -> dict[str, MethodResult]:
+def run_methods(
+    out: Path, settings: ToySettings, suite: str, log: Callable[[str], None]
+) -> tuple[dict[str, MethodResult], list[EditTuple]]:
+    """Every method of ``suite`` on the held-out tuples; the results and those tuples."""
     backbone = build_toy_backbone()
     train_tuples = sample_tuples(settings.n_train, settings.seed)
     eval_tuples = eval_split(settings.n_eval, settings.seed)
@@ -148,7 +151,7 @@ def run_methods(out: Path, settings: ToySettings, suite: str, log: Callable[[str
         backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=settings.seed)), []))
     for name, overrides in _trained_methods(settings, suite).items():
         timed(name, trained(**overrides))
-    return results
+    return results, eval_tuples
 
 
 def _spec(backbone: FluxBackbone, settings: ToySettings) -> LoraSpec:
@@ -203,8 +206,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     """``byg bench``: every method on the same held-out tuples; writes results.json/.md and grid.png."""
     settings = dataclasses.replace(BENCH_SETTINGS, seed=seed, **({"steps": steps} if steps else {}))
     start = time.perf_counter()
-    results = run_methods(out, settings, suite, print)
-    tuples = eval_split(settings.n_eval, settings.seed)
+    results, tuples = run_methods(out, settings, suite, print)
     write_report(out, results, settings, tuples,
                  {"suite": suite, "complete": True, "total_seconds": time.perf_counter() - start})
     print(markdown_table(results))
