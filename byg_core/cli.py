@@ -137,10 +137,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
-    from .toy.model import DEFAULT_TOY_WEIGHTS, pretrain
+    from .toy.model import DEFAULT_TOY_WEIGHTS, PRETRAIN_STEPS, pretrain
 
     out = Path(args.out or DEFAULT_TOY_WEIGHTS)
-    report = pretrain(steps=args.steps, seed=args.seed, out_path=out, progress=Progress(args.steps, "pretrain", 50))
+    steps = args.steps or PRETRAIN_STEPS
+    report = pretrain(steps=steps, seed=args.seed, out_path=out, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="toy-world utilities")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
-    pretrain.add_argument("--steps", type=int, default=900)
+    pretrain.add_argument("--steps", type=int, default=None,
+                          help="default: the shipped base's step count (about 33 min on one core)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--out", default=None, help="default: the shipped byg_core/toy/assets file")
     pretrain.set_defaults(run=cmd_toy_pretrain)

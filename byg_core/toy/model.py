@@ -64,6 +64,10 @@ TOY_FLUX_CONFIG: dict = dict(
     axes_dims_rope=[4, 14, 14],
 )
 TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
+# The shipped base: 7000 steps at batch 32 (about 33 min on one CPU core). 900 steps drew shape
+# kinds at chance (0.37) and left editors trained on it unable to copy the source (supervised
+# preservation 0.04); 7000 steps draw kinds at 0.59 and the supervised editor preserves 0.17.
+PRETRAIN_STEPS = 7000
 
 Progress = Callable[[int, dict], None]
 
@@ -133,7 +137,7 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def pretrain(
-    steps: int = 900,
+    steps: int = PRETRAIN_STEPS,
     seed: int = 0,
     batch_size: int = 32,
     lr: float = 2e-3,

@@ -27,12 +27,13 @@ def base() -> FluxBackbone:
 
 
 def test_shipped_base_draws_its_captions_colours(base):
-    # The shipped base (900 CPU steps) draws both colours right; its shapes are still blobs
-    # whose kind reads near chance, so shape kind is not asserted here.
+    # The shipped base (7000 CPU steps) draws both colours right; its shapes are often
+    # ragged, so shape kind reads right only about 0.56-0.59 of the time (chance is 1/3).
     report = evaluate_base(base, n=32, seed=123, steps=10)
     assert report["n"] == 32
     for key in ("shape_color", "bg_color"):
         assert report[key] >= 0.8, report
+    assert report["shape"] >= 0.45, report
 
 
 def test_base_velocity_points_from_source_caption_to_target_caption(base):
