@@ -176,14 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train and evaluate a ByG LoRA on the toy shapes world (CPU, minutes)")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps, identity warm-up included (default: the demo's own, 750)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
 
     bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world")
     bench.add_argument("--out", default="out/bench")
     bench.add_argument("--suite", choices=["main", "ablations"], default="main")
-    bench.add_argument("--steps", type=int, default=None)
+    bench.add_argument("--steps", type=int, default=None,
+                       help="training steps per method, ByG's identity warm-up included (default 1200)")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(run=cmd_bench)
 

@@ -60,3 +60,24 @@ def test_the_ablation_bench_runs_every_method_and_reports_them(tmp_path, monkeyp
     assert report["methods"]["identity"]["edit_success"] == 0.0
     assert (tmp_path / "results.md").read_text().count("\n") == len(expected) + 2
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_a_shorter_run_keeps_half_its_steps_for_byg():
+    from byg_core.toy.bench import with_steps
+
+    settings = ToySettings(steps=1200, warmup_identity_steps=600)
+    assert with_steps(settings, None, 3) == ToySettings(steps=1200, warmup_identity_steps=600, seed=3)
+    short = with_steps(settings, 500, 0)
+    assert (short.steps, short.warmup_identity_steps) == (500, 250)
+
+
+def test_every_ablation_turns_off_one_switch_at_the_benchs_loss_weights():
+    from byg_core.toy.bench import ABLATIONS, _trained_methods
+
+    settings = ToySettings(lambda_id=3.0, rollout_steps=5)
+    methods = _trained_methods(settings, "ablations")
+    assert settings.train_config(Path("unused")).objective == settings.objective()
+    for name, switch in ABLATIONS.items():
+        objective = methods[name]["objective"]
+        assert (objective.lambda_id, objective.rollout_steps, getattr(objective, switch)) == (3.0, 5, False)
+        assert objective == ObjectiveConfig(rollout_steps=5, lambda_id=3.0, **{switch: False})
