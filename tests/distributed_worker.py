@@ -22,4 +22,5 @@ trainer = Trainer(cfg, backbone, cache(EditDataset.from_folder(data_dir), backbo
 trainer.run()
 rank = trainer.accelerator.process_index
 state = {k.replace("/", "|"): v.contiguous() for k, v in trainer.adapters.state_dict(STUDENT).items()}
+out.mkdir(parents=True, exist_ok=True)  # only the main process makes the run folder, maybe after this rank ends
 save_file(state, out / f"rank{rank}.safetensors")
