@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train and evaluate a ByG LoRA on the toy shapes world (CPU, minutes)")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--steps", type=int, default=None, help="training steps, identity warm-up included (default: the demo's own, 750)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="training steps, identity warm-up included (default: the demo's own)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
 
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="out/bench")
     bench.add_argument("--suite", choices=["main", "ablations"], default="main")
     bench.add_argument("--steps", type=int, default=None,
-                       help="training steps per method, ByG's identity warm-up included (default 1200)")
+                       help="training steps per method, ByG's identity warm-up included (default: the bench's own)")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(run=cmd_bench)
 

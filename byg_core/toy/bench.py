@@ -58,7 +58,8 @@ class ToySettings:
     ema_decay: float = 0.95  # a time constant of 20 steps: 0.99 left the EMA editor behind in 600-step runs
     rollout_steps: int = 10
     # paper B.1: 0.2. At 0.2 ByG's cycle and prior terms wore away the copying learnt in the warm-up (identity
-    # loss 0.025 -> 0.11 within 100 ByG steps; preservation 0.05); 1.0 kept 0.18, 3.0 kept 0.32 (docs/toy_bench.md)
+    # loss 0.025 -> 0.11 within 100 ByG steps; preservation 0.05); 1.0 kept 0.18, 3.0 kept 0.32 (600 ByG steps,
+    # 48 + 48 held-out tuples; the 1200-step bench measured 0.21: docs/toy_bench.md)
     lambda_id: float = 3.0
     edit_steps: int = 20
     n_train: int = 1024

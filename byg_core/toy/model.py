@@ -149,8 +149,8 @@ def pretrain(
 
     Every step draws fresh scenes of the whole world (all colour pairs) with one seeded
     generator, noises them at t from ``TIMESTEP_SAMPLERS[timesteps]`` (logit-normal by default: at
-    7000 steps it drew shape kinds right 0.59 of the time, uniform t 0.48) and regresses ``eps - x`` with AdamW. Bitwise reproducible for the
-    same torch build and thread count.
+    7000 steps it drew shape kinds right 0.59 of the time, uniform t 0.48) and regresses ``eps - x``
+    with AdamW. Bitwise reproducible for the same torch build and thread count.
     """
     start = time.perf_counter()
     backbone = _build(TOY_FLUX_CONFIG, TOY_TEXT_CONFIG, "index", seed)

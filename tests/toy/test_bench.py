@@ -78,6 +78,4 @@ def test_every_ablation_turns_off_one_switch_at_the_benchs_loss_weights():
     methods = _trained_methods(settings, "ablations")
     assert settings.train_config(Path("unused")).objective == settings.objective()
     for name, switch in ABLATIONS.items():
-        objective = methods[name]["objective"]
-        assert (objective.lambda_id, objective.rollout_steps, getattr(objective, switch)) == (3.0, 5, False)
-        assert objective == ObjectiveConfig(rollout_steps=5, lambda_id=3.0, **{switch: False})
+        assert methods[name]["objective"] == ObjectiveConfig(rollout_steps=5, lambda_id=3.0, **{switch: False})
