@@ -192,15 +192,37 @@ def markdown_table(results: dict[str, MethodResult]) -> str:
     return "\n".join(lines)
 
 
+def preservation_criteria(metrics: dict) -> dict:
+    """The share of edits keeping each criterion preservation ANDs (metrics.evaluate_edit), overall."""
+    return {k[len("kept_"):]: v for k, v in metrics["all"].items() if k.startswith("kept_")}
+
+
+def criteria_table(results: dict[str, MethodResult]) -> str:
+    """Which preservation criterion each method fails: the share of edits that keep it."""
+    names = list(preservation_criteria(next(iter(results.values())).metrics))
+    lines = ["| method | " + " | ".join(f"kept {n}" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+    for method, r in results.items():
+        kept = preservation_criteria(r.metrics)
+        lines.append(f"| {method} | " + " | ".join(f"{kept[n]:.2f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(results: dict[str, MethodResult]) -> str:
+    """results.md: the metrics table, then which preservation criterion each method fails."""
+    return (markdown_table(results) + "\n\nPreservation criteria (share of edits keeping each):\n\n"
+            + criteria_table(results) + "\n")
+
+
 def write_report(out: Path, results: dict[str, MethodResult], settings: ToySettings, tuples, extra: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     methods = {}
     for name, r in results.items():
         methods[name] = {**{k: r.metrics["all"][k] for k in METRIC_KEYS},
+                         "preservation_criteria": preservation_criteria(r.metrics),
                          "by_family": r.metrics["by_family"], "by_split": r.metrics["by_split"], "seconds": r.seconds}
     report = {"methods": methods, "settings": dataclasses.asdict(settings), **extra}
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(markdown_table(results) + "\n")
+    (out / "results.md").write_text(report_markdown(results))
     picks = list(range(0, len(tuples), max(1, len(tuples) // 8)))[:8]
     truth = render_batch([tuples[i].target for i in picks])
     sources = render_batch([tuples[i].source for i in picks])
@@ -225,7 +247,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     results, tuples = run_methods(out, settings, suite, print)
     write_report(out, results, settings, tuples,
                  {"suite": suite, "complete": True, "total_seconds": time.perf_counter() - start})
-    print(markdown_table(results))
+    print(report_markdown(results), end="")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")
     return json.loads((out / "results.json").read_text())
 

@@ -130,23 +130,25 @@ def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditT
     Returns a row: ``family``, ``unseen`` and the metrics ``edit_success``,
     ``preservation`` (0/1), ``mask_iou``, ``pixel_error`` (mean |edited - true target|)
     and ``source_distance`` (mean |edited - source|; 0 means the editor did nothing).
+    Preservation is the AND of three 0/1 criteria, kept in the row so that a bench can say
+    which one fails: ``kept_<field>`` for each attribute the edit must leave alone (it reads
+    as in the true edited scene), ``kept_mask_iou`` and ``kept_centroid``.
     """
     side = edited_img.shape[-1]
     reading = read_scene(edited_img)
     field = edit_family(tup.family).field
     true_mask = shape_mask(tup.target, side)
-    others_ok = all(
-        getattr(reading, f) == getattr(tup.target, f) for f in _ATTRIBUTE_FIELDS if f != field
-    )
     iou = mask_iou(reading.mask, true_mask)
+    kept = {f"kept_{f}": float(getattr(reading, f) == getattr(tup.target, f)) for f in _ATTRIBUTE_FIELDS if f != field}
+    kept["kept_mask_iou"] = float(iou >= PRESERVE_IOU)
+    kept["kept_centroid"] = float(_centroid_ok(reading, true_mask))
     edited = edited_img.detach().float().cpu()
     return {
         "family": tup.family,
         "unseen": tup.unseen,
         "edit_success": float(getattr(reading, field) == getattr(tup.target, field)),
-        "preservation": float(
-            others_ok and iou >= PRESERVE_IOU and _centroid_ok(reading, true_mask)
-        ),
+        "preservation": min(kept.values()),
+        **kept,
         "mask_iou": iou,
         "pixel_error": float((edited - render(tup.target, side)).abs().mean()),
         "source_distance": float((edited - source_img.detach().float().cpu()).abs().mean()),
@@ -154,12 +156,14 @@ def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditT
 
 
 def _mean_rows(rows: list[dict]) -> dict:
-    metrics = [
-        k
-        for k, v in rows[0].items()
-        if k not in ("family", "unseen") and isinstance(v, (int, float))
-    ]
-    means = {k: sum(float(row[k]) for row in rows) / len(rows) for k in metrics}
+    """Each metric's mean over the rows that have it (``kept_<field>`` only where ``field`` was not edited)."""
+    metrics = dict.fromkeys(
+        k for row in rows for k, v in row.items() if k not in ("family", "unseen") and isinstance(v, (int, float))
+    )
+    means = {}
+    for k in metrics:
+        values = [float(row[k]) for row in rows if k in row]
+        means[k] = sum(values) / len(values)
     return {**means, "n": len(rows)}
 
 

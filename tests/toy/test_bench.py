@@ -58,7 +58,12 @@ def test_the_ablation_bench_runs_every_method_and_reports_them(tmp_path, monkeyp
     for metrics in report["methods"].values():
         assert set(metrics) >= {"edit_success", "preservation", "pixel_error", "by_family", "by_split"}
     assert report["methods"]["identity"]["edit_success"] == 0.0
-    assert (tmp_path / "results.md").read_text().count("\n") == len(expected) + 2
+    for metrics in report["methods"].values():  # preservation is the AND of its criteria
+        criteria = metrics["preservation_criteria"]
+        assert {"mask_iou", "centroid"} <= set(criteria) <= {"mask_iou", "centroid", "shape", "shape_color", "bg_color"}
+        assert metrics["preservation"] <= min(criteria.values())
+    tables = (tmp_path / "results.md").read_text().split("Preservation criteria")
+    assert [t.count("\n| ") for t in tables] == [len(expected), len(expected) + 1]  # a row per method (+ a header)
     assert (tmp_path / "grid.png").is_file()
 
 

@@ -129,9 +129,13 @@ def test_moved_or_recoloured_result_loses_preservation_but_keeps_success():
     moved = render(Scene("square", "green", "blue", 0.65, 0.5, 0.5))
     row = evaluate_edit(render(t.source), moved, t)
     assert (row["edit_success"], row["preservation"]) == (1.0, 0.0)
+    # the row says which criterion failed: only the position, 2.4 px off
+    assert (row["kept_shape"], row["kept_bg_color"], row["kept_centroid"]) == (1.0, 1.0, 0.0)
+    assert "kept_shape_color" not in row  # the edited attribute is edit success's business
     recoloured = render(Scene("square", "green", "white", 0.5, 0.5, 0.5))
     row = evaluate_edit(render(t.source), recoloured, t)
     assert (row["edit_success"], row["preservation"], row["mask_iou"]) == (1.0, 0.0, 1.0)
+    assert (row["kept_bg_color"], row["kept_shape"], row["kept_mask_iou"], row["kept_centroid"]) == (0.0, 1.0, 1.0, 1.0)
     blank = color_tensor("blue")[:, None, None].expand(3, 16, 16)
     row = evaluate_edit(render(t.source), blank, t)
     assert (row["edit_success"], row["preservation"], row["mask_iou"]) == (0.0, 0.0, 0.0)
@@ -161,6 +165,17 @@ def test_aggregate_means_overall_per_family_and_per_split():
     assert summary["by_split"]["unseen"]["n"] == 1
     with pytest.raises(ValueError):
         aggregate([])
+
+
+def test_aggregate_means_a_criterion_over_the_rows_that_have_it():
+    """kept_shape exists only for colour edits: a kind edit's row must not count in its mean."""
+    rows = [
+        {"family": "bg_color", "unseen": False, "kept_shape": 1.0, "kept_mask_iou": 1.0},
+        {"family": "shape_color", "unseen": False, "kept_shape": 0.0, "kept_mask_iou": 1.0},
+        {"family": "shape_kind", "unseen": False, "kept_shape_color": 1.0, "kept_mask_iou": 0.0},
+    ]
+    summary = aggregate(rows)["all"]
+    assert summary == pytest.approx({"kept_shape": 0.5, "kept_mask_iou": 2 / 3, "kept_shape_color": 1.0, "n": 3})
 
 
 def test_aggregate_of_evaluated_rows_reports_unseen_split():
