@@ -121,10 +121,10 @@ class Trainer:
         eps = torch.randn(batch.x.shape, generator=g).to(batch.x)
         identity = self.is_identity_step(float(torch.rand((), generator=g)))
         with self.accelerator.autocast():
-            if self.cfg.method == "supervised":
-                losses = supervised_step(self.G, batch, t, eps)
-            elif identity:
+            if identity:  # the warm-up and random identity steps serve either method (B.1)
                 losses = identity_step(self.G, batch, t, eps)
+            elif self.cfg.method == "supervised":
+                losses = supervised_step(self.G, batch, t, eps)
             else:
                 losses = byg_step(self.G, batch, t, eps, self.cfg.objective)
         self.accelerator.backward(losses.total)

@@ -84,6 +84,17 @@ def test_warmup_steps_are_identity_only_then_random(tmp_path):
     assert "cycle" not in history[0] and "cycle" in history[2]
 
 
+def test_supervised_training_takes_its_warmup_identity_steps_too(tmp_path):
+    """A config's identity warm-up is honoured whichever method trains; the rest are Eq. 1 steps on true pairs."""
+    data = tiny_data()
+    data = CachedEdits(data.x, data.records, y=data.x.flip(-1))
+    cfg = config(tmp_path, steps=4, warmup_identity_steps=2, identity_prob=0.0, method="supervised")
+    history = Trainer(cfg, make_flux_backbone(), data).run().history
+    assert [h["identity_step"] for h in history] == [1.0, 1.0, 0.0, 0.0]
+    assert "identity" in history[0] and "edit" not in history[0]
+    assert "edit" in history[2] and "cycle" not in history[2]
+
+
 def test_switching_off_random_identity_steps_stops_them(tmp_path):
     cfg = config(tmp_path, warmup_identity_steps=0, identity_prob=1.0)
     trainer = Trainer(cfg, make_flux_backbone(), tiny_data())

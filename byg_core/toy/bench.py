@@ -169,6 +169,7 @@ def _spec(backbone: FluxBackbone, settings: ToySettings) -> LoraSpec:
 
 
 def _trained_methods(settings: ToySettings, suite: str) -> dict[str, dict]:
+    # the reference is Eq. 1 on true pairs alone; ByG's identity warm-up did not raise its preservation (docs/toy_bench.md)
     methods = {"byg": {}, "supervised": {"method": "supervised", "warmup_identity_steps": 0, "identity_prob": 0.0}}
     if suite == "ablations":
         for name, switch in ABLATIONS.items():
