@@ -1,0 +1,107 @@
+"""Probes behind docs/toy_bench.md's "fourth session" section (not part of CI; minutes to an hour each).
+(.venv is what `bash scripts/test.sh` or `bash scripts/demo.sh` made.)
+
+  .venv/bin/python scripts/toy_probes.py curve METHOD STEPS EVERY OUT [--seed S] [--n-eval N]
+      trains METHOD at the bench's settings, scoring the EMA editor on the bench's held-out tuples every
+      EVERY steps; METHOD is byg, supervised, supervised_warmup (the bench's identity warm-up and identity
+      steps, then true pairs) or an ablation name (no_cycle, ...). Saves the LoRA under OUT.
+  .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
+      does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
+      already fulfilled) and counts the sources read back whole (all attributes, mask IoU >= 0.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from byg_core.adapters import EMA
+from byg_core.lora_io import load_lora
+from byg_core.sample import edit
+from byg_core.toy import bench
+from byg_core.toy.metrics import PRESERVE_IOU, mask_iou, read_scene
+from byg_core.toy.model import build_toy_backbone
+from byg_core.toy.world import render_batch, sample_tuples
+from byg_core.train import Callbacks, Trainer
+
+
+def _summary(metrics: dict) -> str:
+    families = {f: (round(v["edit_success"], 2), round(v["preservation"], 2)) for f, v in metrics["by_family"].items()}
+    overall = {k: round(metrics["all"][k], 3) for k in bench.METRIC_KEYS}
+    return f"{json.dumps(overall)} by family (success, preservation): {families}"
+
+
+def curve(args: argparse.Namespace) -> None:
+    settings = dataclasses.replace(bench.BENCH_SETTINGS, steps=args.steps, n_eval=args.n_eval, seed=args.seed)
+    backbone = build_toy_backbone()
+    train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
+    tuples = bench.eval_split(settings.n_eval, 0)  # the bench's held-out tuples, whatever the training seed
+    eval_data = bench.cached_tuples(backbone, tuples)
+    if args.method in bench.ABLATIONS:
+        overrides = {"objective": settings.objective(**{bench.ABLATIONS[args.method]: False})}
+    else:
+        overrides = {"byg": {}, "supervised_warmup": {"method": "supervised"},
+                     "supervised": bench._trained_methods(settings, "main")["supervised"]}[args.method]
+    cfg = settings.train_config(Path(args.out), **overrides)
+    start, sums = time.perf_counter(), {}
+
+    def on_step(step: int, record: dict) -> None:
+        for k, v in record.items():
+            sums.setdefault(k, []).append(v)
+        if step % 100 == 0:
+            print(step, {k: round(sum(v) / len(v), 4) for k, v in sums.items() if k != "step"},
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            sums.clear()
+        if step % args.every == 0:
+            edited = bench.edit_with(backbone, eval_data, lambda b: edit(
+                backbone, trainer.adapters, b.x, b.c, steps=settings.edit_steps, role=EMA).latents)
+            print("EVAL", step, _summary(bench.score(tuples, edited)), flush=True)
+
+    trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=on_step))
+    trainer.run()
+
+
+def copy(args: argparse.Namespace) -> None:
+    backbone = build_toy_backbone()
+    tuples = bench.eval_split(args.n_eval, 0)
+    data = bench.cached_tuples(backbone, tuples)
+    sources = render_batch([t.source for t in tuples])
+    for path in args.lora:
+        adapters = load_lora([path], backbone)
+        out = bench.edit_with(backbone, data, lambda b: edit(backbone, adapters, b.x, b.c_bar, steps=20).latents)
+        whole = []
+        for source, image in zip(sources, out):
+            a, r = read_scene(source), read_scene(image)
+            same = (a.shape, a.shape_color, a.bg_color) == (r.shape, r.shape_color, r.bg_color)
+            whole.append(same and mask_iou(a.mask, r.mask) >= PRESERVE_IOU)
+        print(path, f"reproduces {sum(whole) / len(whole):.3f} of its sources,",
+              f"pixel error {float((out - sources).abs().mean()):.3f}", flush=True)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(required=True)
+    p = sub.add_parser("curve")
+    p.add_argument("method", choices=["byg", "supervised", "supervised_warmup", *bench.ABLATIONS])
+    p.add_argument("steps", type=int)
+    p.add_argument("every", type=int)
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=48)
+    p.set_defaults(run=curve)
+    p = sub.add_parser("copy")
+    p.add_argument("lora", nargs="+")
+    p.add_argument("--n-eval", type=int, default=96)
+    p.set_defaults(run=copy)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
