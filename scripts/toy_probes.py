@@ -2,8 +2,8 @@
 (.venv is what `bash scripts/test.sh` or `bash scripts/demo.sh` made.)
 
   .venv/bin/python scripts/toy_probes.py curve METHOD STEPS EVERY OUT [--seed S] [--n-eval N]
-      trains METHOD at the bench's settings, scoring the EMA editor on the bench's held-out tuples every
-      EVERY steps; METHOD is byg, supervised, supervised_warmup (the bench's identity warm-up and identity
+      trains METHOD at the bench's settings (those of `byg bench --steps STEPS`), scoring the EMA editor on
+      the bench's held-out tuples every EVERY steps; METHOD is byg, supervised, supervised_warmup (the bench's identity warm-up and identity
       steps, then true pairs) or an ablation name (no_cycle, ...). Saves the LoRA under OUT.
   .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
       does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
@@ -37,7 +37,7 @@ def _summary(metrics: dict) -> str:
 
 
 def curve(args: argparse.Namespace) -> None:
-    settings = dataclasses.replace(bench.BENCH_SETTINGS, steps=args.steps, n_eval=args.n_eval, seed=args.seed)
+    settings = dataclasses.replace(bench.with_steps(bench.BENCH_SETTINGS, args.steps, args.seed), n_eval=args.n_eval)
     backbone = build_toy_backbone()
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
     tuples = bench.eval_split(settings.n_eval, 0)  # the bench's held-out tuples, whatever the training seed
@@ -52,9 +52,10 @@ def curve(args: argparse.Namespace) -> None:
 
     def on_step(step: int, record: dict) -> None:
         for k, v in record.items():
-            sums.setdefault(k, []).append(v)
+            if k != "step":
+                sums.setdefault(k, []).append(v)
         if step % 100 == 0:
-            print(step, {k: round(sum(v) / len(v), 4) for k, v in sums.items() if k != "step"},
+            print(step, {k: round(sum(v) / len(v), 4) for k, v in sums.items()},
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             sums.clear()
         if step % args.every == 0:
