@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from byg_core.adapters import EMA
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit
 from byg_core.toy import bench
@@ -42,11 +41,8 @@ def curve(args: argparse.Namespace) -> None:
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
     tuples = bench.eval_split(settings.n_eval, 0)  # the bench's held-out tuples, whatever the training seed
     eval_data = bench.cached_tuples(backbone, tuples)
-    if args.method in bench.ABLATIONS:
-        overrides = {"objective": settings.objective(**{bench.ABLATIONS[args.method]: False})}
-    else:
-        overrides = {"byg": {}, "supervised_warmup": {"method": "supervised"},
-                     "supervised": bench._trained_methods(settings, "main")["supervised"]}[args.method]
+    methods = {**bench._trained_methods(settings, "ablations"), "supervised_warmup": {"method": "supervised"}}
+    overrides = methods[args.method]
     cfg = settings.train_config(Path(args.out), **overrides)
     start, sums = time.perf_counter(), {}
 
@@ -59,8 +55,7 @@ def curve(args: argparse.Namespace) -> None:
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             sums.clear()
         if step % args.every == 0:
-            edited = bench.edit_with(backbone, eval_data, lambda b: edit(
-                backbone, trainer.adapters, b.x, b.c, steps=settings.edit_steps, role=EMA).latents)
+            edited = bench.edit_held_out(backbone, trainer.adapters, eval_data, settings)
             print("EVAL", step, _summary(bench.score(tuples, edited)), flush=True)
 
     trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=on_step))
@@ -74,7 +69,8 @@ def copy(args: argparse.Namespace) -> None:
     sources = render_batch([t.source for t in tuples])
     for path in args.lora:
         adapters = load_lora([path], backbone)
-        out = bench.edit_with(backbone, data, lambda b: edit(backbone, adapters, b.x, b.c_bar, steps=20).latents)
+        out = bench.edit_with(backbone, data, lambda b: edit(
+            backbone, adapters, b.x, b.c_bar, steps=bench.BENCH_SETTINGS.edit_steps).latents)
         whole = []
         for source, image in zip(sources, out):
             a, r = read_scene(source), read_scene(image)

@@ -120,12 +120,17 @@ def edit_with(backbone: FluxBackbone, data: CachedEdits, method: Callable) -> to
     return torch.cat(out)
 
 
+def edit_held_out(backbone: FluxBackbone, adapters: Adapters, data: CachedEdits, settings: ToySettings,
+                  role: str = EMA) -> torch.Tensor:
+    """A trained editor's pixels for ``data``: ``settings.edit_steps`` steps from noise seeded by ``settings.seed``."""
+    return edit_with(backbone, data, lambda b: edit(
+        backbone, adapters, b.x, b.c, steps=settings.edit_steps, seed=settings.seed, role=role).latents)
+
+
 def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: ToySettings, progress=None):
     trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress))
     history = trainer.run().history
-    role = EMA if cfg.use_ema else STUDENT
-    edited = edit_with(backbone, eval_data, lambda b: edit(
-        backbone, trainer.adapters, b.x, b.c, steps=settings.edit_steps, seed=settings.seed, role=role).latents)
+    edited = edit_held_out(backbone, trainer.adapters, eval_data, settings, EMA if cfg.use_ema else STUDENT)
     return trainer, edited, history
 
 
