@@ -5,6 +5,9 @@
       trains METHOD at the bench's settings (those of `byg bench --steps STEPS`), scoring the EMA editor on
       the bench's held-out tuples every EVERY steps; METHOD is byg, supervised, supervised_warmup (the bench's identity warm-up and identity
       steps, then true pairs) or an ablation name (no_cycle, ...). Saves the LoRA under OUT.
+      --cycle-split frozen_reverse: the cycle's reverse pass trains no weights (its losses reach the editor only
+      through the routed forward prediction y_hat); detached_condition: the reverse pass is conditioned on
+      sg(y~_0) (its losses train only the reverse pass). Which half of the cycle loss moves preservation?
   .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
       does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
       already fulfilled) and counts the sources read back whole (all attributes, mask IoU >= 0.6).
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from byg_core import objective
+from byg_core.adapters import Generators
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit
 from byg_core.toy import bench
@@ -35,7 +40,43 @@ def _summary(metrics: dict) -> str:
     return f"{json.dumps(overall)} by family (success, preservation): {families}"
 
 
+def split_cycle(mode: str) -> None:
+    """Patch the ByG step so that only one half of the cycle loss trains (probe only; see the module doc)."""
+    routed = objective.route_gradients
+    if mode == "detached_condition":
+        objective.route_gradients = lambda clean, one_step: clean.detach()
+        return
+    marked: set[int] = set()
+
+    def route(clean, one_step):
+        y_hyb = routed(clean, one_step)
+        marked.clear()
+        marked.add(id(y_hyb))
+        return y_hyb
+
+    student_edit = Generators.edit
+
+    class _Call(torch.nn.Module):  # lets torch.func.functional_call swap the LoRA weights for detached ones
+        def __init__(self, inner, fn):
+            super().__init__()
+            self.inner, self.fn = inner, fn
+
+        def forward(self):
+            return self.fn()
+
+    def edit(self, y_t, t, c, x):
+        if id(x) not in marked:
+            return student_edit(self, y_t, t, c, x)
+        module = self.backbone.transformer
+        frozen = {f"inner.{n}": p.detach() for n, p in module.named_parameters() if p.requires_grad}
+        return torch.func.functional_call(_Call(module, lambda: student_edit(self, y_t, t, c, x)), frozen, ())
+
+    objective.route_gradients, Generators.edit = route, edit
+
+
 def curve(args: argparse.Namespace) -> None:
+    if args.cycle_split:
+        split_cycle(args.cycle_split)
     settings = dataclasses.replace(bench.with_steps(bench.BENCH_SETTINGS, args.steps, args.seed), n_eval=args.n_eval)
     backbone = build_toy_backbone()
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
@@ -91,6 +132,7 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=48)
+    p.add_argument("--cycle-split", choices=["frozen_reverse", "detached_condition"])
     p.set_defaults(run=curve)
     p = sub.add_parser("copy")
     p.add_argument("lora", nargs="+")
