@@ -42,18 +42,9 @@ def _summary(metrics: dict) -> str:
 
 def split_cycle(mode: str) -> None:
     """Patch the ByG step so that only one half of the cycle loss trains (probe only; see the module doc)."""
-    routed = objective.route_gradients
     if mode == "detached_condition":
         objective.route_gradients = lambda clean, one_step: clean.detach()
         return
-    marked: set[int] = set()
-
-    def route(clean, one_step):
-        y_hyb = routed(clean, one_step)
-        marked.clear()
-        marked.add(id(y_hyb))
-        return y_hyb
-
     student_edit = Generators.edit
 
     class _Call(torch.nn.Module):  # lets torch.func.functional_call swap the LoRA weights for detached ones
@@ -65,13 +56,13 @@ def split_cycle(mode: str) -> None:
             return self.fn()
 
     def edit(self, y_t, t, c, x):
-        if id(x) not in marked:
+        if not x.requires_grad:  # only the reverse pass's condition, the routed y_hyb, carries a gradient
             return student_edit(self, y_t, t, c, x)
         module = self.backbone.transformer
         frozen = {f"inner.{n}": p.detach() for n, p in module.named_parameters() if p.requires_grad}
         return torch.func.functional_call(_Call(module, lambda: student_edit(self, y_t, t, c, x)), frozen, ())
 
-    objective.route_gradients, Generators.edit = route, edit
+    Generators.edit = edit
 
 
 def curve(args: argparse.Namespace) -> None:
