@@ -22,7 +22,8 @@ def test_frames_and_video_round_trip(submodule):
     torch.testing.assert_close(host.video_to_frames(video), frames)
 
 
-def test_fallback_folders_and_lora_listing(submodule, host_folders):
+def test_fallback_folders_and_lora_listing(submodule, no_host):
+    host_folders = no_host
     host = submodule("nodes.host")
     assert host.loras_dir() == host_folders / "loras" and host.output_dir() == host_folders / "output"
     (host_folders / "loras" / "sub").mkdir()
@@ -34,7 +35,7 @@ def test_fallback_folders_and_lora_listing(submodule, host_folders):
         host.lora_path("missing.safetensors")
 
 
-def test_progress_without_comfyui_never_stops(submodule):
+def test_progress_without_comfyui_never_stops(submodule, no_host):
     progress = submodule("nodes.host").Progress(3)
     progress.update(1)
     assert not progress.should_stop()

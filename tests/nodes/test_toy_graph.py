@@ -78,54 +78,22 @@ def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
     torch.testing.assert_close(sample(with_lora), edited)
 
 
-class InterruptProcessingException(Exception):
-    pass
-
-
-@pytest.fixture
-def comfy_interrupt_at(monkeypatch):
-    """A stand-in for ComfyUI's progress hook: after the user's Cancel, the bar's update raises."""
-    state = {"at": None, "updates": [], "previews": 0}
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            state["updates"].append(value)
-            state["previews"] += preview is not None
-            if state["at"] is not None and value >= state["at"]:
-                raise InterruptProcessingException()
-
-    def throw():
-        pass  # the fake hook raised already and (like ComfyUI's) reset the flag
-
-    comfy = types.ModuleType("comfy")
-    utils = types.SimpleNamespace(ProgressBar=ProgressBar)
-    management = types.SimpleNamespace(processing_interrupted=lambda: False, throw_exception_if_processing_interrupted=throw,
-                                       InterruptProcessingException=InterruptProcessingException)
-    comfy.utils, comfy.model_management = utils, management
-    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", management)):
-        monkeypatch.setitem(sys.modules, name, module)
-    return state
-
-
-def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host_folders, comfy_interrupt_at, monkeypatch):
-    comfy_interrupt_at["at"] = 2
-    with pytest.raises(InterruptProcessingException):
+def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host):
+    host.cancel_at = 2
+    with pytest.raises(sys.modules["comfy.model_management"].InterruptProcessingException):
         run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective, **train_inputs(steps=5))
-    assert comfy_interrupt_at["updates"][-1] == 2 and comfy_interrupt_at["previews"] == 0
+    assert host.updates == [1, 2] and host.previews == 0 and not host.interrupt_flag
     from byg_core.safefiles import load_checked
 
-    _, metadata = load_checked(host_folders / "output" / "byg" / "toy_test" / "checkpoint.safetensors", "checkpoint")
+    _, metadata = load_checked(host.root / "output" / "byg" / "toy_test" / "checkpoint.safetensors", "checkpoint")
     assert metadata["byg.step"] == "2"  # stopped after the step the user cancelled in, checkpoint kept
-    assert (host_folders / "loras" / "toy_test.safetensors").is_file()
+    assert (host.root / "loras" / "toy_test.safetensors").is_file()
 
-    comfy_interrupt_at["at"] = None
+    host.cancel_at, host.updates = None, []
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
                   **train_inputs(steps=5, resume=True))
-    assert comfy_interrupt_at["updates"] == [1, 2, 3, 4, 4, 5]  # steps 3..5 on the same bar, the preview at 4
-    assert comfy_interrupt_at["previews"] == 1
+    assert host.updates == [3, 4, 4, 5]  # steps 3..5 on the same bar, the preview at 4
+    assert host.previews == 1
     assert len(lora.files) == 1
 
 
