@@ -84,6 +84,7 @@ class BootstrapSampler:
         required["return_states"] = I.flag(False, "Also output the intermediate states y_t of the rollout.")
         return {"required": required}
 
+    @host.outside_inference_mode(grad=False)
     def sample(self, model, image, instruction, steps, seed, guidance, return_states):
         pixels = host.image_to_pixels(image)
         edited, states = run_edit("BootstrapSampler", model, pixels, instruction, steps, seed, guidance, return_states)
@@ -107,6 +108,7 @@ class BYGVideoEdit:
         }
         return {"required": required | _common_inputs("video")}
 
+    @host.outside_inference_mode(grad=False)
     def edit(self, model, frames, instruction, steps, seed, guidance):
         if model.family != "wan":
             raise ValueError(

@@ -12,6 +12,7 @@ videos (B, 3, F, H, W).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -147,6 +148,29 @@ class Progress:
             host.throw_exception_if_processing_interrupted()
 
 
+# --- the executor's inference mode ----------------------------------------------------------
+def outside_inference_mode(grad: bool):
+    """Decorator for a node's FUNCTION: run it with inference mode off and autograd on (``grad``) or off.
+
+    ComfyUI's executor runs every node under ``torch.inference_mode()``. Tensors made there are
+    inference tensors, which autograd refuses ("does not require grad", "cannot be saved for
+    backward"), so a node that trains leaves inference mode and enables grad, as ComfyUI's own
+    ``TrainLoraNode`` does; a node that builds or patches the shared backbone (model loader, LoRA
+    loader, samplers) leaves it too, or the weights and adapters it creates could never be trained
+    later. Host tensors entering here are cloned by ``image_to_pixels`` / ``frames_to_video``.
+    """
+
+    def wrap(function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            with torch.inference_mode(False), torch.set_grad_enabled(grad):
+                return function(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
 # --- IMAGE <-> pixels ---------------------------------------------------------------------
 def _check_image(image: torch.Tensor, what: str) -> None:
     if image.ndim != 4 or image.shape[-1] < 3:
@@ -154,9 +178,9 @@ def _check_image(image: torch.Tensor, what: str) -> None:
 
 
 def image_to_pixels(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B, H, W, C) -> pixels (B, 3, H, W); an alpha channel is dropped."""
+    """IMAGE (B, H, W, C) -> pixels (B, 3, H, W), a fresh tensor (never the host's inference tensor); no alpha."""
     _check_image(image, "image")
-    return image[..., :3].permute(0, 3, 1, 2).float().contiguous()
+    return image[..., :3].permute(0, 3, 1, 2).float().clone(memory_format=torch.contiguous_format)
 
 
 def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
@@ -165,9 +189,9 @@ def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
-    """IMAGE frames (F, H, W, C) -> one video (1, 3, F, H, W)."""
+    """IMAGE frames (F, H, W, C) -> one video (1, 3, F, H, W), a fresh tensor (see ``image_to_pixels``)."""
     _check_image(frames, "frames")
-    return frames[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float().contiguous()
+    return frames[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float().clone(memory_format=torch.contiguous_format)
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:

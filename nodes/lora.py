@@ -31,6 +31,7 @@ class BYGLoRALoader:
             "optional": {"lora": I.socket(LORA, "A LoRA from CycleTrainer; overrides lora_name.")},
         }
 
+    @host.outside_inference_mode(grad=False)
     def load(self, model, lora_name, strength, lora=None):
         if lora is None:
             lora = self._read(model, lora_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import host
 from . import inputs as I
 from .values import MODEL, BygModel
 
@@ -22,6 +23,7 @@ class BYGModelLoader:
 
         return {"required": {"model": I.choice(sorted(LOADERS), "Which base model to load (byg_core's loader registry).")}}
 
+    @host.outside_inference_mode(grad=False)
     def load(self, model):
         from byg_core.loading import load_backbone
 

@@ -60,6 +60,7 @@ class DirectionalPriorLoss:
         }
         return {"required": required, "optional": optional}
 
+    @host.outside_inference_mode(grad=False)
     def build(self, model=None, image=None, src_caption="", tgt_caption="", t=0.5, seed=0, **settings):
         from byg_core.objective import ObjectiveConfig
 

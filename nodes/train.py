@@ -42,6 +42,7 @@ class CycleTrainer:
             }
         }
 
+    @host.outside_inference_mode(grad=True)
     def train(self, model, dataset, objective, steps, learning_rate, rank, batch_size, seed, save_name, resume,
               warmup_identity_steps, preview_every, ema_decay):
         from byg_core.config import TrainConfig

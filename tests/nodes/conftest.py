@@ -176,6 +176,12 @@ def execute(cls, function: str, inputs: dict):
 
 
 @pytest.fixture(scope="session")
+def executor():
+    """``execute(cls, function, inputs)`` for a class that is not registered (a variant made by a test)."""
+    return execute
+
+
+@pytest.fixture(scope="session")
 def run(nodes):
     """Call a node as ComfyUI's executor does; returns its outputs."""
     return lambda node_type, **inputs: execute(nodes[node_type], nodes[node_type].FUNCTION, inputs)[0]

@@ -97,6 +97,21 @@ def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host):
     assert len(lora.files) == 1
 
 
+def test_the_host_conditions_reproduce_the_failure_the_fix_removes(nodes, graph, executor):
+    """Under the executor's inference mode, the trainer without its way out fails as it did in ComfyUI 0.3.64."""
+    trainer = nodes["CycleTrainer"]
+    undecorated = type("UndecoratedTrainer", (trainer,), {"train": trainer.train.__wrapped__})
+    with pytest.raises(RuntimeError, match="element 0 of tensors does not require grad"):
+        executor(undecorated, "train", dict(model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                                           **train_inputs(steps=1, preview_every=0)))
+
+
+def test_weights_made_under_the_host_are_ordinary_tensors(graph, run):
+    """The loader and the LoRA loader build parameters outside inference mode, so a later trainer can use them."""
+    params = [p for t in graph.model.backbone.transformers.values() for p in t.parameters()]
+    assert params and not any(p.is_inference() for p in params)
+
+
 # --- bad input says what to change ---------------------------------------------------------------------------
 def test_image_size_the_model_cannot_take(run, graph):
     odd = torch.rand(1, 15, 16, 3)
