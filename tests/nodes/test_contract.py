@@ -93,3 +93,32 @@ def test_importing_the_pack_needs_no_comfyui_and_loads_nothing_heavy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_importing_the_pack_shadows_no_top_level_name(tmp_path):
+    """After ComfyUI imports the pack, ``nodes`` is still ComfyUI's nodes.py and ``scripts`` whatever it was before."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "nodes.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(comfy)!r})  # ComfyUI's main.py runs from its own folder
+        before = {{n: importlib.util.find_spec(n) for n in ("nodes", "scripts", "tests", "examples")}}
+        path = {str(PACK_DIR)!r}
+        spec = importlib.util.spec_from_file_location(path.replace(".", "_x_"), path + "/__init__.py",
+                                                      submodule_search_locations=[path])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        after = {{n: importlib.util.find_spec(n) for n in before}}
+        print({{n: (s.origin if s else None) for n, s in after.items()}})
+        assert after == before, (before, after)
+        assert path not in sys.path
+        import byg_core, nodes
+        assert nodes.__file__ == {str(comfy / "nodes.py")!r}, nodes.__file__
+        assert byg_core.__file__ == path + "/byg_core/__init__.py", byg_core.__file__
+        from byg_core.objective import ObjectiveConfig  # the nodes' lazy imports resolve
+        module.NODE_CLASS_MAPPINGS["DirectionalPriorLoss"].INPUT_TYPES()
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
