@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .data import EditDataset, cache
     from .loading import load_backbone
-    from .train import Callbacks, Trainer, write_history
+    from .train import Callbacks, ResumeMismatch, Trainer, existing_run, write_history
 
     import tomllib
 
@@ -78,8 +78,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = EditDataset.from_folder(cfg.data)
     data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
+    done = existing_run(cfg.output_dir)
+    if done is not None and not args.resume:
+        raise SystemExit(
+            f"{cfg.output_dir} already holds a run (checkpoint at step {done}); nothing was overwritten. "
+            "Continue it with --resume, or set another output_dir (--set output_dir=...) to start a new run."
+        )
     if args.resume:
-        print(f"resumed at step {trainer.resume()}", file=sys.stderr)
+        try:
+            print(f"resumed at step {trainer.resume()}", file=sys.stderr)
+        except ResumeMismatch as error:
+            raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     result = trainer.run()
     write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
     for path in result.lora_paths:

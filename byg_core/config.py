@@ -24,6 +24,18 @@ VIDEO_PRESET: dict[str, Any] = {
     "shift": 12.0,
     "use_ema": False,
 }
+# What each kind of base model trains with unless the user says otherwise, on top of the dataclass's
+# paper defaults (B.1). A model loader names its preset (byg_core.loading); the CLI's TOML and the
+# node's widgets override any field.
+PRESETS: dict[str, dict[str, Any]] = {
+    "flux": {},  # FLUX.1: the paper's image values (B.1)
+    "wan": VIDEO_PRESET,  # Wan2.2: the paper's video values (B.2)
+    # the toy FLUX-architecture base on a 2-core CPU: a clear colour edit within minutes (measured through
+    # the ComfyUI smoke test, scripts/comfy_smoke.py); the paper's 3e-4 and rank 64 are for a 12B model
+    "toy": {"steps": 500, "batch_size": 4, "lr": 3e-3, "rank": 16, "warmup_identity_steps": 150, "ema_decay": 0.95},
+    # the tiny random Wan stand-ins: the video path end to end in a minute, not edit quality
+    "toy-wan": VIDEO_PRESET | {"steps": 40, "batch_size": 2, "rank": 16, "warmup_identity_steps": 5},
+}
 METHODS = ("byg", "supervised")
 
 
@@ -111,9 +123,16 @@ class TrainConfig:
         return config.validate()
 
     @classmethod
+    def for_preset(cls, preset: str, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
+        """``from_dict`` on top of ``PRESETS[preset]``: the preset's values unless ``values`` say otherwise."""
+        if preset not in PRESETS:
+            raise ValueError(f"{source}: unknown preset {preset!r}; known presets are {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[preset], **(values or {})}, source)
+
+    @classmethod
     def for_video(cls, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
-        """``from_dict`` on top of ``VIDEO_PRESET``: the paper's video options unless ``values`` say otherwise."""
-        return cls.from_dict({**VIDEO_PRESET, **(values or {})}, source)
+        """The paper's video options (B.2) unless ``values`` say otherwise."""
+        return cls.for_preset("wan", values, source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":

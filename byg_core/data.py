@@ -48,6 +48,14 @@ class EditRecord:
     line: int = 0
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot be used; ``rejected`` lists its bad lines ("file:line: reason"), if any."""
+
+    def __init__(self, message: str, rejected: list[str]) -> None:
+        super().__init__(message + ":" + "".join(f"\n{line}" for line in rejected) if rejected else message)
+        self.rejected = rejected
+
+
 @dataclass
 class EditDataset:
     """Validated records of one ``edits.jsonl`` and the lines that were rejected, with reasons."""
@@ -75,9 +83,11 @@ class EditDataset:
             except (ValueError, json.JSONDecodeError) as error:
                 rejected.append(f"{index}:{number}: {error}")
         if strict and rejected:
-            raise ValueError("bad lines in the dataset:\n" + "\n".join(rejected))
+            raise DatasetError("bad lines in the dataset", rejected)
+        if not records and not rejected:
+            raise DatasetError(f"{index} has no edit tuple: write one JSON object per line", [])
         if not records:
-            raise ValueError(f"{index} has no usable edit tuple" + (":\n" + "\n".join(rejected) if rejected else ""))
+            raise DatasetError(f"{index} has no usable edit tuple", rejected)
         return cls(root, records, rejected)
 
 

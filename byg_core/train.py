@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
 from .bootstrap import snap_to_grid
@@ -30,6 +31,14 @@ from .timesteps import TIMESTEP_SAMPLERS
 CHECKPOINT = "checkpoint.safetensors"
 # fields that must match between a checkpoint and the run resuming it
 RESUME_KEYS = ("model", "rank", "lora_alpha", "target_modules", "seed", "batch_size")
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint made with another value of a field a resumed run must keep (``RESUME_KEYS``)."""
+
+    def __init__(self, path: Path, key: str, saved, current) -> None:
+        self.key, self.saved, self.current = key, saved, current
+        super().__init__(f"checkpoint {path} was made with {key}={saved!r}, this run has {key}={current!r}")
 
 
 @dataclass
@@ -172,11 +181,15 @@ class Trainer:
         return self.backbone.decode_latents(edited.latents)
 
     def save_lora(self) -> list[Path]:
+        """The LoRA of the steps done: ``<save_name>.safetensors`` when the run is complete, else
+        ``<save_name>_step<N>.safetensors``, so a stopped run never takes the finished LoRA's name.
+        Its config says ``steps = N``: that config, trained from scratch, gives this very file."""
         if not self.accelerator.is_main_process:
             return []
         role = EMA if self.cfg.use_ema else STUDENT
-        path = self.output_dir / f"{self.cfg.save_name}.safetensors"
-        return save_lora(path, self.backbone, self.adapters, role=role, config=self.cfg.to_dict())
+        name = self.cfg.save_name if self.step >= self.cfg.steps else f"{self.cfg.save_name}_step{self.step}"
+        config = self.cfg.to_dict() | {"steps": self.step}
+        return save_lora(self.output_dir / f"{name}.safetensors", self.backbone, self.adapters, role=role, config=config)
 
     # --- checkpoints ----------------------------------------------------------------
     @property
@@ -206,10 +219,7 @@ class Trainer:
         saved = meta_json(raw, "byg.config", path)
         for key in RESUME_KEYS:
             if saved.get(key) != self.cfg.to_dict()[key]:
-                raise ValueError(
-                    f"checkpoint {path} was made with {key}={saved.get(key)!r}, this run has "
-                    f"{key}={self.cfg.to_dict()[key]!r}; use the same value or a new output_dir"
-                )
+                raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -231,6 +241,19 @@ class Trainer:
         if len(groups) != len(self.optimizer.param_groups):
             raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, expected 1")
         return {"state": state, "param_groups": groups}
+
+
+def existing_run(output_dir: str | Path) -> int | None:
+    """The step of the checkpoint a run left in ``output_dir`` (None where there is none), so a fresh
+    run can refuse to overwrite it; a checkpoint that cannot be read still counts as a run."""
+    path = Path(output_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return int((handle.metadata() or {}).get("byg.step", -1))
+    except (SafetensorError, OSError, ValueError):
+        return -1
 
 
 def _no_accelerator() -> bool:

@@ -11,15 +11,17 @@ from .values import DATASET, BygDataset
 
 def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node: str) -> BygDataset:
     """Validate the folder; the error says what to change (nothing usable, bad lines in strict mode)."""
-    from byg_core.data import EditDataset
+    from byg_core.data import DatasetError, EditDataset
 
+    layout = ("a folder holding images and an edits.jsonl with the fields image, src_caption, instruction, "
+              "tgt_caption, reverse_instruction")
     try:
         return BygDataset(EditDataset.from_folder(folder, strict=strict), size)
-    except (FileNotFoundError, ValueError) as error:
-        raise ValueError(
-            f"{node}: {error}\nFix or remove the lines listed, or point 'folder' at a folder holding "
-            "images and an edits.jsonl with the fields image, src_caption, instruction, tgt_caption, reverse_instruction."
-        ) from error
+    except FileNotFoundError as error:
+        raise ValueError(f"{node}: {error}\nPoint 'folder' at {layout}.") from error
+    except DatasetError as error:
+        fix = "Fix or remove the lines listed" if error.rejected else "Add edit tuples"
+        raise ValueError(f"{node}: {error}\n{fix}, or point 'folder' at {layout}.") from error
 
 
 def _resolve(folder: str) -> Path:

@@ -10,7 +10,13 @@ from . import host
 from . import inputs as I
 from .values import MODEL
 
-SIZE_HINT = " (an ImageScale node can resize it)"
+# how a node user fixes each dimension a model refuses (byg_core's PixelShapeError.dimensions)
+FIX = {
+    "height": "resize it with a stock ImageScale node",
+    "width": "resize it with a stock ImageScale node",
+    "frames": "pick that many frames with a stock ImageFromBatch node (batch_index, length), or give a video "
+              "of that many frames (ImageScale changes sizes, never the frame count)",
+}
 
 
 @contextmanager
@@ -29,6 +35,7 @@ def guidance_of(backbone, guidance: float):
 def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int, guidance: float,
              keep_states: bool = False):
     """Encode, edit with the model's LoRA state, decode: (edited pixels, decoded y_t states or None)."""
+    from byg_core.backbones.base import PixelShapeError
     from byg_core.sample import edit
 
     if not instruction.strip():
@@ -36,8 +43,9 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
     backbone = model.backbone
     try:
         backbone.check_pixels(tuple(pixels.shape))
-    except ValueError as error:
-        raise ValueError(f"{node}: {error}{SIZE_HINT}") from error
+    except PixelShapeError as error:
+        fixes = dict.fromkeys(FIX[d] for d in sorted(error.dimensions))  # one line per fix, in a stable order
+        raise ValueError(f"{node}: {error}.\nTo fix: " + "; ".join(fixes) + ".") from error
     try:
         c = backbone.encode_text([instruction.strip()])
     except ValueError as error:

@@ -2,8 +2,8 @@
 
 Every host import (``folder_paths``, ``comfy.utils``, ``comfy.model_management``) happens
 inside a function, so the pack imports and its tests run without ComfyUI. Without the
-host: the ``loras`` folder is ``$BYG_LORAS_DIR`` (else ``./loras``), the output and input
-folders are ``$BYG_OUTPUT_DIR`` / ``$BYG_INPUT_DIR`` (else ``./output`` / ``./input``), the
+host: the ``loras`` folder is ``$BYG_LORAS_DIR`` (else ``./loras``), the output, input and temp
+folders are ``$BYG_OUTPUT_DIR`` / ``$BYG_INPUT_DIR`` / ``$BYG_TEMP_DIR`` (else ``./output`` ...), the
 progress bar does nothing and ComfyUI's interrupt never fires.
 
 ComfyUI's IMAGE is (B, H, W, C) float in [0, 1]; byg_core takes pixels (B, 3, H, W) and
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -64,6 +65,29 @@ def output_dir() -> Path:
     if host is not None:
         return Path(host.get_output_directory())
     return Path(os.environ.get("BYG_OUTPUT_DIR", "output"))
+
+
+def temp_dir() -> Path:
+    host = _folder_paths()
+    if host is not None:
+        return Path(host.get_temp_directory())
+    return Path(os.environ.get("BYG_TEMP_DIR", "temp"))
+
+
+def ui_images(image: torch.Tensor, prefix: str) -> dict:
+    """Show IMAGE frames under the node, as ``PreviewImage`` does: PNGs in the temp folder, listed in a ``ui`` dict."""
+    from PIL import Image
+
+    folder = temp_dir() / "byg"
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for frame in image:
+        handle, name = tempfile.mkstemp(prefix=f"{prefix}_", suffix=".png", dir=folder)
+        os.close(handle)
+        path = Path(name)
+        Image.fromarray((frame.clamp(0, 1).numpy() * 255).round().astype("uint8")).save(path)
+        shown.append({"filename": path.name, "subfolder": "byg", "type": "temp"})
+    return {"images": shown}
 
 
 def input_dir() -> Path:

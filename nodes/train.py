@@ -8,44 +8,85 @@ from . import host
 from . import inputs as I
 from .values import DATASET, LORA, MODEL, OBJECTIVE, BygLora
 
+AUTO = "auto"
+DEFAULT = -1  # a preset-backed widget at -1 takes the preset's value
+# widget -> TrainConfig field, for the widgets whose -1 means "the preset's value"
+PRESET_WIDGETS = {
+    "steps": "steps", "learning_rate": "lr", "rank": "rank", "batch_size": "batch_size",
+    "warmup_identity_steps": "warmup_identity_steps", "ema_decay": "ema_decay",
+}
+# TrainConfig field -> what a node user changes to make a resumed run match its checkpoint
+RESUME_WIDGETS = {"model": "the model loader's 'model'", "rank": "'rank'", "seed": "'seed'", "batch_size": "'batch_size'"}
+
+
+def _presets():
+    from byg_core.config import PRESETS, TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    return {name: defaults | values for name, values in PRESETS.items()}
+
+
+def _preset_tip(widget: str, what: str) -> str:
+    """The widget's tooltip, listing each preset's value, so it never disagrees with byg_core's presets."""
+    field = PRESET_WIDGETS[widget]
+    values = ", ".join(f"{name} {preset[field]:g}" for name, preset in _presets().items())
+    return f"{what} -1: the preset's value ({values})."
+
 
 class CycleTrainer:
     DESCRIPTION = (
-        "Trains an editing LoRA without paired data (Bootstrap Your Generator). Shows progress and preview edits, "
-        "stops cleanly on Cancel (the checkpoint is kept: queue again with resume on), and saves the LoRA into "
-        "the loras folder. Checkpoints live in <output>/byg/<save_name>/."
+        "Trains an editing LoRA without paired data (Bootstrap Your Generator). Shows progress, preview edits and "
+        "the loss curve; stops cleanly on Cancel (the checkpoint is kept and the LoRA so far is saved as "
+        "loras/<save_name>_step<N>.safetensors: queue again with resume on to continue), and saves the finished "
+        "LoRA as loras/<save_name>.safetensors. The run lives in <output>/byg/<save_name>/."
     )
     CATEGORY = "ByG/train"
     RETURN_TYPES = (LORA, "IMAGE")
     RETURN_NAMES = ("lora", "loss_curve")
     OUTPUT_TOOLTIPS = ("The trained LoRA (also saved as loras/<save_name>.safetensors).", "Every loss term against the step.")
     FUNCTION = "train"
+    OUTPUT_NODE = True  # a graph that only trains is a complete prompt; the loss curve shows under the node
 
     @classmethod
     def INPUT_TYPES(cls):
+        from byg_core.config import PRESETS
+
         return {
             "required": {
                 "model": I.socket(MODEL, "Base model to train on (without a LoRA)."),
                 "dataset": I.socket(DATASET, "Unpaired edit tuples (BYGDataset)."),
                 "objective": I.socket(OBJECTIVE, "Loss weights and ablation switches (DirectionalPriorLoss)."),
-                "steps": I.integer(1000, 1, 1_000_000, "Total training steps (a resumed run counts the steps already done)."),
-                "learning_rate": I.number(3e-4, 1e-7, 1.0, 1e-5, "AdamW learning rate (paper: 3e-4 images, 1e-4 video)."),
-                "rank": I.integer(64, 1, 1024, "LoRA rank (paper: 64). A resumed run must use the checkpoint's rank."),
-                "batch_size": I.integer(8, 1, 1024, "Edit tuples per step (paper: 8)."),
+                "preset": I.choice([AUTO, *PRESETS], "Training values the -1 widgets take, and the options without a "
+                                   "widget (timesteps, EMA, identity steps). auto: the loaded model's — toy for the toy "
+                                   "base, flux = the paper's image values (B.1), wan = its video values (B.2: "
+                                   "logit-normal t with shift 12, no EMA, 10% identity steps)."),
+                "steps": I.integer(DEFAULT, DEFAULT, 1_000_000, _preset_tip(
+                    "steps", "Total training steps; a resumed run counts the steps already done (the paper trains "
+                    "30k and sees editing after ~1k).")),
+                "learning_rate": I.number(DEFAULT, DEFAULT, 1.0, 1e-5, _preset_tip(
+                    "learning_rate", "AdamW learning rate (paper: 3e-4 images, 1e-4 video).")),
+                "rank": I.integer(DEFAULT, DEFAULT, 1024, _preset_tip(
+                    "rank", "LoRA rank (paper: 64); a resumed run must keep its checkpoint's rank.")),
+                "batch_size": I.integer(DEFAULT, DEFAULT, 1024, _preset_tip(
+                    "batch_size", "Edit tuples per step (paper: 8); a resumed run must keep it.")),
                 "seed": I.seed("Seed of the LoRA init and of every random draw; a resumed run must use the same seed."),
-                "save_name": I.text("byg_lora", "LoRA file name in the loras folder, without .safetensors."),
-                "resume": I.flag(False, "Continue from <output>/byg/<save_name>/checkpoint.safetensors instead of starting fresh."),
-                "warmup_identity_steps": I.integer(200, 0, 1_000_000, "First steps train the identity loss only (paper: 200)."),
-                "preview_every": I.integer(100, 0, 1_000_000, "Steps between preview edits under the node (0: none)."),
-                "ema_decay": I.number(0.99, 0.0, 1.0, 0.001, "Decay of the EMA editor that bootstraps the targets; "
-                                      "short runs want less (0.95 for a few hundred steps)."),
+                "save_name": I.text("byg_lora", "Name of the run (<output>/byg/<save_name>/) and of its LoRA "
+                                    "(loras/<save_name>.safetensors). A new run never overwrites an old one: with "
+                                    "resume off, a save_name that already names a run or a LoRA is refused."),
+                "resume": I.flag(False, "On: continue the run <save_name> from its checkpoint (after a Cancel, or with "
+                                 "more steps). Off: start a new run, under a save_name no run or LoRA has yet."),
+                "warmup_identity_steps": I.integer(DEFAULT, DEFAULT, 1_000_000, _preset_tip(
+                    "warmup_identity_steps", "First steps train the identity loss only (paper: 200).")),
+                "preview_every": I.integer(50, 0, 1_000_000, "Steps between preview edits under the node (0: none)."),
+                "ema_decay": I.number(DEFAULT, DEFAULT, 1.0, 0.001, _preset_tip(
+                    "ema_decay", "Decay of the EMA editor that bootstraps the targets (the paper gives none; "
+                    "short runs want less).")),
             }
         }
 
     @host.outside_inference_mode(grad=True)
-    def train(self, model, dataset, objective, steps, learning_rate, rank, batch_size, seed, save_name, resume,
+    def train(self, model, dataset, objective, preset, steps, learning_rate, rank, batch_size, seed, save_name, resume,
               warmup_identity_steps, preview_every, ema_decay):
-        from byg_core.config import TrainConfig
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
         from byg_core.train import Callbacks, Trainer
@@ -56,17 +97,12 @@ class CycleTrainer:
                 f"CycleTrainer trains a new LoRA on the base model, but this model carries LoRA {model.lora.name!r}: "
                 "connect the model loader's output directly"
             )
-        values = {
-            "model": model.name, "data": str(dataset.dataset.root), "output_dir": str(host.output_dir() / "byg" / name),
-            "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "steps": steps,
-            "batch_size": batch_size, "lr": learning_rate, "rank": rank, "seed": seed,
-            "objective": dataclasses.asdict(objective), "warmup_identity_steps": warmup_identity_steps,
-            "preview_every": preview_every, "ema_decay": ema_decay,
-        }
-        # a video model trains with the paper's video options (B.2) unless a widget sets them
-        build = TrainConfig.for_video if model.family == "wan" else TrainConfig.from_dict
-        config = build(values, "CycleTrainer")
-        progress = host.Progress(steps)
+        widgets = dict(steps=steps, learning_rate=learning_rate, rank=rank, batch_size=batch_size,
+                       warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
+        config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets)
+        if not resume:
+            _refuse_to_overwrite(name, config.output_dir, model.backbone)
+        progress = host.Progress(config.steps)
         callbacks = Callbacks(
             on_step=lambda step, _: progress.update(step),
             should_stop=progress.should_stop,
@@ -82,16 +118,59 @@ class CycleTrainer:
         installed = host.install_loras(result.lora_paths)
         progress.raise_if_interrupted()
         lora = BygLora(name, model.family, tuple(read_lora(path, model.backbone) for path in installed))
-        return (lora, _loss_curve(result.history))
+        curve = _loss_curve(result.history)
+        return {"ui": host.ui_images(curve, f"byg_loss_{name}"), "result": (lora, curve)}
+
+
+def _config(model, dataset, objective, preset, name, seed, preview_every, widgets):
+    """The node's TrainConfig: the preset, then every widget not at -1."""
+    from byg_core.config import TrainConfig
+    from byg_core.loading import training_preset
+
+    values = {
+        "model": model.name, "data": str(dataset.dataset.root), "output_dir": str(host.output_dir() / "byg" / name),
+        "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "seed": seed,
+        "objective": dataclasses.asdict(objective), "preview_every": preview_every,
+    }
+    values |= {PRESET_WIDGETS[k]: v for k, v in widgets.items() if v != DEFAULT}
+    chosen = training_preset(model.name, model.family) if preset == AUTO else preset
+    return TrainConfig.for_preset(chosen, values, "CycleTrainer")
+
+
+def _refuse_to_overwrite(name: str, output_dir: str, backbone) -> None:
+    """A new run never replaces an earlier run's checkpoint or a LoRA of the same name (resume continues one)."""
+    from byg_core.lora_io import expert_paths
+    from byg_core.train import existing_run
+
+    done = existing_run(output_dir)
+    if done is not None:
+        raise ValueError(
+            f"CycleTrainer: save_name {name!r} already names a run ({output_dir}, checkpoint at step {done}); nothing "
+            "was overwritten. Turn 'resume' on to continue that run, or change 'save_name' to start a new one."
+        )
+    taken = [p for p in expert_paths(host.loras_dir() / f"{name}.safetensors", list(backbone.transformers)).values()
+             if p.exists()]
+    if taken:
+        raise ValueError(
+            f"CycleTrainer: the loras folder already holds {', '.join(p.name for p in taken)}; nothing was "
+            "overwritten. Change 'save_name' to start a new run."
+        )
 
 
 def _resume(trainer, name: str) -> None:
+    from byg_core.train import ResumeMismatch
+
     try:
         trainer.resume()
+    except ResumeMismatch as error:
+        raise ValueError(
+            f"CycleTrainer: cannot resume: {error}.\nSet {RESUME_WIDGETS.get(error.key, error.key)} back to "
+            f"{error.saved!r} to continue run {name!r}, or turn 'resume' off and change 'save_name' to start a new run."
+        ) from error
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(
-            f"CycleTrainer: cannot resume: {error}\nIn this node: set the widgets back to the checkpoint's values, "
-            f"or turn resume off / pick another save_name than {name!r} to start a new run."
+            f"CycleTrainer: cannot resume: {error}.\nTurn 'resume' off to start a new run {name!r}, or set "
+            "'save_name' to the run you want to continue."
         ) from error
 
 

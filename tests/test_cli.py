@@ -23,6 +23,10 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 0
     lora = tmp_path / "run" / "byg_toy_lora.safetensors"
     assert lora.is_file() and "checkpoint" in capsys.readouterr().out
+    finished = lora.read_bytes()
+    with pytest.raises(SystemExit, match=r"already holds a run \(checkpoint at step 2\).*--resume"):
+        cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "seed=1"])
+    assert lora.read_bytes() == finished  # a repeated fresh run overwrote nothing
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=3", "--resume"]) == 0
     assert "resumed at step 2" in capsys.readouterr().err
     source = tmp_path / "data" / "00000.png"

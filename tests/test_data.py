@@ -60,7 +60,7 @@ def test_an_unreadable_image_is_refused(tmp_path):
 
 def test_an_empty_dataset_is_refused(tmp_path):
     (tmp_path / "edits.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="no usable edit tuple"):
+    with pytest.raises(ValueError, match="has no edit tuple: write one JSON object per line"):
         EditDataset.from_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="edits.jsonl not found"):
         EditDataset.from_folder(tmp_path / "nowhere")

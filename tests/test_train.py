@@ -9,7 +9,8 @@ from byg_core.adapters import EMA, STUDENT
 from byg_core.config import TrainConfig
 from byg_core.data import CachedEdits, EditRecord
 from byg_core.objective import byg_step
-from byg_core.train import Callbacks, Trainer
+from byg_core.lora_io import read_lora
+from byg_core.train import Callbacks, Trainer, existing_run
 from helpers import make_flux_backbone
 
 RECORDS = [
@@ -57,6 +58,25 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
         torch.cat([p.flatten() for p in second.adapters.parameters(EMA)]),
     )
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+
+
+def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path):
+    """A partial LoRA never takes the finished LoRA's name, and its config is the run that makes exactly it."""
+    backbone = make_flux_backbone()
+    stops = iter([False, False, True])
+    partial = Trainer(config(tmp_path / "split"), backbone, tiny_data(), Callbacks(should_stop=lambda: next(stops))).run()
+    assert [p.name for p in partial.lora_paths] == ["byg_lora_step2.safetensors"]
+    assert not (tmp_path / "split" / "byg_lora.safetensors").exists()
+    assert existing_run(tmp_path / "split") == 2 and existing_run(tmp_path / "nothing") is None
+    stopped = read_lora(partial.lora_paths[0], backbone)
+    assert stopped.metadata["byg.config"]["steps"] == 2
+
+    fresh = Trainer(config(tmp_path / "two", steps=2), make_flux_backbone(), tiny_data()).run()
+    assert [p.name for p in fresh.lora_paths] == ["byg_lora.safetensors"]
+    again = read_lora(fresh.lora_paths[0], backbone)
+    assert again.tensors.keys() == stopped.tensors.keys()
+    for key, value in again.tensors.items():
+        assert torch.equal(value, stopped.tensors[key]), key
 
 
 def test_training_on_a_fixed_tiny_batch_lowers_the_loss(tmp_path):

@@ -17,6 +17,15 @@ import torch
 from torch import nn
 
 
+class PixelShapeError(ValueError):
+    """Pixels a backbone cannot take; ``dimensions`` says which of "frames", "height", "width" are off,
+    so a host can say how to fix them (resize for height and width, pick other frames for frames)."""
+
+    def __init__(self, message: str, dimensions: Sequence[str]) -> None:
+        super().__init__(message)
+        self.dimensions = frozenset(dimensions)
+
+
 @dataclass
 class TextCond:
     """Text conditioning for a batch of prompts, in the form the transformer consumes."""

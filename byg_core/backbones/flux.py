@@ -16,7 +16,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from einops import rearrange
 
-from .base import EditBackbone, LatentCodec, TextCond, TextEncoder
+from .base import EditBackbone, LatentCodec, PixelShapeError, TextCond, TextEncoder
 
 PATCH = 2  # FLUX packs 2x2 latent cells into one token
 SOURCE_POSITIONS = ("index", "same")
@@ -110,9 +110,10 @@ class FluxBackbone(EditBackbone):
         for name, size in (("height", shape[2]), ("width", shape[3])):
             if size % step or size == 0:
                 lower = max(step, size // step * step)
-                raise ValueError(
+                raise PixelShapeError(
                     f"image {name} {size} px is not a multiple of {step} (VAE factor x 2x2 patches); "
-                    f"resize or crop it to {lower} or {lower + step} px"
+                    f"resize or crop it to {lower} or {lower + step} px",
+                    [name],
                 )
 
     def velocity(

@@ -34,7 +34,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from .base import EditBackbone, LatentCodec, TextCond, TextEncoder
+from .base import EditBackbone, LatentCodec, PixelShapeError, TextCond, TextEncoder
 
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep range; the transformer does not rescale t
 A14B_BOUNDARY_RATIO = 0.875  # diffusers scripts/convert_wan_to_diffusers.py, Wan2.2-T2V-A14B
@@ -337,10 +337,10 @@ class WanBackbone(EditBackbone):
             raise ValueError(f"Wan takes RGB video (B, 3, F, H, W) or images (B, 3, H, W), got {tuple(shape)}")
         frames = shape[2] if len(shape) == 5 else 1
         values = (frames, shape[-2], shape[-1])
-        problems = [rule.complaint(v) for rule, v in zip(self._pixel_rules(), values)]
-        problems = [p for p in problems if p]
+        problems = {dim: rule.complaint(v) for dim, rule, v in zip(("frames", "height", "width"), self._pixel_rules(), values)}
+        problems = {dim: p for dim, p in problems.items() if p}
         if problems:
-            raise ValueError("; ".join(problems))
+            raise PixelShapeError("; ".join(problems.values()), problems)
 
     def _pixel_rules(self) -> list[PixelRule]:
         p_t, p_h, p_w = self._transformers["transformer"].config.patch_size
