@@ -262,3 +262,81 @@ def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders)
     (edited,) = run("BYGVideoEdit", model=with_lora, frames=frames, instruction="change the background colour to green",
                     steps=2, seed=0, guidance=3.5)
     assert edited.shape == frames.shape and not torch.equal(edited, frames)
+
+
+# --- a good citizen of the host: finished work is never overwritten; an output node; per-model defaults ----------
+def test_a_fresh_run_under_a_taken_save_name_is_refused_and_overwrites_nothing(run, graph, host):
+    run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+        **train_inputs(steps=2, preview_every=0))
+    finished = host.root / "loras" / "toy_test.safetensors"
+    checkpoint = host.root / "output" / "byg" / "toy_test" / "checkpoint.safetensors"
+    before = finished.read_bytes(), checkpoint.read_bytes()
+    with pytest.raises(ValueError, match=r"save_name 'toy_test' already names a run .*checkpoint at step 2.*"
+                                         r"Turn 'resume' on .*or change 'save_name'"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, seed=1, preview_every=0))
+    assert (finished.read_bytes(), checkpoint.read_bytes()) == before
+
+    (host.root / "loras" / "someone_elses.safetensors").write_bytes(b"a LoRA the user put there")
+    with pytest.raises(ValueError, match=r"loras folder already holds someone_elses.safetensors.*Change 'save_name'"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, save_name="someone_elses", preview_every=0))
+    assert (host.root / "loras" / "someone_elses.safetensors").read_bytes() == b"a LoRA the user put there"
+
+
+def test_a_cancelled_rerun_keeps_the_finished_lora_byte_identical(run, graph, host):
+    run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+        **train_inputs(steps=2, preview_every=0))
+    finished = host.root / "loras" / "toy_test.safetensors"
+    before = finished.read_bytes()
+    host.cancel_at = 3
+    with pytest.raises(sys.modules["comfy.model_management"].InterruptProcessingException):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=6, resume=True, preview_every=0))
+    assert finished.read_bytes() == before
+    assert (host.root / "loras" / "toy_test_step3.safetensors").is_file()
+
+
+def test_the_trainer_is_an_output_node_showing_its_loss_curve(nodes, run_ui, graph, host):
+    assert nodes["CycleTrainer"].OUTPUT_NODE is True  # a graph that only trains is a complete prompt
+    (lora, curve), ui = run_ui("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                               **train_inputs(steps=1, preview_every=0))
+    (shown,) = ui["images"]
+    assert shown["type"] == "temp" and shown["subfolder"] == "byg"
+    from PIL import Image
+
+    with Image.open(host.root / "temp" / "byg" / shown["filename"]) as png:
+        assert png.size == (curve.shape[2], curve.shape[1])
+
+
+def test_widgets_at_minus_one_take_the_models_preset(run, graph, toy_video_model, host):
+    from byg_core.config import PRESETS, VIDEO_PRESET
+
+    auto = train_inputs(steps=1, learning_rate=-1, rank=-1, batch_size=-1, warmup_identity_steps=-1, ema_decay=-1,
+                        preview_every=0)
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective, **auto)
+    config = lora.files[0].metadata["byg.config"]
+    toy = PRESETS["toy"] if graph.model.name == "toy" else {}  # a random-init toy base registers no preset
+    for field in ("lr", "rank", "batch_size", "warmup_identity_steps", "ema_decay"):
+        assert config[field] == toy.get(field, config[field]), field
+    assert config["steps"] == 1  # a widget that is set wins
+
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                  **(auto | {"preset": "flux", "save_name": "as_flux"}))
+    config = lora.files[0].metadata["byg.config"]
+    assert (config["lr"], config["rank"], config["batch_size"]) == (3e-4, 64, 8)  # the paper's B.1
+
+    from byg_core.toy.video import write_video_dataset
+
+    write_video_dataset(host.root / "input" / "toy_video", 2, seed=0)
+    dataset, _ = run("BYGDataset", folder="toy_video", strict=True, width=0, height=0)
+    lora, _ = run("CycleTrainer", model=toy_video_model, dataset=dataset, objective=graph.objective,
+                  **(auto | {"save_name": "video", "batch_size": 1}))
+    config = lora.files[0].metadata["byg.config"]
+    assert {k: config[k] for k in VIDEO_PRESET} == VIDEO_PRESET  # the paper's video options (B.2)
+
+
+def test_the_trainers_tooltips_state_each_presets_value(nodes):
+    required = nodes["CycleTrainer"].INPUT_TYPES()["required"]
+    assert "flux 0.0003, wan 0.0001, toy 0.003" in required["learning_rate"][1]["tooltip"]
+    assert "flux 64" in required["rank"][1]["tooltip"] and "paper" in required["rank"][1]["tooltip"]

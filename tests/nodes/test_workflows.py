@@ -138,3 +138,57 @@ def test_flux_workflow_shows_the_stock_comfyui_path():
     flux = json.loads(next(p for p in WORKFLOWS if p.name == "byg_flux_edit_stock_comfyui.json").read_text())
     types = {n["type"] for n in flux["nodes"]}
     assert {"LoraLoaderModelOnly", "ReferenceLatent", "KSampler", "UNETLoader", "VAEEncode", "VAEDecode"} <= types
+
+
+# --- readable when loaded: no node covers another's widgets, the saved view shows every title -------------------
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, TEXTAREA_HEIGHT, IMAGE_HEIGHT = 30, 20, 24, 64, 200
+IMAGE_NODES = {"PreviewImage", "SaveImage", "LoadImage"}  # draw an image under their widgets
+VIEW = (1600, 900)  # a laptop-sized canvas, in screen pixels
+
+
+def body_height(nodes, node) -> int:
+    """A lower bound of the height the frontend draws a node's body at: slot rows, one row per widget (a
+    textarea is taller), and the image of an image node."""
+    inputs, outputs = definition(nodes, node["type"])
+    sockets = [name for name, kind, options in inputs if not is_widget(kind, options)]
+    widgets = list(expected_widgets(inputs))
+    textareas = sum(1 for name, kind, options in widgets
+                    if kind == "STRING" and (options.get("multiline") or name == "text"))
+    rows = max(len(sockets), len(outputs))
+    height = SLOT_HEIGHT * rows + WIDGET_HEIGHT * (len(widgets) - textareas) + TEXTAREA_HEIGHT * textareas
+    return height + (IMAGE_HEIGHT if node["type"] in IMAGE_NODES else 0)
+
+
+def test_nodes_are_tall_enough_for_their_widgets(workflow, nodes):
+    for node in workflow["nodes"]:
+        assert node["size"][1] >= body_height(nodes, node), \
+            f"node {node['id']} ({node['type']}) is {node['size'][1]} px tall, its widgets need {body_height(nodes, node)}"
+
+
+def test_no_node_overlaps_another(workflow):
+    def box(node):  # the title bar is drawn above pos
+        (x, y), (w, h) = node["pos"], node["size"]
+        return x, y - TITLE_HEIGHT, x + w, y + h
+
+    placed = [(node["id"], box(node)) for node in workflow["nodes"]]
+    for i, (a, (ax0, ay0, ax1, ay1)) in enumerate(placed):
+        for b, (bx0, by0, bx1, by1) in placed[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"
+
+
+def test_the_saved_view_shows_every_node_title(workflow):
+    scale, (dx, dy) = workflow["extra"]["ds"]["scale"], workflow["extra"]["ds"]["offset"]
+    for node in workflow["nodes"]:
+        (x, y), (w, _) = node["pos"], node["size"]
+        left, top, right = (x + dx) * scale, (y - TITLE_HEIGHT + dy) * scale, (x + w + dx) * scale
+        assert 0 <= left and right <= VIEW[0] and 0 <= top and (y + dy) * scale <= VIEW[1], \
+            f"node {node['id']} ({node['type']})'s title is outside the saved {VIEW[0]}x{VIEW[1]} view"
+
+
+def test_flux_workflow_loads_the_base_byg_trains_on():
+    """A ByG FLUX LoRA is trained on FLUX.1-dev: the stock graph loads FLUX.1-dev with its guidance, not Kontext."""
+    flux = json.loads(next(p for p in WORKFLOWS if p.name == "byg_flux_edit_stock_comfyui.json").read_text())
+    by_type = {n["type"]: n for n in flux["nodes"]}
+    unet = by_type["UNETLoader"]["widgets_values"][0]
+    assert unet.startswith("flux1-dev") and "kontext" not in unet.lower()
+    assert by_type["FluxGuidance"]["widgets_values"] == [3.5]
