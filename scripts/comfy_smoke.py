@@ -244,7 +244,7 @@ class Server:
                 run.status = "success"
                 return
             elif kind == "execution_error":
-                run.status, run.error = "error", f"{data.get('node_type')}: {data.get('exception_message', '')}".strip()
+                run.status, run.error = "error", str(data.get("exception_message", "")).strip()
                 return
             elif kind == "execution_interrupted":
                 run.status = "interrupted"
