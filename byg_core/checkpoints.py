@@ -31,6 +31,7 @@ KINDS = {
     "flux-bfl": "a FLUX.1 diffusion model",
     "flux-diffusers": "a FLUX.1 diffusion model (diffusers' keys)",
     "flux-vae": "the FLUX.1 VAE (ae.safetensors, for the vae folder)",
+    "sd-vae": "a Stable Diffusion VAE (4 latent channels; FLUX.1's has 16)",
     "wan": "a Wan diffusion model",
     "sd-checkpoint": "a Stable Diffusion / SDXL checkpoint",
     "lora": "a LoRA (for the loras folder, not a base model)",
@@ -95,7 +96,7 @@ def identify(state: dict[str, torch.Tensor]) -> str:
     if has(r"^(model\.diffusion_model\.|first_stage_model\.|conditioner\.|cond_stage_model\.)"):
         return "sd-checkpoint"
     if "encoder.conv_in.weight" in keys and "decoder.conv_out.weight" in keys:
-        return "flux-vae" if state["encoder.conv_out.weight"].shape[0] == 32 else "unknown"
+        return "flux-vae" if state["encoder.conv_out.weight"].shape[0] == 32 else "sd-vae"
     if has(r"^text_model\.encoder\.layers\.0\."):
         return "clip-l"
     if has(r"^encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight$"):

@@ -113,3 +113,131 @@ def load_flux_transformer(
             f"{result.unexpected_keys[:3]}; the file may be truncated or of another FLUX variant"
         )
     return model.eval().requires_grad_(False)
+
+
+def load_flux_vae(path: str | Path, config: dict | None = None):
+    """FLUX.1's VAE (``ae.safetensors``, or a diffusers folder's ``vae/``) as diffusers' ``AutoencoderKL``,
+    converted by diffusers' own LDM converter with the shipped config (``config`` for other sizes)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae").is_dir() else path
+        return AutoencoderKL.from_pretrained(folder, local_files_only=True).requires_grad_(False)
+    state = read_state_dict(path, "FLUX.1 VAE file")
+    refuse_unless(identify(state), "flux-vae", path, "pick ae.safetensors from the vae folder")
+    config = config or {k: v for k, v in shipped_config("flux1-dev", "vae").items() if not k.startswith("_")}
+    vae = AutoencoderKL.from_config(config)
+    try:
+        vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae.config))
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit FLUX.1's VAE ({error}); the file may be truncated or of another VAE") from error
+    return vae.eval().requires_grad_(False)
+
+
+def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: dict | None, dtype: torch.dtype):
+    """A transformers text model from a single file (transformers' key names) or a diffusers folder's ``part/``."""
+    if path.is_dir():
+        folder = path / part if (path / part).is_dir() else path
+        return cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
+    state = read_state_dict(path, f"{what} file")
+    refuse_unless(identify(state), kind, path, f"pick {what} from the text_encoders folder")
+    model = cls(cls.config_class(**(config or shipped_config("flux1-dev", part))))
+    model_keys = set(model.state_dict())
+    state = _match_prefix(state, model_keys, "text_model.")
+    if "shared.weight" in state and "encoder.embed_tokens.weight" in model_keys:
+        state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])  # T5 files hold the tied table once
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if "position_ids" not in k]  # older CLIP files carry no position_ids
+    if missing:
+        raise ValueError(f"{path} does not fill {what}: missing {missing[:3]}; the file may be truncated")
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def _match_prefix(state: dict, model_keys: set[str], prefix: str) -> dict:
+    """Files name CLIP's weights ``text_model.*``; transformers 5's ``CLIPTextModel`` names them without it."""
+    file_has = any(k.startswith(prefix) for k in state)
+    model_has = any(k.startswith(prefix) for k in model_keys)
+    if file_has and not model_has:
+        return {k.removeprefix(prefix): v for k, v in state.items()}
+    if model_has and not file_has:
+        return {prefix + k: v for k, v in state.items()}
+    return state
+
+
+def load_clip_l(path: str | Path, config: dict | None = None, dtype: torch.dtype = torch.float32):
+    """CLIP-L (``clip_l.safetensors``) as transformers' ``CLIPTextModel``."""
+    from transformers import CLIPTextModel
+
+    return _load_text_model(CLIPTextModel, Path(path), "text_encoder", "clip-l", "CLIP-L (clip_l.safetensors)", config, dtype)
+
+
+def load_t5_xxl(path: str | Path, config: dict | None = None, dtype: torch.dtype = torch.float32):
+    """T5-XXL's encoder (``t5xxl_fp16.safetensors`` or an fp8 variant) as transformers' ``T5EncoderModel``."""
+    from transformers import T5EncoderModel
+
+    return _load_text_model(T5EncoderModel, Path(path), "text_encoder_2", "t5", "T5-XXL (t5xxl_fp16.safetensors)", config,
+                            dtype)
+
+
+def load_flux_tokenizers(folder: str | Path):
+    """CLIP-L's and T5's tokenizers from a local FLUX.1 diffusers folder (``tokenizer/``, ``tokenizer_2/``)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    tokenizers = []
+    for part in ("tokenizer", "tokenizer_2"):
+        if not (folder / part).is_dir():
+            raise FileNotFoundError(
+                f"{folder / part} does not exist: the tokenizers come from a local FLUX.1-dev diffusers folder "
+                "(its tokenizer/ and tokenizer_2/ folders); name that folder as 'tokenizers'"
+            )
+        tokenizers.append(AutoTokenizer.from_pretrained(folder / part, local_files_only=True))
+    return tuple(tokenizers)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@register_loader("flux1-dev", preset="flux")
+def load_flux(
+    folder: str | Path | None = None,
+    transformer: str | Path | None = None,
+    vae: str | Path | None = None,
+    clip_l: str | Path | None = None,
+    t5: str | Path | None = None,
+    tokenizers: str | Path | None = None,
+    text_encoder=None,
+    codec=None,
+    dtype: str = "float32",
+    axes_dims_rope: Sequence[int] | None = None,
+    configs: dict | None = None,
+) -> EditBackbone:
+    """FLUX.1-dev (or Kontext dev) from local files: a diffusers ``folder``, or single files (``transformer``,
+    ``vae``, ``clip_l``, ``t5``; tokenizers from a diffusers ``tokenizers`` folder). A host may hand in its own
+    ``text_encoder`` and ``codec`` (ComfyUI's CLIP and VAE) instead of the files. ``configs`` (keys ``vae``,
+    ``clip_l``, ``t5``) replace the shipped FLUX.1-dev configs for files of another size (the tests' tiny ones)."""
+    from .backbones.flux import FluxBackbone, FluxTextEncoder, FluxVAECodec
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+
+    def need(value, name: str):
+        path = value or folder
+        if path is None:
+            raise ValueError(f"flux1-dev needs '{name}' (a file) or 'folder' (a local FLUX.1-dev diffusers folder)")
+        return path
+
+    model = load_flux_transformer(need(transformer, "transformer"), torch_dtype, axes_dims_rope)
+    if codec is None:
+        configs = configs or {}
+        codec = FluxVAECodec(load_flux_vae(need(vae, "vae"), configs.get("vae")).to(torch_dtype))
+    if text_encoder is None:
+        clip_tokenizer, t5_tokenizer = load_flux_tokenizers(need(tokenizers, "tokenizers"))
+        configs = configs or {}
+        text_encoder = FluxTextEncoder(load_clip_l(need(clip_l, "clip_l"), configs.get("clip_l"), torch_dtype),
+                                       clip_tokenizer, load_t5_xxl(need(t5, "t5"), configs.get("t5"), torch_dtype),
+                                       t5_tokenizer)
+    return FluxBackbone(model, text_encoder, codec, guidance=3.5, positions="index")

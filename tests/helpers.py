@@ -78,3 +78,98 @@ def scaled_fp8(state: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+# --- tiny FLUX.1 parts, written in the layouts users' files have -------------------------------------------------
+WORDS = ["<pad>", "</s>", "<unk>", "<|startoftext|>", "<|endoftext|>", "a", "red", "green", "blue", "circle", "square",
+         "on", "background", "change", "the", "circle's", "colour", "to"]
+
+
+def tiny_tokenizer(eos: str, bos: str | None = None, max_length: int = 77):
+    """A word-level tokenizer made in memory (no download), saved and reloaded like a real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = [bos, "$A", eos] if bos else ["$A", eos]
+    core.post_processor = processors.TemplateProcessing(
+        single=" ".join(special), special_tokens=[(t, vocab[t]) for t in (bos, eos) if t])
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=eos if bos else "<pad>",
+                                   unk_token="<unk>", model_max_length=max_length)
+
+
+def tiny_flux_parts(seed: int = 0) -> dict:
+    """FLUX.1's five parts at toy size: transformer (16 latent channels), VAE, CLIP-L, T5 encoder, tokenizers."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    parts = {
+        "transformer": FluxTransformer2DModel(**(TINY_FLUX | {"in_channels": 64})),
+        "vae": AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=16, norm_num_groups=4,
+                             layers_per_block=1, use_quant_conv=False, use_post_quant_conv=False,
+                             shift_factor=0.1159, scaling_factor=0.3611),
+        "clip_l": CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                               projection_dim=32, bos_token_id=3, eos_token_id=4, pad_token_id=4)),
+        "t5": T5EncoderModel(T5Config(vocab_size=len(WORDS), d_model=32, d_ff=64, d_kv=8, num_heads=2, num_layers=1,
+                                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)),
+        "tokenizer": tiny_tokenizer("<|endoftext|>", "<|startoftext|>"),
+        "tokenizer_2": tiny_tokenizer("</s>", max_length=512),
+    }
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.eval()  # no dropout: a pipeline and our encoder must see the same function
+    return parts
+
+
+def vae_to_ldm(state: dict, up_blocks: int) -> dict:
+    """AutoencoderKL keys -> the LDM keys of FLUX.1's ae.safetensors (diffusers' converter maps them back)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
+        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
+        new = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.",
+                     lambda m: f"decoder.up.{up_blocks - 1 - int(m.group(1))}.block.", new)
+        new = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+                     lambda m: f"decoder.up.{up_blocks - 1 - int(m.group(1))}.upsample.", new)
+        new = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", new)
+        if "mid_block.attentions.0." in new:
+            new = new.replace("mid_block.attentions.0.", "mid.attn_1.").replace("group_norm", "norm")
+            new = new.replace("to_q", "q").replace("to_k", "k").replace("to_v", "v").replace("to_out.0", "proj_out")
+            value = value[:, :, None, None] if value.ndim == 2 else value  # LDM's 1x1 convolutions
+        out[new] = value
+    return out
+
+
+def write_flux_files(root, parts: dict) -> dict:
+    """The files a ComfyUI user has (diffusion_models, vae, text_encoders) plus a tokenizers folder; their paths."""
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    plain = lambda module: {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}  # noqa: E731
+    files = {
+        "transformer": root / "flux1-dev.safetensors", "vae": root / "ae.safetensors",
+        "clip_l": root / "clip_l.safetensors", "t5": root / "t5xxl_fp16.safetensors", "tokenizers": root / "tokenizers",
+    }
+    save_file(diffusers_to_bfl(plain(parts["transformer"])), files["transformer"])
+    save_file(vae_to_ldm(plain(parts["vae"]), len(parts["vae"].config.up_block_types)), files["vae"])
+    clip = plain(parts["clip_l"])  # ComfyUI's clip_l.safetensors names its weights text_model.*
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in clip.items()}, files["clip_l"])
+    t5 = plain(parts["t5"])
+    t5.pop("encoder.embed_tokens.weight")  # tied to shared.weight; ComfyUI's files hold it once
+    save_file(t5, files["t5"])
+    parts["tokenizer"].save_pretrained(files["tokenizers"] / "tokenizer")
+    parts["tokenizer_2"].save_pretrained(files["tokenizers"] / "tokenizer_2")
+    return files
+
+
+def tiny_configs(parts: dict) -> dict:
+    """The configs the tiny files need (the shipped ones are FLUX.1-dev's full size)."""
+    return {"vae": dict(parts["vae"].config), "clip_l": parts["clip_l"].config.to_dict(), "t5": parts["t5"].config.to_dict()}

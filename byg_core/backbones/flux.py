@@ -142,3 +142,45 @@ class FluxBackbone(EditBackbone):
         )[0]
         n_noisy = (height // PATCH) * (width // PATCH)
         return unpack_latents(out[:, :n_noisy], height, width)
+
+
+class FluxVAECodec:
+    """``LatentCodec`` over FLUX.1's VAE (diffusers ``AutoencoderKL``): pixels in [0, 1] <-> the latents FLUX's
+    pipelines feed the transformer, ``(z - shift_factor) * scaling_factor`` with ``z`` the posterior's mode
+    (``FluxKontextPipeline`` encodes its reference image so)."""
+
+    temporal_factor = 1
+
+    def __init__(self, vae) -> None:
+        self.vae = vae
+        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = vae.config.latent_channels
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        z = vae.encode((pixels * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
+        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return (vae.decode(z, return_dict=False)[0].float() + 1) / 2
+
+
+class FluxTextEncoder:
+    """``TextEncoder`` of FLUX.1: T5-XXL token states (512 tokens) and CLIP-L's pooled vector, as
+    ``FluxPipeline.encode_prompt`` makes them (transformers models and tokenizers)."""
+
+    def __init__(self, clip, clip_tokenizer, t5, t5_tokenizer, max_sequence_length: int = 512) -> None:
+        self.clip, self.clip_tokenizer = clip, clip_tokenizer
+        self.t5, self.t5_tokenizer = t5, t5_tokenizer
+        self.max_sequence_length = max_sequence_length
+
+    def __call__(self, prompts: Sequence[str]) -> TextCond:
+        clip_ids = self.clip_tokenizer(list(prompts), padding="max_length", max_length=self.clip_tokenizer.model_max_length,
+                                       truncation=True, return_tensors="pt").input_ids
+        t5_ids = self.t5_tokenizer(list(prompts), padding="max_length", max_length=self.max_sequence_length,
+                                   truncation=True, return_tensors="pt").input_ids
+        pooled = self.clip(clip_ids.to(self.clip.device), output_hidden_states=False).pooler_output
+        tokens = self.t5(t5_ids.to(self.t5.device), output_hidden_states=False)[0]
+        return TextCond(tokens, pooled)

@@ -1,0 +1,122 @@
+"""FLUX.1-dev assembled from the files users have (tiny stand-ins written in the real layouts): the VAE and text
+encoders feed the transformer exactly what diffusers' FLUX pipelines feed it, and the whole backbone trains
+and edits through the same code path real files take."""
+
+import types
+
+import pytest
+import torch
+
+from byg_core.backbones.flux import FluxTextEncoder, FluxVAECodec
+from byg_core.loading import load_backbone, load_clip_l, load_flux_vae, load_t5_xxl
+from helpers import TINY_FLUX, tiny_configs, tiny_flux_parts, write_flux_files
+
+PROMPT = "change the circle's colour to green"
+AXES = list(TINY_FLUX["axes_dims_rope"])
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_flux_parts(seed=1)
+
+
+@pytest.fixture(scope="module")
+def files(parts, tmp_path_factory):
+    return write_flux_files(tmp_path_factory.mktemp("comfy_models"), parts)
+
+
+def test_the_vae_file_loads_to_the_same_vae_and_encodes_as_flux_kontext_does(parts, files):
+    from diffusers import FluxKontextPipeline
+
+    vae = load_flux_vae(files["vae"], tiny_configs(parts)["vae"])
+    pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    codec = FluxVAECodec(vae)
+    with torch.no_grad():
+        latents = codec.encode(pixels)
+        theirs = FluxKontextPipeline._encode_vae_image(types.SimpleNamespace(vae=parts["vae"]), pixels * 2 - 1, None)
+        decoded = codec.decode(latents)
+        expected = (parts["vae"].decode(latents / 0.3611 + 0.1159).sample + 1) / 2
+    assert latents.shape == (1, 16, 16, 16) and codec.spatial_factor == 2
+    torch.testing.assert_close(latents, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=0)
+
+
+def test_the_text_files_encode_as_flux_pipeline_encodes_a_prompt(parts, files):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from byg_core.loading import load_flux_tokenizers
+
+    configs = tiny_configs(parts)
+    clip_tok, t5_tok = load_flux_tokenizers(files["tokenizers"])
+    ours = FluxTextEncoder(load_clip_l(files["clip_l"], configs["clip_l"]), clip_tok,
+                           load_t5_xxl(files["t5"], configs["t5"]), t5_tok)([PROMPT])
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=parts["vae"], text_encoder=parts["clip_l"],
+                        tokenizer=parts["tokenizer"], text_encoder_2=parts["t5"], tokenizer_2=parts["tokenizer_2"],
+                        transformer=parts["transformer"])
+    with torch.no_grad():
+        tokens, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=512)
+    assert ours.tokens.shape == (1, 512, 32) and ours.pooled.shape == (1, 32)
+    torch.testing.assert_close(ours.tokens, tokens, rtol=0, atol=0)
+    torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=0)
+
+
+def test_flux1_dev_from_single_files_trains_and_edits(parts, files, tmp_path):
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.config import TrainConfig
+    from byg_core.data import CachedEdits, EditRecord
+    from byg_core.sample import edit
+    from byg_core.train import Trainer
+
+    backbone = load_backbone("flux1-dev", **{k: v for k, v in files.items()}, axes_dims_rope=AXES,
+                             configs=tiny_configs(parts))
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = backbone.encode_pixels(pixels)
+    records = [EditRecord(f"{i}.png", "a red circle", PROMPT, "a green circle", "change the circle's colour to red")
+               for i in range(2)]
+    config = TrainConfig(model="flux1-dev", output_dir=str(tmp_path), steps=2, batch_size=2, rank=2,
+                         warmup_identity_steps=1, checkpoint_every=0)
+    config.objective.rollout_steps = 2
+    trainer = Trainer(config, backbone, CachedEdits(x, records))
+    before = {k: v.clone() for k, v in trainer.adapters.state_dict("student").items()}
+    result = trainer.run()
+    assert result.steps_done == 2 and result.lora_paths[0].is_file()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.adapters.state_dict("student").items())
+    edited = edit(backbone, trainer.adapters, x, backbone.encode_text([PROMPT] * 2), steps=2).latents
+    assert backbone.decode_latents(edited).shape == pixels.shape
+
+
+def test_flux1_dev_from_a_diffusers_folder(parts, tmp_path):
+    folder = tmp_path / "FLUX.1-dev"
+    for name, part in (("transformer", "transformer"), ("vae", "vae"), ("text_encoder", "clip_l"),
+                       ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
+        parts[part].save_pretrained(folder / name)
+    backbone = load_backbone("flux1-dev", folder=folder)
+    cond = backbone.encode_text([PROMPT])
+    assert cond.tokens.shape == (1, 512, 32)
+
+
+def test_missing_files_and_tokenizers_say_what_to_give(parts, files, tmp_path):
+    with pytest.raises(ValueError, match="flux1-dev needs 'vae' .* or 'folder'"):
+        load_backbone("flux1-dev", transformer=files["transformer"], axes_dims_rope=AXES)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer does not exist: the tokenizers come from a local FLUX.1-dev"):
+        load_backbone("flux1-dev", **(files | {"tokenizers": tmp_path}), axes_dims_rope=AXES, configs=tiny_configs(parts))
+    with pytest.raises(ValueError, match=r"ae.safetensors is the FLUX.1 VAE .*, not the CLIP-L text encoder"):
+        load_clip_l(files["vae"])
+
+
+def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, monkeypatch):
+    import socket
+
+    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a socket was opened: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts)).encode_text([PROMPT])
+    folder = tmp_path / "FLUX.1-dev"
+    for name, part in (("transformer", "transformer"), ("vae", "vae"), ("text_encoder", "clip_l"),
+                       ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
+        parts[part].save_pretrained(folder / name)
+    load_backbone("flux1-dev", folder=folder).encode_text([PROMPT])
