@@ -20,16 +20,20 @@ FLUX_DEV = CONFIGS / "flux1-dev"
 
 LOADERS: dict[str, Callable[..., EditBackbone]] = {}
 PRESET_OF: dict[str, str] = {}  # model name -> its training preset (byg_core.config.PRESETS)
+NEEDS_FILES: set[str] = set()  # models loaded from the user's files (the rest are built in)
 
 
-def register_loader(name: str, preset: str | None = None):
+def register_loader(name: str, preset: str | None = None, needs_files: bool = False):
     """Decorator: make ``load_backbone(name)`` call the decorated function; ``preset`` names the
-    training values the model takes by default (None: its family's, see ``training_preset``)."""
+    training values the model takes by default (None: its family's, see ``training_preset``);
+    ``needs_files``: the model is the user's weights, named in the loader's options."""
 
     def wrap(fn: Callable[..., EditBackbone]) -> Callable[..., EditBackbone]:
         LOADERS[name] = fn
         if preset is not None:
             PRESET_OF[name] = preset
+        if needs_files:
+            NEEDS_FILES.add(name)
         return fn
 
     return wrap
@@ -200,7 +204,7 @@ def load_flux_tokenizers(folder: str | Path):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@register_loader("flux1-dev", preset="flux")
+@register_loader("flux1-dev", preset="flux", needs_files=True)
 def load_flux(
     folder: str | Path | None = None,
     transformer: str | Path | None = None,

@@ -195,6 +195,63 @@ def outside_inference_mode(grad: bool):
     return wrap
 
 
+# --- the host's CLIP and VAE behind byg_core's TextEncoder and LatentCodec ------------------------------------------
+class HostCLIP:
+    """ComfyUI's CLIP (e.g. DualCLIPLoader's clip_l + t5xxl, type flux) as a byg_core ``TextEncoder``: each
+    prompt tokenized and encoded by the host, giving the token states and the pooled vector FLUX takes."""
+
+    def __init__(self, clip) -> None:
+        self.clip = clip
+
+    def __call__(self, prompts):
+        from byg_core.backbones.base import TextCond
+
+        conds = []
+        for prompt in prompts:
+            tokens, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+            conds.append(TextCond(tokens.float(), None if pooled is None else pooled.float()))
+        return TextCond.cat(conds)
+
+
+class HostVAE:
+    """ComfyUI's VAE as a byg_core ``LatentCodec`` in the transformer's latent space: the host's VAE gives the
+    first stage's ``z``; the model takes ``(z - shift) * scale`` (FLUX.1: 0.1159, 0.3611, as ComfyUI's own
+    Flux latent format applies inside the model)."""
+
+    temporal_factor = 1
+
+    def __init__(self, vae, shift: float, scale: float) -> None:
+        self.vae, self.shift, self.scale = vae, shift, scale
+        self.spatial_factor = vae.spacial_compression_encode()
+        self.latent_channels = vae.latent_channels
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        z = self.vae.encode(pixels.permute(0, 2, 3, 1).clone())  # ComfyUI's IMAGE layout (B, H, W, C)
+        return (z.to(pixels.device, torch.float32) - self.shift) * self.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        image = self.vae.decode((latents.float() / self.scale + self.shift).cpu())
+        return image.permute(0, 3, 1, 2).to(latents.device, torch.float32)
+
+
+def diffusion_model_names() -> list[str]:
+    """Files in ComfyUI's diffusion_models folder (and its old name, unet)."""
+    host = _folder_paths()
+    if host is None:
+        root = Path(os.environ.get("BYG_DIFFUSION_MODELS_DIR", "models/diffusion_models"))
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")) if root.is_dir() else []
+    return sorted(n for n in host.get_filename_list("diffusion_models") if n.endswith(LORA_SUFFIXES))
+
+
+def diffusion_model_path(name: str) -> Path:
+    host = _folder_paths()
+    path = (host.get_full_path("diffusion_models", name) if host is not None
+            else Path(os.environ.get("BYG_DIFFUSION_MODELS_DIR", "models/diffusion_models")) / name)
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(f"{name!r} is not in the diffusion_models folder; refresh the node list")
+    return Path(path)
+
+
 # --- IMAGE <-> pixels ---------------------------------------------------------------------
 def _check_image(image: torch.Tensor, what: str) -> None:
     if image.ndim != 4 or image.shape[-1] < 3:

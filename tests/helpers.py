@@ -100,14 +100,19 @@ def tiny_tokenizer(eos: str, bos: str | None = None, max_length: int = 77):
                                    unk_token="<unk>", model_max_length=max_length)
 
 
-def tiny_flux_parts(seed: int = 0) -> dict:
-    """FLUX.1's five parts at toy size: transformer (16 latent channels), VAE, CLIP-L, T5 encoder, tokenizers."""
+FLUX_HEADS = dict(attention_head_dim=128, num_attention_heads=1, axes_dims_rope=(16, 56, 56))  # FLUX.1's head width
+
+
+def tiny_flux_parts(seed: int = 0, **transformer) -> dict:
+    """FLUX.1's five parts at toy size: transformer (16 latent channels), VAE, CLIP-L, T5 encoder, tokenizers.
+    ``transformer`` overrides its config (``FLUX_HEADS``: one head of FLUX.1's width, so its shipped rotary
+    axes apply, as a host loading a file without a config needs)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     parts = {
-        "transformer": FluxTransformer2DModel(**(TINY_FLUX | {"in_channels": 64})),
+        "transformer": FluxTransformer2DModel(**(TINY_FLUX | {"in_channels": 64} | transformer)),
         "vae": AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                              up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=16, norm_num_groups=4,
                              layers_per_block=1, use_quant_conv=False, use_post_quant_conv=False,

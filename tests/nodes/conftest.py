@@ -17,7 +17,7 @@ import pytest
 import torch
 
 PACK_DIR = Path(__file__).resolve().parents[2]
-FOLDERS = ("loras", "output", "input", "temp")
+FOLDERS = ("loras", "output", "input", "temp", "diffusion_models")
 
 
 def import_pack(pack_dir: Path = PACK_DIR):

@@ -45,7 +45,7 @@ def test_node_contract(nodes, name):
             if kind in ("INT", "FLOAT"):
                 assert options["min"] <= options["default"] <= options["max"]
         else:
-            assert kind in CUSTOM_TYPES | {"IMAGE"}, f"{name}.{key}: unexpected socket type {kind}"
+            assert kind in CUSTOM_TYPES | {"IMAGE", "CLIP", "VAE"}, f"{name}.{key}: unexpected socket type {kind}"
     signature = inspect.signature(getattr(cls, cls.FUNCTION))
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     assert takes_any or set(inputs) <= set(signature.parameters), f"{name}.{cls.FUNCTION} misses inputs"

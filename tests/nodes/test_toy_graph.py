@@ -23,7 +23,7 @@ def train_inputs(**overrides):
 @pytest.fixture
 def graph(run, toy_model_name):
     """Nodes 1-4 of the toy workflow: model, dataset, source image, objective (with its direction map)."""
-    (model,) = run("BYGModelLoader", model=toy_model_name)
+    (model,) = run("BYGModelLoader", model=toy_model_name, diffusion_model="(none)")
     dataset, report = run("BYGToyDataset", count=8, seed=0, name="toy")
     image, caption = run("BYGToyScene", shape="circle", shape_color="red", bg_color="blue", size=16)
     objective, direction = run("DirectionalPriorLoss", **FAST_OBJECTIVE, model=model, image=image,
@@ -219,7 +219,7 @@ def toy_video_model(run, monkeypatch):
 
     if "toy-video" not in LOADERS:
         monkeypatch.setitem(LOADERS, "toy-video", lambda **options: build_toy_wan_backbone(**options))
-    return run("BYGModelLoader", model="toy-video")[0]
+    return run("BYGModelLoader", model="toy-video", diffusion_model="(none)")[0]
 
 
 def test_video_edit_on_a_wan_model(run, toy_video_model):
@@ -247,7 +247,7 @@ def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders)
     from byg_core.toy.video import write_video_dataset
 
     write_video_dataset(host_folders / "input" / "toy_video", 4, seed=0)
-    (model,) = run("BYGModelLoader", model="toy-wan-5b")
+    (model,) = run("BYGModelLoader", model="toy-wan-5b", diffusion_model="(none)")
     dataset, report = run("BYGDataset", folder="toy_video", strict=True, width=0, height=0)
     objective, _ = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
     lora, curve = run("CycleTrainer", model=model, dataset=dataset, objective=objective,

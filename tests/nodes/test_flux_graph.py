@@ -1,0 +1,99 @@
+"""FLUX.1-dev in a ComfyUI graph: the model file from diffusion_models, the host's CLIP and VAE (stand-ins with
+ComfyUI's calling conventions over tiny FLUX parts) feed training and editing end to end."""
+
+import torch
+import pytest
+
+from byg_core.backbones.flux import FluxTextEncoder, FluxVAECodec
+from helpers import FLUX_HEADS, tiny_flux_parts, write_flux_files
+
+PROMPT = "change the circle's colour to green"
+
+
+class ComfyCLIP:
+    """ComfyUI's CLIP: tokenize(text) -> tokens; encode_from_tokens(tokens, return_pooled=True) -> (cond, pooled)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def tokenize(self, text):
+        return {"t5xxl": text, "l": text}
+
+    def encode_from_tokens(self, tokens, return_pooled=False):
+        cond = self.encoder([tokens["t5xxl"]])
+        return (cond.tokens, cond.pooled) if return_pooled else cond.tokens
+
+
+class ComfyVAE:
+    """ComfyUI's VAE: encode(IMAGE (B, H, W, C) in [0, 1]) -> the first stage's z; decode(z) -> IMAGE."""
+
+    latent_channels = 16
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def spacial_compression_encode(self):
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def encode(self, image):
+        return self.vae.encode(image.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+
+    def decode(self, z):
+        return ((self.vae.decode(z).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_flux_parts(seed=2, **FLUX_HEADS)
+
+
+@pytest.fixture
+def comfy_flux(parts, host):
+    files = write_flux_files(host.root / "models", parts)
+    files["transformer"].rename(host.root / "diffusion_models" / "flux1-dev.safetensors")
+    encoder = FluxTextEncoder(parts["clip_l"], parts["tokenizer"], parts["t5"], parts["tokenizer_2"])
+    return ComfyCLIP(encoder), ComfyVAE(parts["vae"]), encoder
+
+
+def test_the_hosts_clip_and_vae_give_what_the_files_give(submodule, parts, comfy_flux):
+    host = submodule("nodes.host")
+    clip, vae, encoder = comfy_flux
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs, ours = host.HostVAE(vae, 0.1159, 0.3611), FluxVAECodec(parts["vae"])
+        torch.testing.assert_close(theirs.encode(pixels), ours.encode(pixels), rtol=0, atol=0)
+        latents = ours.encode(pixels)
+        torch.testing.assert_close(theirs.decode(latents), ours.decode(latents).clamp(0, 1), rtol=0, atol=1e-6)
+        a, b = host.HostCLIP(clip)([PROMPT, "a red circle"]), encoder([PROMPT, "a red circle"])
+    torch.testing.assert_close(a.tokens, b.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(a.pooled, b.pooled, rtol=0, atol=0)
+
+
+def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, comfy_flux, host):
+    from byg_core.toy.dataset import write_toy_dataset
+
+    clip, vae, _ = comfy_flux
+    assert "flux1-dev.safetensors" in nodes["BYGModelLoader"].INPUT_TYPES()["required"]["diffusion_model"][0]
+    (model,) = run("BYGModelLoader", model="flux1-dev", diffusion_model="flux1-dev.safetensors", clip=clip, vae=vae)
+    write_toy_dataset(host.root / "input" / "shapes", n=4, seed=0)
+    dataset, _ = run("BYGDataset", folder="shapes", strict=True, width=16, height=16)
+    objective, _ = run("DirectionalPriorLoss", lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1,
+                       rollout_steps=2, gradient_routing=True, cycle=True, directional=True, bootstrap=True,
+                       regularization=True, identity_steps=True)
+    lora, _ = run("CycleTrainer", model=model, dataset=dataset, objective=objective, preset="auto", steps=2,
+                  learning_rate=-1, rank=2, batch_size=2, seed=0, save_name="flux_test", resume=False,
+                  warmup_identity_steps=1, preview_every=0, ema_decay=-1)
+    config = lora.files[0].metadata["byg.config"]
+    assert config["model"] == "flux1-dev" and config["lr"] == 3e-4  # the paper's image values (B.1)
+    assert (host.root / "loras" / "flux_test.safetensors").is_file()
+    (edited_model,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
+    image = torch.rand(1, 16, 16, 3)
+    edited, _ = run("BootstrapSampler", model=edited_model, image=image, instruction=PROMPT, steps=2, seed=0,
+                    guidance=3.5, return_states=False)
+    assert edited.shape == image.shape and not torch.equal(edited, image)
+
+
+def test_flux_without_its_files_says_what_to_connect(run):
+    with pytest.raises(ValueError, match=r"flux1-dev is loaded from your files: pick 'diffusion_model'; connect 'clip' "
+                                         r"\(DualCLIPLoader.*connect 'vae'"):
+        run("BYGModelLoader", model="flux1-dev", diffusion_model="(none)")
