@@ -244,4 +244,5 @@ def load_flux(
         text_encoder = FluxTextEncoder(load_clip_l(need(clip_l, "clip_l"), configs.get("clip_l"), torch_dtype),
                                        clip_tokenizer, load_t5_xxl(need(t5, "t5"), configs.get("t5"), torch_dtype),
                                        t5_tokenizer)
-    return FluxBackbone(model, text_encoder, codec, guidance=3.5, positions="index")
+    return FluxBackbone(model, text_encoder, codec, guidance=3.5, positions="index",
+                        scheduler_config=shipped_config("flux1-dev", "scheduler"))

@@ -38,14 +38,14 @@ def initial_noise(shape: Sequence[int], seed: int, device, dtype) -> torch.Tenso
 
 @torch.no_grad()
 def integrate(
-    scheduler, velocity: Velocity, y: torch.Tensor, steps: int, keep_states: bool = False,
+    scheduler, velocity: Velocity, y: torch.Tensor, keep_states: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> EditResult:
-    """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler (its sigmas are our t).
+    """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler whose timesteps are set
+    (``EditBackbone.schedule``; its sigmas are our t).
 
     ``on_step(i)`` is called after step i (1-based), for a host's progress bar.
     """
-    scheduler.set_timesteps(steps, device=y.device)
     result = EditResult(latents=y)
     for i, timestep in enumerate(scheduler.timesteps):
         t = torch.full((y.shape[0],), float(scheduler.sigmas[i]), device=y.device)
@@ -81,15 +81,14 @@ def edit(
     eps = initial_noise(x.shape, seed, x.device, x.dtype)
     with adapters.use(role):
         return integrate(
-            backbone.make_scheduler(), lambda y, t: backbone.velocity(y, t, c, source=x), eps, steps, keep_states, on_step
+            backbone.schedule(steps, x.shape, x.device), lambda y, t: backbone.velocity(y, t, c, source=x), eps,
+            keep_states, on_step,
         )
 
 
-def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float) -> list[float]:
+def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float, latent_shape: Sequence[int]) -> list[float]:
     """The backbone scheduler's t grid for ``steps`` steps, cut to start at ``t_start`` (SDEdit/FlowEdit)."""
-    scheduler = backbone.make_scheduler()
-    scheduler.set_timesteps(steps)
-    sigmas = [float(s) for s in scheduler.sigmas]
+    sigmas = [float(s) for s in backbone.schedule(steps, latent_shape).sigmas]
     return [s for s in sigmas[:-1] if s <= t_start + 1e-6] + [sigmas[-1]]
 
 
@@ -105,7 +104,7 @@ def sdedit(
 ) -> torch.Tensor:
     """SDEdit (Meng et al.): noise the source to t = strength, then denoise with the target caption."""
     p_tgt = as_batch(p_tgt, x.shape[0])
-    grid = _sigma_grid(backbone, steps, strength)
+    grid = _sigma_grid(backbone, steps, strength, x.shape)
     y = noise(x, initial_noise(x.shape, seed, x.device, x.dtype), torch.full((x.shape[0],), grid[0], device=x.device))
     with base_model(adapters):
         for s, s_next in zip(grid[:-1], grid[1:]):
@@ -133,7 +132,7 @@ def flowedit(
     p_src, p_tgt = as_batch(p_src, batch), as_batch(p_tgt, batch)
     generator = np.random.default_rng(seed)
     z_fe = x.clone()
-    grid = _sigma_grid(backbone, steps, t_max)
+    grid = _sigma_grid(backbone, steps, t_max, x.shape)
     with base_model(adapters):
         for s, s_next in zip(grid[:-1], grid[1:]):
             t = torch.full((batch,), s, device=x.device)

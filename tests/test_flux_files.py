@@ -120,3 +120,22 @@ def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, monkeypatc
                        ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
         parts[part].save_pretrained(folder / name)
     load_backbone("flux1-dev", folder=folder).encode_text([PROMPT])
+
+
+@pytest.mark.parametrize("size, steps", [(64, 20), (128, 28)])
+def test_the_editor_samples_on_flux_pipelines_schedule(parts, files, size, steps):
+    """FLUX.1-dev's resolution-dependent shift: the sigmas FluxPipeline steps through for this size and steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from byg_core.loading import shipped_config
+
+    backbone = load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts))
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(shipped_config("flux1-dev", "scheduler"))
+    pipe = FluxPipeline(scheduler=scheduler, vae=parts["vae"], text_encoder=parts["clip_l"], tokenizer=parts["tokenizer"],
+                        text_encoder_2=parts["t5"], tokenizer_2=parts["tokenizer_2"], transformer=parts["transformer"])
+    seen = []
+    pipe(PROMPT, height=size, width=size, num_inference_steps=steps, output_type="latent", max_sequence_length=16,
+         callback_on_step_end=lambda p, i, t, kw: seen.append(p.scheduler.sigmas.clone()) or {})
+    latent_shape = (1, 16, size // backbone.codec.spatial_factor, size // backbone.codec.spatial_factor)
+    ours = backbone.schedule(steps, latent_shape).sigmas
+    torch.testing.assert_close(ours, seen[0], rtol=0, atol=0)
+    assert float(ours[1]) > 1 - 1 / steps  # shifted toward noise, unlike the plain linear grid

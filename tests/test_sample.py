@@ -8,11 +8,11 @@ from byg_core.sample import edit, flowedit, integrate, sdedit
 
 def test_integrating_the_straight_flow_lands_on_the_data(flux_backbone):
     x, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
-    result = integrate(flux_backbone.make_scheduler(), lambda y, t: eps - x, eps, steps=7, keep_states=True)
+    result = integrate(flux_backbone.schedule(7, eps.shape), lambda y, t: eps - x, eps, keep_states=True)
     assert torch.allclose(result.latents, x, atol=1e-5)
     assert len(result.states) == 7 and result.t[0] == 1.0 and torch.equal(result.states[0], eps)
     calls = []
-    integrate(flux_backbone.make_scheduler(), lambda y, t: eps - x, eps, steps=3, on_step=calls.append)
+    integrate(flux_backbone.schedule(3, eps.shape), lambda y, t: eps - x, eps, on_step=calls.append)
     assert calls == [1, 2, 3]
 
 

@@ -117,6 +117,16 @@ class EditBackbone(ABC):
     def make_scheduler(self):
         """A diffusers flow scheduler for inference (its ``sigmas`` are our ``t``)."""
 
+    def schedule(self, steps: int, latent_shape: Sequence[int], device=None):
+        """The inference scheduler with its timesteps set for ``steps`` steps on latents of ``latent_shape``."""
+        scheduler = self.make_scheduler()
+        scheduler.set_timesteps(steps, device=device, **self.schedule_options(steps, latent_shape))
+        return scheduler
+
+    def schedule_options(self, steps: int, latent_shape: Sequence[int]) -> dict:
+        """Extra ``set_timesteps`` arguments (a resolution-dependent shift, say); none by default."""
+        return {}
+
     def expert_for(self, t: float) -> str:
         """Which of ``transformers`` serves timestep ``t`` (only two-expert models override)."""
         return next(iter(self.transformers))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from einops import rearrange
@@ -72,6 +73,7 @@ class FluxBackbone(EditBackbone):
         guidance: float = 3.5,
         positions: str = "index",
         scheduler_shift: float = 1.0,
+        scheduler_config: dict | None = None,
     ) -> None:
         super().__init__()
         if positions not in SOURCE_POSITIONS:
@@ -82,6 +84,7 @@ class FluxBackbone(EditBackbone):
         self.guidance = guidance  # FLUX.1-dev is guidance-distilled: one value for base and editor
         self.positions = positions
         self.scheduler_shift = scheduler_shift
+        self.scheduler_config = scheduler_config  # FLUX.1-dev's: dynamic shifting by image size
 
     @property
     def transformers(self) -> dict[str, torch.nn.Module]:
@@ -100,8 +103,22 @@ class FluxBackbone(EditBackbone):
         return file_key[len("transformer.") :]
 
     def make_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        """The flow-matching Euler scheduler FLUX pipelines sample with."""
+        """The flow-matching Euler scheduler FLUX pipelines sample with (FLUX.1-dev's config when given)."""
+        if self.scheduler_config is not None:
+            return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         return FlowMatchEulerDiscreteScheduler(shift=self.scheduler_shift)
+
+    def schedule_options(self, steps: int, latent_shape: Sequence[int]) -> dict:
+        """FluxPipeline's schedule: sigmas 1 .. 1/steps, shifted by mu, which grows with the token count."""
+        config = self.scheduler_config
+        if not config or not config.get("use_dynamic_shifting"):
+            return {}
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        tokens = (latent_shape[-2] // PATCH) * (latent_shape[-1] // PATCH)
+        mu = calculate_shift(tokens, config["base_image_seq_len"], config["max_image_seq_len"], config["base_shift"],
+                             config["max_shift"])
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
     def check_pixels(self, shape: Sequence[int]) -> None:
         if len(shape) != 4 or shape[1] != 3:

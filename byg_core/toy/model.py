@@ -205,7 +205,7 @@ def evaluate_base(backbone: FluxBackbone, n: int = 64, seed: int = 0, steps: int
     for i in range(0, n, batch):
         part = scenes[i : i + batch]
         eps = initial_noise((len(part), 3, TOY_RESOLUTION, TOY_RESOLUTION), seed + i, backbone.device, backbone.dtype)
-        result = integrate(backbone.make_scheduler(), _velocity_fn(backbone, [caption(s) for s in part]), eps, steps)
+        result = integrate(backbone.schedule(steps, eps.shape), _velocity_fn(backbone, [caption(s) for s in part]), eps)
         images.append(backbone.decode_latents(result.latents).cpu())
     readings = [read_scene(image) for image in torch.cat(images)]
     hits = {
