@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(values, args.config or "--set")
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
     data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
@@ -122,13 +122,25 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .loading import load_backbone
     from .sample import edit
 
-    backbone = load_backbone(args.model)
+    model, files = _edit_model(args)
+    backbone = load_backbone(model, **files)
     adapters = load_lora(args.lora, backbone, strength=args.strength)
     x = backbone.encode_pixels(load_pixels(args.image))
     c = backbone.encode_text([args.instruction])
     result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out))
     return 0
+
+
+def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
+    """The base model to edit with: --model, else the model (and its files) the LoRA was trained on."""
+    from .safefiles import load_checked, meta_json
+
+    if args.model:
+        return args.model, {}
+    _, metadata = load_checked(args.lora[0], "LoRA file")
+    config = meta_json(metadata, "byg.config", args.lora[0])
+    return config.get("model", "toy"), config.get("model_files", {})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -177,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image", required=True, help="source image, or a folder of video frames (Wan models)")
     edit.add_argument("--instruction", required=True, help='e.g. "change the circle\'s colour to green"')
     edit.add_argument("--out", required=True, help="the edited PNG (a folder of frames for a video)")
-    edit.add_argument("--model", default="toy", help="base model the LoRA was trained on (default: toy)")
+    edit.add_argument("--model", default=None,
+                      help="base model (default: the model and files the LoRA was trained on, from its metadata)")
     edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")

@@ -45,7 +45,10 @@ class TrainConfig:
     """Paper defaults (appendix B.1) unless a comment says otherwise."""
 
     # what to train on what
-    model: str = "toy"  # "toy" (the shipped toy FLUX-architecture base) or a local model path
+    model: str = "toy"  # a loader's name (byg_core.loading.LOADERS): "toy", "toy-wan-5b", "flux1-dev", ...
+    # the user's files for a model that needs them, e.g. flux1-dev: folder = a local diffusers folder, or
+    # transformer / vae / clip_l / t5 single files and tokenizers = a diffusers folder; dtype = "bfloat16" on GPUs
+    model_files: dict[str, str] = field(default_factory=dict)
     data: str = ""  # dataset folder holding edits.jsonl
     output_dir: str = "runs/byg"  # checkpoint, LoRA, logs
     save_name: str = "byg_lora"  # LoRA file name (without .safetensors)

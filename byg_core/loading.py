@@ -68,10 +68,18 @@ def _load_toy_wan_a14b(seed: int = 0, **options) -> EditBackbone:
 
 
 def load_backbone(model: str, **options) -> EditBackbone:
-    """The backbone named ``model`` (see ``LOADERS``)."""
+    """The backbone named ``model`` (see ``LOADERS``); ``options`` are its loader's (the files it reads)."""
+    import inspect
+
     if model not in LOADERS:
         raise ValueError(f"unknown model {model!r}; available: {sorted(LOADERS)}")
-    return LOADERS[model](**options)
+    loader = LOADERS[model]
+    parameters = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            raise ValueError(f"model {model!r} takes {sorted(parameters)}, not {unknown}")
+    return loader(**options)
 
 
 def shipped_config(model: str, part: str) -> dict:

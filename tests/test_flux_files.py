@@ -25,6 +25,13 @@ def files(parts, tmp_path_factory):
     return write_flux_files(tmp_path_factory.mktemp("comfy_models"), parts)
 
 
+def save_folder(parts, folder):
+    for name, part in (("transformer", "transformer"), ("vae", "vae"), ("text_encoder", "clip_l"),
+                       ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
+        parts[part].save_pretrained(folder / name)
+    return folder
+
+
 def test_the_vae_file_loads_to_the_same_vae_and_encodes_as_flux_kontext_does(parts, files):
     from diffusers import FluxKontextPipeline
 
@@ -85,11 +92,7 @@ def test_flux1_dev_from_single_files_trains_and_edits(parts, files, tmp_path):
 
 
 def test_flux1_dev_from_a_diffusers_folder(parts, tmp_path):
-    folder = tmp_path / "FLUX.1-dev"
-    for name, part in (("transformer", "transformer"), ("vae", "vae"), ("text_encoder", "clip_l"),
-                       ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
-        parts[part].save_pretrained(folder / name)
-    backbone = load_backbone("flux1-dev", folder=folder)
+    backbone = load_backbone("flux1-dev", folder=save_folder(parts, tmp_path / "FLUX.1-dev"))
     cond = backbone.encode_text([PROMPT])
     assert cond.tokens.shape == (1, 512, 32)
 
@@ -103,23 +106,9 @@ def test_missing_files_and_tokenizers_say_what_to_give(parts, files, tmp_path):
         load_clip_l(files["vae"])
 
 
-def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, monkeypatch):
-    import socket
-
-    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a socket was opened: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, no_network):
     load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts)).encode_text([PROMPT])
-    folder = tmp_path / "FLUX.1-dev"
-    for name, part in (("transformer", "transformer"), ("vae", "vae"), ("text_encoder", "clip_l"),
-                       ("text_encoder_2", "t5"), ("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
-        parts[part].save_pretrained(folder / name)
-    load_backbone("flux1-dev", folder=folder).encode_text([PROMPT])
+    load_backbone("flux1-dev", folder=save_folder(parts, tmp_path / "FLUX.1-dev")).encode_text([PROMPT])
 
 
 @pytest.mark.parametrize("size, steps", [(64, 20), (128, 28)])
@@ -139,3 +128,37 @@ def test_the_editor_samples_on_flux_pipelines_schedule(parts, files, size, steps
     ours = backbone.schedule(steps, latent_shape).sigmas
     torch.testing.assert_close(ours, seen[0], rtol=0, atol=0)
     assert float(ours[1]) > 1 - 1 / steps  # shifted toward noise, unlike the plain linear grid
+
+
+def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys):
+    from byg_core import cli
+    from byg_core.toy.dataset import write_toy_dataset
+
+    folder = save_folder(parts, tmp_path / "FLUX.1-dev")
+    data = write_toy_dataset(tmp_path / "data", n=4, seed=0)
+    config = tmp_path / "flux_tiny.toml"
+    config.write_text(f'model = "flux1-dev"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\nsave_name = "tiny"\n'
+                      'steps = 2\nbatch_size = 2\nrank = 2\nwarmup_identity_steps = 1\ncheckpoint_every = 0\n'
+                      f'[model_files]\nfolder = "{folder}"\n[objective]\nrollout_steps = 2\n')
+    assert cli.main(["train", str(config)]) == 0
+    lora = tmp_path / "run" / "tiny.safetensors"
+    out = tmp_path / "edited.png"
+    assert cli.main(["edit", "--lora", str(lora), "--image", str(data / "00000.png"), "--instruction", PROMPT,
+                     "--out", str(out), "--steps", "2"]) == 0  # the model and its files come from the LoRA
+    assert out.is_file()
+
+
+def test_the_flux_example_has_the_papers_settings():
+    from pathlib import Path
+    from byg_core.config import TrainConfig
+
+    cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "examples" / "flux.toml")
+    assert (cfg.model, cfg.lr, cfg.rank, cfg.batch_size, cfg.warmup_identity_steps, cfg.identity_prob) == \
+        ("flux1-dev", 3e-4, 64, 8, 200, 0.15)
+    assert (cfg.objective.lambda_id, cfg.objective.rollout_steps) == (0.2, 10)
+    assert set(cfg.model_files) == {"transformer", "vae", "clip_l", "t5", "tokenizers", "dtype"}
+
+
+def test_a_wrong_model_file_option_names_the_options():
+    with pytest.raises(ValueError, match=r"model 'flux1-dev' takes \[.*'transformer'.*\], not \['unet'\]"):
+        load_backbone("flux1-dev", unet="x.safetensors")
