@@ -57,9 +57,19 @@ class Adapters:
                 inject_adapter_in_model(config, transformer, adapter_name=EMA)
             transformer._byg_lora_spec = spec
         self._layers = self._find_layers()
+        self._adapters_in_fp32_over_fp8()
         self.reset(seed)
         self.active = STUDENT
         self._activate(STUDENT)
+
+    def _adapters_in_fp32_over_fp8(self) -> None:
+        """peft gives a new adapter its base layer's dtype; over fp8-stored weights that is an untrainable fp8
+        adapter, so those adapters are made fp32 (the base stays fp8, upcast per layer as it runs)."""
+        for layer in self._layers.values():
+            for role in (STUDENT, EMA):
+                for part in (layer.lora_A[role], layer.lora_B[role]):
+                    if part.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                        part.to(torch.float32)
 
     @staticmethod
     def _remove(transformer: torch.nn.Module) -> None:

@@ -127,6 +127,19 @@ def load_flux_transformer(
     return model.eval().requires_grad_(False)
 
 
+# kept at compute precision under fp8 storage: norms and the layers into and out of the model (diffusers'
+# defaults), the embedders; a LoRA injected later wraps its base layer and stays in its own dtype
+FP8_SKIP = ("norm", "^proj_out$", "^x_embedder$", "^context_embedder$", "time_text_embed", "pos_embed")
+STORAGE = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+
+
+def store_in_fp8(model, storage: str, compute: torch.dtype) -> None:
+    """Weights stored as ``storage`` and upcast per layer to ``compute`` as it runs (diffusers' layerwise casting)."""
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {sorted(STORAGE)}, got {storage!r}")
+    model.enable_layerwise_casting(storage_dtype=STORAGE[storage], compute_dtype=compute, skip_modules_pattern=FP8_SKIP)
+
+
 def load_flux_vae(path: str | Path, config: dict | None = None):
     """FLUX.1's VAE (``ae.safetensors``, or a diffusers folder's ``vae/``) as diffusers' ``AutoencoderKL``,
     converted by diffusers' own LDM converter with the shipped config (``config`` for other sizes)."""
@@ -223,13 +236,16 @@ def load_flux(
     text_encoder=None,
     codec=None,
     dtype: str = "float32",
+    storage: str | None = None,
     axes_dims_rope: Sequence[int] | None = None,
     configs: dict | None = None,
 ) -> EditBackbone:
     """FLUX.1-dev (or Kontext dev) from local files: a diffusers ``folder``, or single files (``transformer``,
     ``vae``, ``clip_l``, ``t5``; tokenizers from a diffusers ``tokenizers`` folder). A host may hand in its own
     ``text_encoder`` and ``codec`` (ComfyUI's CLIP and VAE) instead of the files. ``configs`` (keys ``vae``,
-    ``clip_l``, ``t5``) replace the shipped FLUX.1-dev configs for files of another size (the tests' tiny ones)."""
+    ``clip_l``, ``t5``) replace the shipped FLUX.1-dev configs for files of another size (the tests' tiny ones).
+    ``storage = "float8_e4m3fn"`` keeps the transformer's weights in fp8 and upcasts each layer to ``dtype``
+    as it runs (the 24 GB path, ``store_in_fp8``)."""
     from .backbones.flux import FluxBackbone, FluxTextEncoder, FluxVAECodec
 
     if dtype not in DTYPES:
@@ -243,6 +259,8 @@ def load_flux(
         return path
 
     model = load_flux_transformer(need(transformer, "transformer"), torch_dtype, axes_dims_rope)
+    if storage is not None:
+        store_in_fp8(model, storage, torch_dtype)
     if codec is None:
         configs = configs or {}
         codec = FluxVAECodec(load_flux_vae(need(vae, "vae"), configs.get("vae")).to(torch_dtype))

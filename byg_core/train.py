@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
@@ -77,6 +78,10 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=_no_accelerator())
         for transformer in backbone.transformers.values():
             transformer.to(self.accelerator.device)
+            if config.gradient_checkpointing:
+                transformer.enable_gradient_checkpointing(_checkpoint_non_reentrant)
+            elif getattr(transformer, "gradient_checkpointing", False):
+                transformer.disable_gradient_checkpointing()  # a shared backbone keeps no earlier run's setting
         if config.expert not in ("auto", *backbone.transformers):
             raise ValueError(f"expert must be 'auto' or one of {list(backbone.transformers)}, got {config.expert!r}")
         targets = tuple(config.target_modules or backbone.lora_target_modules())
@@ -241,6 +246,11 @@ class Trainer:
         if len(groups) != len(self.optimizer.param_groups):
             raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, expected 1")
         return {"state": state, "param_groups": groups}
+
+
+def _checkpoint_non_reentrant(module, *args):
+    """Activation checkpointing that keeps LoRA gradients (``use_reentrant=True`` drops them)."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
 def existing_run(output_dir: str | Path) -> int | None:

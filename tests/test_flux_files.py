@@ -162,3 +162,29 @@ def test_the_flux_example_has_the_papers_settings():
 def test_a_wrong_model_file_option_names_the_options():
     with pytest.raises(ValueError, match=r"model 'flux1-dev' takes \[.*'transformer'.*\], not \['unet'\]"):
         load_backbone("flux1-dev", unet="x.safetensors")
+
+
+def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
+    from byg_core.adapters import STUDENT, Adapters, LoraSpec
+
+    options = dict(**files, axes_dims_rope=AXES, configs=tiny_configs(parts))
+    full = load_backbone("flux1-dev", **options)
+    stored = load_backbone("flux1-dev", **options, storage="float8_e4m3fn")
+    block = stored.transformer.transformer_blocks[0]
+    assert block.attn.to_q.weight.dtype == torch.float8_e4m3fn and block.ff.net[2].weight.dtype == torch.float8_e4m3fn
+    assert stored.transformer.x_embedder.weight.dtype == torch.float32  # kept out of the cast
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = full.encode_text([PROMPT])
+    t = torch.tensor([0.6])
+    with torch.no_grad():
+        v_full, v_fp8 = full.velocity(x, t, cond, source=x), stored.velocity(x, t, cond, source=x)
+    relative = float((v_fp8 - v_full).norm() / v_full.norm())
+    assert 0 < relative < 0.05, relative  # fp8 storage moves the velocity a little
+
+    adapters = Adapters(stored, LoraSpec(2, 2.0, tuple(stored.lora_target_modules())))
+    with adapters.use(STUDENT):
+        stored.velocity(x, t, cond, source=x).square().mean().backward()
+    lora = list(adapters.parameters(STUDENT))
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    assert all(p.grad is not None for p in lora) and any(float(p.grad.abs().sum()) > 0 for p in lora)
+    assert block.attn.to_q.base_layer.weight.dtype == torch.float8_e4m3fn  # the base stays fp8 under the LoRA

@@ -161,3 +161,27 @@ def test_config_loads_from_toml_with_an_objective_table(tmp_path):
     path.write_text('[objective]\nalpha = -1\n')
     with pytest.raises(ValueError, match="alpha must be >= 0"):
         TrainConfig.from_toml(path)
+
+
+def test_gradient_checkpointing_changes_no_gradient_and_keeps_lora_ones(tmp_path, monkeypatch):
+    """Non-reentrant checkpointing: same LoRA weights after training as without it, blocks really recomputed."""
+    import torch.utils.checkpoint
+
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    plain = Trainer(config(tmp_path / "plain", steps=3), make_flux_backbone(), tiny_data())
+    plain.run()
+    assert not calls
+    checkpointed = Trainer(config(tmp_path / "ckpt", steps=3, gradient_checkpointing=True), make_flux_backbone(),
+                           tiny_data())
+    checkpointed.run()
+    assert calls and set(calls) == {False}
+    for key, value in lora_state(plain).items():
+        torch.testing.assert_close(checkpointed.adapters.state_dict(STUDENT)[key], value, rtol=1e-5, atol=1e-6)
+    assert any(v.abs().sum() > 0 for k, v in lora_state(checkpointed).items() if "lora_B" in k)  # LoRA trained
