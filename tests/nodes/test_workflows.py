@@ -45,12 +45,16 @@ STOCK = {
 }
 
 
+PACK_FILE_LISTS = {("BYGModelLoader", "diffusion_model"), ("BYGLoRALoader", "lora_name")}  # list a user's files
+
+
 def definition(nodes, node_type):
     """(inputs [(name, kind, options)], output types) of a pack or stock node."""
     if node_type in nodes:
         cls = nodes[node_type]
         spec = cls.INPUT_TYPES()
-        inputs = [(k, v[0], v[1]) for part in ("required", "optional") for k, v in spec.get(part, {}).items()]
+        inputs = [(k, FILE if (node_type, k) in PACK_FILE_LISTS else v[0], v[1])
+                  for part in ("required", "optional") for k, v in spec.get(part, {}).items()]
         return inputs, list(cls.RETURN_TYPES)
     assert node_type in STOCK, f"unknown node type {node_type}: neither this pack's nor a stock ComfyUI node"
     inputs, outputs = STOCK[node_type]
@@ -78,7 +82,8 @@ def workflow(request):
 
 
 def test_the_promised_workflows_exist():
-    assert {"byg_toy_train_and_edit.json", "byg_flux_edit_stock_comfyui.json"} <= {p.name for p in WORKFLOWS}
+    assert {"byg_toy_train_and_edit.json", "byg_flux_edit_stock_comfyui.json", "byg_flux_train_and_edit.json"} <= \
+        {p.name for p in WORKFLOWS}
 
 
 def test_workflow_is_ui_format(workflow):
