@@ -60,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .data import EditDataset, cache
     from .loading import load_backbone
+    from .memory import estimate
     from .train import Callbacks, ResumeMismatch, Trainer, existing_run, write_history
 
     import tomllib
@@ -78,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = EditDataset.from_folder(cfg.data)
     data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
+    print(estimate(trainer).describe(), file=sys.stderr)
     done = existing_run(cfg.output_dir)
     if done is not None and not args.resume:
         raise SystemExit(

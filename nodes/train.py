@@ -89,6 +89,7 @@ class CycleTrainer:
               warmup_identity_steps, preview_every, ema_decay):
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
+        from byg_core.memory import estimate
         from byg_core.train import Callbacks, Trainer
 
         name = _check_save_name(save_name)
@@ -112,6 +113,7 @@ class CycleTrainer:
             trainer = Trainer(config, model.backbone, cache(dataset.dataset, model.backbone, dataset.size), callbacks)
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
+        print(f"[ByG] CycleTrainer {name!r}: {estimate(trainer).describe()}")  # in the server's log, before a long run
         if resume:
             _resume(trainer, name)
         result = trainer.run()

@@ -185,3 +185,19 @@ def test_gradient_checkpointing_changes_no_gradient_and_keeps_lora_ones(tmp_path
     for key, value in lora_state(plain).items():
         torch.testing.assert_close(checkpointed.adapters.state_dict(STUDENT)[key], value, rtol=1e-5, atol=1e-6)
     assert any(v.abs().sum() > 0 for k, v in lora_state(checkpointed).items() if "lora_B" in k)  # LoRA trained
+
+
+def test_the_memory_estimate_counts_weights_lora_and_optimizer_exactly(tmp_path):
+    from byg_core.adapters import EMA
+    from byg_core.memory import ACTIVATION_WIDTHS, estimate
+
+    trainer = Trainer(config(tmp_path), make_flux_backbone(), tiny_data())
+    student = sum(p.numel() for p in trainer.adapters.parameters(STUDENT))
+    ema = sum(p.numel() for p in trainer.adapters.parameters(EMA))
+    base = sum(p.numel() for p in trainer.backbone.transformer.parameters()) - student - ema
+    figures = estimate(trainer)
+    assert (figures.weights, figures.lora, figures.optimizer) == (4 * base, 4 * (student + ema), 12 * student)
+    checkpointed = estimate(Trainer(config(tmp_path / "c", gradient_checkpointing=True), make_flux_backbone(),
+                                    tiny_data()))
+    assert figures.activations == ACTIVATION_WIDTHS * checkpointed.activations > 0
+    assert figures.describe().startswith("memory estimate: weights ")

@@ -1,0 +1,65 @@
+"""A memory estimate printed when training starts, so a user knows before an out-of-memory error.
+
+Weights, LoRA and optimizer state are counted exactly from the tensors; activations are a rough
+figure (about 16 tensors of the model's width per token per block held for the backward pass,
+one per block with gradient checkpointing) for the passes a step back-propagates through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIVATION_WIDTHS = 16  # tensors of the model's width held per token per block (attention, MLP, norms)
+GRAD_PASSES = {"byg": 3, "supervised": 1}  # forward and reverse editor passes and the identity pass (Alg. 1)
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int  # bytes: the transformers' weights as stored (fp8, bf16, ...)
+    lora: int  # bytes: student and EMA adapters
+    optimizer: int  # bytes: the student's gradients and AdamW's two moments
+    activations: int  # bytes, rough: what the grad passes of one step hold for backward
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+        return (f"memory estimate: weights {gib(self.weights)}, LoRA {gib(self.lora)}, gradients + AdamW "
+                f"{gib(self.optimizer)}, activations ~{gib(self.activations)} (rough) = ~{gib(self.total)}")
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+PATCH_CELLS = 4  # FLUX packs 2x2 latent cells per token; Wan2.2's patches are 1x2x2 too
+
+
+def tokens_per_sample(trainer) -> int:
+    """Transformer tokens of one editor pass: the noisy and the source latents' patches plus the prompt's tokens."""
+    x = trainer.data.x[:1]
+    text = trainer.backbone.encode_text([trainer.data.records[0].instruction])
+    return 2 * (x[0].numel() // x.shape[1]) // PATCH_CELLS + text.tokens.shape[1]
+
+
+def estimate(trainer) -> MemoryEstimate:
+    """The estimate for ``trainer``'s model, data and config."""
+    from .adapters import EMA, STUDENT
+
+    cfg = trainer.cfg
+    transformers = list(trainer.backbone.transformers.values())
+    lora_params = {id(p) for role in (STUDENT, EMA) for p in trainer.adapters.parameters(role)}
+    weights = _bytes(p for t in transformers for p in t.parameters() if id(p) not in lora_params)
+    student = list(trainer.adapters.parameters(STUDENT))
+    lora = _bytes(student) + _bytes(trainer.adapters.parameters(EMA))
+    optimizer = 3 * _bytes(student)
+    config = transformers[0].config
+    width = config.num_attention_heads * config.attention_head_dim
+    blocks = config.num_layers + getattr(config, "num_single_layers", 0)
+    compute = 2 if cfg.mixed_precision == "bf16" else 4
+    held = 1 if cfg.gradient_checkpointing else ACTIVATION_WIDTHS
+    activations = (GRAD_PASSES.get(cfg.method, 3) * cfg.batch_size * tokens_per_sample(trainer) * width * compute
+                   * held * blocks)
+    return MemoryEstimate(weights, lora, optimizer, activations)
