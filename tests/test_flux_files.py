@@ -188,3 +188,20 @@ def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
     assert lora and all(p.dtype == torch.float32 for p in lora)
     assert all(p.grad is not None for p in lora) and any(float(p.grad.abs().sum()) > 0 for p in lora)
     assert block.attn.to_q.base_layer.weight.dtype == torch.float8_e4m3fn  # the base stays fp8 under the LoRA
+
+
+def test_the_device_check_runs_on_a_tiny_config(tmp_path):
+    """scripts/device_check.py (for a GPU; full-size FLUX.1-dev from the shipped config) runs its code on CPU."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--tiny", "--device", "cpu", "--steps", "1", "--sizes", "32", "--rank", "2",
+                        "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "device_check.json").read_text())
+    assert [(r["size"], r["storage"]) for r in rows] == [(32, "bf16"), (32, "fp8")]
+    assert all(r["byg_s"] > r["supervised_s"] > 0 and r["edit_20_steps_s"] > 0 for r in rows)
