@@ -78,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
     data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
+    backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
     print(estimate(trainer).describe(), file=sys.stderr)
     done = existing_run(cfg.output_dir)
