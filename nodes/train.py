@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from . import host
 from . import inputs as I
@@ -113,7 +114,7 @@ class CycleTrainer:
             trainer = Trainer(config, model.backbone, cache(dataset.dataset, model.backbone, dataset.size), callbacks)
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
-        print(f"[ByG] CycleTrainer {name!r}: {estimate(trainer).describe()}")  # in the server's log, before a long run
+        logging.getLogger("comfyui-byg").info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # server log
         if resume:
             _resume(trainer, name)
         result = trainer.run()
