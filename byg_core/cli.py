@@ -61,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import EditDataset, cache
     from .loading import load_backbone
     from .memory import estimate
+    from .textcache import DiskTextCache
     from .train import Callbacks, ResumeMismatch, Trainer, existing_run, write_history
 
     import tomllib
@@ -77,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
+    if cfg.text_cache_dir:
+        backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cfg.model))
     data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))

@@ -49,6 +49,8 @@ class TrainConfig:
     # the user's files for a model that needs them, e.g. flux1-dev: folder = a local diffusers folder, or
     # transformer / vae / clip_l / t5 single files and tokenizers = a diffusers folder; dtype = "bfloat16" on GPUs
     model_files: dict[str, str] = field(default_factory=dict)
+    # keep encoded prompts on disk in this folder instead of memory (T5-XXL: 4-8 MB a prompt); reused by later runs
+    text_cache_dir: str | None = None
     data: str = ""  # dataset folder holding edits.jsonl
     output_dir: str = "runs/byg"  # checkpoint, LoRA, logs
     save_name: str = "byg_lora"  # LoRA file name (without .safetensors)

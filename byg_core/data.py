@@ -208,6 +208,7 @@ def cache(dataset: EditDataset, backbone: EditBackbone, size: tuple[int, int] | 
         raise ValueError(f"sources differ in size {sorted(shapes)}; set a training resolution so all are resized alike")
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
+    backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
     return CachedEdits(torch.cat(latents), list(dataset.records))
 
 

@@ -156,7 +156,8 @@ def test_the_flux_example_has_the_papers_settings():
     assert (cfg.model, cfg.lr, cfg.rank, cfg.batch_size, cfg.warmup_identity_steps, cfg.identity_prob) == \
         ("flux1-dev", 3e-4, 64, 8, 200, 0.15)
     assert (cfg.objective.lambda_id, cfg.objective.rollout_steps) == (0.2, 10)
-    assert set(cfg.model_files) == {"transformer", "vae", "clip_l", "t5", "tokenizers", "dtype"}
+    assert set(cfg.model_files) == {"transformer", "vae", "clip_l", "t5", "tokenizers", "dtype", "storage"}
+    assert cfg.gradient_checkpointing and cfg.text_cache_dir
 
 
 def test_a_wrong_model_file_option_names_the_options():

@@ -157,6 +157,16 @@ class EditBackbone(ABC):
                 self._text_cache[prompt] = cond.select(slice(i, i + 1))
         return TextCond.cat([self._text_cache[p] for p in prompts]).to(self.device, self.dtype)
 
+    def use_text_cache(self, cache) -> None:
+        """Keep encoded prompts in ``cache`` (a mapping, e.g. ``byg_core.textcache.DiskTextCache``), not in memory."""
+        self._text_cache = cache
+
+    def flush_text_cache(self) -> None:
+        """Write what a disk text cache still holds in memory (nothing to do for the in-memory one)."""
+        flush = getattr(self._text_cache, "flush", None)
+        if flush is not None:
+            flush()
+
     def release_text_encoder(self) -> None:
         """Drop the text encoder once a dataset's prompts are cached (saves memory)."""
         self.text_encoder = None
