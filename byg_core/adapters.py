@@ -148,9 +148,8 @@ class Adapters:
 
     @torch.no_grad()
     def ema_update(self, decay: float) -> None:
-        """theta_EMA <- decay * theta_EMA + (1 - decay) * theta_student (paper 4.1)."""
-        for p_student, p_ema in zip(self.parameters(STUDENT), self.parameters(EMA)):
-            p_ema.lerp_(p_student.to(p_ema.dtype), 1.0 - decay)
+        """theta_EMA <- decay * theta_EMA + (1 - decay) * theta_student (paper 4.1), in one fused pass."""
+        torch._foreach_lerp_(self.parameters(EMA), self.parameters(STUDENT), 1.0 - decay)
 
     def set_strength(self, strength: float) -> None:
         """Scale every LoRA's output: 1 is the trained edit, 0 is the base model."""
@@ -217,3 +216,26 @@ class Generators:
         """G_t2i(y_t, t, p): the frozen base model with no source (4.2)."""
         with self.adapters.use(BASE):
             return self.backbone.velocity(y_t, t, p)
+
+    def ema_scope(self):
+        """The EMA editor's adapter for a whole rollout: one switch, so each ``ema`` call inside switches nothing."""
+        return self.adapters.use(EMA if self.use_ema else STUDENT)
+
+    def edit_many(self, y_t: torch.Tensor, t: torch.Tensor, c: TextCond, sources: list[torch.Tensor]) -> list[torch.Tensor]:
+        """G_edit(y_t, t, c, x_i) for several sources x_i as one batched call (same y_t, t and c)."""
+        k = len(sources)
+        v = self.edit(torch.cat([y_t] * k), torch.cat([t] * k), TextCond.cat([c] * k), torch.cat(sources))
+        return list(v.chunk(k))
+
+    @torch.no_grad()
+    def t2i_many(self, queries: list[tuple[torch.Tensor, TextCond]], t: torch.Tensor) -> list[torch.Tensor]:
+        """G_t2i(y_i, t, p_i) for several queries under one adapter switch, as one batched call when the prompts'
+        token counts agree (zero-padding a shorter prompt would change its result)."""
+        if not queries:
+            return []
+        with self.adapters.use(BASE):
+            if len({p.tokens.shape[1] for _, p in queries}) > 1:
+                return [self.backbone.velocity(y, t, p) for y, p in queries]
+            v = self.backbone.velocity(torch.cat([y for y, _ in queries]), torch.cat([t] * len(queries)),
+                                       TextCond.cat([p for _, p in queries]))
+        return list(v.chunk(len(queries)))

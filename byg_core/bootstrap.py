@@ -39,9 +39,10 @@ def bootstrap_rollout(
     k_t = (t * n).round().long()
     y = eps
     y_t = eps.clone()
-    for k in range(n, 0, -1):
-        keep = (k_t == k).view(-1, *([1] * (y.ndim - 1)))
-        y_t = torch.where(keep, y, y_t)
-        s = torch.full_like(t, k / n)
-        y = y - (1.0 / n) * G.ema(y, s, c, x)
+    with G.ema_scope():  # one adapter switch for the n steps
+        for k in range(n, 0, -1):
+            keep = (k_t == k).view(-1, *([1] * (y.ndim - 1)))
+            y_t = torch.where(keep, y, y_t)
+            s = torch.full_like(t, k / n)
+            y = y - (1.0 / n) * G.ema(y, s, c, x)
     return Rollout(y_t=y_t, y_0=y, t=t)

@@ -152,21 +152,30 @@ def byg_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor
     zero = v_fwd.new_zeros(())
     terms = {}
 
+    # the base model's queries in one call: v_src, v_tgt at y_t (4.2) and, for the reverse pass, at x_t with the
+    # prompts swapped (4.3)
+    queries = [(y_t, batch.p_src), (y_t, batch.p_tgt)] if cfg.regularization else []
+    queries += [(x_t, batch.p_tgt), (x_t, batch.p_src)] if cfg.regularization and cfg.cycle else []
+    v_base = G.t2i_many(queries, t)
+
     terms["prior_fwd"] = zero
     if cfg.regularization:
-        v_src, v_tgt = G.t2i(y_t, t, batch.p_src), G.t2i(y_t, t, batch.p_tgt)
+        v_src, v_tgt = v_base[0], v_base[1]
         terms["prior_fwd"] = directional_prior_loss(v_fwd, v_src, v_tgt, cfg.alpha, cfg.directional)
 
     terms["cycle"], terms["prior_rev"] = zero, zero
     if cfg.cycle:
         y_hyb = route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat
-        v_rev = G.edit(x_t, t, batch.c_bar, y_hyb)
+        # the reverse pass and the identity pass share x_t, t and c_bar: one batched editor call
+        v_rev, v_id = G.edit_many(x_t, t, batch.c_bar, [y_hyb, x])
         terms["cycle"] = supervised_edit_loss(v_rev, x, eps)
-        if cfg.regularization:  # the prior applied to the reverse pass, prompts swapped (4.3)
-            v_src_rev, v_tgt_rev = G.t2i(x_t, t, batch.p_tgt), G.t2i(x_t, t, batch.p_src)
+        if cfg.regularization:
+            v_src_rev, v_tgt_rev = v_base[2], v_base[3]
             terms["prior_rev"] = directional_prior_loss(v_rev, v_src_rev, v_tgt_rev, cfg.alpha, cfg.directional)
+    else:
+        v_id = G.edit(x_t, t, batch.c_bar, x)
 
-    terms["identity"] = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, x), x, eps)
+    terms["identity"] = supervised_edit_loss(v_id, x, eps)
     total = total_loss(
         terms["cycle"], terms["prior_fwd"], terms["prior_rev"], terms["identity"],
         cfg.lambda_cycle, cfg.lambda_prior, cfg.lambda_id,

@@ -87,8 +87,9 @@ class Trainer:
         targets = tuple(config.target_modules or backbone.lora_target_modules())
         self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets), seed=config.seed)
         self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
-        self.optimizer = torch.optim.AdamW(
-            self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay
+        self.optimizer = torch.optim.AdamW(  # one fused kernel for all LoRA tensors where the device has it
+            self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay,
+            fused=self.accelerator.device.type == "cuda",
         )
         self.sample_t = TIMESTEP_SAMPLERS[config.timesteps](
             shift=config.shift, mean=config.logit_mean, std=config.logit_std

@@ -1,5 +1,7 @@
 """The EMA rollout (paper 4.1): Euler from t=1 to 0, keeping y_t on the grid."""
 
+import contextlib
+
 import torch
 
 from byg_core.bootstrap import bootstrap_rollout, snap_to_grid
@@ -14,6 +16,9 @@ class LinearField:
     def ema(self, y, s, c, x):
         self.times.append(float(s[0]))
         return 0.5 * y + s.view(-1, 1, 1, 1)
+
+    def ema_scope(self):
+        return contextlib.nullcontext()  # the real one switches the adapters once for the whole rollout
 
 
 def test_snap_to_grid_rounds_onto_k_over_n_and_never_zero():

@@ -113,7 +113,7 @@ def test_each_ablation_switch_changes_exactly_the_terms_it_names(setup, switch, 
     G, _, batch = setup
     full = step_terms(G, batch)
     ablated = step_terms(G, batch, **{switch: False})
-    differs = {k for k in full if abs(full[k] - ablated[k]) > 1e-7}
+    differs = {k for k in full if abs(full[k] - ablated[k]) > 1e-5}  # batched passes round differently (~1e-7)
     assert differs == changed
 
 
@@ -137,3 +137,71 @@ def test_objective_config_refuses_negative_weights():
         dataclasses.replace(ObjectiveConfig(), alpha=-1).validate()
     with pytest.raises(ValueError, match="rollout_steps"):
         dataclasses.replace(ObjectiveConfig(), rollout_steps=0).validate()
+
+
+def byg_step_as_written(G, batch, t, eps, cfg):
+    """Algorithm 1 transcribed call by call (one network query per line of the paper): the oracle the batched
+    ``byg_step`` must equal."""
+    from byg_core.bootstrap import snap_to_grid
+    from byg_core.objective import supervised_edit_loss
+
+    t = snap_to_grid(t, cfg.rollout_steps)
+    k_t, y, y_t = (t * cfg.rollout_steps).round().long(), eps, eps.clone()
+    with torch.no_grad():
+        for k in range(cfg.rollout_steps, 0, -1):
+            y_t = torch.where((k_t == k).view(-1, 1, 1, 1), y, y_t)
+            y = y - (1.0 / cfg.rollout_steps) * G.ema(y, torch.full_like(t, k / cfg.rollout_steps), batch.c, batch.x)
+    x, x_t = batch.x, noise(batch.x, eps, t)
+    y_t = y_t if cfg.bootstrap else x_t
+    v_fwd = G.edit(y_t, t, batch.c, x)
+    y_hat = one_step_prediction(y_t, t, v_fwd)
+    zero = v_fwd.new_zeros(())
+    prior_fwd = directional_prior_loss(v_fwd, G.t2i(y_t, t, batch.p_src), G.t2i(y_t, t, batch.p_tgt), cfg.alpha,
+                                       cfg.directional) if cfg.regularization else zero
+    cycle = prior_rev = zero
+    if cfg.cycle:
+        v_rev = G.edit(x_t, t, batch.c_bar, route_gradients(y, y_hat) if cfg.gradient_routing else y_hat)
+        cycle = supervised_edit_loss(v_rev, x, eps)
+        if cfg.regularization:
+            prior_rev = directional_prior_loss(v_rev, G.t2i(x_t, t, batch.p_tgt), G.t2i(x_t, t, batch.p_src),
+                                               cfg.alpha, cfg.directional)
+    identity = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, x), x, eps)
+    total = total_loss(cycle, prior_fwd, prior_rev, identity, cfg.lambda_cycle, cfg.lambda_prior, cfg.lambda_id)
+    return total, {"cycle": cycle, "prior_fwd": prior_fwd, "prior_rev": prior_rev, "identity": identity}
+
+
+@pytest.mark.parametrize("switches", [{}, {"cycle": False}, {"regularization": False}, {"gradient_routing": False},
+                                      {"bootstrap": False}])
+def test_the_batched_step_equals_the_algorithm_as_written(setup, switches):
+    """One adapter switch per rollout, the base queries and the reverse+identity passes batched: same losses and
+    same gradients as the call-by-call transcription, to 1e-5."""
+    G, adapters, batch = setup
+    eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
+    t, cfg = torch.tensor([0.3, 0.8]), ObjectiveConfig(rollout_steps=3, **switches)
+
+    def run(step):
+        for p in adapters.parameters(STUDENT):
+            p.grad = None
+        total, terms = step()
+        total.backward()
+        floats = float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}
+        return *floats, [p.grad.clone() for p in adapters.parameters(STUDENT)]
+
+    new = run(lambda: (lambda s: (s.total, s.terms))(byg_step(G, batch, t, eps, cfg)))
+    old = run(lambda: byg_step_as_written(G, batch, t, eps, cfg))
+    assert new[0] == pytest.approx(old[0], rel=1e-5, abs=1e-6) and old[0] > 0
+    assert new[1] == pytest.approx(old[1], rel=1e-5, abs=1e-6)
+    for g_new, g_old in zip(new[2], old[2]):
+        torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-5)
+    assert any(float(g.abs().sum()) > 0 for g in old[2])
+
+
+def test_a_step_switches_adapters_twice_for_the_rollout_and_twice_for_the_base(setup, monkeypatch):
+    """Each switch walks every LoRA layer (FLUX.1: ~380): one pair around the whole rollout, one around the base."""
+    G, adapters, batch = setup
+    switches = []
+    activate = adapters._activate
+    monkeypatch.setattr(adapters, "_activate", lambda role: (switches.append(role), activate(role)))
+    eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
+    byg_step(G, batch, torch.tensor([0.3, 0.8]), eps, ObjectiveConfig(rollout_steps=10))
+    assert switches == ["ema", STUDENT, "base", STUDENT]
