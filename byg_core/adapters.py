@@ -221,12 +221,6 @@ class Generators:
         """The EMA editor's adapter for a whole rollout: one switch, so each ``ema`` call inside switches nothing."""
         return self.adapters.use(EMA if self.use_ema else STUDENT)
 
-    def edit_many(self, y_t: torch.Tensor, t: torch.Tensor, c: TextCond, sources: list[torch.Tensor]) -> list[torch.Tensor]:
-        """G_edit(y_t, t, c, x_i) for several sources x_i as one batched call (same y_t, t and c)."""
-        k = len(sources)
-        v = self.edit(torch.cat([y_t] * k), torch.cat([t] * k), TextCond.cat([c] * k), torch.cat(sources))
-        return list(v.chunk(k))
-
     @torch.no_grad()
     def t2i_many(self, queries: list[tuple[torch.Tensor, TextCond]], t: torch.Tensor) -> list[torch.Tensor]:
         """G_t2i(y_i, t, p_i) for several queries under one adapter switch, as one batched call when the prompts'

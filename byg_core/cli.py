@@ -157,6 +157,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.kind == "speed":
+        from .speed import run_speed
+
+        run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out))
+        return 0
     from .toy.bench import run_bench
 
     run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed)
@@ -209,8 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
 
-    bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world")
+    bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world; "
+                                         "'byg bench speed': what a ByG step costs against a supervised one")
+    bench.add_argument("kind", nargs="?", choices=["quality", "speed"], default="quality")
     bench.add_argument("--out", default="out/bench")
+    bench.add_argument("--model", default="toy", help="speed: toy, flux-<width> (e.g. flux-256) or flux1-dev (GPU)")
+    bench.add_argument("--size", type=int, default=512, help="speed: image side in px (FLUX models)")
+    bench.add_argument("--batch", type=int, default=8, help="speed: tuples per step")
+    bench.add_argument("--rank", type=int, default=16, help="speed: LoRA rank")
+    bench.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="speed: FLUX weight storage")
+    bench.add_argument("--repeats", type=int, default=3, help="speed: timed steps per method, interleaved")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     bench.add_argument("--suite", choices=["main", "ablations"], default="main")
     bench.add_argument("--steps", type=int, default=None,
                        help="training steps per method, ByG's identity warm-up included (default: the bench's own)")

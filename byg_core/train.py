@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.utils.checkpoint
+from torch.profiler import record_function
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
@@ -142,12 +143,14 @@ class Trainer:
                 losses = supervised_step(self.G, batch, t, eps)
             else:
                 losses = byg_step(self.G, batch, t, eps, self.cfg.objective)
-        self.accelerator.backward(losses.total)
-        self._sync_and_clip()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.use_ema:
-            self.adapters.ema_update(self.cfg.ema_decay)
+        with record_function("byg.backward"):
+            self.accelerator.backward(losses.total)
+        with record_function("byg.optimizer"):
+            self._sync_and_clip()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.use_ema:
+                self.adapters.ema_update(self.cfg.ema_decay)
         self.step += 1
         return losses
 

@@ -173,8 +173,8 @@ def byg_step_as_written(G, batch, t, eps, cfg):
 @pytest.mark.parametrize("switches", [{}, {"cycle": False}, {"regularization": False}, {"gradient_routing": False},
                                       {"bootstrap": False}])
 def test_the_batched_step_equals_the_algorithm_as_written(setup, switches):
-    """One adapter switch per rollout, the base queries and the reverse+identity passes batched: same losses and
-    same gradients as the call-by-call transcription, to 1e-5."""
+    """One adapter switch per rollout and the base queries batched: same losses and same gradients as the
+    call-by-call transcription, to 1e-5."""
     G, adapters, batch = setup
     eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
     t, cfg = torch.tensor([0.3, 0.8]), ObjectiveConfig(rollout_steps=3, **switches)

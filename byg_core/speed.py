@@ -1,0 +1,258 @@
+"""``byg bench speed``: what a ByG step costs against a supervised step, from one interleaved run.
+
+Builds a backbone (the toy base; a FLUX-architecture config of a given width; or full-size FLUX.1-dev
+from its shipped config with random weights, for a GPU), trains on random cached latents and text, and
+reports per step: time (best of interleaved repeats), FLOPs (``torch.utils.flop_counter``), peak memory
+(CUDA max allocated on a GPU; the step's peak RSS on the CPU) and their ByG / supervised ratios; where a
+ByG step's time goes (rollout, editor passes, base queries, backward: ``torch.profiler`` labels the step
+sets); and a 20-step edit against the same backbone's plain 20-step sampling.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .backbones.base import TextCond
+
+PHASES = ("byg.rollout", "byg.forward", "byg.base", "byg.reverse_identity", "byg.backward", "byg.optimizer")
+
+
+class RandomText:
+    """Stands for a model's text encoder: a fixed random conditioning per prompt, of the model's shapes."""
+
+    def __init__(self, tokens: int, width: int, pooled: int | None, device, dtype) -> None:
+        self.shape, self.device, self.dtype = (tokens, width, pooled), device, dtype
+
+    def __call__(self, prompts):
+        tokens, width, pooled = self.shape
+        conds = []
+        for prompt in prompts:
+            g = torch.Generator().manual_seed(sum(map(ord, prompt)))
+            vector = None if pooled is None else torch.randn(1, pooled, generator=g).to(self.device, self.dtype)
+            conds.append(TextCond(torch.randn(1, tokens, width, generator=g).to(self.device, self.dtype), vector))
+        return TextCond.cat(conds)
+
+
+class LatentsOnly:
+    """No VAE: the bench trains on latents directly (the VAE's cost is outside a training step)."""
+
+    spatial_factor, temporal_factor = 8, 1
+
+    def encode(self, pixels):
+        return pixels
+
+    def decode(self, latents):
+        return latents
+
+
+def flux_backbone(width: int | None, device: str, storage: str = "bf16"):
+    """FLUX.1-dev's architecture with random weights: full size (``width=None``) or ``width`` wide, 2 + 2 blocks."""
+    from diffusers import FluxTransformer2DModel
+
+    from .backbones.flux import FluxBackbone
+    from .loading import shipped_config, store_in_fp8
+
+    config = {k: v for k, v in shipped_config("flux1-dev", "transformer").items() if not k.startswith("_")}
+    if width is not None:
+        config |= dict(num_layers=2, num_single_layers=2, attention_head_dim=64, num_attention_heads=max(1, width // 64),
+                       joint_attention_dim=width, pooled_projection_dim=width, axes_dims_rope=[8, 28, 28])
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):  # random weights made where they run: a 12B model inits in seconds on a GPU
+        model = FluxTransformer2DModel(**config).to(dtype).requires_grad_(False)
+    if storage == "fp8":
+        store_in_fp8(model, "float8_e4m3fn", dtype)
+    text = RandomText(64 if width else 512, config["joint_attention_dim"], config["pooled_projection_dim"], device, dtype)
+    return FluxBackbone(model, text, LatentsOnly(), scheduler_config=shipped_config("flux1-dev", "scheduler"))
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    flops: int
+    peak_bytes: int
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _cuda_peak():
+    """CUDA's max allocated during the block, above what was allocated before it."""
+    box = [0]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    yield box
+    torch.cuda.synchronize()
+    box[0] = torch.cuda.max_memory_allocated() - base
+
+
+def _rss(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _first_step_rss(model: str, size: int, batch: int, rank: int, method: str, out: str, queue) -> None:
+    """In a fresh process: the peak RSS a first training step adds (a warm process reuses freed memory, which
+    would hide a step's peak)."""
+    backbone = build(model, "cpu")
+    trainer = _trainer(backbone, _data(backbone, model, size, batch, "cpu"), model, method, batch, rank, "cpu", out)
+    base = _rss("VmRSS")
+    trainer.train_step()
+    queue.put(_rss("VmHWM") - base)
+
+
+def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out: str) -> int:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_first_step_rss, args=(model, size, batch, rank, method, out, queue))
+    process.start()
+    peak = queue.get(timeout=1800)
+    process.join()
+    return peak
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_seconds(trainer, device: str) -> float:
+    _synchronize(device)
+    start = time.perf_counter()
+    trainer.train_step()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(trainer, device: str) -> Measurement:
+    """One step's FLOPs, CUDA peak memory and phase times (its time is taken interleaved, by ``run_speed``; the
+    CPU's peak in a fresh process, by ``cpu_step_peak``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peak = [0]
+    if device == "cuda":
+        with _cuda_peak() as peak:
+            trainer.train_step()
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        trainer.train_step()
+    phases = {}
+    for event in profile.key_averages():
+        if event.key in PHASES:
+            phases[event.key.removeprefix("byg.")] = event.cpu_time_total / 1e6
+    return Measurement(0.0, counter.get_total_flops(), peak[0], phases)
+
+
+def _data(backbone, model: str, size: int, batch: int, device: str):
+    from .data import CachedEdits, EditRecord
+
+    prompts = ("change the circle's colour to green", "change the circle's colour to red")
+    captions = ("a red circle on a blue background", "a green circle on a blue background")
+    if model == "toy":
+        shape = (3, 16, 16)
+    else:
+        shape = (16, size // 8, size // 8)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(max(batch, 2), *shape, generator=g) * 2 - 1).to(device, backbone.dtype)
+    records = [EditRecord(Path(f"{i}.png"), captions[i % 2], prompts[i % 2], captions[1 - i % 2], prompts[1 - i % 2])
+               for i in range(len(x))]
+    return CachedEdits(x=x, records=records, y=x.flip(-1))
+
+
+def _trainer(backbone, data, model: str, method: str, batch: int, rank: int, device: str, out: str):
+    from .config import TrainConfig
+    from .train import Trainer
+
+    cfg = TrainConfig(model=model, output_dir=str(Path(out) / method), method=method, steps=10**9, batch_size=batch,
+                      rank=rank, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
+                      mixed_precision="bf16" if device == "cuda" else "no", gradient_checkpointing=model == "flux1-dev")
+    return Trainer(cfg, backbone, data)
+
+
+def build(model: str, device: str, storage: str = "bf16"):
+    """``toy``, ``flux-<width>`` (FLUX.1's architecture, that wide, 2 + 2 blocks) or ``flux1-dev`` (full size)."""
+    if model == "toy":
+        from .toy.model import build_toy_backbone
+
+        return build_toy_backbone()
+    if model == "flux1-dev":
+        return flux_backbone(None, device, storage)
+    if model.startswith("flux-") and model[5:].isdigit():
+        return flux_backbone(int(model[5:]), device, storage)
+    raise ValueError(f"--model must be toy, flux-<width> (e.g. flux-256) or flux1-dev, got {model!r}")
+
+
+def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str = "cpu", repeats: int = 3,
+              rank: int = 16, storage: str = "bf16", out: Path | None = None) -> dict:
+    """Supervised vs ByG steps of one backbone, interleaved; prints the report, returns (and writes) its figures."""
+    import json
+
+    from .adapters import BASE, EMA, Adapters, LoraSpec
+    from .sample import edit, initial_noise, integrate
+
+    backbone = build(model, device, storage)
+    for transformer in backbone.transformers.values():
+        transformer.to(device)
+    data = _data(backbone, model, size, batch, device)
+    folder = str(Path(out or "out/speed"))
+    trainers = {}
+    for method in ("supervised", "byg"):
+        trainers[method] = _trainer(backbone, data, model, method, batch, rank, device, folder)
+        trainers[method].train_step()  # warm-up
+    times = {method: [] for method in trainers}
+    for _ in range(repeats):  # interleaved, so a slower moment of the machine hits both
+        for method, trainer in trainers.items():
+            times[method].append(step_seconds(trainer, device))
+    figures = {method: measure(trainer, device) for method, trainer in trainers.items()}
+    for method in figures:
+        figures[method].seconds = min(times[method])
+        if device == "cpu":
+            figures[method].peak_bytes = cpu_step_peak(model, size, batch, rank, method, folder)
+
+    adapters = Adapters(backbone, LoraSpec(rank, float(rank), tuple(backbone.lora_target_modules())))
+    x = data.x[:1]
+    c = backbone.encode_text([data.records[0].instruction])
+    _synchronize(device)
+    start = time.perf_counter()
+    edit(backbone, adapters, x, c, steps=20, role=EMA)
+    _synchronize(device)
+    edit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with adapters.use(BASE):
+        integrate(backbone.schedule(20, x.shape, x.device), lambda y, t: backbone.velocity(y, t, c),
+                  initial_noise(x.shape, 0, x.device, x.dtype))
+    _synchronize(device)
+    sample_s = time.perf_counter() - start
+
+    sup, byg = figures["supervised"], figures["byg"]
+    report = {
+        "model": model, "size": size if model != "toy" else 16, "batch": batch, "device": device, "rank": rank,
+        "storage": storage, "repeats": repeats,
+        "supervised_s": sup.seconds, "byg_s": byg.seconds, "time_ratio": byg.seconds / sup.seconds,
+        "time_ratio_cache": None, "cache_k": None,  # the rollout cache (issue 16, part 2) is not built yet
+        "flop_ratio": byg.flops / sup.flops, "supervised_gflop": sup.flops / 1e9, "byg_gflop": byg.flops / 1e9,
+        "memory_ratio": byg.peak_bytes / max(sup.peak_bytes, 1), "supervised_peak_mib": sup.peak_bytes / 2**20,
+        "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases, "edit_20_steps_s": edit_s,
+        "sample_20_steps_s": sample_s,
+    }
+    print(f"{model} ({report['size']} px, batch {batch}, rank {rank}, {device}): supervised {sup.seconds * 1e3:.1f} ms, "
+          f"ByG {byg.seconds * 1e3:.1f} ms -> time ratio {report['time_ratio']:.2f}x, FLOP ratio "
+          f"{report['flop_ratio']:.2f}x, peak memory {report['supervised_peak_mib']:.0f} vs "
+          f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")
+    total = sum(byg.phases.values()) or 1.0
+    print("ByG step phases (profiled once): " + ", ".join(f"{k} {v / total:.0%}" for k, v in byg.phases.items()))
+    print(f"edit 20 steps {edit_s:.2f} s vs plain sampling 20 steps {sample_s:.2f} s ({edit_s / sample_s:.2f}x)")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "speed.json").write_text(json.dumps(report, indent=2))
+    return report
