@@ -6,10 +6,11 @@ Time convention (section 3): ``t = 1`` is noise, ``t = 0`` is data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
-from torch.profiler import record_function
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .adapters import Generators
 from .backbones.base import TextCond
@@ -108,6 +109,7 @@ class StepLosses:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     t: torch.Tensor | None = None  # the (snapped) timesteps the step trained on
     kind: str = "byg"  # "byg", "identity" or "supervised"
+    backpropagated: bool = False  # the step ran its own backward (``byg_step(backward=...)``); ``total`` is detached
 
     def as_floats(self) -> dict[str, float]:
         return {"loss": float(self.total.detach()), **{k: float(v.detach()) for k, v in self.terms.items()}}
@@ -141,19 +143,34 @@ def supervised_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch
     return StepLosses(total=l_edit, terms={"edit": l_edit}, t=t, kind="supervised")
 
 
-def byg_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor, cfg: ObjectiveConfig) -> StepLosses:
-    """One full ByG step (Algorithm 1, lines 4-34): bootstrap, forward, prior, cycle, identity."""
+def byg_step(
+    G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor, cfg: ObjectiveConfig,
+    backward: Callable[[torch.Tensor], None] | None = None,
+) -> StepLosses:
+    """One full ByG step (Algorithm 1, lines 4-34): bootstrap, identity, forward, prior, cycle.
+
+    With ``backward`` (e.g. ``accelerator.backward``) the step back-propagates itself: the identity loss as soon
+    as it is computed (its gradient adds to the rest, so its graph is freed before the forward and reverse passes
+    build theirs: a lower peak), then the rest; the returned ``total`` is then detached.
+    """
     x = batch.x
     with record_function("byg.rollout"):  # the labels name the phases `byg bench speed` reports
         rollout = bootstrap_rollout(G, x, batch.c, eps, t, cfg.rollout_steps)
     t = rollout.t
     x_t = noise(x, eps, t)
+    terms = {}
+    with record_function("byg.identity"):
+        terms["identity"] = supervised_edit_loss(G.edit(x_t, t, batch.c_bar, x), x, eps)
+    if backward is not None:
+        with record_function("byg.backward"):
+            backward(cfg.lambda_id * terms["identity"])
+        terms["identity"] = terms["identity"].detach()
+
     y_t = rollout.y_t if cfg.bootstrap else x_t
     with record_function("byg.forward"):
         v_fwd = G.edit(y_t, t, batch.c, x)
     y_hat = one_step_prediction(y_t, t, v_fwd)
     zero = v_fwd.new_zeros(())
-    terms = {}
 
     # the base model's queries in one call: v_src, v_tgt at y_t (4.2) and, for the reverse pass, at x_t with the
     # prompts swapped (4.3)
@@ -170,20 +187,22 @@ def byg_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor
     terms["cycle"], terms["prior_rev"] = zero, zero
     if cfg.cycle:
         y_hyb = route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat
-        # two editor calls, not one batched call: batched, their graphs raised a step's peak memory from 2.2x to
-        # 3.1x a supervised step's with no gain in time (byg bench speed, flux-256, CPU)
-        with record_function("byg.reverse_identity"):
-            v_rev, v_id = G.edit(x_t, t, batch.c_bar, y_hyb), G.edit(x_t, t, batch.c_bar, x)
+        # not batched with the identity pass (which shares x_t, t and c_bar): batched, the two graphs raised a
+        # step's peak memory from 2.2x to 3.1x a supervised step's with no gain in time (byg bench speed, CPU)
+        with record_function("byg.reverse"):
+            v_rev = G.edit(x_t, t, batch.c_bar, y_hyb)
         terms["cycle"] = supervised_edit_loss(v_rev, x, eps)
         if cfg.regularization:
             v_src_rev, v_tgt_rev = v_base[2], v_base[3]
             terms["prior_rev"] = directional_prior_loss(v_rev, v_src_rev, v_tgt_rev, cfg.alpha, cfg.directional)
-    else:
-        v_id = G.edit(x_t, t, batch.c_bar, x)
 
-    terms["identity"] = supervised_edit_loss(v_id, x, eps)
     total = total_loss(
         terms["cycle"], terms["prior_fwd"], terms["prior_rev"], terms["identity"],
         cfg.lambda_cycle, cfg.lambda_prior, cfg.lambda_id,
     )
-    return StepLosses(total=total, terms=terms, t=t)
+    if backward is None:
+        return StepLosses(total=total, terms=terms, t=t)
+    if total.requires_grad:  # the identity part is already back-propagated and detached
+        with record_function("byg.backward"):
+            backward(total)
+    return StepLosses(total=total.detach(), terms=terms, t=t, backpropagated=True)

@@ -19,7 +19,7 @@ import torch
 
 from .backbones.base import TextCond
 
-PHASES = ("byg.rollout", "byg.forward", "byg.base", "byg.reverse_identity", "byg.backward", "byg.optimizer")
+PHASES = ("byg.rollout", "byg.identity", "byg.forward", "byg.base", "byg.reverse", "byg.backward", "byg.optimizer")
 
 
 class RandomText:

@@ -142,9 +142,10 @@ class Trainer:
             elif self.cfg.method == "supervised":
                 losses = supervised_step(self.G, batch, t, eps)
             else:
-                losses = byg_step(self.G, batch, t, eps, self.cfg.objective)
-        with record_function("byg.backward"):
-            self.accelerator.backward(losses.total)
+                losses = byg_step(self.G, batch, t, eps, self.cfg.objective, backward=self.accelerator.backward)
+        if not losses.backpropagated:
+            with record_function("byg.backward"):
+                self.accelerator.backward(losses.total)
         with record_function("byg.optimizer"):
             self._sync_and_clip()
             self.optimizer.step()

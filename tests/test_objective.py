@@ -173,26 +173,31 @@ def byg_step_as_written(G, batch, t, eps, cfg):
 @pytest.mark.parametrize("switches", [{}, {"cycle": False}, {"regularization": False}, {"gradient_routing": False},
                                       {"bootstrap": False}])
 def test_the_batched_step_equals_the_algorithm_as_written(setup, switches):
-    """One adapter switch per rollout and the base queries batched: same losses and same gradients as the
-    call-by-call transcription, to 1e-5."""
+    """One adapter switch per rollout, the base queries batched, the identity loss back-propagated first: same
+    losses and same gradients as the call-by-call transcription, to 1e-5."""
     G, adapters, batch = setup
     eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
     t, cfg = torch.tensor([0.3, 0.8]), ObjectiveConfig(rollout_steps=3, **switches)
 
-    def run(step):
+    def run(step, backpropagates=False):
         for p in adapters.parameters(STUDENT):
             p.grad = None
         total, terms = step()
-        total.backward()
+        if not backpropagates:
+            total.backward()
         floats = float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}
         return *floats, [p.grad.clone() for p in adapters.parameters(STUDENT)]
 
-    new = run(lambda: (lambda s: (s.total, s.terms))(byg_step(G, batch, t, eps, cfg)))
     old = run(lambda: byg_step_as_written(G, batch, t, eps, cfg))
-    assert new[0] == pytest.approx(old[0], rel=1e-5, abs=1e-6) and old[0] > 0
-    assert new[1] == pytest.approx(old[1], rel=1e-5, abs=1e-6)
-    for g_new, g_old in zip(new[2], old[2]):
-        torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-5)
+    new = run(lambda: (lambda s: (s.total, s.terms))(byg_step(G, batch, t, eps, cfg)))
+    # the identity loss back-propagated as soon as it is computed, the rest after: the same gradient
+    early = run(lambda: (lambda s: (s.total, s.terms))(byg_step(G, batch, t, eps, cfg, backward=torch.Tensor.backward)),
+                backpropagates=True)
+    for result in (new, early):
+        assert result[0] == pytest.approx(old[0], rel=1e-5, abs=1e-6) and old[0] > 0
+        assert result[1] == pytest.approx(old[1], rel=1e-5, abs=1e-6)
+        for g_new, g_old in zip(result[2], old[2]):
+            torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-5)
     assert any(float(g.abs().sum()) > 0 for g in old[2])
 
 
