@@ -46,6 +46,8 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
     except PixelShapeError as error:
         fixes = dict.fromkeys(FIX[d] for d in sorted(error.dimensions))  # one line per fix, in a stable order
         raise ValueError(f"{node}: {error}.\nTo fix: " + "; ".join(fixes) + ".") from error
+    except ValueError as error:  # not pixels of this model's kind at all (a video for an image model, say)
+        raise ValueError(f"{node}: {error}") from error
     try:
         c = backbone.encode_text([instruction.strip()])
     except ValueError as error:

@@ -45,7 +45,8 @@ class BYGModelLoader:
         from byg_core.loading import NEEDS_FILES, load_backbone
 
         options = self._files(model, diffusion_model, clip, vae) if model in NEEDS_FILES else {}
-        key = (model, diffusion_model, id(clip), id(vae)) if options else (model,)
+        # the host's CLIP and VAE objects themselves (not their ids, which a freed object's successor may reuse)
+        key = (model, diffusion_model, clip, vae) if options else (model,)
         if key not in _SHARED:
             try:
                 _SHARED[key] = load_backbone(model, **options)
