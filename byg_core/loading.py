@@ -83,10 +83,16 @@ def load_backbone(model: str, **options) -> EditBackbone:
 
 
 def shipped_config(model: str, part: str) -> dict:
-    """A shipped config, e.g. ``shipped_config("flux1-dev", "transformer")``."""
+    """A shipped config as constructor arguments (its ``_class_name``-style keys left out),
+    e.g. ``shipped_config("flux1-dev", "transformer")``."""
     folder = CONFIGS / model / part
     name = "scheduler_config.json" if part == "scheduler" else "config.json"
-    return json.loads((folder / name).read_text(encoding="utf-8"))
+    return {k: v for k, v in json.loads((folder / name).read_text(encoding="utf-8")).items() if not k.startswith("_")}
+
+
+def _part_folder(path: Path, part: str) -> Path:
+    """A diffusers folder's ``part/`` (``transformer``, ``vae``, ...), or ``path`` itself when it is that part."""
+    return path / part if (path / part).is_dir() else path
 
 
 def load_flux_transformer(
@@ -104,7 +110,7 @@ def load_flux_transformer(
 
     path = Path(path)
     if path.is_dir():
-        folder = path / "transformer" if (path / "transformer").is_dir() else path
+        folder = _part_folder(path, "transformer")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no config.json: give a FLUX.1 diffusers folder or a .safetensors file")
         return FluxTransformer2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).requires_grad_(False)
@@ -148,11 +154,11 @@ def load_flux_vae(path: str | Path, config: dict | None = None):
 
     path = Path(path)
     if path.is_dir():
-        folder = path / "vae" if (path / "vae").is_dir() else path
+        folder = _part_folder(path, "vae")
         return AutoencoderKL.from_pretrained(folder, local_files_only=True).requires_grad_(False)
     state = read_state_dict(path, "FLUX.1 VAE file")
     refuse_unless(identify(state), "flux-vae", path, "pick ae.safetensors from the vae folder")
-    config = config or {k: v for k, v in shipped_config("flux1-dev", "vae").items() if not k.startswith("_")}
+    config = config or shipped_config("flux1-dev", "vae")
     vae = AutoencoderKL.from_config(config)
     try:
         vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae.config))
@@ -164,7 +170,7 @@ def load_flux_vae(path: str | Path, config: dict | None = None):
 def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: dict | None, dtype: torch.dtype):
     """A transformers text model from a single file (transformers' key names) or a diffusers folder's ``part/``."""
     if path.is_dir():
-        folder = path / part if (path / part).is_dir() else path
+        folder = _part_folder(path, part)
         return cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
     state = read_state_dict(path, f"{what} file")
     refuse_unless(identify(state), kind, path, f"pick {what} from the text_encoders folder")

@@ -57,7 +57,7 @@ def flux_backbone(width: int | None, device: str, storage: str = "bf16"):
     from .backbones.flux import FluxBackbone
     from .loading import shipped_config, store_in_fp8
 
-    config = {k: v for k, v in shipped_config("flux1-dev", "transformer").items() if not k.startswith("_")}
+    config = shipped_config("flux1-dev", "transformer")
     if width is not None:
         config |= dict(num_layers=2, num_single_layers=2, attention_head_dim=64, num_attention_heads=max(1, width // 64),
                        joint_attention_dim=width, pooled_projection_dim=width, axes_dims_rope=[8, 28, 28])
