@@ -33,6 +33,13 @@ KINDS = {
     "flux-vae": "the FLUX.1 VAE (ae.safetensors, for the vae folder)",
     "sd-vae": "a Stable Diffusion VAE (4 latent channels; FLUX.1's has 16)",
     "wan": "a Wan diffusion model",
+    "wan-ti2v-5b": "the Wan2.2 TI2V-5B diffusion model (48 latent channels)",
+    "wan-14b": "a Wan 14B text-to-video expert (Wan2.2 T2V-A14B high- or low-noise, 16 latent channels)",
+    "wan-i2v": "a Wan image-to-video diffusion model (36 input channels; this pack trains the text-to-video models)",
+    "wan-1.3b": "the Wan2.1 T2V-1.3B diffusion model (not a Wan2.2 model)",
+    "wan2.1-vae": "the Wan2.1 VAE (wan_2.1_vae.safetensors: 16 channels, for T2V-A14B)",
+    "wan2.2-vae": "the Wan2.2 VAE (wan2.2_vae.safetensors: 48 channels, for TI2V-5B)",
+    "umt5": "the UMT5-XXL text encoder (umt5_xxl_*.safetensors, for Wan)",
     "sd-checkpoint": "a Stable Diffusion / SDXL checkpoint",
     "lora": "a LoRA (for the loras folder, not a base model)",
     "clip-l": "the CLIP-L text encoder (for the text_encoders folder)",
@@ -92,15 +99,18 @@ def identify(state: dict[str, torch.Tensor]) -> str:
     if "transformer_blocks.0.attn.add_q_proj.weight" in keys and "single_transformer_blocks.0.proj_mlp.weight" in keys:
         return "flux-diffusers"
     if has(r"^(blocks\.0\.self_attn\.q\.weight|blocks\.0\.attn1\.to_q\.weight)$"):
-        return "wan"
+        return _wan_kind(state)
     if has(r"^(model\.diffusion_model\.|first_stage_model\.|conditioner\.|cond_stage_model\.)"):
         return "sd-checkpoint"
+    if "decoder.middle.0.residual.0.gamma" in keys:  # Wan's causal video VAE, original key names
+        return "wan2.2-vae" if state["conv1.weight"].shape[0] == 2 * 48 else "wan2.1-vae"
     if "encoder.conv_in.weight" in keys and "decoder.conv_out.weight" in keys:
         return "flux-vae" if state["encoder.conv_out.weight"].shape[0] == 32 else "sd-vae"
     if has(r"^text_model\.encoder\.layers\.0\."):
         return "clip-l"
     if has(r"^encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight$"):
-        return "t5"
+        # UMT5 gives every block its own relative position bias; T5 only the first
+        return "umt5" if "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in keys else "t5"
     return "unknown"
 
 
@@ -217,3 +227,31 @@ def flux_config_from_weights(state: dict[str, torch.Tensor], axes_dims_rope: lis
         "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in state,
         "axes_dims_rope": list(axes_dims_rope),
     }
+
+
+# --- Wan: original (and ComfyUI's) keys -> diffusers' WanTransformer3DModel -------------------------------------
+def _wan_kind(state: dict[str, torch.Tensor]) -> str:
+    """Which Wan model a transformer state dict holds, from its input channels and width (either key layout)."""
+    patch = state.get("patch_embedding.weight")
+    if patch is None:
+        return "wan"
+    width, channels = patch.shape[:2]
+    if channels == 36:
+        return "wan-i2v"
+    if channels == 48:
+        return "wan-ti2v-5b"
+    if channels == 16:  # Wan2.1 T2V-14B has the A14B experts' shapes; 1.3B is the narrow one
+        return "wan-1.3b" if width == 1536 else "wan-14b"
+    return "wan"
+
+
+def wan_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wan's original keys (``blocks.0.self_attn.q``, ``head.head``) -> diffusers' (``blocks.0.attn1.to_q``,
+    ``proj_out``) with diffusers' own single-file converter, which renames only (any size); a diffusers-keyed
+    state dict is returned as it is."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    if "blocks.0.attn1.to_q.weight" in state:
+        return dict(state)
+    return convert_wan_transformer_to_diffusers(dict(state))  # it pops from what it is given
+

@@ -6,6 +6,7 @@ Wan2.2 weights are loaded from local files a user already has; their loaders reg
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,7 +14,8 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones.base import EditBackbone
-from .checkpoints import bfl_to_diffusers, flux_config_from_weights, identify, read_state_dict, refuse_unless
+from .checkpoints import (KINDS, bfl_to_diffusers, flux_config_from_weights, identify, read_state_dict, refuse_unless,
+                          wan_to_diffusers)
 
 CONFIGS = Path(__file__).parent / "configs"  # the configs of the real models, shipped: nothing asks the hub
 FLUX_DEV = CONFIGS / "flux1-dev"
@@ -139,11 +141,15 @@ FP8_SKIP = ("norm", "^proj_out$", "^x_embedder$", "^context_embedder$", "time_te
 STORAGE = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 
 
-def store_in_fp8(model, storage: str, compute: torch.dtype) -> None:
+# Wan: diffusers' own skip list for WanTransformer3DModel plus the output projection
+WAN_FP8_SKIP = ("patch_embedding", "condition_embedder", "norm", "^proj_out$")
+
+
+def store_in_fp8(model, storage: str, compute: torch.dtype, skip: Sequence[str] = FP8_SKIP) -> None:
     """Weights stored as ``storage`` and upcast per layer to ``compute`` as it runs (diffusers' layerwise casting)."""
     if storage not in STORAGE:
         raise ValueError(f"storage must be one of {sorted(STORAGE)}, got {storage!r}")
-    model.enable_layerwise_casting(storage_dtype=STORAGE[storage], compute_dtype=compute, skip_modules_pattern=FP8_SKIP)
+    model.enable_layerwise_casting(storage_dtype=STORAGE[storage], compute_dtype=compute, skip_modules_pattern=tuple(skip))
 
 
 def load_flux_vae(path: str | Path, config: dict | None = None):
@@ -167,14 +173,16 @@ def load_flux_vae(path: str | Path, config: dict | None = None):
     return vae.eval().requires_grad_(False)
 
 
-def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: dict | None, dtype: torch.dtype):
-    """A transformers text model from a single file (transformers' key names) or a diffusers folder's ``part/``."""
+def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: dict | None, dtype: torch.dtype,
+                     model_name: str = "flux1-dev"):
+    """A transformers text model from a single file (transformers' key names) or a diffusers folder's ``part/``;
+    a single file's config is ``config`` or ``model_name``'s shipped one."""
     if path.is_dir():
         folder = _part_folder(path, part)
         return cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
     state = read_state_dict(path, f"{what} file")
     refuse_unless(identify(state), kind, path, f"pick {what} from the text_encoders folder")
-    model = cls(cls.config_class(**(config or shipped_config("flux1-dev", part))))
+    model = cls(cls.config_class(**(config or shipped_config(model_name, part))))
     model_keys = set(model.state_dict())
     state = _match_prefix(state, model_keys, "text_model.")
     if "shared.weight" in state and "encoder.embed_tokens.weight" in model_keys:
@@ -278,3 +286,166 @@ def load_flux(
                                        t5_tokenizer)
     return FluxBackbone(model, text_encoder, codec, guidance=3.5, positions="index",
                         scheduler_config=shipped_config("flux1-dev", "scheduler"))
+
+
+# --- Wan2.2 ------------------------------------------------------------------------------------------------------
+# model name -> (WanBackbone variant, what its transformer files are, the VAE it takes, the files to pick)
+WAN_MODELS = {
+    "wan2.2-ti2v-5b": ("ti2v-5b", "wan-ti2v-5b", "wan2.2-vae", "wan2.2_ti2v_5B_fp16.safetensors"),
+    "wan2.2-t2v-a14b": ("t2v-a14b", "wan-14b", "wan2.1-vae", "wan2.2_t2v_high_noise_14B_fp16.safetensors (transformer) "
+                        "and wan2.2_t2v_low_noise_14B_fp16.safetensors (transformer_2), or their fp8_scaled variants"),
+}
+EXPERT_NOISE = {"transformer": "high", "transformer_2": "low"}  # A14B: t >= 0.875 -> high-noise expert
+
+
+def load_wan_transformer(path: str | Path, model: str, part: str = "transformer", dtype: torch.dtype = torch.float32,
+                         config: dict | None = None):
+    """One Wan2.2 transformer (``part``: ``transformer``, or A14B's low-noise ``transformer_2``) from a single file
+    (Wan's or diffusers' keys, ComfyUI's prefix, fp8 or scaled fp8, upcast to ``dtype``) or a diffusers folder.
+    A single file's config is ``model``'s shipped one (``config`` for other sizes), always passed: diffusers'
+    single-file detection has no TI2V-5B entry and would pick another model's config."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    _, kind, _, files = WAN_MODELS[model]
+    path = Path(path)
+    if path.is_dir():
+        folder = _part_folder(path, part)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no config.json: give a {model} diffusers folder or a .safetensors file")
+        return WanTransformer3DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).requires_grad_(False)
+    state = read_state_dict(path, f"{model} {part} file")
+    found = identify(state)
+    if found in ("wan-ti2v-5b", "wan-14b") and found != kind:
+        other = next(name for name, spec in WAN_MODELS.items() if spec[1] == found)
+        raise ValueError(f"{path} is {KINDS[found]}, not {KINDS[kind]}: load it as model {other!r}, or pick {files}")
+    refuse_unless(found, kind, path, f"pick {files} from the diffusion_models folder")
+    state = wan_to_diffusers(state)
+    with init_empty_weights():
+        transformer = WanTransformer3DModel.from_config(config or shipped_config(model, part))
+    try:
+        result = transformer.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    except RuntimeError as error:  # a shape mismatch: a file of another size
+        raise ValueError(f"{path} does not fit {model}'s {part} ({str(error).splitlines()[-1].strip()}); "
+                         f"pick {files}") from error
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path} does not fill {model}'s {part}: missing {result.missing_keys[:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]}; the file may be truncated or of another Wan model")
+    return transformer.eval().requires_grad_(False)
+
+
+def check_expert_pair(high: str | Path, low: str | Path) -> None:
+    """A14B's two experts: two different files, the high-noise one first (as ComfyUI's files name them)."""
+    high, low = Path(high), Path(low)
+    if high.resolve() == low.resolve():
+        raise ValueError(f"transformer and transformer_2 are the same file {high}: give the high-noise expert as "
+                         "transformer and the low-noise one as transformer_2")
+    named = {part: _noise_in_name(path) for part, path in (("transformer", high), ("transformer_2", low))}
+    if named == {"transformer": "low", "transformer_2": "high"}:
+        raise ValueError(f"the experts are given in the wrong order: {high.name} is the low-noise expert and "
+                         f"{low.name} the high-noise one; swap them (transformer = high noise, transformer_2 = low noise)")
+    if named["transformer"] == named["transformer_2"] is not None:
+        raise ValueError(f"{high.name} and {low.name} are both the {named['transformer']}-noise expert: A14B needs "
+                         "wan2.2_t2v_high_noise_14B_* as transformer and wan2.2_t2v_low_noise_14B_* as transformer_2")
+
+
+def _noise_in_name(path: Path) -> str | None:
+    """``high`` or ``low`` when a file's name says which A14B expert it is (ComfyUI's and Wan's names do)."""
+    name = path.name.lower().replace("-", "_")
+    found = [noise for noise in ("high", "low") if f"{noise}_noise" in name]
+    return found[0] if len(found) == 1 else None
+
+
+def _same_weights(high, low) -> bool:
+    """Whether two loaded experts hold the same weights (one expert's file copied under both names)."""
+    key = "blocks.0.attn1.to_q.weight"
+    return torch.equal(high.state_dict()[key].float(), low.state_dict()[key].float())
+
+
+def load_umt5(path: str | Path, model: str, config: dict | None = None, dtype: torch.dtype = torch.float32):
+    """UMT5-XXL's encoder (``umt5_xxl_fp16.safetensors``, an fp8 or scaled-fp8 variant, or a diffusers folder's
+    ``text_encoder/``) as transformers' ``UMT5EncoderModel``."""
+    from transformers import UMT5EncoderModel
+
+    return _load_text_model(UMT5EncoderModel, Path(path), "text_encoder", "umt5", "UMT5-XXL (umt5_xxl_fp16.safetensors)",
+                            config, dtype, model)
+
+
+def load_umt5_tokenizer(tokenizer: str | Path | None, umt5: str | Path | None):
+    """UMT5's tokenizer: a local diffusers folder's ``tokenizer/``, else the SentencePiece model that ComfyUI's
+    UMT5 files carry (``spiece_model``)."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from .backbones.wan import SentencePieceTokenizer
+
+    if tokenizer is not None:
+        folder = _part_folder(Path(tokenizer), "tokenizer")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} does not exist: 'tokenizer' is a local Wan2.2 diffusers folder")
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if umt5 is not None and Path(umt5).suffix == ".safetensors":
+        with safe_open(umt5, framework="pt") as handle:
+            if "spiece_model" in handle.keys():
+                return SentencePieceTokenizer(handle.get_tensor("spiece_model").numpy().tobytes())
+    raise ValueError(f"no UMT5 tokenizer: {umt5} carries none (ComfyUI's umt5_xxl files do); name a local Wan2.2 "
+                     "diffusers folder as 'tokenizer' (its tokenizer/ folder is read)")
+
+
+def load_wan(
+    model: str,
+    folder: str | Path | None = None,
+    transformer: str | Path | None = None,
+    transformer_2: str | Path | None = None,
+    vae: str | Path | None = None,
+    umt5: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    text_encoder=None,
+    codec=None,
+    dtype: str = "float32",
+    storage: str | None = None,
+    configs: dict | None = None,
+) -> EditBackbone:
+    """Wan2.2 ``model`` (a key of ``WAN_MODELS``) from local files: a diffusers ``folder``, or single files
+    (``transformer``, A14B's low-noise ``transformer_2``, ``vae``, ``umt5``; the tokenizer from the UMT5 file or a
+    diffusers ``tokenizer`` folder). A host may hand in its own ``text_encoder`` and ``codec`` (ComfyUI's CLIP and
+    VAE). ``configs`` (keys ``transformer``, ``vae``, ``umt5``) replace the shipped configs for files of another
+    size (the tests' tiny ones). ``storage = "float8_e4m3fn"`` keeps the experts' weights in fp8."""
+    from .backbones.wan import WanBackbone, WanTextEncoder
+    from .wan_vae import WanVAECodec, load_wan_vae
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype, configs = DTYPES[dtype], configs or {}
+    variant, _, vae_kind, _ = WAN_MODELS[model]
+
+    def need(value, name: str):
+        path = value or folder
+        if path is None:
+            raise ValueError(f"{model} needs '{name}' (a file) or 'folder' (a local {model} diffusers folder)")
+        return path
+
+    parts = ["transformer", "transformer_2"] if variant == "t2v-a14b" else ["transformer"]
+    given = {"transformer": transformer, "transformer_2": transformer_2}
+    if len(parts) == 2 and folder is None:
+        check_expert_pair(need(transformer, "transformer"), need(transformer_2, "transformer_2"))
+    experts = {part: load_wan_transformer(need(given[part], part), model, part, torch_dtype, configs.get("transformer"))
+               for part in parts}
+    if len(parts) == 2 and _same_weights(experts["transformer"], experts["transformer_2"]):
+        raise ValueError(f"{need(transformer, 'transformer')} and {need(transformer_2, 'transformer_2')} hold the same "
+                         "weights: one expert was given twice; A14B needs the high-noise and the low-noise expert")
+    if storage is not None:
+        for expert in experts.values():
+            store_in_fp8(expert, storage, torch_dtype, WAN_FP8_SKIP)
+    if codec is None:
+        codec = WanVAECodec(load_wan_vae(need(vae, "vae"), expected=vae_kind, config=configs.get("vae"),
+                                         dtype=torch_dtype))
+    if text_encoder is None:
+        umt5_path = need(umt5, "umt5")
+        text_encoder = WanTextEncoder(load_umt5(umt5_path, model, configs.get("umt5"), torch_dtype),
+                                      load_umt5_tokenizer(tokenizer if tokenizer or umt5 else folder, umt5_path))
+    return WanBackbone.from_variant(variant, **experts, codec=codec, text_encoder=text_encoder)
+
+
+for _name in WAN_MODELS:  # each takes load_wan's options (a partial keeps its signature for load_backbone's check)
+    register_loader(_name, preset="wan", needs_files=True)(functools.partial(load_wan, _name))

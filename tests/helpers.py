@@ -178,3 +178,80 @@ def write_flux_files(root, parts: dict) -> dict:
 def tiny_configs(parts: dict) -> dict:
     """The configs the tiny files need (the shipped ones are FLUX.1-dev's full size)."""
     return {"vae": dict(parts["vae"].config), "clip_l": parts["clip_l"].config.to_dict(), "t5": parts["t5"].config.to_dict()}
+
+
+# --- Wan2.2 files ------------------------------------------------------------------------------------------------
+_WAN_FROM_DIFFUSERS = [  # diffusers' WanTransformer3DModel names -> Wan's original ones (what ComfyUI's files hold)
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("attn1.", "self_attn."), ("attn2.", "cross_attn."),
+    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
+    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
+]
+
+
+def diffusers_to_wan(state: dict) -> dict:
+    """WanTransformer3DModel keys -> Wan's original keys (wan2.2_ti2v_5B_fp16.safetensors): how test files are
+    written in the real layout. Written from Wan's model code, not from diffusers' converter, which must map it
+    back exactly (tests/test_wan_files.py)."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        for ours, theirs in _WAN_FROM_DIFFUSERS:
+            new = new.replace(ours, theirs)
+        if new == "scale_shift_table":
+            new = "head.modulation"
+        new = new.replace(".scale_shift_table", ".modulation").replace("proj_out.", "head.head.")
+        # diffusers orders a block's norms self-attn, cross-attn, FFN; Wan calls the cross-attn one norm3
+        new = new.replace(".norm2.", ".norm__.").replace(".norm3.", ".norm2.").replace(".norm__.", ".norm3.")
+        out[new] = value
+    return out
+
+
+TINY_WAN = dict(num_attention_heads=2, attention_head_dim=12, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                rope_max_seq_len=32)  # the real latent channels (48 / 16) kept: the loaders tell models apart by them
+
+
+def tiny_spiece(words=tuple(WORDS[5:])) -> bytes:
+    """A tiny SentencePiece model (the kind ComfyUI's umt5_xxl files carry as ``spiece_model``)."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter([" ".join(words)] * 8 + list(words) * 4),
+                                             model_writer=model, vocab_size=30, model_type="unigram", pad_id=0,
+                                             eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    return model.getvalue()
+
+
+def tiny_umt5(seed: int = 0):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=2,
+                                       feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)).eval()
+
+
+def tiny_wan_transformer(variant: str, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    from byg_core.backbones.wan import WAN22_CONFIGS
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**(WAN22_CONFIGS[variant] | TINY_WAN)).eval()
+
+
+def write_umt5_file(path, umt5, spiece: bytes | None):
+    """ComfyUI's umt5_xxl_fp16.safetensors layout: transformers' keys, the embedding once, the tokenizer inside."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().clone().contiguous() for k, v in umt5.state_dict().items()}
+    state.pop("encoder.embed_tokens.weight")
+    if spiece is not None:
+        state["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
+    save_file(state, path)
+    return path

@@ -180,6 +180,52 @@ def edit_forward(
 
 
 # ---------------------------------------------------------------------------------------
+# Text: UMT5-XXL, as Wan's pipelines encode prompts
+# ---------------------------------------------------------------------------------------
+
+MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length; ComfyUI's UMT5 tokenizer pads to the same
+
+
+class SentencePieceTokenizer:
+    """UMT5's tokenizer from the SentencePiece model that ComfyUI's ``umt5_xxl_*.safetensors`` files carry
+    (their ``spiece_model`` tensor), called like a transformers tokenizer: ids end with ``</s>`` (1) and are
+    padded with 0, as google/umt5-xxl's tokenizer and ComfyUI's ``UMT5XXlTokenizer`` do."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece
+
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=model_proto, add_bos=False, add_eos=True)
+
+    def __call__(self, prompts: Sequence[str], max_length: int = MAX_TEXT_TOKENS, **_):
+        from transformers import BatchEncoding
+
+        ids = torch.zeros(len(prompts), max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            tokens = self.processor.encode(prompt)[:max_length]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+
+class WanTextEncoder:
+    """``TextEncoder`` of Wan: UMT5-XXL's states of the prompt's tokens, zero past its end, 512 tokens,
+    as ``WanPipeline._get_t5_prompt_embeds`` makes them (and ComfyUI's ``zero_out_masked``)."""
+
+    def __init__(self, umt5, tokenizer, max_sequence_length: int = MAX_TEXT_TOKENS) -> None:
+        self.umt5, self.tokenizer, self.max_sequence_length = umt5, tokenizer, max_sequence_length
+
+    def __call__(self, prompts: Sequence[str]) -> TextCond:
+        inputs = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_sequence_length,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        device = self.umt5.device
+        mask = inputs["attention_mask"].to(device)
+        states = self.umt5(inputs["input_ids"].to(device), mask).last_hidden_state
+        return TextCond(states * mask[..., None].to(states.dtype))
+
+
+# ---------------------------------------------------------------------------------------
 # The backbone
 # ---------------------------------------------------------------------------------------
 
