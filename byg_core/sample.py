@@ -42,13 +42,14 @@ def integrate(
     on_step: Callable[[int], None] | None = None,
 ) -> EditResult:
     """Solve dy/dt = v(y, t) from t = 1 to 0 with a diffusers flow scheduler whose timesteps are set
-    (``EditBackbone.schedule``; its sigmas are our t).
+    (``EditBackbone.schedule``). The model is queried at the scheduler's own timesteps over its training range,
+    as diffusers' pipelines query it: the sigmas for FLUX's Euler, whole numbers for Wan's UniPC.
 
     ``on_step(i)`` is called after step i (1-based), for a host's progress bar.
     """
     result = EditResult(latents=y)
     for i, timestep in enumerate(scheduler.timesteps):
-        t = torch.full((y.shape[0],), float(scheduler.sigmas[i]), device=y.device)
+        t = torch.full((y.shape[0],), float(timestep) / scheduler.config.num_train_timesteps, device=y.device)
         if keep_states:
             result.states.append(y)
             result.t.append(float(t[0]))

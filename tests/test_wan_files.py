@@ -147,3 +147,39 @@ def test_the_tokenizer_is_comfyuis_sentencepiece_model_with_an_end_token(tmp_pat
     bare = write_umt5_file(tmp_path / "bare.safetensors", tiny_umt5(), None)
     with pytest.raises(ValueError, match=f"no UMT5 tokenizer: {bare} carries none.*'tokenizer'"):
         load_umt5_tokenizer(None, bare)
+
+
+class NoCodec:
+    temporal_factor, spatial_factor = 4, 16
+
+
+@pytest.mark.parametrize("model", sorted(WAN_MODELS))
+def test_sampling_uses_the_schedule_and_timesteps_of_diffusers_wan_pipeline(model):
+    """The editor's sampler, on the base model (no source), gives what WanPipeline gives from the same noise
+    with the shipped scheduler config: same UniPC steps, same integer timesteps, same expert switch (A14B)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    from byg_core.backbones.base import TextCond
+    from byg_core.backbones.wan import WanBackbone
+    from byg_core.loading import shipped_config
+    from byg_core.sample import integrate
+
+    variant = WAN_MODELS[model][0]
+    experts = {"transformer": tiny_wan_transformer(variant, 1)}
+    if variant == "t2v-a14b":
+        experts["transformer_2"] = tiny_wan_transformer(variant, 2)
+    backbone = WanBackbone.from_variant(variant, **experts, codec=NoCodec())
+    scheduler = UniPCMultistepScheduler.from_config(shipped_config(model, "scheduler"))
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(backbone.make_scheduler().config) == public(scheduler.config)
+    channels = experts["transformer"].config.in_channels
+    eps = torch.randn(1, channels, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 512, 16, generator=torch.Generator().manual_seed(1))
+    ours = integrate(backbone.schedule(6, eps.shape), lambda y, t: backbone.velocity(y, t, TextCond(text)), eps)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, **experts,
+                       boundary_ratio=backbone.boundary_ratio, expand_timesteps=backbone.expand_timesteps)
+    theirs = pipe(prompt_embeds=text, latents=eps.clone(), num_inference_steps=6, guidance_scale=1.0,
+                  guidance_scale_2=1.0 if variant == "t2v-a14b" else None, height=32, width=32, num_frames=5,
+                  output_type="latent").frames
+    assert not torch.allclose(ours.latents, eps, atol=1e-2)
+    torch.testing.assert_close(ours.latents, theirs, rtol=1e-5, atol=1e-5)
