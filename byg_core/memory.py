@@ -63,3 +63,58 @@ def estimate(trainer) -> MemoryEstimate:
     activations = (GRAD_PASSES.get(cfg.method, 3) * cfg.batch_size * tokens_per_sample(trainer) * width * compute
                    * held * blocks)
     return MemoryEstimate(weights, lora, optimizer, activations)
+
+
+# --- before loading: will the weights fit at all? -------------------------------------------------------------------
+STORAGE_BYTES = {"float8_e4m3fn": 1, "float8_e5m2": 1, "bfloat16": 2, "float16": 2, "float32": 4}
+HEADROOM = 1.15  # LoRA, optimizer state, activations and the CUDA context on top of the weights, at the least
+
+
+def transformer_parameters(model: str) -> int:
+    """Parameters of every transformer (both A14B experts) of a model with shipped configs, counted on the meta
+    device from those configs (no weights read)."""
+    from accelerate import init_empty_weights
+
+    from .loading import CONFIGS, shipped_config
+
+    total = 0
+    for part in ("transformer", "transformer_2"):
+        if not (CONFIGS / model / part).is_dir():
+            continue
+        config = shipped_config(model, part)
+        with init_empty_weights():
+            module = _transformer_class(model).from_config(config)
+        total += sum(p.numel() for p in module.parameters())
+    return total
+
+
+def _transformer_class(model: str):
+    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+
+    return WanTransformer3DModel if model.startswith("wan") else FluxTransformer2DModel
+
+
+def check_weights_fit(model: str, storage: str | None, dtype: str, device_bytes: int | None) -> int:
+    """Bytes the model's transformers take as stored; raises before anything is loaded when they (with the least
+    headroom training needs) exceed ``device_bytes`` (a GPU's memory; None: no limit is known, nothing refused)."""
+    from .loading import CONFIGS
+
+    weights = transformer_parameters(model) * STORAGE_BYTES[storage or dtype]
+    if device_bytes is not None and weights * HEADROOM > device_bytes:
+        gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+        fix = "use a GPU with more memory" if storage else "store the weights in fp8 (storage = float8_e4m3fn), or use a GPU with more memory"
+        both = " (the ByG rollout walks both A14B experts every step, so both stay resident)" if (
+            CONFIGS / model / "transformer_2").is_dir() else ""
+        raise ValueError(
+            f"{model} cannot train on this GPU: its transformer weights alone take {gib(weights)} as "
+            f"{storage or dtype}{both}, ~{gib(weights * HEADROOM)} with the least room for LoRA, optimizer and "
+            f"activations; the GPU has {gib(device_bytes)}: {fix}"
+        )
+    return weights
+
+
+def gpu_bytes() -> int | None:
+    """Total memory of the current CUDA device, or None without one."""
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if torch.cuda.is_available() else None

@@ -215,23 +215,41 @@ class HostCLIP:
 
 class HostVAE:
     """ComfyUI's VAE as a byg_core ``LatentCodec`` in the transformer's latent space: the host's VAE gives the
-    first stage's ``z``; the model takes ``(z - shift) * scale`` (FLUX.1: 0.1159, 0.3611, as ComfyUI's own
-    Flux latent format applies inside the model)."""
+    first stage's ``z``; the model takes ``(z - shift) * scale``, per channel where ``shift`` and ``scale`` are
+    lists (FLUX.1: 0.1159 and 0.3611; Wan: the VAE's latents_mean and 1 / latents_std), as ComfyUI's own latent
+    formats apply inside the model. A video VAE (``temporal_factor`` > 1, Wan) takes each sample's frames as one
+    video, as ComfyUI's VAEEncode does, and images as one-frame videos."""
 
-    temporal_factor = 1
-
-    def __init__(self, vae, shift: float, scale: float) -> None:
-        self.vae, self.shift, self.scale = vae, shift, scale
+    def __init__(self, vae, shift, scale, temporal_factor: int = 1) -> None:
+        self.vae, self.temporal_factor = vae, temporal_factor
         self.spatial_factor = vae.spacial_compression_encode()
         self.latent_channels = vae.latent_channels
+        self.shift, self.scale = (torch.as_tensor(v, dtype=torch.float32) for v in (shift, scale))
+        if self.shift.numel() not in (1, self.latent_channels):
+            raise ValueError(f"this VAE has {self.latent_channels} latent channels, the model takes "
+                             f"{self.shift.numel()}: connect the VAE the model was trained with")
+
+    def _per_channel(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return value.to(like.device).reshape(-1, *([1] * (like.ndim - 2))) if value.numel() > 1 else value.to(like.device)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        z = self.vae.encode(pixels.permute(0, 2, 3, 1).clone())  # ComfyUI's IMAGE layout (B, H, W, C)
-        return (z.to(pixels.device, torch.float32) - self.shift) * self.scale
+        if self.temporal_factor == 1:
+            z = self.vae.encode(pixels.permute(0, 2, 3, 1).clone())  # ComfyUI's IMAGE layout (B, H, W, C)
+        else:  # one video (F, H, W, C) per sample; an image is a one-frame video
+            videos = pixels.unsqueeze(2) if pixels.ndim == 4 else pixels
+            z = torch.cat([self.vae.encode(video.permute(1, 2, 3, 0).clone()) for video in videos])
+            z = z.squeeze(2) if pixels.ndim == 4 else z
+        z = z.to(pixels.device, torch.float32)
+        return (z - self._per_channel(self.shift, z)) * self._per_channel(self.scale, z)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode((latents.float() / self.scale + self.shift).cpu())
-        return image.permute(0, 3, 1, 2).to(latents.device, torch.float32)
+        z = latents.float() / self._per_channel(self.scale, latents) + self._per_channel(self.shift, latents)
+        if self.temporal_factor == 1:
+            return self.vae.decode(z.cpu()).permute(0, 3, 1, 2).to(latents.device, torch.float32)
+        videos = z.unsqueeze(2) if z.ndim == 4 else z
+        frames = self.vae.decode(videos.cpu())  # (B, F, H, W, C)
+        pixels = frames.permute(0, 4, 1, 2, 3).to(latents.device, torch.float32)
+        return pixels.squeeze(2) if z.ndim == 4 else pixels
 
 
 def diffusion_model_names() -> list[str]:

@@ -94,6 +94,6 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
 
 
 def test_flux_without_its_files_says_what_to_connect(run):
-    with pytest.raises(ValueError, match=r"flux1-dev is loaded from your files: pick 'diffusion_model'; connect 'clip' "
-                                         r"\(DualCLIPLoader.*connect 'vae'"):
+    with pytest.raises(ValueError, match=r"flux1-dev is loaded from your files: pick 'diffusion_model' \(flux1-dev"
+                                         r".*; connect 'clip' \(DualCLIPLoader.*connect 'vae' \(VAELoader: ae"):
         run("BYGModelLoader", model="flux1-dev", diffusion_model="(none)")
