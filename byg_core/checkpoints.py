@@ -103,9 +103,13 @@ def identify(state: dict[str, torch.Tensor]) -> str:
     if has(r"^(model\.diffusion_model\.|first_stage_model\.|conditioner\.|cond_stage_model\.)"):
         return "sd-checkpoint"
     if "decoder.middle.0.residual.0.gamma" in keys:  # Wan's causal video VAE, original key names
-        return "wan2.2-vae" if state["conv1.weight"].shape[0] == 2 * 48 else "wan2.1-vae"
+        # the layout decides, not the width (any size is named): Wan2.2's encoder has residual down blocks
+        return "wan2.2-vae" if has(r"^encoder\.downsamples\.0\.downsamples\.") else "wan2.1-vae"
     if "encoder.conv_in.weight" in keys and "decoder.conv_out.weight" in keys:
-        return "flux-vae" if state["encoder.conv_out.weight"].shape[0] == 32 else "sd-vae"
+        if "quant_conv.weight" in keys and state["quant_conv.weight"].ndim == 5:  # Wan's VAE in diffusers' keys
+            return "wan2.2-vae" if "encoder.down_blocks.0.resnets.0.conv1.weight" in keys else "wan2.1-vae"
+        conv_out = state.get("encoder.conv_out.weight")
+        return "flux-vae" if conv_out is not None and conv_out.shape[0] == 32 else "sd-vae"
     if has(r"^text_model\.encoder\.layers\.0\."):
         return "clip-l"
     if has(r"^encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight$"):
