@@ -2,7 +2,7 @@
 
     byg demo --out DIR                 train a LoRA on the toy shapes world and show what it learnt
     byg train CONFIG.toml              train a LoRA from a TOML config (see examples/toy.toml)
-    byg edit --lora F --image I ...    edit an image with a trained LoRA
+    byg edit --lora F --image I ...    edit an image or a video with a trained LoRA
     byg bench --out DIR                measure ByG against baselines on the toy world
     byg toy dataset --out DIR          write toy edit tuples as a dataset folder
     byg toy pretrain                   re-make the shipped toy base model
@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = EditDataset.from_folder(cfg.data)
     if cfg.text_cache_dir:
         backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cfg.model))
-    data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None)
+    data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames, cfg.frame_stride)
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
     print(estimate(trainer).describe(), file=sys.stderr)
@@ -103,23 +103,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_pixels(path: str) -> torch.Tensor:
-    """An image (1, 3, H, W) or a folder of video frames (1, 3, F, H, W)."""
-    from .data import load_media
+def load_pixels(path: str | Path, frames: int | None = None, stride: int = 1) -> tuple[torch.Tensor, float]:
+    """An image (1, 3, H, W), or a video file or folder of frames (1, 3, F, H, W), and its frame rate.
 
-    return load_media(Path(path)).unsqueeze(0)
+    A video's clip follows ``video_io.sample_frames``; a folder of frames or an image has no rate of
+    its own and gets ``video_io.DEFAULT_FPS``.
+    """
+    from .data import VIDEO_SUFFIXES, load_media
+    from .video_io import DEFAULT_FPS, read_video
 
-
-def save_pixels(pixels: torch.Tensor, path: str | Path) -> Path:
-    """(1, 3, H, W) in [0, 1] -> PNG; a video (1, 3, F, H, W) -> a folder of PNG frames."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        video, fps = read_video(path, frames, stride)
+        return video.unsqueeze(0), fps
+    return load_media(path, frames=frames, stride=stride).unsqueeze(0), DEFAULT_FPS
+
+
+def save_pixels(pixels: torch.Tensor, path: str | Path, fps: float | None = None) -> Path:
+    """(1, 3, H, W) in [0, 1] -> PNG; a video (1, 3, F, H, W) -> a video file when ``path`` names one
+    (.mp4 .mov .mkv .m4v .webm, at ``fps``, default ``video_io.DEFAULT_FPS``), else a folder of PNG frames.
+    Every file is written atomically."""
+    from .video_io import DEFAULT_FPS, WRITE_SUFFIXES, atomic_path, write_video
+
+    path = Path(path)
+    if pixels.ndim == 5 and path.suffix.lower() in WRITE_SUFFIXES:
+        return write_video(path, pixels[0], fps or DEFAULT_FPS)
     if pixels.ndim == 5:
+        count = pixels.shape[2]
         for i, frame in enumerate(pixels.unbind(2)):
             save_pixels(frame, path / f"{i:05d}.png")
+        for stale in path.glob("[0-9][0-9][0-9][0-9][0-9].png"):  # an overwritten longer clip's frames
+            if int(stale.stem) >= count:
+                stale.unlink()
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
+    with atomic_path(path) as partial:
+        Image.fromarray(array).save(partial)
     return path
 
 
@@ -128,14 +147,37 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .loading import load_backbone
     from .sample import edit
 
+    _check_edit_paths(args)
     model, files = _edit_model(args)
     backbone = load_backbone(model, **files)
     adapters = load_lora(args.lora, backbone, strength=args.strength)
-    x = backbone.encode_pixels(load_pixels(args.image))
+    pixels, fps = load_pixels(args.image, args.frames, args.stride)
+    x = backbone.encode_pixels(pixels)
     c = backbone.encode_text([args.instruction])
     result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
-    print(save_pixels(backbone.decode_latents(result.latents), args.out))
+    print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
+
+
+def _check_edit_paths(args: argparse.Namespace) -> None:
+    """Before any model loads: refuse an existing --out, an --out unlike the source, video options on an image."""
+    from .data import IMAGE_SUFFIXES, is_video
+    from .video_io import WRITE_SUFFIXES
+
+    source, out = Path(args.image), Path(args.out)
+    if not source.exists():
+        raise FileNotFoundError(f"--image {source} does not exist")
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"--out {out} exists; nothing was overwritten. Pick another name or pass --overwrite.")
+    if is_video(source) and out.suffix.lower() in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"--image {source} is a video but --out {out} names an image: give a video file "
+            f"({' '.join(WRITE_SUFFIXES)}) or a folder for PNG frames"
+        )
+    if not is_video(source) and out.suffix.lower() in WRITE_SUFFIXES:
+        raise ValueError(f"--image {source} is an image but --out {out} names a video: give a .png")
+    if not is_video(source) and (args.frames is not None or args.stride != 1):
+        raise ValueError(f"--frames and --stride pick a video's frames, but --image {source} is an image")
 
 
 def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
@@ -160,7 +202,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "speed":
         from .speed import run_speed
 
-        run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out))
+        run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
+                  args.width, args.frames)
         return 0
     from .toy.bench import run_bench
 
@@ -195,11 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.safetensors")
     train.set_defaults(run=cmd_train)
 
-    edit = sub.add_parser("edit", help="edit an image with a trained LoRA")
+    edit = sub.add_parser("edit", help="edit an image or a video with a trained LoRA")
     edit.add_argument("--lora", nargs="+", required=True, help="LoRA file(s); two for a two-expert Wan model")
-    edit.add_argument("--image", required=True, help="source image, or a folder of video frames (Wan models)")
+    edit.add_argument("--image", "--video", dest="image", required=True,
+                      help="source image, video file or folder of frames (videos: Wan models)")
     edit.add_argument("--instruction", required=True, help='e.g. "change the circle\'s colour to green"')
-    edit.add_argument("--out", required=True, help="the edited PNG (a folder of frames for a video)")
+    edit.add_argument("--out", required=True,
+                      help="the edited PNG; for a video source a video file (.mp4 .mov .mkv .m4v .webm, H.264 or "
+                           "VP9 at the source's frame rate) or else a folder of PNG frames")
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    edit.add_argument("--frames", type=int, default=None,
+                      help="video sources: frames to edit, 4k+1 (default: the longest 4k+1 count, at most 81)")
+    edit.add_argument("--stride", type=int, default=1, help="video sources: take every Nth frame from the first")
     edit.add_argument("--model", default=None,
                       help="base model (default: the model and files the LoRA was trained on, from its metadata)")
     edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
@@ -218,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "'byg bench speed': what a ByG step costs against a supervised one")
     bench.add_argument("kind", nargs="?", choices=["quality", "speed"], default="quality")
     bench.add_argument("--out", default="out/bench")
-    bench.add_argument("--model", default="toy", help="speed: toy, flux-<width> (e.g. flux-256) or flux1-dev (GPU)")
-    bench.add_argument("--size", type=int, default=512, help="speed: image side in px (FLUX models)")
+    bench.add_argument("--model", default="toy", help="speed: toy, flux-<width> (e.g. flux-256), flux1-dev (GPU), "
+                       "wan-<width> (e.g. wan-256), wan2.2-ti2v-5b or wan2.2-a14b-expert (GPU)")
+    bench.add_argument("--size", type=int, default=512, help="speed: image side in px, the height when --width is given")
+    bench.add_argument("--width", type=int, default=None, help="speed: width in px (default: --size)")
+    bench.add_argument("--frames", type=int, default=17, help="speed: video frames, 4k+1 (Wan models)")
     bench.add_argument("--batch", type=int, default=8, help="speed: tuples per step")
     bench.add_argument("--rank", type=int, default=16, help="speed: LoRA rank")
     bench.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="speed: FLUX weight storage")

@@ -14,6 +14,7 @@ from typing import Any
 
 from .objective import ObjectiveConfig
 from .timesteps import TIMESTEP_SAMPLERS
+from .video_io import check_frame_count
 
 MIXED_PRECISION = ("no", "bf16")
 # what video training changes from the image defaults (paper appendix B.2, C.1)
@@ -55,6 +56,8 @@ class TrainConfig:
     output_dir: str = "runs/byg"  # checkpoint, LoRA, logs
     save_name: str = "byg_lora"  # LoRA file name (without .safetensors)
     resolution: list[int] | None = None  # [H, W] sources are resized to; None keeps file sizes
+    frames: int | None = None  # video frames per clip, 4k+1; None: the longest 4k+1 count up to 81
+    frame_stride: int = 1  # a clip takes every frame_stride-th frame of its video from the first
     # optimisation
     steps: int = 1000  # the paper trains 30k, and sees editing after ~1k
     batch_size: int = 8
@@ -112,6 +115,12 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.resolution is not None and (len(self.resolution) != 2 or min(self.resolution) < 1):
             raise ValueError(f"resolution must be [height, width], got {self.resolution}")
+        if self.frames is not None:
+            if isinstance(self.frames, bool) or not isinstance(self.frames, int):
+                raise ValueError(f"frames must be a whole number 4k+1 (e.g. 81), got {self.frames!r}")
+            check_frame_count(self.frames)
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         self.objective.validate()
         return self
 

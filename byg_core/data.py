@@ -5,12 +5,14 @@ One JSON object per line::
     {"image": "cat.png", "src_caption": "...", "instruction": "...",
      "tgt_caption": "...", "reverse_instruction": "..."}
 
-(``video`` instead of ``image`` for a folder of frames; video files are refused, as no decoder
-is a dependency). Every line is validated and a bad one is reported with its file and line
-number. The reverse instruction must be
-self-contained: "restore", "revert" and "undo" refer to an original the model never sees.
-Text conditioning and source latents are computed once (``cache``), so text encoders and
-the VAE need not stay loaded during training.
+(``video`` instead of ``image`` for a video file, .mp4 .mov .mkv .webm .avi .m4v .gif, read
+with PyAV, or a folder of image frames). A video becomes a clip of 4k+1 frames by one rule
+for files and folders alike (``video_io.sample_frames``: every ``stride``-th frame, the
+longest 4k+1 run up to 81 unless ``frames`` is given). Every line is validated (a video
+file must decode) and a bad one is reported with its file and line number. The reverse
+instruction must be self-contained: "restore", "revert" and "undo" refer to an original the
+model never sees. Text conditioning and source latents are computed once (``cache``), so
+text encoders and the VAE need not stay loaded during training.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .objective import EditBatch
 TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
 MEDIA_FIELDS = ("image", "video")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# no video decoder is a dependency (PyAV, OpenCV, decord, torchvision.io are all absent)
+# containers read with PyAV (byg_core.video_io)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 NON_SELF_CONTAINED = re.compile(r"\b(restore|revert|undo)\w*", re.IGNORECASE)
 
@@ -114,13 +116,18 @@ def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
 
 
 def check_media(path: Path) -> None:
-    """An image must open; a video is a folder of image frames."""
+    """An image must open, a video file must decode at least one frame, a folder must hold image frames."""
     if path.is_dir():
         if not frame_paths(path):
             raise ValueError(f"video folder {path} holds no image frames")
         return
     if not path.is_file():
         raise ValueError(f"file {path} does not exist")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        from .video_io import read_video  # video_io builds on this module
+
+        read_video(path, frames=1)
+        return
     try:
         with Image.open(path) as image:
             image.verify()
@@ -129,14 +136,21 @@ def check_media(path: Path) -> None:
 
 
 def check_video(path: Path) -> None:
-    """A ``video`` is a folder of frames; a video file is refused with the command that converts it."""
+    """A ``video`` is a video file or a folder of frames (``check_media`` then opens it)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        raise ValueError(f"video {path} is an image: give it as 'image', or give 'video' a folder of frames")
-    if path.is_file() or path.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(
-            f"video {path} is not a folder of frames and no video decoder is installed: convert it to a folder "
-            f"of PNG frames, e.g. ffmpeg -i {path.name} {path.stem}/%05d.png, and give the folder"
+            f"video {path} is an image: give it as 'image', or give 'video' a video file or a folder of frames"
         )
+    if path.is_file() and path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"video {path} is neither a video file ({' '.join(VIDEO_SUFFIXES)}) nor a folder of frames: "
+            "convert it to one of these containers"
+        )
+
+
+def is_video(path: Path) -> bool:
+    """A video source: a video file by its suffix, or a folder of frames."""
+    return path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def frame_paths(folder: Path) -> list[Path]:
@@ -146,10 +160,15 @@ def frame_paths(folder: Path) -> list[Path]:
 def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(3, H, W) in [0, 1]; resized (centre-cropped to the aspect first) when ``size`` is given."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if size is not None and image.size != (size[1], size[0]):
-            image = _fit(image, size)
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return image_tensor(image, size)
+
+
+def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A PIL image (a file's or a video frame's) as (3, H, W) in [0, 1], fitted to ``size`` if given."""
+    image = image.convert("RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = _fit(image, size)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -160,14 +179,24 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return resized.crop((left, top, left + width, top + height))
 
 
-def load_media(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An image (3, H, W) or a video folder as (3, F, H, W)."""
+def load_media(
+    path: Path, size: tuple[int, int] | None = None, frames: int | None = None, stride: int = 1
+) -> torch.Tensor:
+    """An image (3, H, W), or a video file or folder of frames as a (3, F, H, W) clip.
+
+    ``frames`` and ``stride`` pick a video's frames by ``video_io.sample_frames``' rule; images ignore them.
+    """
+    from .video_io import read_video, sample_frames  # video_io builds on this module
+
     if path.is_dir():
-        frames = [load_image(p, size) for p in frame_paths(path)]
-        sizes = sorted({tuple(f.shape[1:]) for f in frames})
+        paths = frame_paths(path)
+        clip = [load_image(paths[i], size) for i in sample_frames(len(paths), frames, stride, source=path)]
+        sizes = sorted({tuple(f.shape[1:]) for f in clip})
         if len(sizes) > 1:
             raise ValueError(f"frames of video {path} differ in size {sizes}; set a resolution to resize them alike")
-        return torch.stack(frames, dim=1)
+        return torch.stack(clip, dim=1)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return read_video(path, frames, stride, size)[0]
     return load_image(path, size)
 
 
@@ -194,12 +223,22 @@ class CachedEdits:
         )
 
 
-def cache(dataset: EditDataset, backbone: EditBackbone, size: tuple[int, int] | None = None) -> CachedEdits:
-    """Encode every source once and every prompt once (then the text encoder can be released)."""
+def cache(
+    dataset: EditDataset,
+    backbone: EditBackbone,
+    size: tuple[int, int] | None = None,
+    frames: int | None = None,
+    stride: int = 1,
+) -> CachedEdits:
+    """Encode every source once and every prompt once (then the text encoder can be released).
+
+    ``frames`` and ``stride`` pick each video's clip (``video_io.sample_frames``); a video too short
+    for ``frames`` is refused with its file and line.
+    """
     latents = []
     for record in dataset.records:
-        pixels = load_media(record.media, size).unsqueeze(0)
         try:
+            pixels = load_media(record.media, size, frames, stride).unsqueeze(0)
             latents.append(backbone.encode_pixels(pixels).cpu())
         except ValueError as error:
             raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error

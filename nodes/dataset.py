@@ -9,14 +9,15 @@ from . import inputs as I
 from .values import DATASET, BygDataset
 
 
-def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node: str) -> BygDataset:
+def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node: str, frames: int | None = None,
+                 frame_stride: int = 1) -> BygDataset:
     """Validate the folder; the error says what to change (nothing usable, bad lines in strict mode)."""
     from byg_core.data import DatasetError, EditDataset
 
     layout = ("a folder holding images and an edits.jsonl with the fields image, src_caption, instruction, "
               "tgt_caption, reverse_instruction")
     try:
-        return BygDataset(EditDataset.from_folder(folder, strict=strict), size)
+        return BygDataset(EditDataset.from_folder(folder, strict=strict), size, frames, frame_stride)
     except FileNotFoundError as error:
         raise ValueError(f"{node}: {error}\nPoint 'folder' at {layout}.") from error
     except DatasetError as error:
@@ -56,7 +57,12 @@ class BYGDataset:
                 "strict": I.flag(False, "On: any bad line stops the run. Off: bad lines are skipped and listed in the report."),
                 "width": I.integer(0, 0, 8192, "Resize (centre-crop) every source to this width; 0 with height 0 keeps file sizes.", 8),
                 "height": I.integer(0, 0, 8192, "Resize (centre-crop) every source to this height; 0 with width 0 keeps file sizes.", 8),
-            }
+            },
+            "optional": {
+                "frames": I.integer(0, 0, 1001, "Videos: frames per clip, 4k+1 (Wan's rule: 5, 9, ..., 81); 0 takes "
+                                    "the longest 4k+1 run up to 81. The paper trains at 320x576."),
+                "frame_stride": I.integer(1, 1, 64, "Videos: take every n-th frame (2 halves the frame rate)."),
+            },
         }
 
     @classmethod
@@ -65,9 +71,16 @@ class BYGDataset:
         index = _resolve(folder) / "edits.jsonl"
         return index.stat().st_mtime if index.is_file() else ""
 
-    def load(self, folder, strict, width, height):
+    def load(self, folder, strict, width, height, frames=0, frame_stride=1):
         if not folder.strip():
             raise ValueError("BYGDataset: set 'folder' to a dataset folder holding edits.jsonl")
         path = _resolve(folder)
-        data = read_dataset(path, strict, training_size(width, height), "BYGDataset")
+        if frames:
+            from byg_core.video_io import check_frame_count
+
+            try:
+                check_frame_count(frames)
+            except ValueError as error:
+                raise ValueError(f"BYGDataset: widget 'frames': {error} (0 takes the longest run)") from error
+        data = read_dataset(path, strict, training_size(width, height), "BYGDataset", frames or None, frame_stride)
         return (data, data.report)

@@ -111,7 +111,8 @@ class CycleTrainer:
             on_preview=lambda step, pixels: progress.update(step, _preview(pixels)),
         )
         try:
-            trainer = Trainer(config, model.backbone, cache(dataset.dataset, model.backbone, dataset.size), callbacks)
+            trainer = Trainer(config, model.backbone, cache(dataset.dataset, model.backbone, dataset.size, dataset.frames,
+                                                             dataset.frame_stride), callbacks)
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
         logging.getLogger("comfyui-byg").info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # server log

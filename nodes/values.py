@@ -92,6 +92,8 @@ class BygDataset:
 
     dataset: Any
     size: tuple[int, int] | None = None  # (height, width); None keeps the files' sizes
+    frames: int | None = None  # video frames per clip (4k+1); None: the longest 4k+1 run up to 81
+    frame_stride: int = 1  # every n-th frame of a video
 
     @property
     def report(self) -> str:

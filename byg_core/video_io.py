@@ -1,0 +1,206 @@
+"""Video files in and out, over PyAV (the library ComfyUI's own video nodes use).
+
+Frames: Wan2.2's VAE takes 4k+1 frames (frame 0 alone, then 4 frames per latent frame), so a
+video becomes a clip by one rule, ``sample_frames``: every ``stride``-th frame from the first,
+``frames`` of them when given (it must be 4k+1 and the video long enough), else the longest
+4k+1 run the video holds, at most ``MAX_FRAMES`` (81, Wan2.2's usual clip). Folders of frames
+follow the same rule (``data.load_media``), so a clip reads the same however it is stored.
+
+Size: ``size=(H, W)`` centre-crops every frame to that aspect, then resizes it, the rule
+images follow (``data.image_tensor``). The paper trains video at 320x576 and edits at
+480x832 (H x W); both divide by 32, so both Wan2.2 variants take them (T2V-A14B needs sides
+divisible by 16, TI2V-5B by 32). Give a size of the source's aspect to crop nothing.
+
+Writing: H.264 (libx264) in yuv420p, which every player and browser plays and which ComfyUI's
+own video saving writes; MPEG-4 part 2 where a PyAV build has no libx264 (an LGPL-only
+ffmpeg); VP9 for ``.webm``, which does not allow H.264. yuv420p stores colour at half
+resolution, so both sides must be even: an odd side is refused, never padded, so a clip keeps
+its size. Files are written atomically (a temporary name beside the target, then
+``os.replace``); whether an existing file may be replaced is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import image_tensor
+
+MAX_FRAMES = 81  # Wan2.2's usual clip length, 4 * 20 + 1
+TEMPORAL_FACTOR = 4  # Wan VAEs: 4k+1 frames -> k+1 latent frames
+DEFAULT_FPS = 16.0  # Wan2.2 T2V-A14B's rate; a folder of frames has none of its own
+CRF = 17  # constant quality, lower is better; about visually lossless for H.264
+WRITE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".webm")
+# encoders in order of preference, per container
+ENCODERS = {".webm": ("libvpx-vp9",)}
+DEFAULT_ENCODERS = ("libx264", "mpeg4")
+MPEG4_BITS_PER_PIXEL = 1.0  # mpeg4 has no constant-quality mode in PyAV's options: a generous bit rate
+
+
+# ---------------------------------------------------------------------------------------
+# The frame rule
+# ---------------------------------------------------------------------------------------
+
+
+def check_frame_count(frames: int, name: str = "frames") -> None:
+    """Refuse a frame count Wan cannot take, naming the nearest counts it can."""
+    if frames >= 1 and (frames - 1) % TEMPORAL_FACTOR == 0:
+        return
+    below = (frames - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+    nearest = [n for n in (below, below + TEMPORAL_FACTOR) if n >= 1] or [1]
+    raise ValueError(f"{name}={frames} is not 4k+1 (Wan's frame rule): use {' or '.join(map(str, nearest))}")
+
+
+def longest_frame_count(available: int) -> int:
+    """The largest 4k+1 not above ``available`` (>= 1)."""
+    return (available - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+
+
+def _check_rule(frames: int | None, stride: int) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a whole number >= 1, got {stride!r}")
+    if frames is not None:
+        check_frame_count(frames)
+
+
+def sample_frames(
+    total: int, frames: int | None = None, stride: int = 1, max_frames: int = MAX_FRAMES, source: object = "video"
+) -> list[int]:
+    """Indices of the frames a clip takes from a video of ``total`` frames (``source`` names it in errors).
+
+    Every ``stride``-th frame from the first; ``frames`` of them (4k+1), or with ``frames=None``
+    the longest 4k+1 run available, at most ``max_frames``.
+    """
+    _check_rule(frames, stride)
+    if total < 1:
+        raise ValueError(f"{source} holds no frames")
+    available = (total - 1) // stride + 1
+    if frames is None:
+        frames = longest_frame_count(min(available, max_frames))
+    elif frames > available:
+        raise ValueError(
+            f"{source} has {total} frames at stride {stride}; "
+            f"use frames={longest_frame_count(available)} or a longer video"
+        )
+    return list(range(0, frames * stride, stride))
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def read_video(
+    path: str | Path,
+    frames: int | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+    max_frames: int = MAX_FRAMES,
+) -> tuple[torch.Tensor, float]:
+    """A clip by ``sample_frames``' rule: (3, F, H, W) float in [0, 1], and its frame rate.
+
+    The rate is the file's divided by ``stride``, so the clip plays at the source's speed.
+    ``size=(H, W)`` centre-crops and resizes every frame as images are.
+    """
+    path = Path(path)
+    _check_rule(frames, stride)
+    wanted = frames if frames is not None else max_frames
+    kept, total, fps = _decode(path, limit=(wanted - 1) * stride + 1, stride=stride)
+    index = sample_frames(total, frames, stride, max_frames, path)
+    return torch.stack([image_tensor(kept[i // stride], size) for i in index], dim=1), fps / stride
+
+
+def _decode(path: Path, limit: int, stride: int) -> tuple[list[Image.Image], int, float]:
+    """Every ``stride``-th of the first ``limit`` frames, how many frames were decoded, and the file's rate."""
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} does not exist")
+    kept, total = [], 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("it holds no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if total % stride == 0:
+                    kept.append(frame.to_image())
+                total += 1
+                if total == limit:  # decode no further than the clip needs
+                    break
+            rate = stream.average_rate or stream.guessed_rate
+    except Exception as error:  # FFmpeg and PyAV raise many types for a broken file
+        reason = getattr(error, "strerror", None) or error  # FFmpeg's errors repeat the path
+        raise ValueError(f"cannot decode {path}: {reason}; use a complete copy or re-encode it") from error
+    if total == 0:
+        raise ValueError(f"cannot decode {path}: it holds no video frame")
+    return kept, total, float(rate) if rate else DEFAULT_FPS
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same suffix, so writers pick the format from it), moved onto
+    ``path`` when the block succeeds and removed when it fails: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def encoder_for(path: Path) -> str:
+    """The first encoder PyAV's ffmpeg has for the file's container (H.264, else MPEG-4; VP9 for WebM)."""
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ValueError(f"cannot write video {path}: give a name ending in {', '.join(WRITE_SUFFIXES)}")
+    choices = ENCODERS.get(suffix, DEFAULT_ENCODERS)
+    for name in choices:
+        if name in av.codecs_available:
+            return name
+    raise ValueError(f"cannot write video {path}: this PyAV build has none of the encoders {', '.join(choices)}")
+
+
+def write_video(path: str | Path, video: torch.Tensor, fps: float = DEFAULT_FPS, crf: int = CRF) -> Path:
+    """Write (3, F, H, W) in [0, 1] as a yuv420p video file, atomically; ``crf``: quality, lower is better."""
+    path = Path(path)
+    codec = encoder_for(path)
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"cannot write video {path}: expected (3, F, H, W) pixels, got {tuple(video.shape)}")
+    _, _, height, width = video.shape
+    if height % 2 or width % 2:
+        raise ValueError(
+            f"cannot write video {path}: {height}x{width} has an odd side and yuv420p takes even sizes; "
+            f"resize or crop to {height // 2 * 2}x{width // 2 * 2}"
+        )
+    rate = Fraction(fps).limit_denominator(1001)  # 29.97 stays 30000/1001
+    frames = (video.detach().clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    with atomic_path(path) as partial, av.open(str(partial), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        _set_quality(stream, codec, crf, width * height * float(rate))
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode(None))  # flush the encoder's delayed frames
+    return path
+
+
+def _set_quality(stream, codec: str, crf: int, pixels_per_second: float) -> None:
+    if codec == "mpeg4":
+        stream.bit_rate = max(int(MPEG4_BITS_PER_PIXEL * pixels_per_second), 1_000_000)
+    else:
+        stream.options = {"crf": str(crf)}
+

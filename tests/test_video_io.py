@@ -1,0 +1,159 @@
+"""Video files in and out with PyAV: round trips, the 4k+1 frame rule, broken files, and `byg` on .mp4 clips."""
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from byg_core import cli, video_io
+from byg_core.data import DatasetError, EditDataset, load_media, write_dataset
+from byg_core.toy.video import render_video, sample_video_tuples, save_frames
+from byg_core.video_io import read_video, sample_frames, write_video
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_video.toml"
+ROW = {
+    "src_caption": "a red circle on a blue background",
+    "instruction": "change the circle's colour to green",
+    "tgt_caption": "a green circle on a blue background",
+    "reverse_instruction": "change the circle's colour to red",
+}
+
+
+def toy_clip(frames=9, size=32, seed=0):
+    tup = sample_video_tuples(1, seed, frames=frames)[0]
+    return render_video(tup.edit.source, tup.velocity, frames, size)
+
+
+def test_an_mp4_reads_back_with_its_frames_rate_and_colours(tmp_path):
+    clip = toy_clip()
+    path = write_video(tmp_path / "clip.mp4", clip, fps=12, crf=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temporary file left
+    video, fps = read_video(path)
+    assert video.shape == (3, 9, 32, 32) and fps == 12
+    error = (video - clip).abs().amax(0)
+    # yuv420p keeps colour at half resolution: flat areas come back within rounding, shape edges blur
+    assert (error < 0.03).float().mean() > 0.8
+    assert (video.mean((2, 3)) - clip.mean((2, 3))).abs().max() < 0.02
+
+
+def test_a_video_file_and_a_folder_of_its_frames_load_alike(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", toy_clip(frames=13))
+    save_frames(read_video(path)[0], tmp_path / "frames")
+    for kwargs in ({}, {"size": (16, 24)}, {"frames": 5, "stride": 3}):
+        from_file = load_media(path, **kwargs)
+        assert torch.equal(from_file, load_media(tmp_path / "frames", **kwargs))
+    assert load_media(path, size=(16, 24)).shape == (3, 13, 16, 24)
+    assert load_media(path, frames=5, stride=3).shape == (3, 5, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "total, frames, stride, expected",
+    [
+        (13, None, 1, list(range(13))),
+        (12, None, 1, list(range(9))),
+        (12, None, 2, [0, 2, 4, 6, 8]),
+        (1, None, 1, [0]),
+        (200, None, 1, list(range(81))),
+        (13, 5, 3, [0, 3, 6, 9, 12]),
+    ],
+)
+def test_the_frame_rule_takes_4k_plus_1_frames_at_the_stride(total, frames, stride, expected):
+    assert sample_frames(total, frames, stride) == expected
+
+
+@pytest.mark.parametrize(
+    "total, frames, stride, message",
+    [
+        (13, 8, 1, r"frames=8 is not 4k\+1 .*use 5 or 9"),
+        (13, 0, 1, r"frames=0 is not 4k\+1 .*use 1$"),
+        (8, 9, 1, r"clip.mp4 has 8 frames at stride 1; use frames=5 or a longer video"),
+        (13, 9, 2, r"clip.mp4 has 13 frames at stride 2; use frames=5 or a longer video"),
+        (13, None, 0, r"stride must be a whole number >= 1, got 0"),
+        (0, None, 1, r"clip.mp4 holds no frames"),
+    ],
+)
+def test_the_frame_rule_refuses_with_the_numbers_and_the_fix(total, frames, stride, message):
+    with pytest.raises(ValueError, match=message):
+        sample_frames(total, frames, stride, source="clip.mp4")
+
+
+def test_stride_halves_the_rate_and_a_short_video_is_refused_with_its_numbers(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", toy_clip(frames=13), fps=16)
+    every, _ = read_video(path)
+    strided, fps = read_video(path, stride=2)
+    assert strided.shape[1] == 5 and fps == 8  # 7 frames at stride 2: the longest 4k+1 is 5
+    assert torch.equal(strided, every[:, 0:10:2])
+    with pytest.raises(ValueError, match=r"clip.mp4 has 13 frames at stride 2; use frames=5 or a longer video"):
+        read_video(path, frames=9, stride=2)
+
+
+def test_write_video_refuses_odd_sizes_and_other_containers_and_never_leaves_half_a_file(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"odd.mp4: 15x16 has an odd side .*resize or crop to 14x16"):
+        write_video(tmp_path / "odd.mp4", torch.rand(3, 5, 15, 16))
+    with pytest.raises(ValueError, match=r"clip.avi: give a name ending in .mp4"):
+        write_video(tmp_path / "clip.avi", torch.rand(3, 5, 16, 16))
+    path = write_video(tmp_path / "clip.mp4", toy_clip(frames=5, size=16))
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(video_io.av.VideoFrame, "from_ndarray", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_video(path, toy_clip(frames=9, size=16))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_mpeg4_stands_in_without_libx264_and_webm_gets_vp9(tmp_path, monkeypatch):
+    assert video_io.encoder_for(tmp_path / "a.mp4") == "libx264"
+    assert video_io.encoder_for(tmp_path / "a.webm") == "libvpx-vp9"
+    monkeypatch.setattr(av, "codecs_available", av.codecs_available - {"libx264"})
+    assert video_io.encoder_for(tmp_path / "a.mp4") == "mpeg4"
+    clip = toy_clip(frames=5, size=16)
+    for name in ("a.mp4", "a.webm"):
+        video, _ = read_video(write_video(tmp_path / name, clip))
+        assert video.shape == clip.shape and (video.mean((2, 3)) - clip.mean((2, 3))).abs().max() < 0.05
+
+
+def test_a_broken_video_file_is_rejected_with_its_file_and_line(tmp_path):
+    root = write_dataset(tmp_path, [ROW], [torch.rand(3, 8, 8)])
+    whole = write_video(tmp_path / "whole.mp4", toy_clip()).read_bytes()
+    (root / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # a copy cut short: no index at the end
+    (root / "garbage.webm").write_bytes(b"not a video" * 20)
+    with open(root / "edits.jsonl", "a") as f:
+        for name in ("truncated.mp4", "garbage.webm"):
+            f.write(json.dumps({**ROW, "video": name}) + "\n")
+    with pytest.raises(DatasetError, match=r"edits.jsonl:2: cannot decode .*truncated.mp4") as refused:
+        EditDataset.from_folder(root)
+    assert [line.split(": ")[1] for line in refused.value.rejected] == [
+        f"cannot decode {root / 'truncated.mp4'}", f"cannot decode {root / 'garbage.webm'}"]
+    assert len(EditDataset.from_folder(root, strict=False)) == 1
+
+
+def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        write_video(data / f"clip{i}.mp4", toy_clip(seed=i), fps=12)
+    (data / "edits.jsonl").write_text("".join(json.dumps({**ROW, "video": f"clip{i}.mp4"}) + "\n" for i in range(2)))
+    overrides = [f"data={data}", f"output_dir={tmp_path / 'run'}", "steps=1", "rank=4", "warmup_identity_steps=1",
+                 "objective.rollout_steps=2", "frames=5"]
+    train = ["train", str(EXAMPLE), *sum((["--set", o] for o in overrides), [])]
+    assert cli.main([*train, "--set", "frames=13"]) == 2  # the clips are too short: frames reaches the dataset
+    assert "clip0.mp4 (edits.jsonl line 1): " in capsys.readouterr().err
+    assert cli.main(train) == 0
+    lora = str(tmp_path / "run" / "byg_toy_video.safetensors")
+    out = tmp_path / "edited.mp4"
+    edit = ["edit", "--lora", lora, "--instruction", "change the circle's colour to green", "--steps", "2"]
+    assert cli.main([*edit, "--image", str(data / "clip0.mp4"), "--out", str(out)]) == 0
+    video, fps = read_video(out)
+    assert video.shape == (3, 9, 32, 32) and fps == 12
+    first = out.read_bytes()
+    with pytest.raises(SystemExit, match=r"edited.mp4 exists; nothing was overwritten.*--overwrite"):
+        cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5"])
+    assert out.read_bytes() == first
+    assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5",
+                     "--overwrite"]) == 0
+    assert read_video(out)[0].shape == (3, 5, 32, 32)
