@@ -323,8 +323,10 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
     state = wan_to_diffusers(state)
     with init_empty_weights():
         transformer = WanTransformer3DModel.from_config(config or shipped_config(model, part))
+    keep = transformer._keep_in_fp32_modules or []
     try:
-        result = transformer.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+        result = transformer.load_state_dict({k: v.to(precision_of(k, keep, dtype)) for k, v in state.items()},
+                                             strict=False, assign=True)
     except RuntimeError as error:  # a shape mismatch: a file of another size
         raise ValueError(f"{path} does not fit {model}'s {part} ({str(error).splitlines()[-1].strip()}); "
                          f"pick {files}") from error
@@ -332,6 +334,20 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
         raise ValueError(f"{path} does not fill {model}'s {part}: missing {result.missing_keys[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]}; the file may be truncated or of another Wan model")
     return transformer.eval().requires_grad_(False)
+
+
+def precision_of(key: str, keep_in_fp32: Sequence[str], dtype: torch.dtype) -> torch.dtype:
+    """float32 for the modules a diffusers model keeps in fp32 (Wan: rope, time embedder, modulation tables,
+    norms), as its ``from_pretrained`` does; ``dtype`` for the rest."""
+    return torch.float32 if any(name in key.split(".") for name in keep_in_fp32) else dtype
+
+
+def cast_keeping_fp32(model, dtype: torch.dtype):
+    """``model.to(dtype)`` with the modules and tables its class keeps in fp32 left in fp32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        tensor.data = tensor.data.to(precision_of(name, keep, dtype))
+    return model
 
 
 def check_expert_pair(high: str | Path, low: str | Path) -> None:

@@ -41,7 +41,8 @@ class RandomText:
 class LatentsOnly:
     """No VAE: the bench trains on latents directly (the VAE's cost is outside a training step)."""
 
-    spatial_factor, temporal_factor = 8, 1
+    def __init__(self, spatial_factor: int = 8, temporal_factor: int = 1) -> None:
+        self.spatial_factor, self.temporal_factor = spatial_factor, temporal_factor
 
     def encode(self, pixels):
         return pixels
@@ -71,6 +72,35 @@ def flux_backbone(width: int | None, device: str, storage: str = "bf16"):
     return FluxBackbone(model, text, LatentsOnly(), scheduler_config=shipped_config("flux1-dev", "scheduler"))
 
 
+# bench name -> (shipped model, WanBackbone variant, VAE spatial factor); "-expert": one A14B expert alone
+WAN_BENCH = {"wan2.2-ti2v-5b": ("wan2.2-ti2v-5b", "ti2v-5b", 16), "wan2.2-a14b-expert": ("wan2.2-t2v-a14b", "t2v-a14b", 8)}
+
+
+def wan_backbone(name: str, device: str, storage: str = "bf16"):
+    """Wan2.2's architecture with random weights: full-size TI2V-5B, one full-size A14B expert, or ``wan-<width>``
+    (TI2V-5B's layout that wide, 2 blocks)."""
+    from diffusers import WanTransformer3DModel
+
+    from .backbones.wan import WanBackbone
+    from .loading import WAN_FP8_SKIP, cast_keeping_fp32, shipped_config, store_in_fp8
+
+    model, variant, spatial = WAN_BENCH.get(name, ("wan2.2-ti2v-5b", "ti2v-5b", 16))
+    config = shipped_config(model, "transformer")
+    if name not in WAN_BENCH:
+        width = int(name.removeprefix("wan-"))
+        config |= dict(num_layers=2, num_attention_heads=max(1, width // 128), ffn_dim=4 * width, text_dim=width)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = cast_keeping_fp32(WanTransformer3DModel(**config), dtype).requires_grad_(False)
+    if storage == "fp8":
+        store_in_fp8(transformer, "float8_e4m3fn", dtype, WAN_FP8_SKIP)
+    text = RandomText(512 if name in WAN_BENCH else 64, config["text_dim"], None, device, dtype)
+    # one expert serves every t: the A14B bench measures one expert's step, as a GPU that holds one would run it
+    return WanBackbone(transformer, codec=LatentsOnly(spatial, 4), text_encoder=text,
+                       expand_timesteps=variant == "ti2v-5b", flow_shift=5.0 if variant == "ti2v-5b" else 3.0)
+
+
 @dataclass
 class Measurement:
     seconds: float
@@ -98,22 +128,23 @@ def _rss(field_name: str) -> int:
     return 0
 
 
-def _first_step_rss(model: str, size: int, batch: int, rank: int, method: str, out: str, queue) -> None:
+def _first_step_rss(model: str, size: int, batch: int, rank: int, method: str, out: str, queue, width=None,
+                    frames: int = 17) -> None:
     """In a fresh process: the peak RSS a first training step adds (a warm process reuses freed memory, which
     would hide a step's peak)."""
     backbone = build(model, "cpu")
-    trainer = _trainer(backbone, _data(backbone, model, size, batch, "cpu"), model, method, batch, rank, "cpu", out)
+    trainer = _trainer(backbone, _data(backbone, model, size, batch, "cpu", width, frames), model, method, batch, rank, "cpu", out)
     base = _rss("VmRSS")
     trainer.train_step()
     queue.put(_rss("VmHWM") - base)
 
 
-def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out: str) -> int:
+def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out: str, width=None, frames=17) -> int:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_first_step_rss, args=(model, size, batch, rank, method, out, queue))
+    process = context.Process(target=_first_step_rss, args=(model, size, batch, rank, method, out, queue, width, frames))
     process.start()
     peak = queue.get(timeout=1800)
     process.join()
@@ -153,15 +184,19 @@ def measure(trainer, device: str) -> Measurement:
     return Measurement(0.0, counter.get_total_flops(), peak[0], phases)
 
 
-def _data(backbone, model: str, size: int, batch: int, device: str):
+def _data(backbone, model: str, size: int, batch: int, device: str, width: int | None = None, frames: int = 17):
     from .data import CachedEdits, EditRecord
 
     prompts = ("change the circle's colour to green", "change the circle's colour to red")
     captions = ("a red circle on a blue background", "a green circle on a blue background")
     if model == "toy":
         shape = (3, 16, 16)
+    elif _is_wan(model):
+        codec, channels = backbone.codec, next(iter(backbone.transformers.values())).config.in_channels
+        sf = codec.spatial_factor
+        shape = (channels, (frames - 1) // codec.temporal_factor + 1, size // sf, (width or size) // sf)
     else:
-        shape = (16, size // 8, size // 8)
+        shape = (16, size // 8, (width or size) // 8)
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(max(batch, 2), *shape, generator=g) * 2 - 1).to(device, backbone.dtype)
     records = [EditRecord(Path(f"{i}.png"), captions[i % 2], prompts[i % 2], captions[1 - i % 2], prompts[1 - i % 2])
@@ -175,7 +210,8 @@ def _trainer(backbone, data, model: str, method: str, batch: int, rank: int, dev
 
     cfg = TrainConfig(model=model, output_dir=str(Path(out) / method), method=method, steps=10**9, batch_size=batch,
                       rank=rank, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
-                      mixed_precision="bf16" if device == "cuda" else "no", gradient_checkpointing=model == "flux1-dev")
+                      mixed_precision="bf16" if device == "cuda" else "no",
+                      gradient_checkpointing=model == "flux1-dev" or model in WAN_BENCH)
     return Trainer(cfg, backbone, data)
 
 
@@ -189,11 +225,19 @@ def build(model: str, device: str, storage: str = "bf16"):
         return flux_backbone(None, device, storage)
     if model.startswith("flux-") and model[5:].isdigit():
         return flux_backbone(int(model[5:]), device, storage)
-    raise ValueError(f"--model must be toy, flux-<width> (e.g. flux-256) or flux1-dev, got {model!r}")
+    if _is_wan(model):
+        return wan_backbone(model, device, storage)
+    raise ValueError(f"--model must be toy, flux-<width> (e.g. flux-256), flux1-dev, wan-<width> (e.g. wan-256), "
+                     f"{' or '.join(WAN_BENCH)}, got {model!r}")
+
+
+def _is_wan(model: str) -> bool:
+    return model in WAN_BENCH or (model.startswith("wan-") and model[4:].isdigit())
 
 
 def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str = "cpu", repeats: int = 3,
-              rank: int = 16, storage: str = "bf16", out: Path | None = None) -> dict:
+              rank: int = 16, storage: str = "bf16", out: Path | None = None, width: int | None = None,
+              frames: int = 17) -> dict:
     """Supervised vs ByG steps of one backbone, interleaved; prints the report, returns (and writes) its figures."""
     import json
 
@@ -203,7 +247,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     backbone = build(model, device, storage)
     for transformer in backbone.transformers.values():
         transformer.to(device)
-    data = _data(backbone, model, size, batch, device)
+    data = _data(backbone, model, size, batch, device, width, frames)
     folder = str(Path(out or "out/speed"))
     trainers = {}
     for method in ("supervised", "byg"):
@@ -217,7 +261,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     for method in figures:
         figures[method].seconds = min(times[method])
         if device == "cpu":
-            figures[method].peak_bytes = cpu_step_peak(model, size, batch, rank, method, folder)
+            figures[method].peak_bytes = cpu_step_peak(model, size, batch, rank, method, folder, width, frames)
 
     adapters = Adapters(backbone, LoraSpec(rank, float(rank), tuple(backbone.lora_target_modules())))
     x = data.x[:1]
@@ -236,7 +280,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
 
     sup, byg = figures["supervised"], figures["byg"]
     report = {
-        "model": model, "size": size if model != "toy" else 16, "batch": batch, "device": device, "rank": rank,
+        "model": model, "size": size if model != "toy" else 16, "width": width or size, "frames": frames if _is_wan(model) else None,
+        "batch": batch, "device": device, "rank": rank,
         "storage": storage, "repeats": repeats,
         "supervised_s": sup.seconds, "byg_s": byg.seconds, "time_ratio": byg.seconds / sup.seconds,
         "time_ratio_cache": None, "cache_k": None,  # the rollout cache (issue 16, part 2) is not built yet
@@ -245,7 +290,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
         "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases, "edit_20_steps_s": edit_s,
         "sample_20_steps_s": sample_s,
     }
-    print(f"{model} ({report['size']} px, batch {batch}, rank {rank}, {device}): supervised {sup.seconds * 1e3:.1f} ms, "
+    shown = f"{report['size']}x{report['width']}" + (f"x{frames} frames" if _is_wan(model) else "")
+    print(f"{model} ({shown} px, batch {batch}, rank {rank}, {device}): supervised {sup.seconds * 1e3:.1f} ms, "
           f"ByG {byg.seconds * 1e3:.1f} ms -> time ratio {report['time_ratio']:.2f}x, FLOP ratio "
           f"{report['flop_ratio']:.2f}x, peak memory {report['supervised_peak_mib']:.0f} vs "
           f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Device check for FLUX.1-dev on one GPU (issue 14): `byg bench speed` on full-size FLUX.1-dev from the shipped
-config with random weights (nothing is downloaded), batch 1, rank 64, at 512 and 1024 px, with bf16 and with
-fp8-stored weights: supervised and ByG step time, their ratio, FLOP ratio, peak memory, 20-step edit time.
+"""Device check on one GPU (issues 14 and 15): `byg bench speed` on full-size models built from the shipped configs
+with random weights (nothing is downloaded), batch 1, rank 64: FLUX.1-dev at 512 and 1024 px, and Wan2.2 TI2V-5B
+and one T2V-A14B expert at 320x576, 17 frames (paper B.2's training size), each with bf16 and with fp8-stored
+weights: supervised and ByG step time, their ratio, FLOP ratio, peak memory, 20-step edit time.
 
-    python scripts/device_check.py                       # on CUDA; under 8 minutes on one H100/H200-class GPU
-    python scripts/device_check.py --tiny --device cpu   # the same code on a small FLUX config (what the tests run)
+    python scripts/device_check.py                       # on CUDA; about 10 minutes on one H100/H200-class GPU
+    python scripts/device_check.py --suite wan           # the Wan rows only
+    python scripts/device_check.py --tiny --device cpu   # the same code on small configs (what the tests run)
 
 Writes every configuration's figures to OUT/device_check.json.
 """
@@ -30,15 +32,23 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per method, interleaved")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="FLUX's architecture 128 wide, 2 + 2 blocks (CPU tests)")
+    parser.add_argument("--tiny", action="store_true", help="the architectures 128 wide, 2 blocks (CPU tests)")
+    parser.add_argument("--suite", nargs="+", default=["flux", "wan"], choices=["flux", "wan"])
     parser.add_argument("--out", type=Path, default=Path("out/device_check"))
     args = parser.parse_args(argv)
-    model = "flux-128" if args.tiny else "flux1-dev"
     rows = []
-    for size in args.sizes or ([64] if args.tiny else [512, 1024]):
-        for storage in args.storage:
-            rows.append(run_speed(model, size, 1, args.device, args.repeats, args.rank, storage,
-                                  args.out / f"{size}_{storage}"))
+    if "flux" in args.suite:
+        model = "flux-128" if args.tiny else "flux1-dev"
+        for size in args.sizes or ([64] if args.tiny else [512, 1024]):
+            for storage in args.storage:
+                rows.append(run_speed(model, size, 1, args.device, args.repeats, args.rank, storage,
+                                      args.out / f"{model}_{size}_{storage}"))
+    if "wan" in args.suite:
+        height, width, frames = (64, 96, 5) if args.tiny else (320, 576, 17)
+        for model in ["wan-128"] if args.tiny else ["wan2.2-ti2v-5b", "wan2.2-a14b-expert"]:
+            for storage in args.storage:
+                rows.append(run_speed(model, height, 1, args.device, args.repeats, args.rank, storage,
+                                      args.out / f"{model}_{storage}", width, frames))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "device_check.json").write_text(json.dumps(rows, indent=2))
     return 0

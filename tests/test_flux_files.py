@@ -192,7 +192,8 @@ def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
 
 
 def test_the_device_check_runs_on_a_tiny_config(tmp_path):
-    """scripts/device_check.py (for a GPU; full-size FLUX.1-dev from the shipped config) runs its code on CPU."""
+    """scripts/device_check.py (for a GPU; full-size FLUX.1-dev and Wan2.2 from the shipped configs) runs its code
+    on CPU, on both suites."""
     import importlib.util
     import json
     from pathlib import Path
@@ -204,7 +205,8 @@ def test_the_device_check_runs_on_a_tiny_config(tmp_path):
     assert module.main(["--tiny", "--device", "cpu", "--repeats", "1", "--sizes", "32", "--rank", "2", "--storage", "fp8",
                         "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "device_check.json").read_text())
-    assert [(r["size"], r["storage"]) for r in rows] == [(32, "fp8")]
+    assert [(r["model"], r["size"], r["storage"], r["frames"]) for r in rows] == [("flux-128", 32, "fp8", None),
+                                                                                  ("wan-128", 64, "fp8", 5)]
     for row in rows:
         assert row["byg_s"] > row["supervised_s"] > 0 and row["edit_20_steps_s"] > 0
         assert row["flop_ratio"] > 3 and row["byg_peak_mib"] > 0 and row["time_ratio_cache"] is None
