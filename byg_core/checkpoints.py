@@ -259,3 +259,20 @@ def wan_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(state)
     return convert_wan_transformer_to_diffusers(dict(state))  # it pops from what it is given
 
+
+
+def wan_config_from_weights(state: dict[str, torch.Tensor], shipped: dict) -> dict:
+    """``WanTransformer3DModel`` config of a diffusers-keyed Wan state dict: ``shipped`` (the model's shipped
+    config) with the sizes read from the tensors. The head width cannot be read (the q/k norms span all heads):
+    it is the shipped one, 128 in every Wan2.x model."""
+    width, in_channels, *patch = state["patch_embedding.weight"].shape
+    return shipped | {
+        "patch_size": list(patch),
+        "num_attention_heads": width // shipped["attention_head_dim"],
+        "in_channels": in_channels,
+        "out_channels": state["proj_out.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
+        "text_dim": state["condition_embedder.text_embedder.linear_1.weight"].shape[1],
+        "freq_dim": state["condition_embedder.time_embedder.linear_1.weight"].shape[1],
+        "ffn_dim": state["blocks.0.ffn.net.0.proj.weight"].shape[0],
+        "num_layers": len(_block_indices(state, "blocks")),
+    }

@@ -59,8 +59,8 @@ def _parse_override(text: str) -> tuple[str, object]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .data import EditDataset, cache
-    from .loading import load_backbone
-    from .memory import estimate
+    from .loading import NEEDS_FILES, load_backbone
+    from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache
     from .train import Callbacks, ResumeMismatch, Trainer, existing_run, write_history
 
@@ -76,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(values, args.config or "--set")
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
+    if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
+        check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
     if cfg.text_cache_dir:

@@ -15,7 +15,7 @@ import torch
 
 from .backbones.base import EditBackbone
 from .checkpoints import (KINDS, bfl_to_diffusers, flux_config_from_weights, identify, read_state_dict, refuse_unless,
-                          wan_to_diffusers)
+                          wan_config_from_weights, wan_to_diffusers)
 
 CONFIGS = Path(__file__).parent / "configs"  # the configs of the real models, shipped: nothing asks the hub
 FLUX_DEV = CONFIGS / "flux1-dev"
@@ -302,8 +302,8 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
                          config: dict | None = None):
     """One Wan2.2 transformer (``part``: ``transformer``, or A14B's low-noise ``transformer_2``) from a single file
     (Wan's or diffusers' keys, ComfyUI's prefix, fp8 or scaled fp8, upcast to ``dtype``) or a diffusers folder.
-    A single file's config is ``model``'s shipped one (``config`` for other sizes), always passed: diffusers'
-    single-file detection has no TI2V-5B entry and would pick another model's config."""
+    A single file's config is ``model``'s shipped one with the sizes read from its tensors (``config`` replaces
+    it), always passed: diffusers' single-file detection has no TI2V-5B entry and would pick another model's."""
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
@@ -322,7 +322,7 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
     refuse_unless(found, kind, path, f"pick {files} from the diffusion_models folder")
     state = wan_to_diffusers(state)
     with init_empty_weights():
-        transformer = WanTransformer3DModel.from_config(config or shipped_config(model, part))
+        transformer = WanTransformer3DModel.from_config(config or wan_config_from_weights(state, shipped_config(model, part)))
     keep = transformer._keep_in_fp32_modules or []
     try:
         result = transformer.load_state_dict({k: v.to(precision_of(k, keep, dtype)) for k, v in state.items()},

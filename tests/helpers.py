@@ -1,5 +1,7 @@
 """Factories for tests: tiny random configs of the real architectures, nothing downloaded."""
 
+import re
+
 import torch
 
 from byg_core.backbones.flux import FluxBackbone
@@ -236,13 +238,16 @@ def tiny_umt5(seed: int = 0):
                                        feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)).eval()
 
 
-def tiny_wan_transformer(variant: str, seed: int = 0):
+WAN_HEADS = dict(attention_head_dim=128, num_attention_heads=1, rope_max_seq_len=1024)  # as a file without a config loads
+
+
+def tiny_wan_transformer(variant: str, seed: int = 0, **config):
     from diffusers import WanTransformer3DModel
 
     from byg_core.backbones.wan import WAN22_CONFIGS
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**(WAN22_CONFIGS[variant] | TINY_WAN)).eval()
+    return WanTransformer3DModel(**(WAN22_CONFIGS[variant] | TINY_WAN | config)).eval()
 
 
 def write_umt5_file(path, umt5, spiece: bytes | None):
@@ -255,3 +260,127 @@ def write_umt5_file(path, umt5, spiece: bytes | None):
         state["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
     save_file(state, path)
     return path
+
+
+# --- Wan VAE files (original Wan key names, as wan_2.1_vae / wan2.2_vae.safetensors hold them) ---------------
+# the full architectures at toy width; Wan2.1 keeps 4 stages x 2 res blocks, which diffusers' converter hard-codes
+TINY_WAN_VAE = {
+    "wan2.1-vae": dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                       latents_mean=[0.3, -0.2, 0.1, -0.5], latents_std=[1.5, 0.7, 2.0, 1.1]),
+    "wan2.2-vae": dict(base_dim=8, decoder_base_dim=16, z_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                       is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                       latents_mean=[0.3, -0.2, 0.1, -0.5, 0.05, 0.2, -0.1, 0.4],
+                       latents_std=[1.5, 0.7, 2.0, 1.1, 0.5, 0.9, 1.3, 0.6]),
+}
+
+# --- writing test files in the original layouts: diffusers' names -> Wan's ---------------------------------------
+_LEAF = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
+         "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
+         "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}
+
+
+def _leaf(part: str) -> str:
+    return _LEAF.get(part, part)  # resample.1.* and time_conv.* keep their names
+
+
+def original_key(key: str, kind: str, num_res_blocks: int) -> str:
+    """One diffusers key's name in Wan's own modules (wan/modules/vae2_1.py, vae2_2.py): Encoder3d/Decoder3d with
+    conv1, downsamples/upsamples, middle (resnet, attention, resnet), head (norm, silu, conv); the top-level
+    conv1/conv2 are the quant convs. Wan2.1's stages are one flat Sequential (the decoder's: num_res_blocks + 1
+    resnets then the upsampler); Wan2.2's are blocks whose Sequential ends with the resample layer."""
+    rules = [
+        (r"quant_conv\.(.+)", lambda m: f"conv1.{m[1]}"),
+        (r"post_quant_conv\.(.+)", lambda m: f"conv2.{m[1]}"),
+        (r"(encoder|decoder)\.conv_in\.(.+)", lambda m: f"{m[1]}.conv1.{m[2]}"),
+        (r"(encoder|decoder)\.norm_out\.gamma", lambda m: f"{m[1]}.head.0.gamma"),
+        (r"(encoder|decoder)\.conv_out\.(.+)", lambda m: f"{m[1]}.head.2.{m[2]}"),
+        (r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.+)", lambda m: f"{m[1]}.middle.{2 * int(m[2])}.{_leaf(m[3])}"),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", lambda m: f"{m[1]}.middle.1.{m[2]}"),
+    ]
+    if kind == "wan2.1-vae":
+        per_stage = num_res_blocks + 2
+        rules += [
+            (r"encoder\.down_blocks\.(\d+)\.(.+)", lambda m: f"encoder.downsamples.{m[1]}.{_leaf(m[2])}"),
+            (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+             lambda m: f"decoder.upsamples.{int(m[1]) * per_stage + int(m[2])}.{_leaf(m[3])}"),
+            (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)",
+             lambda m: f"decoder.upsamples.{int(m[1]) * per_stage + per_stage - 1}.{m[2]}"),
+        ]
+    else:
+        rules += [
+            (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+             lambda m: f"encoder.downsamples.{m[1]}.downsamples.{m[2]}.{_leaf(m[3])}"),
+            (r"encoder\.down_blocks\.(\d+)\.downsampler\.(.+)",
+             lambda m: f"encoder.downsamples.{m[1]}.downsamples.{num_res_blocks}.{m[2]}"),
+            (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+             lambda m: f"decoder.upsamples.{m[1]}.upsamples.{m[2]}.{_leaf(m[3])}"),
+            (r"decoder\.up_blocks\.(\d+)\.upsampler\.(.+)",
+             lambda m: f"decoder.upsamples.{m[1]}.upsamples.{num_res_blocks + 1}.{m[2]}"),
+        ]
+    for pattern, rename in rules:
+        if match := re.fullmatch(pattern, key):
+            return rename(match)
+    raise AssertionError(f"no Wan name for {key}")
+
+
+def to_original(state: dict, kind: str, num_res_blocks: int) -> dict:
+    out = {original_key(key, kind, num_res_blocks): value for key, value in state.items()}
+    assert len(out) == len(state)
+    return out
+
+
+# --- tiny VAEs -----------------------------------------------------------------------------------------------------
+def tiny_vae(kind: str, seed: int = 0, **config):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**(TINY_WAN_VAE[kind] | config))
+    with torch.no_grad():
+        for parameter in vae.parameters():  # no two weights alike (norms start at 1, attention's proj at 0)
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return vae.eval().requires_grad_(False)
+
+
+
+
+WAN_PARTS = {  # variant -> (VAE kind, latent channels, the transformer file names ComfyUI's repackaged files have)
+    "ti2v-5b": ("wan2.2-vae", 48, ("wan2.2_ti2v_5B_fp16.safetensors",)),
+    "t2v-a14b": ("wan2.1-vae", 16, ("wan2.2_t2v_high_noise_14B_fp16.safetensors",
+                                    "wan2.2_t2v_low_noise_14B_fp16.safetensors")),
+}
+
+
+def tiny_wan_parts(variant: str, seed: int = 0) -> dict:
+    """Wan2.2's parts at toy size with the real latent channels: transformer(s), VAE, UMT5 and its tokenizer."""
+    kind, channels, _ = WAN_PARTS[variant]
+    g = torch.Generator().manual_seed(seed)
+    stats = dict(latents_mean=(torch.rand(channels, generator=g) - 0.5).tolist(),
+                 latents_std=(torch.rand(channels, generator=g) + 0.5).tolist())
+    parts = {"transformer": tiny_wan_transformer(variant, seed), "vae": tiny_vae(kind, seed, z_dim=channels, **stats),
+             "umt5": tiny_umt5(seed), "spiece": tiny_spiece()}
+    if variant == "t2v-a14b":
+        parts["transformer_2"] = tiny_wan_transformer(variant, seed + 1)
+    return parts
+
+
+def write_wan_files(root, variant: str, parts: dict) -> dict:
+    """The files a ComfyUI user has for ``variant`` (diffusion_models, vae, text_encoders), in the original layouts."""
+    from safetensors.torch import save_file
+
+    kind, _, names = WAN_PARTS[variant]
+    root.mkdir(parents=True, exist_ok=True)
+    plain = lambda module: {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}  # noqa: E731
+    files = {}
+    for part, name in zip(("transformer", "transformer_2"), names):
+        files[part] = root / name
+        save_file(diffusers_to_wan(plain(parts[part])), files[part])
+    files["vae"] = root / ("wan2.2_vae.safetensors" if kind == "wan2.2-vae" else "wan_2.1_vae.safetensors")
+    save_file(to_original(plain(parts["vae"]), kind, parts["vae"].config.num_res_blocks), files["vae"])
+    files["umt5"] = write_umt5_file(root / "umt5_xxl_fp16.safetensors", parts["umt5"], parts["spiece"])
+    return files
+
+
+def wan_configs(parts: dict) -> dict:
+    """The configs the tiny files need (the shipped ones are full size)."""
+    return {"transformer": dict(parts["transformer"].config), "vae": dict(parts["vae"].config),
+            "umt5": parts["umt5"].config.to_dict()}

@@ -67,7 +67,6 @@ def test_the_text_files_encode_as_flux_pipeline_encodes_a_prompt(parts, files):
 
 
 def test_flux1_dev_from_single_files_trains_and_edits(parts, files, tmp_path):
-    from byg_core.adapters import Adapters, LoraSpec
     from byg_core.config import TrainConfig
     from byg_core.data import CachedEdits, EditRecord
     from byg_core.sample import edit

@@ -85,7 +85,6 @@ def test_shipped_transformer_configs_are_the_variants_the_backbone_knows():
 
 
 def test_a_file_of_another_model_is_refused_naming_the_file_and_the_fix(tmp_path):
-    from byg_core.backbones.flux import FluxBackbone  # noqa: F401  (FLUX's keys come from its tiny model)
     from helpers import make_flux_backbone
 
     five_b = tmp_path / "wan2.2_ti2v_5B_fp16.safetensors"
@@ -183,3 +182,124 @@ def test_sampling_uses_the_schedule_and_timesteps_of_diffusers_wan_pipeline(mode
                   output_type="latent").frames
     assert not torch.allclose(ours.latents, eps, atol=1e-2)
     torch.testing.assert_close(ours.latents, theirs, rtol=1e-5, atol=1e-5)
+
+
+# --- the whole model from the files -----------------------------------------------------------------------------
+VARIANT_OF = {model: spec[0] for model, spec in WAN_MODELS.items()}
+
+
+def direct_backbone(variant, parts):
+    """The same model assembled from the parts in memory, as the files should load it."""
+    from byg_core.backbones.wan import SentencePieceTokenizer, WanBackbone, WanTextEncoder
+    from byg_core.wan_vae import WanVAECodec
+
+    experts = {k: parts[k] for k in ("transformer", "transformer_2") if k in parts}
+    text = WanTextEncoder(parts["umt5"], SentencePieceTokenizer(parts["spiece"]))
+    return WanBackbone.from_variant(variant, **experts, codec=WanVAECodec(parts["vae"]), text_encoder=text)
+
+
+@pytest.mark.parametrize("model", sorted(WAN_MODELS))
+def test_the_model_from_comfyui_files_is_the_model_built_directly(model, tmp_path, no_network):
+    from byg_core.loading import load_backbone
+    from helpers import tiny_wan_parts, wan_configs, write_wan_files
+
+    variant = VARIANT_OF[model]
+    parts = tiny_wan_parts(variant, seed=4)
+    files = write_wan_files(tmp_path, variant, parts)
+    loaded = load_backbone(model, **files, configs=wan_configs(parts))
+    direct = direct_backbone(variant, parts)
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, c = loaded.encode_pixels(video), loaded.encode_text([PROMPT])
+        torch.testing.assert_close(x, direct.encode_pixels(video), rtol=0, atol=0)
+        torch.testing.assert_close(c.tokens, direct.encode_text([PROMPT]).tokens, rtol=0, atol=0)
+        y = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        for t in (0.95, 0.3):  # both experts of A14B
+            torch.testing.assert_close(loaded.velocity(y, torch.tensor([t]), c, source=x),
+                                       direct.velocity(y, torch.tensor([t]), c, source=x), rtol=0, atol=0)
+        decoded = loaded.decode_latents(x)
+    assert decoded.shape == video.shape
+    assert list(loaded.transformers) == (["transformer", "transformer_2"] if variant == "t2v-a14b" else ["transformer"])
+
+
+def test_an_a14b_pair_of_one_expert_twice_and_the_wrong_vae_are_refused(tmp_path):
+    import shutil
+
+    from byg_core.loading import load_backbone
+    from helpers import tiny_wan_parts, wan_configs, write_wan_files
+
+    parts = tiny_wan_parts("t2v-a14b", seed=5)
+    files = write_wan_files(tmp_path, "t2v-a14b", parts)
+    shutil.copy(files["transformer"], files["transformer_2"])  # the high-noise file under the low-noise name
+    with pytest.raises(ValueError, match="hold the same weights: one expert was given twice"):
+        load_backbone("wan2.2-t2v-a14b", **files, configs=wan_configs(parts))
+    five_b = tiny_wan_parts("ti2v-5b", seed=5)
+    other = write_wan_files(tmp_path / "5b", "ti2v-5b", five_b)
+    with pytest.raises(ValueError, match=rf"TI2V-5B needs wan2.2_vae.safetensors .*{files['vae']} is the Wan2.1 VAE"):
+        load_backbone("wan2.2-ti2v-5b", **{**other, "vae": files["vae"]}, configs=wan_configs(five_b))
+
+
+def test_a_wan22_diffusers_folder_trains_on_mp4_clips_and_edits_an_mp4_from_the_cli(tmp_path, no_network):
+    """A local Wan2.2-TI2V-5B-Diffusers folder (its transformer/, vae/, text_encoder/, tokenizer/) on the CLI:
+    a dataset of .mp4 clips trains, and the LoRA edits an .mp4 into an .mp4, the model read from its metadata."""
+    import json
+
+    from byg_core import cli
+    from byg_core.video_io import read_video, write_video
+    from helpers import tiny_tokenizer, tiny_wan_parts
+
+    parts = tiny_wan_parts("ti2v-5b", seed=6)
+    folder = tmp_path / "Wan2.2-TI2V-5B-Diffusers"
+    for name, module in (("transformer", parts["transformer"]), ("vae", parts["vae"]), ("text_encoder", parts["umt5"])):
+        module.save_pretrained(folder / name)
+    tiny_tokenizer("</s>", max_length=512).save_pretrained(folder / "tokenizer")
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"src_caption": "a red circle on a blue background", "instruction": PROMPT,
+           "tgt_caption": "a green circle on a blue background", "reverse_instruction": "change the circle's colour to red"}
+    for i in range(2):
+        write_video(data / f"clip{i}.mp4", torch.rand(3, 7, 32, 32, generator=torch.Generator().manual_seed(i)), fps=24)
+    (data / "edits.jsonl").write_text("".join(json.dumps({**row, "video": f"clip{i}.mp4"}) + "\n" for i in range(2)))
+    config = tmp_path / "wan.toml"
+    config.write_text(f'model = "wan2.2-ti2v-5b"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n'
+                      'steps = 2\nbatch_size = 2\nrank = 4\nwarmup_identity_steps = 1\ncheckpoint_every = 0\n'
+                      f'[model_files]\nfolder = "{folder}"\n[objective]\nrollout_steps = 2\n')
+    assert cli.main(["train", str(config)]) == 0
+    out = tmp_path / "edited.mp4"
+    assert cli.main(["edit", "--lora", str(tmp_path / "run" / "byg_lora.safetensors"), "--video",
+                     str(data / "clip0.mp4"), "--instruction", PROMPT, "--steps", "2", "--out", str(out)]) == 0
+    video, fps = read_video(out)
+    assert video.shape == (3, 5, 32, 32) and fps == 24  # 7 frames -> the longest 4k+1 run, 5
+
+
+def test_a14b_that_cannot_fit_the_gpu_is_refused_before_loading(tmp_path, monkeypatch):
+    """The memory check reads only the shipped configs: nothing named in model_files is opened."""
+    from byg_core import cli, memory
+
+    monkeypatch.setattr(memory, "gpu_bytes", lambda: 24 * 2**30)
+    config = tmp_path / "a14b.toml"
+    config.write_text(f'model = "wan2.2-t2v-a14b"\ndata = "{tmp_path}"\n[model_files]\ntransformer = "missing_high.safetensors"\n'
+                      'transformer_2 = "missing_low.safetensors"\ndtype = "bfloat16"\nstorage = "float8_e4m3fn"\n')
+    with pytest.raises(ValueError, match=r"wan2.2-t2v-a14b cannot train on this GPU: its transformer weights alone take "
+                                         r"26.6 GiB as float8_e4m3fn \(the ByG rollout walks both A14B experts.*24.0 GiB"):
+        cli.cmd_train(cli.build_parser().parse_args(["train", str(config)]))
+    assert memory.check_weights_fit("wan2.2-t2v-a14b", "float8_e4m3fn", "bfloat16", 48 * 2**30) == 28_576_983_168
+    assert memory.check_weights_fit("wan2.2-ti2v-5b", None, "bfloat16", 24 * 2**30) < 10.1 * 2**30  # 5B in bf16 fits 24 GB
+
+
+def test_without_a_config_the_sizes_are_read_from_the_file(tmp_path):
+    """A host hands over only the file: the shipped config with the file's sizes (Wan's 128-wide heads kept)."""
+    from byg_core.checkpoints import wan_config_from_weights
+    from byg_core.loading import shipped_config
+    from helpers import WAN_HEADS
+
+    source = tiny_wan_transformer("ti2v-5b", seed=7, **WAN_HEADS)
+    save_file(diffusers_to_wan(plain(source)), tmp_path / "wan2.2_ti2v_5B_fp16.safetensors")
+    loaded = load_wan_transformer(tmp_path / "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2-ti2v-5b")
+    as_lists = lambda config: {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}  # noqa: E731
+    assert as_lists(loaded.config) == as_lists(source.config)
+    torch.testing.assert_close(outputs(loaded), outputs(source), rtol=0, atol=0)
+    with torch.device("meta"):
+        full = tiny_wan_transformer("ti2v-5b", **shipped_config("wan2.2-ti2v-5b", "transformer"))
+    assert wan_config_from_weights(full.state_dict(), shipped_config("wan2.2-ti2v-5b", "transformer")) == \
+        shipped_config("wan2.2-ti2v-5b", "transformer")

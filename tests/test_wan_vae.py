@@ -17,91 +17,17 @@ from byg_core.wan_vae import (
     wan22_vae_to_diffusers,
     wan_vae_channels,
 )
+from helpers import TINY_WAN_VAE, tiny_vae, to_original
 
-# the full architectures at toy width; Wan2.1 keeps 4 stages x 2 res blocks, which diffusers' converter hard-codes
-TINY = {
-    "wan2.1-vae": dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                       latents_mean=[0.3, -0.2, 0.1, -0.5], latents_std=[1.5, 0.7, 2.0, 1.1]),
-    "wan2.2-vae": dict(base_dim=8, decoder_base_dim=16, z_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                       is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
-                       latents_mean=[0.3, -0.2, 0.1, -0.5, 0.05, 0.2, -0.1, 0.4],
-                       latents_std=[1.5, 0.7, 2.0, 1.1, 0.5, 0.9, 1.3, 0.6]),
-}
 SHIPPED = {"wan2.1-vae": "wan2.2-t2v-a14b", "wan2.2-vae": "wan2.2-ti2v-5b"}
-KINDS = tuple(TINY)
-
-# --- writing test files in the original layouts: diffusers' names -> Wan's ---------------------------------------
-_LEAF = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
-         "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
-         "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}
-
-
-def _leaf(part: str) -> str:
-    return _LEAF.get(part, part)  # resample.1.* and time_conv.* keep their names
-
-
-def original_key(key: str, kind: str, num_res_blocks: int) -> str:
-    """One diffusers key's name in Wan's own modules (wan/modules/vae2_1.py, vae2_2.py): Encoder3d/Decoder3d with
-    conv1, downsamples/upsamples, middle (resnet, attention, resnet), head (norm, silu, conv); the top-level
-    conv1/conv2 are the quant convs. Wan2.1's stages are one flat Sequential (the decoder's: num_res_blocks + 1
-    resnets then the upsampler); Wan2.2's are blocks whose Sequential ends with the resample layer."""
-    rules = [
-        (r"quant_conv\.(.+)", lambda m: f"conv1.{m[1]}"),
-        (r"post_quant_conv\.(.+)", lambda m: f"conv2.{m[1]}"),
-        (r"(encoder|decoder)\.conv_in\.(.+)", lambda m: f"{m[1]}.conv1.{m[2]}"),
-        (r"(encoder|decoder)\.norm_out\.gamma", lambda m: f"{m[1]}.head.0.gamma"),
-        (r"(encoder|decoder)\.conv_out\.(.+)", lambda m: f"{m[1]}.head.2.{m[2]}"),
-        (r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.+)", lambda m: f"{m[1]}.middle.{2 * int(m[2])}.{_leaf(m[3])}"),
-        (r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", lambda m: f"{m[1]}.middle.1.{m[2]}"),
-    ]
-    if kind == "wan2.1-vae":
-        per_stage = num_res_blocks + 2
-        rules += [
-            (r"encoder\.down_blocks\.(\d+)\.(.+)", lambda m: f"encoder.downsamples.{m[1]}.{_leaf(m[2])}"),
-            (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
-             lambda m: f"decoder.upsamples.{int(m[1]) * per_stage + int(m[2])}.{_leaf(m[3])}"),
-            (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)",
-             lambda m: f"decoder.upsamples.{int(m[1]) * per_stage + per_stage - 1}.{m[2]}"),
-        ]
-    else:
-        rules += [
-            (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
-             lambda m: f"encoder.downsamples.{m[1]}.downsamples.{m[2]}.{_leaf(m[3])}"),
-            (r"encoder\.down_blocks\.(\d+)\.downsampler\.(.+)",
-             lambda m: f"encoder.downsamples.{m[1]}.downsamples.{num_res_blocks}.{m[2]}"),
-            (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
-             lambda m: f"decoder.upsamples.{m[1]}.upsamples.{m[2]}.{_leaf(m[3])}"),
-            (r"decoder\.up_blocks\.(\d+)\.upsampler\.(.+)",
-             lambda m: f"decoder.upsamples.{m[1]}.upsamples.{num_res_blocks + 1}.{m[2]}"),
-        ]
-    for pattern, rename in rules:
-        if match := re.fullmatch(pattern, key):
-            return rename(match)
-    raise AssertionError(f"no Wan name for {key}")
-
-
-def to_original(state: dict, kind: str, num_res_blocks: int) -> dict:
-    out = {original_key(key, kind, num_res_blocks): value for key, value in state.items()}
-    assert len(out) == len(state)
-    return out
+KINDS = tuple(TINY_WAN_VAE)
+TINY = TINY_WAN_VAE
 
 
 def to_diffusers(state: dict, kind: str) -> dict:
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
     return wan22_vae_to_diffusers(state) if kind == "wan2.2-vae" else convert_wan_vae_to_diffusers(state)
-
-
-# --- tiny VAEs -----------------------------------------------------------------------------------------------------
-def tiny_vae(kind: str, seed: int = 0):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**TINY[kind])
-    with torch.no_grad():
-        for parameter in vae.parameters():  # no two weights alike (norms start at 1, attention's proj at 0)
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-    return vae.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
