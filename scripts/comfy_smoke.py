@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +43,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_BUTTONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 TOY_IMAGE = "byg_toy_train_and_edit.json"
 TOY_VIDEO = "byg_toy_wan_video_train_and_edit.json"
+TOY_CLIP = "toy_clip.mp4"  # the toy video workflow's LoadVideo file
 PACK_NODES = {"BYGModelLoader", "BYGDataset", "DirectionalPriorLoss", "CycleTrainer", "BYGLoRALoader",
               "BootstrapSampler", "BYGVideoEdit", "BYGToyScene", "BYGToyDataset"}
 
@@ -298,6 +300,14 @@ def read_back(png: Path) -> str:
     return f"{reading.shape_color} {reading.shape} on {reading.bg_color}"
 
 
+def _frames_of(path: Path) -> int:
+    """Frames of a video file (PyAV, which ComfyUI requires)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
 def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
     info = server.get("/object_info")
     check(PACK_NODES <= set(info), f"the pack's {len(PACK_NODES)} nodes are listed by /object_info")
@@ -385,14 +395,18 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
 
     video = prompts.get(TOY_VIDEO)
     if video is not None:
-        print(f"\n[6] {TOY_VIDEO} (toy videos written to input/toy_video first)")
+        print(f"\n[6] {TOY_VIDEO} (.mp4 clips written to input/toy_video, one copied to input/{TOY_CLIP})")
         run = server.run(video)
         print(f"  {describe(run)}")
-        check(run.status == "success", "the toy video workflow succeeds")
+        check(run.status == "success", "the toy video workflow succeeds (LoadVideo -> BYGVideoEdit -> SaveVideo)")
         video_trainer = node_of(video, "CycleTrainer")
         check(len(run.progress.get(video_trainer, [])) >= 1, "its CycleTrainer sent progress")
         name = video[video_trainer]["inputs"]["save_name"]
         check((loras / f"{name}.safetensors").is_file(), f"its LoRA is saved as {name}.safetensors")
+        written = sorted((base / "output").rglob("byg_toy_video_edit*.mp4"))
+        frames = _frames_of(written[-1]) if written else None
+        check(frames == _frames_of(base / "input" / TOY_CLIP),
+              f"SaveVideo wrote the edit as {[p.name for p in written]}, {frames} frames like the source clip")
 
 
 def main(argv=None) -> int:
@@ -424,8 +438,9 @@ def main(argv=None) -> int:
     if not link.exists():
         link.symlink_to(PACK, target_is_directory=True)
     env = dict(os.environ, PYTHONPATH=str(PACK))
-    subprocess.run([args.python, "-m", "byg_core.toy.video", "--out", str(base / "input" / "toy_video"), "--n", "8"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([args.python, "-m", "byg_core.toy.video", "--out", str(base / "input" / "toy_video"), "--n", "8",
+                    "--mp4"], check=True, env=env, stdout=subprocess.DEVNULL)
+    shutil.copyfile(base / "input" / "toy_video" / "00000.mp4", base / "input" / TOY_CLIP)
     print(f"ComfyUI {comfy}, Python {args.python}, scratch base folder {base}")
     server = Server(comfy, args.python, base, args.port or free_port())
     check = Checks()

@@ -157,3 +157,18 @@ def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
     assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5",
                      "--overwrite"]) == 0
     assert read_video(out)[0].shape == (3, 5, 32, 32)
+
+
+def test_the_toy_video_dataset_as_mp4_clips_reads_like_its_frame_folders(tmp_path):
+    from byg_core.data import EditDataset, load_media
+    from byg_core.toy.video import write_video_dataset
+
+    write_video_dataset(tmp_path / "frames", 2, seed=3, size=32)
+    write_video_dataset(tmp_path / "clips", 2, seed=3, size=32, mp4=True)
+    folders, clips = (EditDataset.from_folder(tmp_path / name).records for name in ("frames", "clips"))
+    assert [r.media.suffix for r in clips] == [".mp4", ".mp4"]
+    for a, b in zip(folders, clips):
+        assert a.instruction == b.instruction
+        framed, decoded = load_media(a.media), load_media(b.media)
+        assert framed.shape == decoded.shape == (3, 5, 32, 32)
+        assert (framed - decoded).abs().mean() < 0.03  # H.264 at crf 17: flat colours within a few levels

@@ -303,3 +303,19 @@ def test_without_a_config_the_sizes_are_read_from_the_file(tmp_path):
         full = tiny_wan_transformer("ti2v-5b", **shipped_config("wan2.2-ti2v-5b", "transformer"))
     assert wan_config_from_weights(full.state_dict(), shipped_config("wan2.2-ti2v-5b", "transformer")) == \
         shipped_config("wan2.2-ti2v-5b", "transformer")
+
+
+@pytest.mark.parametrize("name,model", [("wan22_ti2v_5b.toml", "wan2.2-ti2v-5b"), ("wan22_a14b.toml", "wan2.2-t2v-a14b")])
+def test_the_wan_examples_have_the_papers_video_settings(name, model):
+    import inspect
+    from pathlib import Path
+
+    from byg_core.config import TrainConfig
+    from byg_core.loading import LOADERS
+
+    cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "examples" / name)
+    assert (cfg.model, cfg.lr, cfg.rank, cfg.identity_prob, cfg.use_ema, cfg.timesteps, cfg.shift) == \
+        (model, 1e-4, 64, 0.1, False, "logit_normal", 12.0)  # B.2 and C.1
+    assert cfg.resolution == [320, 576] and (cfg.frames - 1) % 4 == 0 and cfg.gradient_checkpointing
+    assert set(cfg.model_files) <= set(inspect.signature(LOADERS[model]).parameters)
+    assert ("transformer_2" in cfg.model_files) == (model == "wan2.2-t2v-a14b")

@@ -15,7 +15,8 @@ frame counts Wan cannot take, exactly as it does for the real VAE. There is no p
 toy video base: a random base proves the plumbing (source tokens, expert routing, gradient
 flow, LoRA file formats, the CLI), not editing quality.
 
-    python -m byg_core.toy.video --out data/toy_video --n 16    # writes a video dataset
+    python -m byg_core.toy.video --out data/toy_video --n 16          # writes a video dataset (frame folders)
+    python -m byg_core.toy.video --out data/toy_video --n 16 --mp4    # the same as .mp4 files
 """
 
 from __future__ import annotations
@@ -136,18 +137,26 @@ def save_frames(video: torch.Tensor, folder: Path) -> Path:
 
 
 def write_video_dataset(
-    root: str | Path, n: int, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_RESOLUTION
+    root: str | Path, n: int, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_RESOLUTION,
+    mp4: bool = False,
 ) -> list[VideoEditTuple]:
-    """A dataset folder: one folder of PNG frames per video and ``edits.jsonl`` with ``video`` fields.
+    """A dataset folder: one folder of PNG frames (``mp4``: one .mp4 file) per video and ``edits.jsonl`` with
+    ``video`` fields.
 
     Returns the tuples (they hold the true edits, which the dataset itself never shows).
     """
+    from ..video_io import write_video
+
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     tuples = sample_video_tuples(n, seed, frames)
     lines = []
     for i, tup in enumerate(tuples):
-        name = f"{i:05d}"
-        save_frames(tup.source_video(size), root / name)
+        name = f"{i:05d}.mp4" if mp4 else f"{i:05d}"
+        if mp4:
+            write_video(root / name, tup.source_video(size))
+        else:
+            save_frames(tup.source_video(size), root / name)
         lines.append(json.dumps({"video": name, **{k: tup.record()[k] for k in TEXT_FIELDS}}))
     (root / "edits.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return tuples
@@ -302,8 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="4k+1 frames (Wan's rule)")
     parser.add_argument("--size", type=int, default=DEFAULT_RESOLUTION, help="frame side in pixels")
+    parser.add_argument("--mp4", action="store_true", help="write each video as an .mp4 file, not a folder of frames")
     args = parser.parse_args(argv)
-    write_video_dataset(args.out, args.n, args.seed, args.frames, args.size)
+    write_video_dataset(args.out, args.n, args.seed, args.frames, args.size, args.mp4)
     print(f"{args.n} videos of {args.frames} frames at {args.size}x{args.size}: {Path(args.out) / 'edits.jsonl'}")
     return 0
 

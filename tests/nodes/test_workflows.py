@@ -41,6 +41,17 @@ STOCK = {
     "ImageScale": ([("image", "IMAGE"), ("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
                     ("width", "INT"), ("height", "INT"), ("crop", ["disabled", "center"])], ["IMAGE"]),
     "RepeatImageBatch": ([("image", "IMAGE"), ("amount", "INT")], ["IMAGE"]),
+    "CLIPLoader": ([("clip_name", FILE), ("type", ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi",
+                                                   "ltxv", "pixart", "cosmos", "lumina2", "wan", "hidream", "chroma",
+                                                   "ace", "omnigen2", "qwen_image", "hunyuan_image"]),
+                    ("device", ["default", "cpu"])], ["CLIP"]),
+    "ImageFromBatch": ([("image", "IMAGE"), ("batch_index", "INT"), ("length", "INT")], ["IMAGE"]),
+    # comfy_extras/nodes_video.py (V3 nodes): VIDEO sockets; LoadVideo's upload button saves a value after the file
+    "LoadVideo": ([("file", FILE), ("upload", ["image"])], ["VIDEO"]),
+    "GetVideoComponents": ([("video", "VIDEO")], ["IMAGE", "AUDIO", "FLOAT"]),
+    "CreateVideo": ([("images", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")], ["VIDEO"]),
+    "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "STRING"), ("format", ["auto", "mp4"]),
+                   ("codec", ["auto", "h264"])], []),
     "Note": ([("text", "STRING")], []),  # frontend-only node
 }
 
@@ -147,7 +158,7 @@ def test_flux_workflow_shows_the_stock_comfyui_path():
 
 # --- readable when loaded: no node covers another's widgets, the saved view shows every title -------------------
 TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, TEXTAREA_HEIGHT, IMAGE_HEIGHT = 30, 20, 24, 64, 200
-IMAGE_NODES = {"PreviewImage", "SaveImage", "LoadImage"}  # draw an image under their widgets
+IMAGE_NODES = {"PreviewImage", "SaveImage", "LoadImage", "LoadVideo", "SaveVideo"}  # draw an image under their widgets
 VIEW = (1600, 900)  # a laptop-sized canvas, in screen pixels
 
 
