@@ -115,6 +115,22 @@ def test_the_a14b_pair_is_refused_when_twice_the_same_or_in_the_wrong_order(tmp_
         check_expert_pair(high, tmp_path / "copy_of_high_noise.safetensors")
 
 
+def test_umt5_fp8_scaled_file_loads_its_dequantised_weights(tmp_path):
+    """umt5_xxl_fp8_e4m3fn_scaled.safetensors: fp8 weights with scale_weight, dequantised on loading."""
+    from safetensors.torch import load_file
+
+    umt5 = tiny_umt5(seed=3)
+    full = write_umt5_file(tmp_path / "umt5_xxl_fp16.safetensors", umt5, tiny_spiece())
+    state = load_file(full)
+    spiece = state.pop("spiece_model")
+    save_file({**scaled_fp8(state), "spiece_model": spiece}, tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    loaded = load_umt5(tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan2.2-ti2v-5b", umt5.config.to_dict())
+    weight = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    expected = read_state_dict(tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "t")[weight].float()
+    assert torch.equal(loaded.state_dict()[weight], expected)
+    assert 0 < (expected - umt5.state_dict()[weight]).abs().max() < 0.1 * umt5.state_dict()[weight].abs().max()
+
+
 def test_umt5_file_encodes_a_prompt_as_wan_pipeline_does(tmp_path):
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
