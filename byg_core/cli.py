@@ -205,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .speed import run_speed
 
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
-                  args.width, args.frames)
+                  args.width, args.frames, args.cache_k)
         return 0
     from .toy.bench import run_bench
 
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=512, help="speed: image side in px, the height when --width is given")
     bench.add_argument("--width", type=int, default=None, help="speed: width in px (default: --size)")
     bench.add_argument("--frames", type=int, default=17, help="speed: video frames, 4k+1 (Wan models)")
+    bench.add_argument("--cache-k", type=int, default=4, help="speed: rollout reuse K of the cached ByG step")
     bench.add_argument("--batch", type=int, default=8, help="speed: tuples per step")
     bench.add_argument("--rank", type=int, default=16, help="speed: LoRA rank")
     bench.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="speed: FLUX weight storage")

@@ -83,6 +83,11 @@ class TrainConfig:
     logit_std: float = 1.0
     shift: float = 1.0  # t' = s t / (1 + (s - 1) t), biases t toward noise for s > 1
     expert: str = "auto"  # two-expert Wan: "auto" trains the expert each t falls on, or name one
+    # the rollout cache (not in the paper; off = 1): a tuple's EMA rollout serves up to this many of its steps, so
+    # the rollout (about half a ByG step) is paid once per reuse, against targets from an older EMA; the states
+    # live on the CPU (n + 2 latents per tuple) and are rebuilt after a resume (exact resume needs it off)
+    rollout_reuse: int = 1
+    rollout_max_age: int = 0  # and for at most this many training steps (0: no limit)
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 100  # steps between checkpoints (0: only at the end)
@@ -90,14 +95,15 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> "TrainConfig":
-        positive = ("steps", "batch_size", "rank")
+        positive = ("steps", "batch_size", "rank", "rollout_reuse")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr",):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "warmup_identity_steps", "checkpoint_every", "preview_every"):
+        for name in ("weight_decay", "grad_clip", "warmup_identity_steps", "checkpoint_every", "preview_every",
+                     "rollout_max_age"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("identity_prob", "ema_decay"):

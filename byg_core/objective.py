@@ -14,7 +14,7 @@ from torch.profiler import record_function
 
 from .adapters import Generators
 from .backbones.base import TextCond
-from .bootstrap import bootstrap_rollout
+from .bootstrap import Rollout, bootstrap_rollout
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -145,17 +145,21 @@ def supervised_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch
 
 def byg_step(
     G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor, cfg: ObjectiveConfig,
-    backward: Callable[[torch.Tensor], None] | None = None,
+    backward: Callable[[torch.Tensor], None] | None = None, rollout: Rollout | None = None,
 ) -> StepLosses:
     """One full ByG step (Algorithm 1, lines 4-34): bootstrap, identity, forward, prior, cycle.
+
+    ``rollout`` replaces the step's own bootstrap rollout (the rollout cache's; ``eps`` must be the noise it
+    started from).
 
     With ``backward`` (e.g. ``accelerator.backward``) the step back-propagates itself: the identity loss as soon
     as it is computed (its gradient adds to the rest, so its graph is freed before the forward and reverse passes
     build theirs: a lower peak), then the rest; the returned ``total`` is then detached.
     """
     x = batch.x
-    with record_function("byg.rollout"):  # the labels name the phases `byg bench speed` reports
-        rollout = bootstrap_rollout(G, x, batch.c, eps, t, cfg.rollout_steps)
+    if rollout is None:
+        with record_function("byg.rollout"):  # the labels name the phases `byg bench speed` reports
+            rollout = bootstrap_rollout(G, x, batch.c, eps, t, cfg.rollout_steps)
     t = rollout.t
     x_t = noise(x, eps, t)
     terms = {}

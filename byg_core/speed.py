@@ -204,11 +204,12 @@ def _data(backbone, model: str, size: int, batch: int, device: str, width: int |
     return CachedEdits(x=x, records=records, y=x.flip(-1))
 
 
-def _trainer(backbone, data, model: str, method: str, batch: int, rank: int, device: str, out: str):
+def _trainer(backbone, data, model: str, method: str, batch: int, rank: int, device: str, out: str, reuse: int = 1):
     from .config import TrainConfig
     from .train import Trainer
 
-    cfg = TrainConfig(model=model, output_dir=str(Path(out) / method), method=method, steps=10**9, batch_size=batch,
+    cfg = TrainConfig(model=model, output_dir=str(Path(out) / f"{method}{reuse}"), method=method, steps=10**9,
+                      batch_size=batch, rollout_reuse=reuse,
                       rank=rank, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
                       mixed_precision="bf16" if device == "cuda" else "no",
                       gradient_checkpointing=model == "flux1-dev" or model in WAN_BENCH)
@@ -237,7 +238,7 @@ def _is_wan(model: str) -> bool:
 
 def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str = "cpu", repeats: int = 3,
               rank: int = 16, storage: str = "bf16", out: Path | None = None, width: int | None = None,
-              frames: int = 17) -> dict:
+              frames: int = 17, cache_k: int = 4) -> dict:
     """Supervised vs ByG steps of one backbone, interleaved; prints the report, returns (and writes) its figures."""
     import json
 
@@ -253,10 +254,16 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     for method in ("supervised", "byg"):
         trainers[method] = _trainer(backbone, data, model, method, batch, rank, device, folder)
         trainers[method].train_step()  # warm-up
+    # the rollout cache's step is amortised: the mean of cache_k consecutive steps, once its entries are made
+    cached = _trainer(backbone, data, model, "byg", batch, rank, device, folder, reuse=cache_k)
+    for _ in range(cache_k):
+        cached.train_step()
     times = {method: [] for method in trainers}
+    cache_times = []
     for _ in range(repeats):  # interleaved, so a slower moment of the machine hits both
         for method, trainer in trainers.items():
             times[method].append(step_seconds(trainer, device))
+        cache_times.append(sum(step_seconds(cached, device) for _ in range(cache_k)) / cache_k)
     figures = {method: measure(trainer, device) for method, trainer in trainers.items()}
     for method in figures:
         figures[method].seconds = min(times[method])
@@ -280,11 +287,11 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
 
     sup, byg = figures["supervised"], figures["byg"]
     report = {
-        "model": model, "size": size if model != "toy" else 16, "width": width or size, "frames": frames if _is_wan(model) else None,
+        "model": model, "size": size if model != "toy" else 16, "width": (width or size) if model != "toy" else 16, "frames": frames if _is_wan(model) else None,
         "batch": batch, "device": device, "rank": rank,
         "storage": storage, "repeats": repeats,
         "supervised_s": sup.seconds, "byg_s": byg.seconds, "time_ratio": byg.seconds / sup.seconds,
-        "time_ratio_cache": None, "cache_k": None,  # the rollout cache (issue 16, part 2) is not built yet
+        "time_ratio_cache": min(cache_times) / sup.seconds, "cache_k": cache_k, "byg_cache_s": min(cache_times),
         "flop_ratio": byg.flops / sup.flops, "supervised_gflop": sup.flops / 1e9, "byg_gflop": byg.flops / 1e9,
         "memory_ratio": byg.peak_bytes / max(sup.peak_bytes, 1), "supervised_peak_mib": sup.peak_bytes / 2**20,
         "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases, "edit_20_steps_s": edit_s,
@@ -292,7 +299,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     }
     shown = f"{report['size']}x{report['width']}" + (f"x{frames} frames" if _is_wan(model) else "")
     print(f"{model} ({shown} px, batch {batch}, rank {rank}, {device}): supervised {sup.seconds * 1e3:.1f} ms, "
-          f"ByG {byg.seconds * 1e3:.1f} ms -> time ratio {report['time_ratio']:.2f}x, FLOP ratio "
+          f"ByG {byg.seconds * 1e3:.1f} ms -> time ratio {report['time_ratio']:.2f}x (rollout cache K={cache_k}: "
+          f"{report['time_ratio_cache']:.2f}x), FLOP ratio "
           f"{report['flop_ratio']:.2f}x, peak memory {report['supervised_peak_mib']:.0f} vs "
           f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")
     total = sum(byg.phases.values()) or 1.0

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
-from .bootstrap import snap_to_grid
+from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
 from .data import CachedEdits
@@ -95,6 +95,7 @@ class Trainer:
         self.sample_t = TIMESTEP_SAMPLERS[config.timesteps](
             shift=config.shift, mean=config.logit_mean, std=config.logit_std
         )
+        self.rollouts = RolloutCache(config.rollout_reuse, config.rollout_max_age) if config.rollout_reuse > 1 else None
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.output_dir = Path(config.output_dir)
@@ -142,7 +143,13 @@ class Trainer:
             elif self.cfg.method == "supervised":
                 losses = supervised_step(self.G, batch, t, eps)
             else:
-                losses = byg_step(self.G, batch, t, eps, self.cfg.objective, backward=self.accelerator.backward)
+                rollout = None
+                if self.rollouts is not None and self.cfg.objective.bootstrap:
+                    with record_function("byg.rollout"):
+                        rollout, eps = cached_rollout(self.G, self.rollouts, index, batch.x, batch.c, eps, t,
+                                                      self.cfg.objective.rollout_steps, self.step)
+                losses = byg_step(self.G, batch, t, eps, self.cfg.objective, backward=self.accelerator.backward,
+                                  rollout=rollout)
         if not losses.backpropagated:
             with record_function("byg.backward"):
                 self.accelerator.backward(losses.total)
