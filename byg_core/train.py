@@ -98,6 +98,7 @@ class Trainer:
         self.rollouts = RolloutCache(config.rollout_reuse, config.rollout_max_age) if config.rollout_reuse > 1 else None
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self._pending: list[tuple[int, str, dict[str, torch.Tensor]]] = []  # (step, kind, losses) not read yet
         self.output_dir = Path(config.output_dir)
 
     # --- one step -------------------------------------------------------------------
@@ -179,8 +180,11 @@ class Trainer:
                 stopped = True
                 break
             losses = self.train_step()
-            record = {"step": self.step, **losses.as_floats(), "identity_step": float(losses.kind == "identity")}
-            self.history.append(record)
+            self._pending.append((self.step, losses.kind, {"loss": losses.total.detach(),
+                                                           **{k: v.detach() for k, v in losses.terms.items()}}))
+            # the loss floats are read from the device every log_every steps, not each step (a host sync each)
+            due = self.step % max(self.cfg.log_every, 1) == 0 or self.step == self.cfg.steps
+            record = self._flush() if due else {"step": self.step}
             if self.callbacks.on_step:
                 self.callbacks.on_step(self.step, record)
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
@@ -189,6 +193,19 @@ class Trainer:
                 self.callbacks.on_preview(self.step, self.preview())
         checkpoint = self.save_checkpoint()
         return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history)
+
+    def _flush(self) -> dict[str, float]:
+        """Move the losses of the steps since the last flush into ``history`` as floats, in one device read;
+        the newest record."""
+        if not self._pending:
+            return self.history[-1] if self.history else {"step": self.step}
+        tensors = [v.float().reshape(()) for _, _, terms in self._pending for v in terms.values()]
+        values = iter(torch.stack(tensors).tolist())
+        for step, kind, terms in self._pending:
+            record = {"step": step, **{name: next(values) for name in terms}}
+            self.history.append(record | {"identity_step": float(kind == "identity")})
+        self._pending.clear()
+        return self.history[-1]
 
     def preview(self, count: int = 4, steps: int = 10) -> torch.Tensor:
         """Edit the first ``count`` sources with the current EMA editor; pixels (N, 3, ...)."""
@@ -214,6 +231,7 @@ class Trainer:
         return self.output_dir / CHECKPOINT
 
     def save_checkpoint(self) -> Path:
+        self._flush()  # the checkpoint holds the whole history
         if not self.accelerator.is_main_process:
             return self.checkpoint_path
         tensors = {f"student/{k}": v for k, v in self.adapters.state_dict(STUDENT).items()}

@@ -201,3 +201,25 @@ def test_the_memory_estimate_counts_weights_lora_and_optimizer_exactly(tmp_path)
                                     tiny_data()))
     assert figures.activations == ACTIVATION_WIDTHS * checkpointed.activations > 0
     assert figures.describe().startswith("memory estimate: weights ")
+
+
+def test_loss_floats_are_read_from_the_device_every_log_every_steps_not_each_step(tmp_path, monkeypatch):
+    """The same history as reading each step, in one device read per log_every steps (no host sync per step)."""
+    reads = []
+    real_flush = Trainer._flush
+
+    def counting_flush(self):
+        if self._pending:  # a flush with steps pending reads the device once
+            reads.append(len(self._pending))
+        return real_flush(self)
+
+    each = Trainer(config(tmp_path / "each", log_every=1), make_flux_backbone(), tiny_data())
+    each.run()
+    seen = []
+    grouped = Trainer(config(tmp_path / "grouped", log_every=4), make_flux_backbone(), tiny_data(),
+                      Callbacks(on_step=lambda step, record: seen.append(dict(record))))
+    monkeypatch.setattr(Trainer, "_flush", counting_flush)
+    grouped.run()
+    assert grouped.history == each.history and len(grouped.history) == 6
+    assert reads == [4, 2]  # steps 1-4, then 5-6
+    assert [r for r in seen if len(r) > 1] == [each.history[3], each.history[5]] and seen[0] == {"step": 1}

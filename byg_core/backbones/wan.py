@@ -337,7 +337,10 @@ class WanBackbone(EditBackbone):
         return torch.cat(parts)[order.argsort()]
 
     def split_by_expert(self, t: torch.Tensor) -> list[ExpertBatch]:
-        """Group a batch's samples by the expert their timestep falls on."""
+        """Group a batch's samples by the expert their timestep falls on (one expert: t is not read, so a GPU
+        is not synchronised for it)."""
+        if len(self._transformers) == 1:
+            return [ExpertBatch("transformer", list(range(t.shape[0])))]
         groups: dict[str, list[int]] = {}
         for i, time in enumerate(t.tolist()):
             groups.setdefault(self.expert_for(time), []).append(i)
