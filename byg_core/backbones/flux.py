@@ -10,6 +10,7 @@ ComfyUI graphs; ``positions="same"`` gives them the noisy tokens' ids instead.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -58,6 +59,19 @@ def image_ids(height: int, width: int, index: int, device=None) -> torch.Tensor:
     cols = torch.arange(width // PATCH, device=device)
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
     return torch.cat([torch.full_like(grid[:, :1], index), grid], dim=1).float()
+
+
+@functools.lru_cache(maxsize=64)
+def position_ids(height: int, width: int, source_index: int | None, text_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image ids (noisy tokens, then the source's with ``source_index`` when there is a source) and the text
+    ids of one call, made once per shape: every rollout step, editor pass and base query of a step shares them
+    (the transformer reads them, never writes). Made outside inference mode: a cached inference tensor would be
+    refused by a later training pass."""
+    with torch.inference_mode(False):
+        ids = image_ids(height, width, 0, device)
+        if source_index is not None:
+            ids = torch.cat([ids, image_ids(height, width, source_index, device)])
+        return ids, torch.zeros(text_tokens, 3, device=device)
 
 
 class FluxBackbone(EditBackbone):
@@ -138,12 +152,12 @@ class FluxBackbone(EditBackbone):
     ) -> torch.Tensor:
         batch, _, height, width = latents.shape
         tokens = pack_latents(latents)
-        ids = image_ids(height, width, 0, latents.device)
+        source_index = None
         if source is not None:
             # paper B.1: source tokens appended after the noisy tokens (Kontext layout)
-            index = 1 if self.positions == "index" else 0
+            source_index = 1 if self.positions == "index" else 0
             tokens = torch.cat([tokens, pack_latents(source)], dim=1)
-            ids = torch.cat([ids, image_ids(height, width, index, latents.device)])
+        ids, txt_ids = position_ids(height, width, source_index, text.tokens.shape[1], latents.device)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=latents.device, dtype=latents.dtype)
@@ -153,7 +167,7 @@ class FluxBackbone(EditBackbone):
             pooled_projections=text.pooled,
             timestep=t.to(latents.dtype),  # FLUX multiplies t in [0, 1] by 1000 inside
             img_ids=ids,
-            txt_ids=torch.zeros(text.tokens.shape[1], 3, device=latents.device),
+            txt_ids=txt_ids,
             guidance=guidance,
             return_dict=False,
         )[0]
