@@ -37,15 +37,18 @@ def object_info(nodes):
         spec = cls.INPUT_TYPES()
         info[name] = {"input": {k: {n: list(v) for n, v in spec.get(k, {}).items()} for k in ("required", "optional")},
                       "input_order": {k: list(spec.get(k, {})) for k in ("required", "optional")}}
+    uploads = {("LoadImage", "image"): "image_upload", ("LoadVideo", "file"): "video_upload"}
+    optional = {("CreateVideo", "audio")}
     for name, (inputs, _) in STOCK.items():
-        required = {}
+        parts = {"required": {}, "optional": {}}
         for input_name, kind in inputs:
-            if name == "LoadImage" and input_name == "upload":
-                continue  # the upload button is the frontend's, marked on the image input
+            if name in ("LoadImage", "LoadVideo") and input_name == "upload":
+                continue  # the upload button is the frontend's, marked on the file input
             options = {"control_after_generate": True} if input_name == "seed" else {}
-            options |= {"image_upload": True} if (name, input_name) == ("LoadImage", "image") else {}
-            required[input_name] = [["example.png"] if kind == "FILE" else kind, options]
-        info[name] = {"input": {"required": required}, "input_order": {"required": list(required)}}
+            options |= {uploads[name, input_name]: True} if (name, input_name) in uploads else {}
+            part = "optional" if (name, input_name) in optional else "required"
+            parts[part][input_name] = [["example.png"] if kind == "FILE" else kind, options]
+        info[name] = {"input": parts, "input_order": {k: list(v) for k, v in parts.items()}}
     return info
 
 
@@ -115,3 +118,13 @@ def test_without_comfyui_the_smoke_script_skips_with_a_message():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "comfy_smoke.py")], capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.returncode == 0 and "SKIPPED: no ComfyUI checkout given" in result.stdout
+
+
+def test_video_workflows_take_stock_video_nodes_with_the_frame_rate_linked(smoke, object_info):
+    for name in ("byg_toy_wan_video_train_and_edit.json", "byg_wan22_video_train_and_edit.json"):
+        by_type = {v["class_type"]: (k, v["inputs"]) for k, v in convert(smoke, object_info, name).items()}
+        components, _ = by_type["GetVideoComponents"]
+        assert set(by_type["LoadVideo"][1]) == {"file"}  # the upload button's saved value is skipped
+        assert by_type["CreateVideo"][1]["fps"] == [components, 2]  # the source's frame rate, not the widget's
+        assert by_type["SaveVideo"][1]["video"] == [by_type["CreateVideo"][0], 0]
+        assert by_type["BYGVideoEdit"][1]["frames"][0] in (components, by_type.get("ImageFromBatch", ("",))[0])
