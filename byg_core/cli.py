@@ -3,9 +3,9 @@
     byg demo --out DIR                 train a LoRA on the toy shapes world and show what it learnt
     byg train CONFIG.toml              train a LoRA from a TOML config (see examples/toy.toml)
     byg edit --lora F --image I ...    edit an image or a video with a trained LoRA
-    byg bench --out DIR                measure ByG against baselines on the toy world
+    byg bench --out DIR                measure ByG against baselines on the toy world (clean-edit rate first)
     byg toy dataset --out DIR          write toy edit tuples as a dataset folder
-    byg toy pretrain                   re-make the shipped toy base model
+    byg toy pretrain                   re-make the shipped toy base model (--base-size: a larger one)
 
 Several GPUs: ``accelerate launch -m byg_core.cli train CONFIG.toml``.
 """
@@ -207,20 +207,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
                   args.width, args.frames, args.cache_k)
         return 0
-    from .toy.bench import run_bench
+    from .toy.bench import SMOKE_SETTINGS, run_bench
+    from .toy.model import base_weights
 
-    run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed)
+    _check_device(args.device)
+    base = Path(args.base or base_weights(args.base_size))
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
+    methods = args.methods.split(",") if args.methods else None
+    run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
+              base=base, methods=methods,
+              settings=SMOKE_SETTINGS if args.smoke else None)
     return 0
 
 
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
-    from .toy.model import DEFAULT_TOY_WEIGHTS, PRETRAIN_STEPS, pretrain
+    from .toy.model import PRETRAIN_STEPS, base_weights, pretrain
 
-    out = Path(args.out or DEFAULT_TOY_WEIGHTS)
+    _check_device(args.device)
+    out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
-    report = pretrain(steps=steps, seed=args.seed, out_path=out, progress=Progress(steps, "pretrain", 50))
+    report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, out_path=out, size=args.base_size,
+                      device=args.device, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}, but torch sees no GPU here; use --device cpu")
+
+
+def _add_base_size(parser: argparse.ArgumentParser, help: str) -> None:
+    from .toy.model import BASE_SIZES
+
+    sizes = ", ".join(f"{name} {width} wide x {blocks} + {blocks} blocks" for name, (width, blocks) in BASE_SIZES.items())
+    parser.add_argument("--base-size", choices=list(BASE_SIZES), default="small", help=f"{help} ({sizes})")
 
 
 def cmd_toy_dataset(args: argparse.Namespace) -> int:
@@ -280,11 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rank", type=int, default=16, help="speed: LoRA rank")
     bench.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="speed: FLUX weight storage")
     bench.add_argument("--repeats", type=int, default=3, help="speed: timed steps per method, interleaved")
-    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="cuda or cpu (default: cuda when there is one)")
     bench.add_argument("--suite", choices=["main", "ablations"], default="main")
     bench.add_argument("--steps", type=int, default=None,
                        help="training steps per method, ByG's identity warm-up included (default: the bench's own)")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")
+    _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
+    bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
+    bench.add_argument("--methods", default=None,
+                       help="comma-separated methods of the suite to run (default: all), e.g. identity,byg")
+    bench.add_argument("--smoke", action="store_true",
+                       help="tiny settings: every code path in seconds, figures meaningless (for scripts' tests)")
     bench.set_defaults(run=cmd_bench)
 
     toy = sub.add_parser("toy", help="toy-world utilities")
@@ -293,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--steps", type=int, default=None,
                           help="default: the shipped base's step count (about 33 min on one core)")
     pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--out", default=None, help="default: the shipped byg_core/toy/assets file")
+    pretrain.add_argument("--batch-size", type=int, default=32)
+    _add_base_size(pretrain, "the architecture")
+    pretrain.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                          help="cuda or cpu (default: cuda when there is one)")
+    pretrain.add_argument("--out", default=None,
+                          help="default: the size's file in byg_core/toy/assets (small: the shipped base)")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

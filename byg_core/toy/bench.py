@@ -6,6 +6,11 @@ truth (``metrics.evaluate_edit``): ByG; a supervised editor trained with Eq. 1 o
 frozen base (zero-shot); and doing nothing (identity). ``suite="ablations"`` adds the
 rows of the paper's Table 4. Colour combinations in ``UNSEEN_COMBOS`` never appear in
 training tuples and are reported separately.
+
+The held-out set is balanced (``world.held_out_tuples``: as many tuples of each edit family
+on seen and on unseen colour pairs), fixed whatever the training seed, and edited with
+several noise seeds. The headline is the clean-edit rate; every rate carries its 95% Wilson
+interval over the held-out tuples (the schema is in docs/toy_bench.md).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,11 +33,12 @@ from ..objective import ObjectiveConfig
 from ..plots import image_grid, loss_curve, save_png
 from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
-from .metrics import aggregate, evaluate_edit
-from .model import build_toy_backbone
-from .world import UNSEEN_COMBOS, EditTuple, render_batch, sample_tuples
+from .metrics import RATE_KEYS, aggregate_seeds, evaluate_edit
+from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone
+from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tuples
 
-METRIC_KEYS = ("edit_success", "preservation", "pixel_error")
+METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
+BASELINES = ("identity", "sdedit", "flowedit")
 ABLATIONS = {  # paper Table 4: row name -> the switch it turns off
     "no_gradient_routing": "gradient_routing",
     "no_cycle": "cycle",
@@ -63,8 +69,10 @@ class ToySettings:
     lambda_id: float = 3.0
     edit_steps: int = 20
     n_train: int = 1024
-    n_eval: int = 96  # per split (seen, unseen)
-    seed: int = 0
+    n_eval: int = 96  # held-out tuples per split (seen, unseen colour pairs), as many of each edit family
+    seed: int = 0  # training: tuples, LoRA init, batches
+    eval_seed: int = 0  # the held-out tuples: the same set whatever the training seed
+    noise_seeds: tuple[int, ...] = (0, 1, 2)  # every held-out tuple is edited from each seed's noise
 
     def train_config(self, out: Path, **overrides) -> TrainConfig:
         values = dict(
@@ -84,28 +92,31 @@ class ToySettings:
 class MethodResult:
     metrics: dict
     seconds: float
-    edited: torch.Tensor = field(repr=False)  # (N, 3, H, W) pixels of the eval tuples
+    edited: torch.Tensor = field(repr=False)  # (seeds, N, 3, H, W) pixels of the eval tuples
     history: list = field(default_factory=list, repr=False)
 
 
 def cached_tuples(backbone: FluxBackbone, tuples: list[EditTuple]) -> CachedEdits:
-    """Tuples in model space; the true targets ``y`` ride along for the supervised reference only."""
+    """Tuples in model space, kept on the CPU as ``data.cache`` keeps a dataset's; the true targets ``y`` ride
+    along for the supervised reference only."""
     records = [EditRecord(Path(f"toy/{i}"), **t.record()) for i, t in enumerate(tuples)]
-    x = backbone.encode_pixels(render_batch([t.source for t in tuples]))
-    y = backbone.encode_pixels(render_batch([t.target for t in tuples]))
+    x = backbone.encode_pixels(render_batch([t.source for t in tuples])).cpu()
+    y = backbone.encode_pixels(render_batch([t.target for t in tuples])).cpu()
     return CachedEdits(x=x, records=records, y=y)
 
 
 def eval_split(n: int, seed: int) -> list[EditTuple]:
-    """Held-out tuples: n of seen colour combinations and n touching UNSEEN_COMBOS."""
-    seen = sample_tuples(n, seed + 10_000)
-    unseen = sample_tuples(n, seed + 20_000, exclude_combos=(), require_combos=UNSEEN_COMBOS)
-    return seen + unseen
+    """Held-out tuples: n of seen colour combinations and n touching UNSEEN_COMBOS, balanced over families."""
+    if n % len(FAMILIES):
+        raise ValueError(f"n_eval={n} must be a multiple of {len(FAMILIES)}: as many tuples of each edit family")
+    return held_out_tuples(n // len(FAMILIES), seed)
 
 
 def score(tuples: list[EditTuple], edited: torch.Tensor) -> dict:
+    """``metrics.aggregate_seeds`` of pixels (seeds, N, 3, H, W), or of one seed's (N, 3, H, W)."""
     sources = render_batch([t.source for t in tuples])
-    return aggregate(evaluate_edit(s, e, t) for s, e, t in zip(sources, edited, tuples))
+    by_seed = edited if edited.ndim == 5 else edited[None]
+    return aggregate_seeds([[evaluate_edit(s, e, t) for s, e, t in zip(sources, seed, tuples)] for seed in by_seed])
 
 
 def _chunks(n: int, size: int = 64):
@@ -120,35 +131,76 @@ def edit_with(backbone: FluxBackbone, data: CachedEdits, method: Callable) -> to
     return torch.cat(out)
 
 
+def edit_seeds(backbone: FluxBackbone, data: CachedEdits, method: Callable, seeds) -> torch.Tensor:
+    """Pixels (seeds, N, 3, H, W): ``method(batch, seed) -> latents`` over the data, once per noise seed."""
+    return torch.stack([edit_with(backbone, data, lambda b: method(b, seed)) for seed in seeds])
+
+
 def edit_held_out(backbone: FluxBackbone, adapters: Adapters, data: CachedEdits, settings: ToySettings,
                   role: str = EMA) -> torch.Tensor:
-    """A trained editor's pixels for ``data``: ``settings.edit_steps`` steps from noise seeded by ``settings.seed``."""
-    return edit_with(backbone, data, lambda b: edit(
-        backbone, adapters, b.x, b.c, steps=settings.edit_steps, seed=settings.seed, role=role).latents)
+    """An editor's pixels (seeds, N, 3, H, W) for ``data``: ``settings.edit_steps`` steps from each noise seed."""
+    return edit_seeds(backbone, data, lambda b, seed: edit(
+        backbone, adapters, b.x, b.c, steps=settings.edit_steps, seed=seed, role=role).latents, settings.noise_seeds)
+
+
+def _accelerator(device: torch.device, cfg: TrainConfig):
+    """The Trainer takes the GPU when there is one; a run asked to stay on the CPU passes it this (accelerate
+    allows one choice per process: a process that trained on the GPU already cannot switch)."""
+    if device.type == "cpu" and torch.cuda.is_available():
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision=cfg.mixed_precision, cpu=True)
+    return None
 
 
 def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: ToySettings, progress=None):
-    trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress))
+    accelerator = _accelerator(backbone.device, cfg)
+    trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress), accelerator=accelerator)
     history = trainer.run().history
     edited = edit_held_out(backbone, trainer.adapters, eval_data, settings, EMA if cfg.use_ema else STUDENT)
     return trainer, edited, history
 
 
+def default_device() -> str:
+    """Where the Trainer would train by itself: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base(base: str | Path | None = None, device: str | None = None) -> FluxBackbone:
+    """The toy base from ``base`` (default: the shipped file), its transformer on ``device``."""
+    backbone = build_toy_backbone(base or DEFAULT_TOY_WEIGHTS)
+    backbone.transformer.to(device or default_device())
+    return backbone
+
+
+def suite_methods(settings: ToySettings, suite: str, names: Sequence[str] | None = None) -> list[str]:
+    """The methods ``suite`` runs, in order; ``names`` picks some of them (a GPU script runs them in parallel)."""
+    methods = [*BASELINES, *_trained_methods(settings, suite)]
+    unknown = sorted(set(names or ()) - set(methods))
+    if unknown:
+        raise ValueError(f"--methods {', '.join(unknown)}: not in the {suite!r} suite ({', '.join(methods)})")
+    return [m for m in methods if names is None or m in names]
+
+
 def run_methods(
-    out: Path, settings: ToySettings, suite: str, log: Callable[[str], None]
+    out: Path, settings: ToySettings, suite: str, log: Callable[[str], None],
+    backbone: FluxBackbone | None = None, names: Sequence[str] | None = None,
 ) -> tuple[dict[str, MethodResult], list[EditTuple]]:
-    """Every method of ``suite`` on the held-out tuples; the results and those tuples."""
-    backbone = build_toy_backbone()
+    """The methods of ``suite`` (or those ``names`` picks) on the held-out tuples; the results and those tuples."""
+    backbone = backbone or load_base()
+    chosen = suite_methods(settings, suite, names)
     train_tuples = sample_tuples(settings.n_train, settings.seed)
-    eval_tuples = eval_split(settings.n_eval, settings.seed)
+    eval_tuples = eval_split(settings.n_eval, settings.eval_seed)
     train_data, eval_data = cached_tuples(backbone, train_tuples), cached_tuples(backbone, eval_tuples)
     results: dict[str, MethodResult] = {}
 
     def timed(name: str, fn: Callable[[], tuple[torch.Tensor, list]]) -> None:
+        if name not in chosen:
+            return
         start = time.perf_counter()
         edited, history = fn()
         results[name] = MethodResult(score(eval_tuples, edited), time.perf_counter() - start, edited, history)
-        log(f"{name}: {_summary(results[name].metrics)} ({results[name].seconds:.0f} s)")
+        log(f"{name}: {headline(results[name].metrics)} ({results[name].seconds:.0f} s)")
         write_report(out, results, settings, eval_tuples, {"suite": suite, "complete": False})
 
     def trained(**overrides):
@@ -158,12 +210,13 @@ def run_methods(
             return edited, history
         return fn
 
-    base = Adapters(backbone, _spec(backbone, settings))
-    timed("identity", lambda: (render_batch([t.source for t in eval_tuples]), []))
-    timed("sdedit", lambda: (edit_with(backbone, eval_data, lambda b: sdedit(
-        backbone, base, b.x, b.p_tgt, strength=0.6, steps=settings.edit_steps, seed=settings.seed)), []))
-    timed("flowedit", lambda: (edit_with(backbone, eval_data, lambda b: flowedit(
-        backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=settings.seed)), []))
+    base, seeds = Adapters(backbone, _spec(backbone, settings)), settings.noise_seeds
+    sources = render_batch([t.source for t in eval_tuples])
+    timed("identity", lambda: (sources.expand(len(seeds), *sources.shape), []))  # the same output for every seed
+    timed("sdedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: sdedit(
+        backbone, base, b.x, b.p_tgt, strength=0.6, steps=settings.edit_steps, seed=seed), seeds), []))
+    timed("flowedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: flowedit(
+        backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=seed), seeds), []))
     for name, overrides in _trained_methods(settings, suite).items():
         timed(name, trained(**overrides))
     return results, eval_tuples
@@ -182,19 +235,55 @@ def _trained_methods(settings: ToySettings, suite: str) -> dict[str, dict]:
     return methods
 
 
-def _summary(metrics: dict) -> str:
-    return " ".join(f"{k}={metrics['all'][k]:.3f}" for k in METRIC_KEYS)
+def _rate(part: dict, key: str) -> str:
+    """'0.123 [0.100, 0.150]': a rate and its 95% interval."""
+    low, high = part[f"{key}_ci"]
+    return f"{part[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
+
+
+def headline(metrics: dict) -> str:
+    """The clean-edit rate first, then the lenient criteria, each with its 95% interval."""
+    m = metrics["all"]
+    return (f"clean edit {_rate(m, 'clean_edit')}, edit success {_rate(m, 'edit_success')}, "
+            f"preservation {_rate(m, 'preservation')}, pixel error {m['pixel_error']:.3f} ({m['n']} held-out "
+            f"tuples x {m['n_seeds']} noise seeds; clean edit by seed {_spread(m['clean_edit_by_seed'])})")
+
+
+def _rates(part: dict) -> str:
+    return " / ".join(f"{part[k]:.2f}" for k in RATE_KEYS)
 
 
 def markdown_table(results: dict[str, MethodResult]) -> str:
-    head = "| method | edit success | preservation | pixel error | seen: success / pres. | unseen: success / pres. | time (s) |"
-    lines = [head, "|" + "---|" * 7]
+    head = ("| method | clean edit [95% CI] | edit success [95% CI] | preservation [95% CI] | pixel error | "
+            "seen: clean / success / pres. | unseen: clean / success / pres. | time (s) |")
+    lines = [head, "|" + "---|" * 8]
     for name, r in results.items():
         m, split = r.metrics["all"], r.metrics["by_split"]
-        cells = [f"{split[s]['edit_success']:.2f} / {split[s]['preservation']:.2f}" if s in split else "-"
-                 for s in ("seen", "unseen")]
-        lines.append(f"| {name} | {m['edit_success']:.3f} | {m['preservation']:.3f} | {m['pixel_error']:.3f} | "
-                     f"{cells[0]} | {cells[1]} | {r.seconds:.0f} |")
+        cells = [_rates(split[s]) if s in split else "-" for s in ("seen", "unseen")]
+        lines.append(f"| {name} | {_rate(m, 'clean_edit')} | {_rate(m, 'edit_success')} | {_rate(m, 'preservation')} | "
+                     f"{m['pixel_error']:.3f} | {cells[0]} | {cells[1]} | {r.seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def family_table(results: dict[str, MethodResult]) -> str:
+    """Clean edit / edit success / preservation of each edit family."""
+    lines = ["| method | " + " | ".join(FAMILIES) + " |", "|" + "---|" * (len(FAMILIES) + 1)]
+    for name, r in results.items():
+        by_family = r.metrics["by_family"]
+        lines.append(f"| {name} | " + " | ".join(_rates(by_family[f]) if f in by_family else "-" for f in FAMILIES) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(results: dict[str, MethodResult]) -> str:
+    """Each rate under each noise seed alone: the spread the sampling noise makes."""
+    lines = ["| method | " + " | ".join(f"{k} by noise seed" for k in RATE_KEYS) + " |", "|" + "---|" * 4]
+    for name, r in results.items():
+        m = r.metrics["all"]
+        lines.append(f"| {name} | " + " | ".join(" / ".join(f"{v:.3f}" for v in m[f"{k}_by_seed"]) for k in RATE_KEYS) + " |")
     return "\n".join(lines)
 
 
@@ -214,32 +303,48 @@ def criteria_table(results: dict[str, MethodResult]) -> str:
 
 
 def report_markdown(results: dict[str, MethodResult]) -> str:
-    """results.md: the metrics table, then which preservation criterion each method fails."""
-    return (markdown_table(results) + "\n\nPreservation criteria (share of edits keeping each):\n\n"
-            + criteria_table(results) + "\n")
+    """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria."""
+    return (markdown_table(results)
+            + "\n\nBy edit family (clean edit / edit success / preservation):\n\n" + family_table(results)
+            + "\n\nBy noise seed:\n\n" + seeds_table(results)
+            + "\n\nPreservation criteria (share of edits keeping each):\n\n" + criteria_table(results) + "\n")
+
+
+def method_report(metrics: dict) -> dict:
+    """One method's figures for results.json / metrics.json (schema: docs/toy_bench.md)."""
+    overall = {k: v for k, v in metrics["all"].items() if not k.startswith("kept_")}
+    return {**overall, "preservation_criteria": preservation_criteria(metrics),
+            "by_family": metrics["by_family"], "by_split": metrics["by_split"]}
+
+
+def held_out_info(settings: ToySettings, tuples: list[EditTuple]) -> dict:
+    return {"tuples": len(tuples), "per_family_and_split": len(tuples) // (2 * len(FAMILIES)),
+            "eval_seed": settings.eval_seed, "noise_seeds": list(settings.noise_seeds),
+            "interval": "95% Wilson over the held-out tuples, each tuple's noise seeds averaged first"}
 
 
 def write_report(out: Path, results: dict[str, MethodResult], settings: ToySettings, tuples, extra: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    methods = {}
-    for name, r in results.items():
-        methods[name] = {**{k: r.metrics["all"][k] for k in METRIC_KEYS},
-                         "preservation_criteria": preservation_criteria(r.metrics),
-                         "by_family": r.metrics["by_family"], "by_split": r.metrics["by_split"], "seconds": r.seconds}
-    report = {"methods": methods, "settings": dataclasses.asdict(settings), **extra}
+    methods = {name: method_report(r.metrics) | {"seconds": r.seconds} for name, r in results.items()}
+    report = {"methods": methods, "held_out": held_out_info(settings, tuples),
+              "settings": dataclasses.asdict(settings), **extra}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(report_markdown(results))
     picks = list(range(0, len(tuples), max(1, len(tuples) // 8)))[:8]
     truth = render_batch([tuples[i].target for i in picks])
     sources = render_batch([tuples[i].source for i in picks])
-    rows = [[sources[j]] + [r.edited[i] for r in results.values()] + [truth[j]] for j, i in enumerate(picks)]
+    rows = [[sources[j]] + [r.edited[0][i] for r in results.values()] + [truth[j]] for j, i in enumerate(picks)]
     save_png(image_grid(rows, ["source", *results, "truth"]), out / "grid.png")
 
 
 # Batch 32, not the paper's 8: the paper trains 30k steps at batch 8, the bench 1200, so each step carries 4x
 # the samples. At batch 8 the supervised reference preserved 0.30 after 1200 steps (rank 64: 0.30, logit-normal
 # t: 0.23); at batch 32 0.49 (48 + 48 held-out tuples): the toy editors are limited by the samples they see.
-BENCH_SETTINGS = ToySettings(batch_size=32)
+# 288 held-out tuples per split, 96 per family and split: a rate near 0.5 is known within +-0.041 (576 tuples).
+BENCH_SETTINGS = ToySettings(batch_size=32, n_eval=288)
+# Every code path in seconds (`byg bench --smoke`, the GPU script's --tiny); its figures mean nothing.
+SMOKE_SETTINGS = ToySettings(steps=2, batch_size=4, n_train=16, n_eval=3, edit_steps=2, warmup_identity_steps=1,
+                             rollout_steps=2, noise_seeds=(0, 1))
 
 
 def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettings:
@@ -249,19 +354,42 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
     return dataclasses.replace(settings, steps=steps, warmup_identity_steps=warmup, seed=seed)
 
 
-def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0) -> dict:
-    """``byg bench``: every method on the same held-out tuples; writes results.json/.md and grid.png."""
-    settings = with_steps(BENCH_SETTINGS, steps, seed)
+def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
+              base: str | Path | None = None, methods: Sequence[str] | None = None,
+              settings: ToySettings | None = None) -> dict:
+    """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
+
+    ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
+    say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS.
+    """
+    settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     start = time.perf_counter()
-    results, tuples = run_methods(out, settings, suite, print)
-    write_report(out, results, settings, tuples,
-                 {"suite": suite, "complete": True, "total_seconds": time.perf_counter() - start})
+    backbone = load_base(base, device)
+    results, tuples = run_methods(out, settings, suite, print, backbone, methods)
+    write_report(out, results, settings, tuples, {
+        "suite": suite, "complete": True, "total_seconds": time.perf_counter() - start,
+        "base": str(base or DEFAULT_TOY_WEIGHTS), "device": str(backbone.device)})
     print(report_markdown(results), end="")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")
     return json.loads((out / "results.json").read_text())
 
 
-DEMO_SETTINGS = ToySettings(steps=750, warmup_identity_steps=300, n_eval=32)  # 300 cheap identity steps, 450 ByG
+# 300 cheap identity steps, 450 ByG steps; 216 held-out tuples per split (72 per family and split, 432 in all):
+# a rate near 0.5 is known within +-0.047, the edits of 3 noise seeds take about a minute on 2 cores
+DEMO_SETTINGS = ToySettings(steps=750, warmup_identity_steps=300, n_eval=216)
+
+
+def demo_text(settings: ToySettings, metrics: dict, untrained: dict) -> str:
+    """The demo's printout: each rate with its interval and spread over noise seeds, then by family."""
+    m, u = metrics["all"], untrained["all"]
+    lines = [f"ByG after {settings.steps} steps ({settings.warmup_identity_steps} identity warm-up), {m['n']} held-out "
+             f"tuples ({m['n'] // (2 * len(FAMILIES))} per edit family x seen/unseen colour pairs) x {m['n_seeds']} "
+             "noise seeds; rate [95% Wilson interval] (by noise seed), untrained editor for reference:"]
+    for key in RATE_KEYS:
+        lines.append(f"  {key:<13} {_rate(m, key)} ({_spread(m[f'{key}_by_seed'])})   untrained {_rate(u, key)}")
+    lines.append("  by family (clean edit / edit success / preservation): " + ", ".join(
+        f"{name} {_rates(part)}" for name, part in metrics["by_family"].items()))
+    return "\n".join(lines)
 
 
 def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
@@ -270,13 +398,12 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
 
     settings = with_steps(DEMO_SETTINGS, steps, seed)
     start = time.perf_counter()
-    backbone = build_toy_backbone()
+    backbone = load_base()
     train_data = cached_tuples(backbone, sample_tuples(settings.n_train, settings.seed))
-    tuples = eval_split(settings.n_eval, settings.seed)
+    tuples = eval_split(settings.n_eval, settings.eval_seed)
     eval_data = cached_tuples(backbone, tuples)
     cfg = settings.train_config(out / "run")
-    untrained = score(tuples, edit_with(backbone, eval_data, lambda b: edit(
-        backbone, Adapters(backbone, _spec(backbone, settings)), b.x, b.c, steps=settings.edit_steps).latents))
+    untrained = score(tuples, edit_held_out(backbone, Adapters(backbone, _spec(backbone, settings)), eval_data, settings))
     trainer, edited, history = train_and_edit(
         backbone, train_data, eval_data, cfg, settings, Progress(settings.steps, "byg demo", every=10))
     metrics = score(tuples, edited)
@@ -284,18 +411,17 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
     lora = save_lora(out / "byg_toy_lora.safetensors", backbone, trainer.adapters, config=cfg.to_dict())
     write_history(history, out / "losses.jsonl")
     save_png(loss_curve(history), out / "loss.png")
-    sources = render_batch([t.source for t in tuples[:8]])
-    truth = render_batch([t.target for t in tuples[:8]])
-    save_png(image_grid([[s, e, t] for s, e, t in zip(sources, edited[:8], truth)],
+    picks = list(range(0, len(tuples), max(1, len(tuples) // 8)))[:8]  # every family and split
+    sources = render_batch([tuples[i].source for i in picks])
+    truth = render_batch([tuples[i].target for i in picks])
+    save_png(image_grid([[s, edited[0][i], t] for s, i, t in zip(sources, picks, truth)],
                         ["source", "ByG edit", "truth"]), out / "grid.png")
     report = {
-        "byg": {k: metrics["all"][k] for k in METRIC_KEYS} | {"by_family": metrics["by_family"],
-                                                               "by_split": metrics["by_split"]},
-        "untrained": {k: untrained["all"][k] for k in METRIC_KEYS},
+        "byg": method_report(metrics), "untrained": method_report(untrained), "held_out": held_out_info(settings, tuples),
         "steps": settings.steps, "seconds": time.perf_counter() - start, "lora": [str(p) for p in lora],
-        "instructions": [t.instruction for t in tuples[:8]],
+        "instructions": [tuples[i].instruction for i in picks],
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    print(f"ByG after {settings.steps} steps: {_summary(metrics)}; untrained: {_summary(untrained)}")
+    print(demo_text(settings, metrics, untrained))
     print(f"wrote {out}/byg_toy_lora.safetensors, grid.png, loss.png, metrics.json in {report['seconds']:.0f} s")
     return report

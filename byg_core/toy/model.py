@@ -63,6 +63,10 @@ TOY_FLUX_CONFIG: dict = dict(
     # rad per token, enough to tell apart all 8 rows and columns (6 dims would give 3).
     axes_dims_rope=[4, 14, 14],
 )
+# Base sizes: (inner width, blocks of each kind). "small" is TOY_FLUX_CONFIG, the shipped base (466k parameters);
+# the larger ones keep 32-wide heads (so the RoPE axes above still fit) and are for a GPU (docs/toy_bench.md):
+# "medium" 128 wide, 3 + 3 blocks (2.6M parameters); "large" 256 wide, 4 + 4 blocks (13.8M).
+BASE_SIZES: dict[str, tuple[int, int]] = {"small": (64, 2), "medium": (128, 3), "large": (256, 4)}
 TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
 # The shipped base: 7000 steps at batch 32 (about 33 min on one CPU core). 900 steps drew shape
 # kinds at chance (0.37) and left editors trained on it unable to copy the source (supervised
@@ -70,6 +74,21 @@ TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
 PRETRAIN_STEPS = 7000
 
 Progress = Callable[[int, dict], None]
+
+
+def toy_flux_config(size: str = "small") -> dict:
+    """The transformer config of the base size ``size`` (BASE_SIZES); "small" is TOY_FLUX_CONFIG."""
+    if size not in BASE_SIZES:
+        raise ValueError(f"base size {size!r} is not one of {', '.join(BASE_SIZES)}")
+    width, blocks = BASE_SIZES[size]
+    heads = width // TOY_FLUX_CONFIG["attention_head_dim"]
+    return TOY_FLUX_CONFIG | dict(num_attention_heads=heads, num_layers=blocks, num_single_layers=blocks)
+
+
+def base_weights(size: str = "small") -> Path:
+    """Where the base of ``size`` lives by default: the shipped file for "small", toy_base_<size> beside it."""
+    toy_flux_config(size)  # refuses an unknown size
+    return DEFAULT_TOY_WEIGHTS if size == "small" else DEFAULT_TOY_WEIGHTS.with_name(f"toy_base_{size}.safetensors")
 
 
 def _build(config: dict, text_config: dict, positions: str, seed: int) -> FluxBackbone:
@@ -144,17 +163,21 @@ def pretrain(
     out_path: str | os.PathLike = DEFAULT_TOY_WEIGHTS,
     progress: Progress | None = None,
     timesteps: str = "logit_normal",
+    size: str = "small",
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
     Every step draws fresh scenes of the whole world (all colour pairs) with one seeded
     generator, noises them at t from ``TIMESTEP_SAMPLERS[timesteps]`` (logit-normal by default: at
     7000 steps it drew shape kinds right 0.59 of the time, uniform t 0.48) and regresses ``eps - x``
-    with AdamW. Bitwise reproducible for the same torch build and thread count.
+    with AdamW. Bitwise reproducible for the same torch build and thread count. ``size`` picks the
+    architecture (BASE_SIZES); ``device`` where it trains: the scenes, noise and timesteps are drawn on
+    the CPU, so a seed draws the same batches on every device.
     """
     start = time.perf_counter()
-    backbone = _build(TOY_FLUX_CONFIG, TOY_TEXT_CONFIG, "index", seed)
-    transformer = backbone.transformer.train()
+    backbone = _build(toy_flux_config(size), TOY_TEXT_CONFIG, "index", seed)
+    transformer = backbone.transformer.to(device).train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     scenes_rng = random.Random(seed)
@@ -166,10 +189,10 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
         scenes = [random_scene(scenes_rng) for _ in range(batch_size)]
-        x = backbone.codec.encode(render_batch(scenes, TOY_RESOLUTION))
+        x = backbone.codec.encode(render_batch(scenes, TOY_RESOLUTION)).to(device)
         text = backbone.encode_text([caption(s) for s in scenes])
-        eps = torch.randn(x.shape, generator=generator)
-        t = sample_t(batch_size, generator)
+        eps = torch.randn(x.shape, generator=generator).to(device)
+        t = sample_t(batch_size, generator).to(device)
         loss = supervised_edit_loss(backbone.velocity(noise(x, eps, t), t, text), x, eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,7 +204,7 @@ def pretrain(
             progress(step + 1, {"loss": value, "loss_avg": smoothed})
     transformer.eval().requires_grad_(False)
     info = dict(
-        steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps,
+        steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from byg_core.adapters import STUDENT, Adapters
 from byg_core.data import CachedEdits
 from byg_core.objective import ObjectiveConfig
@@ -34,37 +36,73 @@ def test_forty_byg_steps_raise_edit_success_above_the_untrained_editor(tmp_path)
     assert trained > untrained + 0.3, (untrained, trained)
 
 
-def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch):
+RATES = ("clean_edit", "edit_success", "preservation")
+
+
+def assert_rates_with_intervals(figures: dict, n: int, seeds: int) -> None:
+    """Every rate carries its 95% interval over the n held-out tuples and its value under each noise seed."""
+    for key in RATES:
+        low, high = figures[f"{key}_ci"]
+        assert low <= figures[key] <= high and high - low > 0, key
+        assert len(figures[f"{key}_by_seed"]) == seeds, key
+    assert (figures["n"], figures["n_seeds"]) == (n, seeds)
+
+
+def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch, capsys):
     import byg_core.toy.bench as bench
 
-    monkeypatch.setattr(bench, "DEMO_SETTINGS", ToySettings(steps=2, n_train=16, n_eval=4, edit_steps=2,
-                                                            warmup_identity_steps=1, rollout_steps=2))
+    monkeypatch.setattr(bench, "DEMO_SETTINGS", bench.SMOKE_SETTINGS)
     report = run_demo(Path(tmp_path), steps=2)
     for name in ("byg_toy_lora.safetensors", "grid.png", "loss.png", "metrics.json", "losses.jsonl"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(saved["byg"]) >= {"edit_success", "preservation", "pixel_error", "by_family", "by_split"}
+    assert set(saved["byg"]) >= {*RATES, "pixel_error", "by_family", "by_split", "preservation_criteria"}
+    for figures in (saved["byg"], saved["untrained"]):
+        assert_rates_with_intervals(figures, n=6, seeds=2)
+    assert saved["held_out"]["tuples"] == 6 and saved["held_out"]["per_family_and_split"] == 1
     assert saved["steps"] == report["steps"] == 2
+    printed = capsys.readouterr().out
+    assert "clean_edit" in printed.splitlines()[1] and "untrained" in printed  # the headline comes first
 
 
 def test_the_ablation_bench_runs_every_method_and_reports_them(tmp_path, monkeypatch):
     import byg_core.toy.bench as bench
 
-    monkeypatch.setattr(bench, "BENCH_SETTINGS", ToySettings(steps=2, n_train=16, n_eval=2, edit_steps=2,
-                                                             warmup_identity_steps=1, rollout_steps=2))
+    monkeypatch.setattr(bench, "BENCH_SETTINGS", bench.SMOKE_SETTINGS)
     report = bench.run_bench(Path(tmp_path), suite="ablations")
     expected = {"byg", "supervised", "sdedit", "flowedit", "identity", *bench.ABLATIONS}
     assert set(report["methods"]) == expected and report["complete"]
     for metrics in report["methods"].values():
-        assert set(metrics) >= {"edit_success", "preservation", "pixel_error", "by_family", "by_split"}
-    assert report["methods"]["identity"]["edit_success"] == 0.0
+        assert set(metrics) >= {*RATES, "pixel_error", "by_family", "by_split"}
+        assert_rates_with_intervals(metrics, n=6, seeds=2)
+        for part in (*metrics["by_family"].values(), *metrics["by_split"].values()):
+            assert all(f"{key}_ci" in part for key in RATES)
+    identity = report["methods"]["identity"]
+    assert identity["edit_success"] == identity["clean_edit"] == 0.0
     for metrics in report["methods"].values():  # preservation is the AND of its criteria
         criteria = metrics["preservation_criteria"]
         assert {"mask_iou", "centroid"} <= set(criteria) <= {"mask_iou", "centroid", "shape", "shape_color", "bg_color"}
         assert metrics["preservation"] <= min(criteria.values())
-    tables = (tmp_path / "results.md").read_text().split("Preservation criteria")
-    assert [t.count("\n| ") for t in tables] == [len(expected), len(expected) + 1]  # a row per method (+ a header)
+    tables = (tmp_path / "results.md").read_text().split("\n\n")[::2]  # the tables, between their titles
+    assert len(tables) == 4 and tables[0].startswith("| method | clean edit [95% CI] |")
+    for table in tables:  # a header, a rule and a row per method
+        assert len(table.strip().splitlines()) == len(expected) + 2
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_the_bench_runs_the_methods_asked_for_on_a_held_out_set_fixed_across_training_seeds(tmp_path):
+    import byg_core.toy.bench as bench
+
+    reports = [bench.run_bench(tmp_path / str(seed), methods=["identity", "byg"], seed=seed,
+                               settings=bench.SMOKE_SETTINGS) for seed in (0, 1)]
+    assert [set(r["methods"]) for r in reports] == [{"identity", "byg"}] * 2
+    # the same held-out tuples whatever the training seed: doing nothing measures the same
+    assert reports[0]["methods"]["identity"] == {**reports[1]["methods"]["identity"],
+                                                 "seconds": reports[0]["methods"]["identity"]["seconds"]}
+    with pytest.raises(ValueError, match="no_cycle"):
+        bench.suite_methods(bench.SMOKE_SETTINGS, "main", ["no_cycle"])
+    with pytest.raises(ValueError, match="multiple of 3"):
+        bench.eval_split(4, 0)
 
 
 def test_a_shorter_run_keeps_half_its_steps_for_byg():

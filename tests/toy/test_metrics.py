@@ -7,12 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from byg_core.toy.metrics import (
+    CLEAN_EDIT_SHARE,
     PRESERVE_IOU,
     aggregate,
+    aggregate_seeds,
     classify_kind,
+    clean_edit,
     evaluate_edit,
     mask_centroid,
     read_scene,
+    right_pixel_share,
+    wilson_interval,
 )
 from byg_core.toy.world import (
     COLORS,
@@ -155,13 +160,13 @@ def test_aggregate_means_overall_per_family_and_per_split():
         {"family": "shape_kind", "unseen": False, "edit_success": 1.0, "pixel_error": 0.2},
     ]
     summary = aggregate(rows)
-    assert summary["all"] == pytest.approx({"edit_success": 2 / 3, "pixel_error": 0.2, "n": 3})
-    assert summary["by_family"]["bg_color"] == pytest.approx(
-        {"edit_success": 0.5, "pixel_error": 0.2, "n": 2}
-    )
-    assert summary["by_split"]["seen"] == pytest.approx(
-        {"edit_success": 1.0, "pixel_error": 0.1, "n": 2}
-    )
+    expected = {"all": (2 / 3, 0.2, 3), "by_family": (0.5, 0.2, 2), "by_split": (1.0, 0.1, 2)}
+    for (part, (success, error, n)), got in zip(
+        expected.items(), (summary["all"], summary["by_family"]["bg_color"], summary["by_split"]["seen"])
+    ):
+        interval = got.pop("edit_success_ci")  # a rate carries its interval; pixel error is no rate
+        assert interval == pytest.approx(list(wilson_interval(success, n))), part
+        assert got == pytest.approx({"edit_success": success, "pixel_error": error, "n": n}), part
     assert summary["by_split"]["unseen"]["n"] == 1
     with pytest.raises(ValueError):
         aggregate([])
@@ -174,7 +179,7 @@ def test_aggregate_means_a_criterion_over_the_rows_that_have_it():
         {"family": "shape_color", "unseen": False, "kept_shape": 0.0, "kept_mask_iou": 1.0},
         {"family": "shape_kind", "unseen": False, "kept_shape_color": 1.0, "kept_mask_iou": 0.0},
     ]
-    summary = aggregate(rows)["all"]
+    summary = aggregate(rows)["all"]  # criteria are diagnostics: no interval
     assert summary == pytest.approx({"kept_shape": 0.5, "kept_mask_iou": 2 / 3, "kept_shape_color": 1.0, "n": 3})
 
 
@@ -185,3 +190,73 @@ def test_aggregate_of_evaluated_rows_reports_unseen_split():
     summary = aggregate(rows)
     assert summary["by_split"]["unseen"]["n"] == 6 and summary["by_split"]["seen"]["n"] == 6
     assert summary["by_split"]["unseen"]["edit_success"] == 1.0
+
+
+def _recolour_part(t, share):
+    """The true edited scene with only the first ``share`` of the shape's pixels (raster order) recoloured."""
+    image, source = render(t.target), render(t.source)
+    pixels = torch.nonzero(shape_mask(t.target, 16))
+    keep = pixels[round(share * len(pixels)):]
+    image[:, keep[:, 0], keep[:, 1]] = source[:, keep[:, 0], keep[:, 1]]
+    return image
+
+
+def test_clean_edit_takes_the_truth_and_refuses_a_57_percent_recolouring():
+    t = make_edit(Scene("square", "red", "blue", 0.5, 0.5, 0.6), "shape_color", "green")
+    truth, partial = render(t.target), _recolour_part(t, 0.57)
+    assert clean_edit(truth, t) == 1.0 and right_pixel_share(truth, truth) == 1.0
+    row = evaluate_edit(render(t.source), partial, t)
+    # the lenient criterion reads the median colour and passes it; the clean edit does not
+    assert (row["edit_success"], row["clean_edit"]) == (1.0, 0.0)
+    assert row["right_pixels"] < CLEAN_EDIT_SHARE
+    assert clean_edit(_recolour_part(t, 0.98), t) == 1.0  # two stray pixels are still a clean edit
+
+
+def test_clean_edit_tolerates_small_colour_errors_but_not_another_colour():
+    t = make_edit(Scene("circle", "white", "black", 0.5, 0.5, 0.6), "bg_color", "cyan")
+    noise = 0.15 * torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert clean_edit(render(t.target) + noise.clamp(-0.25, 0.25), t) == 1.0  # at most 0.43 from the truth
+    assert clean_edit(render(t.target) * 0.4, t) == 0.0  # dimmed: the background reads black, not cyan
+
+
+@pytest.mark.parametrize("family", ["shape_color", "bg_color"])
+def test_the_unedited_source_is_never_a_clean_colour_edit(family):
+    for t in sample_tuples(30, seed=4, families=[family]):
+        assert evaluate_edit(render(t.source), render(t.source), t)["clean_edit"] == 0.0
+        assert evaluate_edit(render(t.source), render(t.target), t)["clean_edit"] == 1.0
+
+
+def test_doing_nothing_on_a_small_shapes_kind_edit_is_no_clean_edit():
+    """A small circle and square differ by fewer pixels than the 5% a clean edit may get wrong."""
+    t = make_edit(Scene("circle", "red", "blue", 0.5, 0.5, 0.4), "shape_kind", "square")
+    source = render(t.source)
+    assert right_pixel_share(source, render(t.target)) >= CLEAN_EDIT_SHARE
+    assert clean_edit(source, t) == 0.0
+
+
+def test_wilson_interval_matches_known_values():
+    assert wilson_interval(0.5, 100) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    assert wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
+    assert wilson_interval(0.2, 50) == pytest.approx((0.11243, 0.33037), abs=1e-5)
+    assert wilson_interval(0.3, 0) == (0.0, 1.0)
+    # +-0.05 needs about 400 samples at a rate of 0.5
+    low, high = wilson_interval(0.5, 384)
+    assert 0.049 < (high - low) / 2 < 0.05
+
+
+def test_aggregate_seeds_averages_each_tuple_over_seeds_and_counts_tuples():
+    def row(family, clean):
+        return {"family": family, "unseen": False, "clean_edit": clean, "edit_success": 1.0, "preservation": 0.0}
+
+    seed_a = [row("bg_color", 1.0), row("bg_color", 0.0), row("shape_kind", 0.0), row("shape_kind", 0.0)]
+    seed_b = [row("bg_color", 1.0), row("bg_color", 1.0), row("shape_kind", 1.0), row("shape_kind", 0.0)]
+    summary = aggregate_seeds([seed_a, seed_b])
+    overall = summary["all"]
+    assert overall["clean_edit"] == pytest.approx(0.5)
+    assert overall["clean_edit_by_seed"] == pytest.approx([0.25, 0.75])
+    assert (overall["n"], overall["n_seeds"]) == (4, 2)  # the interval counts tuples, not outputs
+    assert overall["clean_edit_ci"] == pytest.approx(list(wilson_interval(0.5, 4)))
+    assert summary["by_family"]["bg_color"]["clean_edit"] == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        aggregate_seeds([])

@@ -116,3 +116,19 @@ def test_pretrain_reports_progress_and_writes_atomically(tmp_path, monkeypatch):
     assert out.read_bytes() == b"previous"  # a failed save leaves the old file
     assert [p.name for p in tmp_path.iterdir()] == ["base.safetensors"]  # and no temporary file
     assert [step for step, _ in seen] == [1, 2] and "loss" in seen[0][1]
+
+
+def test_a_larger_base_size_pretrains_saves_and_loads_as_that_architecture(tmp_path):
+    from byg_core.toy.model import BASE_SIZES, base_weights, toy_flux_config
+
+    assert toy_flux_config("small") == TOY_FLUX_CONFIG and base_weights("small") == DEFAULT_TOY_WEIGHTS
+    report = pretrain(steps=2, batch_size=2, out_path=tmp_path / "medium.safetensors", size="medium", device="cpu")
+    loaded = build_toy_backbone(report["path"])
+    width, blocks = BASE_SIZES["medium"]
+    config = loaded.transformer.config
+    assert config.num_attention_heads * config.attention_head_dim == width
+    assert (config.num_layers, config.num_single_layers) == (blocks, blocks)
+    assert report["parameters"] > 4 * sum(p.numel() for p in build_toy_backbone().transformer.parameters())
+    assert base_weights("medium").name == "toy_base_medium.safetensors"
+    with pytest.raises(ValueError, match="huge"):
+        toy_flux_config("huge")

@@ -18,6 +18,7 @@ from byg_core.toy.world import (
     Attributes,
     Scene,
     caption,
+    held_out_tuples,
     make_edit,
     parse_caption,
     random_scene,
@@ -197,6 +198,19 @@ def test_unseen_bench_tuples_each_show_a_held_out_combination():
     tuples = sample_tuples(100, seed=0, exclude_combos=(), require_combos=UNSEEN_COMBOS)
     assert all(t.unseen for t in tuples)
     assert {t.family for t in tuples} == set(FAMILIES)
+
+
+def test_held_out_sets_are_balanced_over_families_and_colour_splits():
+    from collections import Counter
+
+    tuples = held_out_tuples(20, seed=0)
+    cells = Counter((t.family, t.unseen) for t in tuples)
+    assert cells == {(family, unseen): 20 for family in FAMILIES for unseen in (False, True)}
+    for t in tuples:
+        validate_tuple(t)
+    assert held_out_tuples(20, seed=0) == tuples and held_out_tuples(20, seed=1) != tuples
+    training = {(t.source, t.family) for t in sample_tuples(200, seed=0)}
+    assert not training & {(t.source, t.family) for t in tuples}  # its own draws, not the training tuples
 
 
 def test_sample_tuples_respects_families_and_refuses_impossible_constraints():

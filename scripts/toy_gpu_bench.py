@@ -1,0 +1,219 @@
+"""Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
+
+    .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
+        [--pretrain-batch B] [--seeds 0 1 2] [--jobs J] [--steps N] [--device cuda]
+    .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
+
+What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
+not yet run on one, so the first run's timings are what to size the next by):
+
+1. pretrains the toy base of --base-size (``byg toy pretrain``'s ``model.pretrain``) on --device into
+   OUT/toy_base_<size>.safetensors and prints its sample accuracy (``model.evaluate_base``: the base draws
+   captions of fresh scenes and the drawings are read back; shape kind, both colours, all three);
+2. runs the ablation suite on that base with the bench's settings (``BENCH_SETTINGS``: 1200 steps at batch
+   32, 576 balanced held-out tuples x 3 noise seeds) for each training seed: one ``byg bench`` process per
+   trained method (ByG, the supervised reference, the six Table-4 rows) and seed, --jobs at a time on the one
+   device (the toy model is far too small to fill a GPU, so separate processes overlap), and the zero-shot
+   baselines (identity, SDEdit, FlowEdit) once: they train nothing and the held-out set is the same for every
+   training seed;
+3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
+   seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, then each ablation's
+   change against ByG beside the paper's Table-4 direction. Every run's own results.json, results.md and
+   grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt).
+
+--tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
+two seeds: a check that the script works, its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from byg_core.toy.bench import ABLATIONS, BASELINES, BENCH_SETTINGS, suite_methods
+from byg_core.toy.metrics import RATE_KEYS, wilson_interval
+from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
+
+# The paper's Table-4 directions the issue asks about: (what the paper reports, sign of the change in edit
+# success, sign of the change in preservation) against full ByG; 0 = not a claim.
+PAPER_DIRECTIONS = {
+    "no_regularization": ("collapses to the identity: edits far less", -1, +1),
+    "no_cycle": ("edits more, preserves less", +1, -1),
+    "no_gradient_routing": ("edits more, preserves less", +1, -1),
+    "no_bootstrapping": ("edits less and preserves less", -1, -1),
+    "no_identity_steps": ("preserves a little less", 0, -1),
+}
+TINY_METHODS = ("byg", "supervised", "no_cycle")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("out/gpu_bench"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--base-size", default="large", help="small, medium or large (model.BASE_SIZES)")
+    p.add_argument("--pretrain-steps", type=int, default=4000)
+    p.add_argument("--pretrain-batch", type=int, default=128)
+    p.add_argument("--base-eval", type=int, default=288, help="captions the base draws for its sample accuracy")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--jobs", type=int, default=14, help="bench processes at a time")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
+    p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.base_size, args.pretrain_steps, args.pretrain_batch, args.base_eval = "medium", 3, 4, 6
+        args.seeds, args.jobs = [0, 1], 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no GPU here; pass --device cpu (or --tiny) to try it out")
+    return args
+
+
+def make_base(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Pretrain the base, then draw captions with it: its sample accuracy."""
+    path = args.out / f"toy_base_{args.base_size}.safetensors"
+    report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
+                      size=args.base_size, device=args.device)
+    backbone = build_toy_backbone(path)
+    backbone.transformer.to(args.device)
+    accuracy = evaluate_base(backbone, n=args.base_eval, seed=1, steps=2 if args.tiny else 20)
+    return path, {"pretrain": report, "sample_accuracy": accuracy}
+
+
+def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
+    """name -> (command, output folder): the baselines once, each trained method once per training seed."""
+    trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
+    common = [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
+              "--base", str(base), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else [])]
+    jobs = {"baselines": ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")}
+    for seed in args.seeds:
+        for method in trained:
+            folder = args.out / f"seed{seed}" / method
+            jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
+    return jobs
+
+
+def run_job(command: list[str], folder: Path, env: dict) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(folder / "log.txt", "w") as log:
+        code = subprocess.run([*command, "--out", str(folder)], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code:
+        tail = (folder / "log.txt").read_text().splitlines()[-20:]
+        raise RuntimeError(f"{' '.join(command)} failed ({code}):\n" + "\n".join(tail))
+    return time.perf_counter() - start
+
+
+def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> dict[str, float]:
+    """Every job, ``parallel`` at a time; each one's wall time."""
+    # one CPU thread each: the processes share the machine's cores
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = {name: pool.submit(run_job, command, folder, env) for name, (command, folder) in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def collect(jobs: dict[str, tuple[list[str], Path]]) -> dict[str, list[dict]]:
+    """method -> its figures under each training seed (the baselines' one run stands for every seed)."""
+    runs: dict[str, list[dict]] = {}
+    for _, folder in jobs.values():
+        for method, figures in json.loads((folder / "results.json").read_text())["methods"].items():
+            runs.setdefault(method, []).append(figures)
+    return runs
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, the seeds' range."""
+    summary = {}
+    for method, per_seed in runs.items():
+        n = per_seed[0]["n"]
+        entry = {"n_tuples": n, "training_seeds": len(per_seed), "minutes": sum(r["seconds"] for r in per_seed) / 60}
+        for key in RATE_KEYS:
+            values = [r[key] for r in per_seed]
+            mean = sum(values) / len(values)
+            entry[key] = mean
+            entry[f"{key}_ci"] = list(wilson_interval(mean, n))
+            entry[f"{key}_by_training_seed"] = values
+        summary[method] = entry
+    return summary
+
+
+def _cell(entry: dict, key: str) -> str:
+    low, high = entry[f"{key}_ci"]
+    values = entry[f"{key}_by_training_seed"]
+    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}] ({min(values):.2f}-{max(values):.2f})"
+
+
+def table(summary: dict[str, dict]) -> str:
+    lines = ["| method | " + " | ".join(f"{k} [95% CI] (training seeds' range)" for k in RATE_KEYS)
+             + " | training seeds | minutes |", "|" + "---|" * (len(RATE_KEYS) + 3)]
+    for method, entry in summary.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(entry, k) for k in RATE_KEYS)
+                     + f" | {entry['training_seeds']} | {entry['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def _half_width(entry: dict, key: str) -> float:
+    low, high = entry[f"{key}_ci"]
+    return (high - low) / 2
+
+
+def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
+    """The change against ByG, and whether it goes the paper's way beyond both intervals' combined width."""
+    change = summary[method][key] - summary["byg"][key]
+    noise = (_half_width(summary[method], key) ** 2 + _half_width(summary["byg"], key) ** 2) ** 0.5
+    if sign == 0:
+        return change, "-"
+    if abs(change) <= noise:
+        return change, "within noise"
+    return change, "yes" if sign * change > 0 else "opposite"
+
+
+def directions_table(summary: dict[str, dict]) -> str:
+    lines = ["| ablation | paper (Table 4) | edit success change | as the paper? | preservation change | as the paper? "
+             "| clean edit change |", "|" + "---|" * 7]
+    for method in (m for m in ABLATIONS if m in summary and "byg" in summary):
+        paper, edit_sign, keep_sign = PAPER_DIRECTIONS.get(method, ("not a claim the issue checks", 0, 0))
+        edit_change, edit_verdict = direction(summary, method, "edit_success", edit_sign)
+        keep_change, keep_verdict = direction(summary, method, "preservation", keep_sign)
+        clean_change = summary[method]["clean_edit"] - summary["byg"]["clean_edit"]
+        lines.append(f"| {method} | {paper} | {edit_change:+.3f} | {edit_verdict} | {keep_change:+.3f} | "
+                     f"{keep_verdict} | {clean_change:+.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    base, base_report = make_base(args)
+    accuracy = base_report["sample_accuracy"]
+    print(f"base {args.base_size} ({base_report['pretrain']['parameters']} parameters, {args.pretrain_steps} steps at "
+          f"batch {args.pretrain_batch}, {time.perf_counter() - start:.0f} s): its samples read back right "
+          + ", ".join(f"{k} {accuracy[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all"))
+          + f" ({accuracy['n']} captions)", flush=True)
+    jobs = bench_jobs(args, base)
+    bench_start = time.perf_counter()
+    seconds = run_jobs(jobs, args.jobs)
+    summary = summarise(collect(jobs))
+    text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
+            + table(summary) + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary)
+            + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time); "
+            f"slowest job {max(seconds, key=seconds.get)} {max(seconds.values()):.0f} s; "
+            f"total {time.perf_counter() - start:.0f} s\n")
+    (args.out / "summary.md").write_text(text)
+    (args.out / "summary.json").write_text(json.dumps(
+        {"base": {"path": str(base), **base_report}, "methods": summary, "job_seconds": seconds,
+         "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
+    print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""scripts/toy_gpu_bench.py: the GPU bench's every step, tiny, on the CPU; and its reading of the ablations."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from byg_core.cli import main as byg
+from byg_core.toy.bench import default_device
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("toy_gpu_bench", ROOT / "scripts" / "toy_gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_path, capsys):
+    script = _script()
+    assert script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["methods"]) == {"identity", "sdedit", "flowedit", *script.TINY_METHODS}
+    assert summary["methods"]["identity"]["training_seeds"] == 1  # the baselines train nothing: one run
+    assert summary["methods"]["byg"]["training_seeds"] == 2
+    assert summary["methods"]["byg"]["clean_edit_by_training_seed"] == [
+        json.loads((tmp_path / f"seed{s}" / "byg" / "results.json").read_text())["methods"]["byg"]["clean_edit"]
+        for s in (0, 1)]
+    assert set(summary["base"]["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
+    printed = capsys.readouterr().out
+    assert printed.startswith("base medium") and "| no_cycle | edits more, preserves less |" in printed
+
+
+def test_the_ablation_reading_needs_a_change_beyond_both_intervals():
+    script = _script()
+
+    def entry(success, keep):
+        return {"edit_success": success, "edit_success_ci": [success - 0.04, success + 0.04],
+                "preservation": keep, "preservation_ci": [keep - 0.04, keep + 0.04]}
+
+    summary = {"byg": entry(0.6, 0.3), "no_cycle": entry(0.7, 0.5), "no_bootstrapping": entry(0.62, 0.2)}
+    assert script.direction(summary, "no_cycle", "edit_success", +1) == (pytest.approx(0.1), "yes")
+    assert script.direction(summary, "no_cycle", "preservation", -1) == (pytest.approx(0.2), "opposite")
+    assert script.direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise"  # 0.02 < 0.057
+    assert script.direction(summary, "no_bootstrapping", "preservation", 0)[1] == "-"
+
+
+def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
+    base = tmp_path / "medium.safetensors"
+    assert byg(["toy", "pretrain", "--base-size", "medium", "--steps", "2", "--batch-size", "2",
+                "--device", "cpu", "--out", str(base)]) == 0
+    out = tmp_path / "bench"
+    # the default device: a test process must not switch accelerate between the CPU and a GPU
+    assert byg(["bench", "--smoke", "--base", str(base), "--methods", "identity,byg", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["methods"]) == {"identity", "byg"}
+    assert report["base"] == str(base) and report["device"].startswith(default_device())
+    assert "| byg | " in capsys.readouterr().out
+    # a size never pretrained is named with the command that makes it
+    monkeypatch.setattr("byg_core.toy.model.DEFAULT_TOY_WEIGHTS", tmp_path / "assets" / "toy_base.safetensors")
+    assert byg(["bench", "--smoke", "--base-size", "large", "--out", str(out)]) == 2
+    assert "byg toy pretrain --base-size large" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # asked for a GPU that is not there: said before anything loads
+        assert byg(["toy", "pretrain", "--device", "cuda", "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert "no GPU" in capsys.readouterr().err
