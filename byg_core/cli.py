@@ -207,7 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
                   args.width, args.frames, args.cache_k)
         return 0
-    from .toy.bench import SMOKE_SETTINGS, run_bench
+    from .toy.bench import DEMO_SETTINGS, SMOKE_SETTINGS, run_bench
     from .toy.model import base_weights
 
     _check_device(args.device)
@@ -217,7 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = args.methods.split(",") if args.methods else None
     run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods,
-              settings=SMOKE_SETTINGS if args.smoke else None)
+              settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
 
@@ -304,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="speed: timed steps per method, interleaved")
     bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="cuda or cpu (default: cuda when there is one)")
-    bench.add_argument("--suite", choices=["main", "ablations"], default="main")
+    bench.add_argument("--suite", choices=["main", "ablations", "cache"], default="main",
+                       help="main: ByG, the supervised reference, baselines; ablations: + the paper's Table 4; cache: ByG "
+                            "with the rollout cache at K = 2, 4, 8, at equal steps and at the exact run's wall time")
+    bench.add_argument("--budget", choices=["bench", "demo"], default="bench",
+                       help="bench: 1200 steps at batch 32, 576 held-out tuples; demo: the demo's 750 steps at batch 8, "
+                            "432 held-out tuples")
     bench.add_argument("--steps", type=int, default=None,
                        help="training steps per method, ByG's identity warm-up included (default: the bench's own)")
     bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")

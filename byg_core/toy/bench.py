@@ -39,6 +39,8 @@ from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tu
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
 BASELINES = ("identity", "sdedit", "flowedit")
+CACHE_REUSE = (2, 4, 8)  # the rollout reuse K the cache suite compares with K = 1 (the exact algorithm)
+SAME_TIME_AS = "same_time_as"  # a cache-suite override: train for the wall time another method's training took
 ABLATIONS = {  # paper Table 4: row name -> the switch it turns off
     "no_gradient_routing": "gradient_routing",
     "no_cycle": "cycle",
@@ -94,6 +96,7 @@ class MethodResult:
     seconds: float
     edited: torch.Tensor = field(repr=False)  # (seeds, N, 3, H, W) pixels of the eval tuples
     history: list = field(default_factory=list, repr=False)
+    train_seconds: float = 0.0  # the training part of ``seconds`` (0 for the untrained baselines)
 
 
 def cached_tuples(backbone: FluxBackbone, tuples: list[EditTuple]) -> CachedEdits:
@@ -153,10 +156,16 @@ def _accelerator(device: torch.device, cfg: TrainConfig):
     return None
 
 
-def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: ToySettings, progress=None):
+def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: ToySettings, progress=None,
+                   seconds: float | None = None):
+    """Train (for at most ``seconds`` of wall time when given), then edit the held-out tuples."""
     accelerator = _accelerator(backbone.device, cfg)
-    trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress), accelerator=accelerator)
+    start = time.perf_counter()
+    out_of_time = None if seconds is None else (lambda: time.perf_counter() - start >= seconds)
+    trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress, should_stop=out_of_time),
+                      accelerator=accelerator)
     history = trainer.run().history
+    trainer.train_seconds = time.perf_counter() - start
     edited = edit_held_out(backbone, trainer.adapters, eval_data, settings, EMA if cfg.use_ema else STUDENT)
     return trainer, edited, history
 
@@ -198,16 +207,21 @@ def run_methods(
         if name not in chosen:
             return
         start = time.perf_counter()
-        edited, history = fn()
-        results[name] = MethodResult(score(eval_tuples, edited), time.perf_counter() - start, edited, history)
+        edited, history, *train_seconds = fn()
+        results[name] = MethodResult(score(eval_tuples, edited), time.perf_counter() - start, edited, history,
+                                     *train_seconds)
         log(f"{name}: {headline(results[name].metrics)} ({results[name].seconds:.0f} s)")
         write_report(out, results, settings, eval_tuples, {"suite": suite, "complete": False})
 
-    def trained(**overrides):
+    def trained(name: str, **overrides):
         def fn():
+            reference = overrides.pop(SAME_TIME_AS, None)  # train for the wall time that method's training took
+            seconds = results[reference].train_seconds if reference in results else None
+            if seconds is not None:
+                overrides["steps"] = 4 * settings.steps  # the clock, not the step count, ends the run
             cfg = settings.train_config(out / "runs" / name, **overrides)
-            _, edited, history = train_and_edit(backbone, train_data, eval_data, cfg, settings)
-            return edited, history
+            trainer, edited, history = train_and_edit(backbone, train_data, eval_data, cfg, settings, seconds=seconds)
+            return edited, history, trainer.train_seconds
         return fn
 
     base, seeds = Adapters(backbone, _spec(backbone, settings)), settings.noise_seeds
@@ -218,7 +232,7 @@ def run_methods(
     timed("flowedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: flowedit(
         backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=seed), seeds), []))
     for name, overrides in _trained_methods(settings, suite).items():
-        timed(name, trained(**overrides))
+        timed(name, trained(name, **overrides))
     return results, eval_tuples
 
 
@@ -232,6 +246,9 @@ def _trained_methods(settings: ToySettings, suite: str) -> dict[str, dict]:
     if suite == "ablations":
         for name, switch in ABLATIONS.items():
             methods[name] = {"objective": settings.objective(**{switch: False})}
+    if suite == "cache":  # issue 16's rollout cache: K at ByG's step count, and K for the exact run's wall time
+        methods = {"byg": {}, **{f"byg_reuse{k}": {"rollout_reuse": k} for k in CACHE_REUSE},
+                   **{f"byg_reuse{k}_same_time": {"rollout_reuse": k, SAME_TIME_AS: "byg"} for k in CACHE_REUSE[1:]}}
     return methods
 
 
@@ -325,7 +342,8 @@ def held_out_info(settings: ToySettings, tuples: list[EditTuple]) -> dict:
 
 def write_report(out: Path, results: dict[str, MethodResult], settings: ToySettings, tuples, extra: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    methods = {name: method_report(r.metrics) | {"seconds": r.seconds} for name, r in results.items()}
+    methods = {name: method_report(r.metrics) | {"seconds": r.seconds, "train_seconds": r.train_seconds,
+                                                  "steps_done": len(r.history)} for name, r in results.items()}
     report = {"methods": methods, "held_out": held_out_info(settings, tuples),
               "settings": dataclasses.asdict(settings), **extra}
     (out / "results.json").write_text(json.dumps(report, indent=2))

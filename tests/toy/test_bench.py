@@ -122,3 +122,20 @@ def test_every_ablation_turns_off_one_switch_at_the_benchs_loss_weights():
     assert settings.train_config(Path("unused")).objective == settings.objective()
     for name, switch in ABLATIONS.items():
         assert methods[name]["objective"] == ObjectiveConfig(rollout_steps=5, lambda_id=3.0, **{switch: False})
+
+
+def test_the_cache_suite_trains_each_reuse_at_equal_steps_and_at_the_exact_runs_wall_time(tmp_path):
+    from byg_core.toy import bench
+
+    report = bench.run_bench(tmp_path, suite="cache", settings=bench.SMOKE_SETTINGS,
+                             methods=["byg", "byg_reuse4", "byg_reuse8_same_time"])
+    methods = report["methods"]
+    assert set(methods) == {"byg", "byg_reuse4", "byg_reuse8_same_time"}
+    steps = bench.SMOKE_SETTINGS.steps
+    assert methods["byg"]["steps_done"] == methods["byg_reuse4"]["steps_done"] == steps
+    same_time = methods["byg_reuse8_same_time"]
+    # the clock ends it: it stops at the first step past byg's training time, far below its step cap
+    assert 1 <= same_time["steps_done"] < 4 * steps and same_time["train_seconds"] >= methods["byg"]["train_seconds"]
+    assert {"clean_edit", "clean_edit_ci", "edit_success", "preservation"} <= set(same_time)
+    assert bench.suite_methods(bench.SMOKE_SETTINGS, "cache")[3:] == [
+        "byg", "byg_reuse2", "byg_reuse4", "byg_reuse8", "byg_reuse4_same_time", "byg_reuse8_same_time"]
