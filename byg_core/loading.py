@@ -239,6 +239,26 @@ def load_flux_tokenizers(folder: str | Path):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def torch_dtype_of(dtype: str) -> torch.dtype:
+    """The torch dtype a loader's ``dtype`` option names."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def file_or_folder(model: str, folder: str | Path | None, title: str | None = None) -> Callable:
+    """``need(value, name)``: a part's own file, else the model's diffusers ``folder``, else an error naming both
+    (``title``: the folder's name in the message, default ``model``)."""
+
+    def need(value, name: str):
+        path = value or folder
+        if path is None:
+            raise ValueError(f"{model} needs '{name}' (a file) or 'folder' (a local {title or model} diffusers folder)")
+        return path
+
+    return need
+
+
 @register_loader("flux1-dev", preset="flux", needs_files=True)
 def load_flux(
     folder: str | Path | None = None,
@@ -262,15 +282,8 @@ def load_flux(
     as it runs (the 24 GB path, ``store_in_fp8``)."""
     from .backbones.flux import FluxBackbone, FluxTextEncoder, FluxVAECodec
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    torch_dtype = DTYPES[dtype]
-
-    def need(value, name: str):
-        path = value or folder
-        if path is None:
-            raise ValueError(f"flux1-dev needs '{name}' (a file) or 'folder' (a local FLUX.1-dev diffusers folder)")
-        return path
+    torch_dtype = torch_dtype_of(dtype)
+    need = file_or_folder("flux1-dev", folder, "FLUX.1-dev")
 
     model = load_flux_transformer(need(transformer, "transformer"), torch_dtype, axes_dims_rope)
     if storage is not None:
@@ -430,16 +443,9 @@ def load_wan(
     from .backbones.wan import WanBackbone, WanTextEncoder
     from .wan_vae import WanVAECodec, load_wan_vae
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    torch_dtype, configs = DTYPES[dtype], configs or {}
+    torch_dtype, configs = torch_dtype_of(dtype), configs or {}
     variant, _, vae_kind, _ = WAN_MODELS[model]
-
-    def need(value, name: str):
-        path = value or folder
-        if path is None:
-            raise ValueError(f"{model} needs '{name}' (a file) or 'folder' (a local {model} diffusers folder)")
-        return path
+    need = file_or_folder(model, folder)
 
     parts = ["transformer", "transformer_2"] if variant == "t2v-a14b" else ["transformer"]
     given = {"transformer": transformer, "transformer_2": transformer_2}
