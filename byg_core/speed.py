@@ -72,8 +72,8 @@ def flux_backbone(width: int | None, device: str, storage: str = "bf16"):
     return FluxBackbone(model, text, LatentsOnly(), scheduler_config=shipped_config("flux1-dev", "scheduler"))
 
 
-# bench name -> (shipped model, WanBackbone variant, VAE spatial factor); "-expert": one A14B expert alone
-WAN_BENCH = {"wan2.2-ti2v-5b": ("wan2.2-ti2v-5b", "ti2v-5b", 16), "wan2.2-a14b-expert": ("wan2.2-t2v-a14b", "t2v-a14b", 8)}
+# bench name -> the shipped model it builds; "-expert": one A14B expert alone
+WAN_BENCH = {"wan2.2-ti2v-5b": "wan2.2-ti2v-5b", "wan2.2-a14b-expert": "wan2.2-t2v-a14b"}
 
 
 def wan_backbone(name: str, device: str, storage: str = "bf16"):
@@ -81,10 +81,11 @@ def wan_backbone(name: str, device: str, storage: str = "bf16"):
     (TI2V-5B's layout that wide, 2 blocks)."""
     from diffusers import WanTransformer3DModel
 
-    from .backbones.wan import WanBackbone
-    from .loading import WAN_FP8_SKIP, cast_keeping_fp32, shipped_config, store_in_fp8
+    from .backbones.wan import WAN22_VARIANTS, WanBackbone
+    from .loading import WAN_FP8_SKIP, WAN_MODELS, cast_keeping_fp32, shipped_config, store_in_fp8
 
-    model, variant, spatial = WAN_BENCH.get(name, ("wan2.2-ti2v-5b", "ti2v-5b", 16))
+    model = WAN_BENCH.get(name, "wan2.2-ti2v-5b")
+    spec = WAN22_VARIANTS[WAN_MODELS[model][0]]
     config = shipped_config(model, "transformer")
     if name not in WAN_BENCH:
         width = int(name.removeprefix("wan-"))
@@ -97,8 +98,8 @@ def wan_backbone(name: str, device: str, storage: str = "bf16"):
         store_in_fp8(transformer, "float8_e4m3fn", dtype, WAN_FP8_SKIP)
     text = RandomText(512 if name in WAN_BENCH else 64, config["text_dim"], None, device, dtype)
     # one expert serves every t: the A14B bench measures one expert's step, as a GPU that holds one would run it
-    return WanBackbone(transformer, codec=LatentsOnly(spatial, 4), text_encoder=text,
-                       expand_timesteps=variant == "ti2v-5b", flow_shift=5.0 if variant == "ti2v-5b" else 3.0)
+    return WanBackbone(transformer, codec=LatentsOnly(spec.vae_spatial_factor, spec.vae_temporal_factor),
+                       text_encoder=text, expand_timesteps=spec.expand_timesteps, flow_shift=spec.flow_shift)
 
 
 @dataclass
