@@ -384,3 +384,9 @@ def wan_configs(parts: dict) -> dict:
     """The configs the tiny files need (the shipped ones are full size)."""
     return {"transformer": dict(parts["transformer"].config), "vae": dict(parts["vae"].config),
             "umt5": parts["umt5"].config.to_dict()}
+
+
+FAST_OBJECTIVE = dict(  # DirectionalPriorLoss widgets, the paper's except a short rollout for CPU tests
+    lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1, rollout_steps=2, gradient_routing=True,
+    cycle=True, directional=True, bootstrap=True, regularization=True, identity_steps=True,
+)

@@ -5,7 +5,7 @@ import torch
 import pytest
 
 from byg_core.backbones.flux import FluxTextEncoder, FluxVAECodec
-from helpers import FLUX_HEADS, tiny_flux_parts, write_flux_files
+from helpers import FAST_OBJECTIVE, FLUX_HEADS, tiny_flux_parts, write_flux_files
 
 PROMPT = "change the circle's colour to green"
 
@@ -77,9 +77,7 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
     (model,) = run("BYGModelLoader", model="flux1-dev", diffusion_model="flux1-dev.safetensors", clip=clip, vae=vae)
     write_toy_dataset(host.root / "input" / "shapes", n=4, seed=0)
     dataset, _ = run("BYGDataset", folder="shapes", strict=True, width=16, height=16)
-    objective, _ = run("DirectionalPriorLoss", lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1,
-                       rollout_steps=2, gradient_routing=True, cycle=True, directional=True, bootstrap=True,
-                       regularization=True, identity_steps=True)
+    objective, _ = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
     lora, _ = run("CycleTrainer", model=model, dataset=dataset, objective=objective, preset="auto", steps=2,
                   learning_rate=-1, rank=2, batch_size=2, seed=0, save_name="flux_test", resume=False,
                   warmup_identity_steps=1, preview_every=0, ema_decay=-1)

@@ -7,11 +7,9 @@ import types
 import pytest
 import torch
 
+from helpers import FAST_OBJECTIVE
+
 INSTRUCTION = "change the circle's colour to green"
-FAST_OBJECTIVE = dict(  # DirectionalPriorLoss widgets, the paper's except a short rollout for CPU tests
-    lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1, rollout_steps=2, gradient_routing=True,
-    cycle=True, directional=True, bootstrap=True, regularization=True, identity_steps=True,
-)
 
 
 def train_inputs(**overrides):

@@ -9,7 +9,7 @@ import torch
 
 from byg_core.backbones.wan import SentencePieceTokenizer, WanTextEncoder
 from byg_core.wan_vae import WanVAECodec
-from helpers import WAN_HEADS, WAN_PARTS, tiny_wan_parts, tiny_wan_transformer, write_wan_files
+from helpers import FAST_OBJECTIVE, WAN_HEADS, WAN_PARTS, tiny_wan_parts, tiny_wan_transformer, write_wan_files
 
 PROMPT = "change the circle's colour to green"
 ROW = {"src_caption": "a red circle on a blue background", "instruction": PROMPT,
@@ -109,9 +109,7 @@ def test_wan_graph_trains_on_mp4_clips_and_edits_a_video(run, nodes, comfy_wan, 
     with pytest.raises(ValueError, match=r"BYGDataset: widget 'frames': frames=8 is not 4k\+1.*use 5 or 9"):
         run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=8, frame_stride=1)
     dataset, _ = run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=5, frame_stride=2)
-    objective, _ = run("DirectionalPriorLoss", lambda_cycle=1.0, lambda_prior=1.0, lambda_id=0.2, alpha=0.1,
-                       rollout_steps=2, gradient_routing=True, cycle=True, directional=True, bootstrap=True,
-                       regularization=True, identity_steps=True)
+    objective, _ = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
     lora, _ = run("CycleTrainer", model=model, dataset=dataset, objective=objective, preset="auto", steps=2,
                   learning_rate=-1, rank=2, batch_size=2, seed=0, save_name="wan_test", resume=False,
                   warmup_identity_steps=1, preview_every=0, ema_decay=-1)
