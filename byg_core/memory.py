@@ -2,7 +2,7 @@
 
 Weights, LoRA and optimizer state are counted exactly from the tensors; activations are a rough
 figure (about 16 tensors of the model's width per token per block held for the backward pass,
-one per block with gradient checkpointing) for the passes a step back-propagates through.
+one per block with gradient checkpointing) for the editor passes whose graphs a step holds at once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACTIVATION_WIDTHS = 16  # tensors of the model's width held per token per block (attention, MLP, norms)
-GRAD_PASSES = {"byg": 3, "supervised": 1}  # forward and reverse editor passes and the identity pass (Alg. 1)
+
+
+def held_passes(cfg) -> int:
+    """Editor passes whose graphs a training step holds at once: one, as ``byg_step`` back-propagates each pass
+    when it is computed; two for ByG without gradient routing (the reverse pass then needs the forward's graph)."""
+    objective = cfg.objective
+    return 2 if cfg.method == "byg" and objective.cycle and not objective.gradient_routing else 1
 
 
 @dataclass
@@ -60,7 +66,7 @@ def estimate(trainer) -> MemoryEstimate:
     blocks = config.num_layers + getattr(config, "num_single_layers", 0)
     compute = 2 if cfg.mixed_precision == "bf16" else 4
     held = 1 if cfg.gradient_checkpointing else ACTIVATION_WIDTHS
-    activations = (GRAD_PASSES.get(cfg.method, 3) * cfg.batch_size * tokens_per_sample(trainer) * width * compute
+    activations = (held_passes(cfg) * cfg.batch_size * tokens_per_sample(trainer) * width * compute
                    * held * blocks)
     return MemoryEstimate(weights, lora, optimizer, activations)
 

@@ -152,9 +152,12 @@ def byg_step(
     ``rollout`` replaces the step's own bootstrap rollout (the rollout cache's; ``eps`` must be the noise it
     started from).
 
-    With ``backward`` (e.g. ``accelerator.backward``) the step back-propagates itself: the identity loss as soon
-    as it is computed (its gradient adds to the rest, so its graph is freed before the forward and reverse passes
-    build theirs: a lower peak), then the rest; the returned ``total`` is then detached.
+    With ``backward`` (e.g. ``accelerator.backward``) the step back-propagates itself, each pass's loss as soon as
+    it is computed (the gradients add up, so each graph is freed before the next pass builds its own: a lower
+    peak): the identity pass, then (with gradient routing) the reverse pass, then the forward pass; the returned
+    ``total`` and terms are then detached. ``backward`` must not rescale the loss (accelerate's rescales only under
+    gradient accumulation or fp16 loss scaling, which ``Trainer`` refuses): the reverse pass's gradient is carried
+    into the forward pass as a tensor and would be rescaled twice.
     """
     x = batch.x
     if rollout is None:
@@ -171,10 +174,7 @@ def byg_step(
         terms["identity"] = terms["identity"].detach()
 
     y_t = rollout.y_t if cfg.bootstrap else x_t
-    with record_function("byg.forward"):
-        v_fwd = G.edit(y_t, t, batch.c, x)
-    y_hat = one_step_prediction(y_t, t, v_fwd)
-    zero = v_fwd.new_zeros(())
+    zero = x.new_zeros(())
 
     # the base model's queries in one call: v_src, v_tgt at y_t (4.2) and, for the reverse pass, at x_t with the
     # prompts swapped (4.3)
@@ -183,22 +183,39 @@ def byg_step(
     with record_function("byg.base"):
         v_base = G.t2i_many(queries, t)
 
-    terms["prior_fwd"] = zero
-    if cfg.regularization:
-        v_src, v_tgt = v_base[0], v_base[1]
-        terms["prior_fwd"] = directional_prior_loss(v_fwd, v_src, v_tgt, cfg.alpha, cfg.directional)
-
-    terms["cycle"], terms["prior_rev"] = zero, zero
-    if cfg.cycle:
-        y_hyb = route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat
-        # not batched with the identity pass (which shares x_t, t and c_bar): batched, the two graphs raised a
-        # step's peak memory from 2.2x to 3.1x a supervised step's with no gain in time (byg bench speed, CPU)
+    def reverse_pass(y_hyb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_cycle and L_prior_rev of the reverse pass G_edit(x_t, t, c_bar, y_hyb) (4.3)."""
+        # not batched with the identity pass (which shares x_t, t and c_bar): batched, both graphs are held at once
+        # (a step's peak went from 2.2x to 3.1x a supervised step's) with no gain in time (byg bench speed, CPU)
         with record_function("byg.reverse"):
             v_rev = G.edit(x_t, t, batch.c_bar, y_hyb)
-        terms["cycle"] = supervised_edit_loss(v_rev, x, eps)
-        if cfg.regularization:
-            v_src_rev, v_tgt_rev = v_base[2], v_base[3]
-            terms["prior_rev"] = directional_prior_loss(v_rev, v_src_rev, v_tgt_rev, cfg.alpha, cfg.directional)
+        prior_rev = directional_prior_loss(v_rev, v_base[2], v_base[3], cfg.alpha, cfg.directional) \
+            if cfg.regularization else zero
+        return supervised_edit_loss(v_rev, x, eps), prior_rev
+
+    # Staged backward: with routing, y_hyb has the value sg(y_0) (Eq. 4), known before the forward pass, so the
+    # reverse pass runs first from a leaf holding that value and is back-propagated at once; its gradient w.r.t.
+    # y_hyb then reaches y_hat, as routing sends it, in the forward pass's backward. One pass's graph is held at a
+    # time instead of two; the gradients are the same.
+    staged = backward is not None and cfg.cycle and cfg.gradient_routing
+    terms["cycle"], terms["prior_rev"] = zero, zero
+    if staged:
+        y_hyb = rollout.y_0.detach().requires_grad_()
+        terms["cycle"], terms["prior_rev"] = reverse_pass(y_hyb)
+        with record_function("byg.backward"):
+            backward(cfg.lambda_cycle * terms["cycle"] + cfg.lambda_prior * terms["prior_rev"])
+        g_hyb = y_hyb.grad
+        terms["cycle"], terms["prior_rev"] = terms["cycle"].detach(), terms["prior_rev"].detach()
+
+    with record_function("byg.forward"):
+        v_fwd = G.edit(y_t, t, batch.c, x)
+    y_hat = one_step_prediction(y_t, t, v_fwd)
+    terms["prior_fwd"] = zero
+    if cfg.regularization:
+        terms["prior_fwd"] = directional_prior_loss(v_fwd, v_base[0], v_base[1], cfg.alpha, cfg.directional)
+    if cfg.cycle and not staged:
+        terms["cycle"], terms["prior_rev"] = reverse_pass(
+            route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat)
 
     total = total_loss(
         terms["cycle"], terms["prior_fwd"], terms["prior_rev"], terms["identity"],
@@ -206,7 +223,10 @@ def byg_step(
     )
     if backward is None:
         return StepLosses(total=total, terms=terms, t=t)
-    if total.requires_grad:  # the identity part is already back-propagated and detached
-        with record_function("byg.backward"):
+    with record_function("byg.backward"):
+        if staged:  # L_prior_fwd, and the routed cycle gradient carried into y_hat (its value is not the loss)
+            backward(cfg.lambda_prior * terms["prior_fwd"] + (y_hat * g_hyb).sum())
+        elif total.requires_grad:  # the identity part is already back-propagated and detached
             backward(total)
+    terms["prior_fwd"] = terms["prior_fwd"].detach()
     return StepLosses(total=total.detach(), terms=terms, t=t, backpropagated=True)

@@ -77,6 +77,10 @@ class Trainer:
         self.data = data
         self.callbacks = callbacks or Callbacks()
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=_no_accelerator())
+        if self.accelerator.gradient_accumulation_steps != 1 or self.accelerator.scaler is not None:
+            raise ValueError("the Trainer's accelerator must not rescale losses (no gradient accumulation, no fp16 "
+                             "loss scaling): byg_step's staged backward carries a gradient from one backward call "
+                             "into the next; use mixed_precision 'bf16' and a larger batch_size instead")
         for transformer in backbone.transformers.values():
             transformer.to(self.accelerator.device)
             if config.gradient_checkpointing:

@@ -11,6 +11,7 @@ from byg_core.objective import (
     ObjectiveConfig,
     byg_step,
     directional_loss,
+    identity_step,
     directional_prior_loss,
     noise,
     one_step_prediction,
@@ -173,8 +174,9 @@ def byg_step_as_written(G, batch, t, eps, cfg):
 @pytest.mark.parametrize("switches", [{}, {"cycle": False}, {"regularization": False}, {"gradient_routing": False},
                                       {"bootstrap": False}])
 def test_the_batched_step_equals_the_algorithm_as_written(setup, switches):
-    """One adapter switch per rollout, the base queries batched, the identity loss back-propagated first: same
-    losses and same gradients as the call-by-call transcription, to 1e-5."""
+    """One adapter switch per rollout, the base queries batched, the identity loss back-propagated first and (with
+    routing) the reverse pass before the forward pass: same losses and same gradients as the call-by-call
+    transcription, to 1e-5."""
     G, adapters, batch = setup
     eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
     t, cfg = torch.tensor([0.3, 0.8]), ObjectiveConfig(rollout_steps=3, **switches)
@@ -199,6 +201,53 @@ def test_the_batched_step_equals_the_algorithm_as_written(setup, switches):
         for g_new, g_old in zip(result[2], old[2]):
             torch.testing.assert_close(g_new, g_old, rtol=1e-5, atol=1e-5)
     assert any(float(g.abs().sum()) > 0 for g in old[2])
+
+
+class SavedBytes:
+    """The bytes of the tensors autograd holds for backward (storages counted once, parameters not), and their peak."""
+
+    class _Held:
+        def __init__(self, owner, key, tensor):
+            self.owner, self.key, self.tensor = owner, key, tensor
+
+        def __del__(self):  # the graph node that saved it is freed
+            count, size = self.owner.live[self.key]
+            self.owner.live[self.key] = (count - 1, size)
+            self.owner.now -= size if count == 1 else 0
+
+    def __init__(self, module):
+        self.parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def pack(self, tensor):
+        key = tensor.untyped_storage().data_ptr()
+        if key in self.parameters:
+            return tensor
+        count, size = self.live.get(key, (0, tensor.untyped_storage().nbytes()))
+        self.now += size if count == 0 else 0
+        self.peak = max(self.peak, self.now)
+        self.live[key] = (count + 1, size)
+        return self._Held(self, key, tensor)
+
+    def __call__(self, step) -> int:
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda held: getattr(held, "tensor", held)):
+            step()
+        return self.peak
+
+
+def test_the_staged_step_holds_one_passs_graph_at_a_time(setup, flux_backbone):
+    """Back-propagated pass by pass (identity, reverse, forward), a ByG step's peak of tensors held for backward is
+    one editor pass's; the step as written holds the forward and reverse graphs together (issue 16's memory)."""
+    G, adapters, batch = setup
+    eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
+    t, cfg = torch.tensor([0.3, 0.8]), ObjectiveConfig(rollout_steps=3)
+    transformer = flux_backbone.transformers["transformer"]
+    one_pass = SavedBytes(transformer)(lambda: identity_step(G, batch, t, eps).total.backward())
+    staged = SavedBytes(transformer)(lambda: byg_step(G, batch, t, eps, cfg, backward=torch.Tensor.backward))
+    held = SavedBytes(transformer)(lambda: byg_step(G, batch, t, eps, cfg).total.backward())
+    assert one_pass > 0
+    assert staged <= 1.25 * one_pass, (staged, one_pass)  # + the prior losses' small tensors
+    assert held >= 2 * one_pass, (held, one_pass)
 
 
 def test_a_step_switches_adapters_twice_for_the_rollout_and_twice_for_the_base(setup, monkeypatch):

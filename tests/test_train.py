@@ -8,7 +8,7 @@ import torch
 from byg_core.adapters import EMA, STUDENT
 from byg_core.config import TrainConfig
 from byg_core.data import CachedEdits, EditRecord
-from byg_core.objective import byg_step
+from byg_core.objective import ObjectiveConfig, byg_step
 from byg_core.lora_io import read_lora
 from byg_core.train import Callbacks, Trainer, existing_run
 from helpers import make_flux_backbone
@@ -201,6 +201,11 @@ def test_the_memory_estimate_counts_weights_lora_and_optimizer_exactly(tmp_path)
                                     tiny_data()))
     assert figures.activations == ACTIVATION_WIDTHS * checkpointed.activations > 0
     assert figures.describe().startswith("memory estimate: weights ")
+    # one pass's graph at a time (byg_step's staged backward), as a supervised step; two without gradient routing
+    supervised = estimate(Trainer(config(tmp_path / "s", method="supervised"), make_flux_backbone(), tiny_data()))
+    unrouted = estimate(Trainer(config(tmp_path / "r", objective=ObjectiveConfig(gradient_routing=False)),
+                                make_flux_backbone(), tiny_data()))
+    assert figures.activations == supervised.activations == unrouted.activations / 2
 
 
 def test_loss_floats_are_read_from_the_device_every_log_every_steps_not_each_step(tmp_path, monkeypatch):
@@ -223,3 +228,13 @@ def test_loss_floats_are_read_from_the_device_every_log_every_steps_not_each_ste
     assert grouped.history == each.history and len(grouped.history) == 6
     assert reads == [4, 2]  # steps 1-4, then 5-6
     assert [r for r in seen if len(r) > 1] == [each.history[3], each.history[5]] and seen[0] == {"step": 1}
+
+
+def test_an_accelerator_that_rescales_losses_is_refused(tmp_path):
+    """byg_step carries the reverse pass's gradient into the forward pass's backward as a tensor: a backward that
+    divides each loss by accumulation steps would scale that part twice, so such an accelerator is refused."""
+    from accelerate import Accelerator
+
+    with pytest.raises(ValueError, match="gradient accumulation"):
+        Trainer(config(tmp_path), make_flux_backbone(), tiny_data(),
+                accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2))
