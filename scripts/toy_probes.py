@@ -11,6 +11,10 @@
   .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
       does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
       already fulfilled) and counts the sources read back whole (all attributes, mask IoU >= 0.6).
+  .venv/bin/python scripts/toy_probes.py base BASE [BASE ...] [--steps 10 20 50] [--n 512]
+      how well does a toy base draw the world? Each base draws N fresh scenes from their captions with each
+      sampler step count and the drawings are read back (``model.evaluate_base``): shape kind, both colours,
+      all three, with 95% intervals (issue 17, part 2).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from byg_core.adapters import Generators
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit
 from byg_core.toy import bench
-from byg_core.toy.metrics import PRESERVE_IOU, mask_iou, read_scene
-from byg_core.toy.model import build_toy_backbone
+from byg_core.toy.metrics import PRESERVE_IOU, mask_iou, read_scene, wilson_interval
+from byg_core.toy.model import build_toy_backbone, evaluate_base
 from byg_core.toy.world import render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
 
@@ -112,6 +116,17 @@ def copy(args: argparse.Namespace) -> None:
               f"pixel error {float((out - sources).abs().mean()):.3f}", flush=True)
 
 
+def base(args: argparse.Namespace) -> None:
+    for path in args.base:
+        backbone = build_toy_backbone(path)
+        for steps in args.steps:
+            start = time.time()
+            report = evaluate_base(backbone, n=args.n, seed=1, steps=steps)
+            rates = ", ".join(f"{k} {report[k]:.3f} [{', '.join(f'{v:.3f}' for v in wilson_interval(report[k], args.n))}]"
+                              for k in ("shape", "shape_color", "bg_color", "all"))
+            print(f"{path} | {steps} sampler steps | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +144,11 @@ def main() -> None:
     p.add_argument("lora", nargs="+")
     p.add_argument("--n-eval", type=int, default=96)
     p.set_defaults(run=copy)
+    p = sub.add_parser("base")
+    p.add_argument("base", nargs="+")
+    p.add_argument("--steps", type=int, nargs="+", default=[20])
+    p.add_argument("--n", type=int, default=512)
+    p.set_defaults(run=base)
     args = parser.parse_args()
     args.run(args)
 
