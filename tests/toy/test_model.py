@@ -27,13 +27,13 @@ def base() -> FluxBackbone:
 
 
 def test_shipped_base_draws_its_captions_colours(base):
-    # The shipped base (7000 CPU steps) draws both colours right; its shapes are often
-    # ragged, so shape kind reads right only about 0.56-0.59 of the time (chance is 1/3).
+    # The shipped base (20000 CPU steps) draws both colours right; its shapes are sometimes
+    # ragged, so shape kind reads right about 0.78 of the time (chance is 1/3; the 7000-step base 0.59).
     report = evaluate_base(base, n=32, seed=123, steps=10)
     assert report["n"] == 32
     for key in ("shape_color", "bg_color"):
         assert report[key] >= 0.8, report
-    assert report["shape"] >= 0.45, report
+    assert report["shape"] >= 0.7, report  # 0.81 on these 32; the 7000-step base drew 0.56
 
 
 def test_base_velocity_points_from_source_caption_to_target_caption(base):
