@@ -122,8 +122,9 @@ def base(args: argparse.Namespace) -> None:
         for steps in args.steps:
             start = time.time()
             report = evaluate_base(backbone, n=args.n, seed=1, steps=steps)
-            rates = ", ".join(f"{k} {report[k]:.3f} [{', '.join(f'{v:.3f}' for v in wilson_interval(report[k], args.n))}]"
-                              for k in ("shape", "shape_color", "bg_color", "all"))
+            keys = ("shape", "shape_color", "bg_color", "all")
+            report.update({f"{k}_ci": wilson_interval(report[k], args.n) for k in keys})
+            rates = ", ".join(f"{k} {bench._rate(report, k)}" for k in keys)
             print(f"{path} | {steps} sampler steps | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
 
 
