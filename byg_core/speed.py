@@ -311,7 +311,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
         "time_ratio_cache": min(cache_times) / sup.seconds, "cache_k": cache_k, "byg_cache_s": min(cache_times),
         "flop_ratio": byg.flops / sup.flops,
         # a ByG step without its rollout: the floor of any rollout cache, whatever its K
-        "flop_ratio_no_rollout": no_rollout_flops / sup.flops, "supervised_gflop": sup.flops / 1e9, "byg_gflop": byg.flops / 1e9,
+        "flop_ratio_no_rollout": no_rollout_flops / sup.flops,
+        "supervised_gflop": sup.flops / 1e9, "byg_gflop": byg.flops / 1e9,
         "memory_ratio": byg.peak_bytes / max(sup.peak_bytes, 1), "supervised_peak_mib": sup.peak_bytes / 2**20,
         "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases, "edit_20_steps_s": edit_s,
         "sample_20_steps_s": sample_s,
@@ -320,7 +321,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     print(f"{model} ({shown} px, batch {batch}, rank {rank}, {device}): supervised {sup.seconds * 1e3:.1f} ms, "
           f"ByG {byg.seconds * 1e3:.1f} ms -> time ratio {report['time_ratio']:.2f}x (rollout cache K={cache_k}: "
           f"{report['time_ratio_cache']:.2f}x), FLOP ratio "
-          f"{report['flop_ratio']:.2f}x (without the rollout, any cache's floor: {report['flop_ratio_no_rollout']:.2f}x), "
+          f"{report['flop_ratio']:.2f}x (without the rollout, any cache's floor: "
+          f"{report['flop_ratio_no_rollout']:.2f}x), "
           f"peak memory {report['supervised_peak_mib']:.0f} vs "
           f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")
     total = sum(byg.phases.values()) or 1.0
