@@ -11,8 +11,14 @@
   .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
       does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
       already fulfilled) and counts the sources read back whole (all attributes, mask IoU >= 0.6).
+  .venv/bin/python scripts/toy_probes.py variant NAME [--set KEY=JSON ...] [--n-train N] [--n-eval N]
+      the supervised reference at the demo's budget (750 steps at batch 8) with one change to its training
+      (``TrainConfig`` fields: --set lr=1e-3, --set rank=64, --set steps=3000, --set batch_size=32, ...) or to
+      its training tuples (--n-train); scored on held-out tuples (--n-eval per split: 96 + 96 by default) from noise seed 0: clean
+      edit, edit success, preservation, wrong pixels per image, clean edits by family. Saves the LoRA under
+      /tmp/toy_probes/NAME.
   .venv/bin/python scripts/toy_probes.py pixels LORA [LORA ...] [--edit-steps 1 20] [--n-eval N] [--reverse]
-      where does an editor go wrong, pixel by pixel? Each LoRA edits the bench's held-out tuples (noise seed 0)
+      where does an editor go wrong, pixel by pixel? Each LoRA edits held-out tuples (--n-eval per split, noise seed 0)
       and the pixels farther than CLEAN_PIXEL_DISTANCE from the true edited scene are counted, by family: per
       image, inside the 2 x 2 tokens that mix two colours (in the source or the truth) against the one-colour
       tokens, and the images within the clean edit's 12 wrong pixels. --reverse asks the reverse instruction and
@@ -35,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from byg_core import objective
-from byg_core.adapters import Generators
+from byg_core.adapters import EMA, STUDENT, Generators
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit
 from byg_core.toy import bench
@@ -124,6 +130,33 @@ def copy(args: argparse.Namespace) -> None:
               f"pixel error {float((out - sources).abs().mean()):.3f}", flush=True)
 
 
+def variant(args: argparse.Namespace) -> None:
+    overrides = {"method": "supervised", "warmup_identity_steps": 0, "identity_prob": 0.0}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    settings = dataclasses.replace(bench.DEMO_SETTINGS, n_train=args.n_train)
+    backbone = build_toy_backbone()
+    train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
+    tuples = bench.eval_split(args.n_eval, 0)
+    data = bench.cached_tuples(backbone, tuples)
+    cfg = settings.train_config(Path("/tmp/toy_probes") / args.name, **overrides)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, backbone, train_data, Callbacks())
+    trainer.run()
+    seconds = time.perf_counter() - start
+    out = bench.edit_with(backbone, data, lambda b: edit(
+        backbone, trainer.adapters, b.x, b.c, steps=settings.edit_steps, seed=0, role=EMA if cfg.use_ema else STUDENT).latents)
+    report = bench.score(tuples, out)
+    truth = render_batch([t.target for t in tuples])
+    wrong = ((out - truth).norm(dim=1) > CLEAN_PIXEL_DISTANCE).flatten(1).sum(1).float()
+    families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
+    m = report["all"]
+    print(f"{args.name} {overrides} n_train {args.n_train}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} "
+          f"preservation {m['preservation']:.3f} | wrong pixels per image {wrong.mean():.1f} (median "
+          f"{wrong.median():.0f}) | clean by family {families} | {seconds:.0f} s of training", flush=True)
+
+
 def _mixed_tokens(images: torch.Tensor) -> torch.Tensor:
     """(N, H, W): whether each pixel's 2 x 2 token (the toy codec's packing) holds more than one colour."""
     high, low = F.max_pool2d(images, 2), -F.max_pool2d(-images, 2)
@@ -184,6 +217,12 @@ def main() -> None:
     p.add_argument("lora", nargs="+")
     p.add_argument("--n-eval", type=int, default=96)
     p.set_defaults(run=copy)
+    p = sub.add_parser("variant")
+    p.add_argument("name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    p.add_argument("--n-train", type=int, default=bench.DEMO_SETTINGS.n_train)
+    p.add_argument("--n-eval", type=int, default=96)
+    p.set_defaults(run=variant)
     p = sub.add_parser("pixels")
     p.add_argument("lora", nargs="+")
     p.add_argument("--edit-steps", type=int, nargs="+", default=[20])
