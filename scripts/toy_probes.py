@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from byg_core import objective
-from byg_core.adapters import EMA, STUDENT, Generators
+from byg_core.adapters import Generators
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit
 from byg_core.toy import bench
-from byg_core.toy.metrics import CLEAN_PIXEL_DISTANCE, PRESERVE_IOU, mask_iou, read_scene, wilson_interval
+from byg_core.toy.metrics import PRESERVE_IOU, mask_iou, read_scene, right_pixels, wilson_interval
 from byg_core.toy.model import build_toy_backbone, evaluate_base
 from byg_core.toy.world import FAMILIES, render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
@@ -135,26 +135,21 @@ def variant(args: argparse.Namespace) -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    settings = dataclasses.replace(bench.DEMO_SETTINGS, n_train=args.n_train)
+    settings = dataclasses.replace(bench.DEMO_SETTINGS, n_train=args.n_train, noise_seeds=(0,))
     backbone = build_toy_backbone()
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
     tuples = bench.eval_split(args.n_eval, 0)
     data = bench.cached_tuples(backbone, tuples)
     cfg = settings.train_config(Path("/tmp/toy_probes") / args.name, **overrides)
-    start = time.perf_counter()
-    trainer = Trainer(cfg, backbone, train_data, Callbacks())
-    trainer.run()
-    seconds = time.perf_counter() - start
-    out = bench.edit_with(backbone, data, lambda b: edit(
-        backbone, trainer.adapters, b.x, b.c, steps=settings.edit_steps, seed=0, role=EMA if cfg.use_ema else STUDENT).latents)
+    trainer, edited, _ = bench.train_and_edit(backbone, train_data, data, cfg, settings)
+    out = edited[0]  # settings.noise_seeds is (0,)
     report = bench.score(tuples, out)
-    truth = render_batch([t.target for t in tuples])
-    wrong = ((out - truth).norm(dim=1) > CLEAN_PIXEL_DISTANCE).flatten(1).sum(1).float()
+    wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(1).sum(1).float()
     families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
     m = report["all"]
     print(f"{args.name} {overrides} n_train {args.n_train}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} "
           f"preservation {m['preservation']:.3f} | wrong pixels per image {wrong.mean():.1f} (median "
-          f"{wrong.median():.0f}) | clean by family {families} | {seconds:.0f} s of training", flush=True)
+          f"{wrong.median():.0f}) | clean by family {families} | {trainer.train_seconds:.0f} s of training", flush=True)
 
 
 def _mixed_tokens(images: torch.Tensor) -> torch.Tensor:
@@ -175,7 +170,7 @@ def pixels(args: argparse.Namespace) -> None:
         for steps in args.edit_steps:
             out = bench.edit_with(backbone, data, lambda b: edit(
                 backbone, adapters, b.x, b.c_bar if args.reverse else b.c, steps=steps, seed=0).latents)
-            wrong = (out - truth).norm(dim=1) > CLEAN_PIXEL_DISTANCE
+            wrong = ~right_pixels(out, truth)
             print(f"{path} | {steps} edit steps | {'reverse instruction vs source' if args.reverse else 'vs truth'}")
             for family in (*FAMILIES, "all"):
                 pick = torch.tensor([family in ("all", t.family) for t in tuples])

@@ -143,10 +143,16 @@ def _centroid_ok(reading: Reading, true_mask: torch.Tensor) -> bool:
     return ((x - tx) ** 2 + (y - ty) ** 2) ** 0.5 <= PRESERVE_CENTROID_PX
 
 
+def right_pixels(edited: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Which pixels lie within CLEAN_PIXEL_DISTANCE (Euclidean RGB) of the true edited scene's: (..., H, W) for
+    images (..., 3, H, W), one image or a batch."""
+    distance = torch.linalg.vector_norm(edited.detach().float().cpu().clamp(0, 1) - target, dim=-3)
+    return distance <= CLEAN_PIXEL_DISTANCE
+
+
 def right_pixel_share(edited_img: torch.Tensor, target_img: torch.Tensor) -> float:
     """The share of pixels within CLEAN_PIXEL_DISTANCE (Euclidean RGB) of the true edited scene's."""
-    distance = torch.linalg.vector_norm(edited_img.detach().float().cpu().clamp(0, 1) - target_img, dim=0)
-    return float((distance <= CLEAN_PIXEL_DISTANCE).float().mean())
+    return float(right_pixels(edited_img, target_img).float().mean())
 
 
 def edit_succeeded(reading: Reading, tup: EditTuple) -> bool:
