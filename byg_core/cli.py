@@ -227,8 +227,11 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     _check_device(args.device)
     out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
-    report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, out_path=out, size=args.base_size,
-                      device=args.device, progress=Progress(steps, "pretrain", 50))
+    if args.init and Path(args.init).resolve() == out.resolve():
+        raise ValueError(f"--init {args.init} and --out are the same file; write the continued base elsewhere (--out)")
+    report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, out_path=out,
+                      size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
+                      t_shift=args.t_shift, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -333,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cuda or cpu (default: cuda when there is one)")
     pretrain.add_argument("--out", default=None,
                           help="default: the size's file in byg_core/toy/assets (small: the shipped base)")
+    pretrain.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to a tenth)")
+    pretrain.add_argument("--init", default=None,
+                          help="continue training this toy base file (its architecture; --base-size is ignored)")
+    pretrain.add_argument("--t-mean", type=float, default=0.0,
+                          help="mean of the logit-normal t (> 0: noisier t more often)")
+    pretrain.add_argument("--t-shift", type=float, default=1.0, help="resolution shift of t (> 1: noisier t)")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

@@ -166,6 +166,9 @@ def pretrain(
     timesteps: str = "logit_normal",
     size: str = "small",
     device: str | torch.device = "cpu",
+    init: str | os.PathLike | None = None,
+    t_mean: float = 0.0,
+    t_shift: float = 1.0,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -174,16 +177,24 @@ def pretrain(
     7000 steps it drew shape kinds right 0.59 of the time, uniform t 0.48) and regresses ``eps - x``
     with AdamW. Bitwise reproducible for the same torch build and thread count. ``size`` picks the
     architecture (BASE_SIZES); ``device`` where it trains: the scenes, noise and timesteps are drawn on
-    the CPU, so a seed draws the same batches on every device.
+    the CPU, so a seed draws the same batches on every device. ``init``: continue training that base
+    file (its own architecture; ``size`` is ignored) instead of a fresh one. ``t_mean`` / ``t_shift``: the
+    logit-normal's mean and the resolution shift (``timesteps.shift_time``), > 0 weighting noisier t.
     """
     start = time.perf_counter()
-    backbone = _build(toy_flux_config(size), TOY_TEXT_CONFIG, "index", seed)
+    if init is None:
+        backbone, started = _build(toy_flux_config(size), TOY_TEXT_CONFIG, "index", seed), {}
+    else:
+        backbone = build_toy_backbone(init)
+        backbone.transformer.requires_grad_(True)
+        before = meta_json(load_checked(init, "toy base model")[1], "pretrain", init)
+        size, started = before.get("size", "small"), dict(init=str(init), init_pretrain=before)
     transformer = backbone.transformer.to(device).train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     scenes_rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    sample_t = TIMESTEP_SAMPLERS[timesteps]()
+    sample_t = TIMESTEP_SAMPLERS[timesteps](shift=t_shift, mean=t_mean)
     warmup = max(1, min(100, steps // 10))
     smoothed = None
     for step in range(steps):
@@ -206,6 +217,8 @@ def pretrain(
     transformer.eval().requires_grad_(False)
     info = dict(
         steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
+        **started,
+        **({} if (t_mean, t_shift) == (0.0, 1.0) else dict(t_mean=t_mean, t_shift=t_shift)),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)

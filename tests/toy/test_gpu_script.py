@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from byg_core.cli import main as byg
+from byg_core.safefiles import load_checked
 from byg_core.toy.bench import default_device
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,13 @@ def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monke
     base = tmp_path / "medium.safetensors"
     assert byg(["toy", "pretrain", "--base-size", "medium", "--steps", "2", "--batch-size", "2",
                 "--device", "cpu", "--out", str(base)]) == 0
+    # continuing a base writes elsewhere: the base it starts from is never overwritten
+    before = base.read_bytes()
+    assert byg(["toy", "pretrain", "--init", str(base), "--out", str(base), "--steps", "1"]) == 2
+    assert "--init" in capsys.readouterr().err and base.read_bytes() == before
+    assert byg(["toy", "pretrain", "--init", str(base), "--steps", "1", "--batch-size", "2", "--lr", "1e-4",
+                "--t-mean", "0.5", "--out", str(tmp_path / "more.safetensors")]) == 0
+    assert json.loads(load_checked(tmp_path / "more.safetensors", "toy base")[1]["pretrain"])["init"] == str(base)
     out = tmp_path / "bench"
     # the default device: a test process must not switch accelerate between the CPU and a GPU
     assert byg(["bench", "--smoke", "--base", str(base), "--methods", "identity,byg", "--out", str(out)]) == 0

@@ -132,3 +132,30 @@ def test_a_larger_base_size_pretrains_saves_and_loads_as_that_architecture(tmp_p
     assert base_weights("medium").name == "toy_base_medium.safetensors"
     with pytest.raises(ValueError, match="huge"):
         toy_flux_config("huge")
+
+
+def test_pretrain_continues_a_base_from_its_weights_and_architecture(tmp_path):
+    first = pretrain(steps=2, seed=3, batch_size=2, out_path=tmp_path / "medium.safetensors", size="medium")
+    start = load_checked(first["path"], "toy base")[0]
+    # at learning rate 0 the continued base is its init, weight for weight, and keeps the init's architecture
+    same = pretrain(steps=2, seed=4, batch_size=2, lr=0.0, out_path=tmp_path / "same.safetensors", init=first["path"])
+    assert same["size"] == "medium" and same["init_pretrain"]["seed"] == 3 and same["init"] == first["path"]
+    kept = load_checked(same["path"], "toy base")[0]
+    assert kept.keys() == start.keys() and all(torch.equal(kept[k], start[k]) for k in start)
+    # training on moves the init's weights (a fresh base of the same seed would not start from them)
+    moved = pretrain(steps=2, seed=4, batch_size=2, lr=1e-3, out_path=tmp_path / "moved.safetensors",
+                     init=first["path"], t_mean=1.0, t_shift=3.0)
+    after = load_checked(moved["path"], "toy base")[0]["transformer.proj_out.weight"]
+    step = (after - start["transformer.proj_out.weight"]).abs().max()
+    assert 0 < step < 0.05  # a couple of small AdamW steps from the init
+    assert (moved["t_mean"], moved["t_shift"]) == (1.0, 3.0)
+
+
+def test_timestep_mean_and_shift_move_t_toward_noise():
+    from byg_core.timesteps import LogitNormalTimesteps
+
+    draw = lambda **kw: LogitNormalTimesteps(**kw)(4096, torch.Generator().manual_seed(0))
+    plain, noisier, shifted = draw(), draw(mean=1.0), draw(shift=3.0)
+    assert abs(plain.median() - 0.5) < 0.03
+    assert abs(noisier.median() - torch.sigmoid(torch.tensor(1.0))) < 0.03
+    assert abs(shifted.median() - 0.75) < 0.03  # shift_time(0.5, 3) = 1.5 / 2
