@@ -231,7 +231,7 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
         raise ValueError(f"--init {args.init} and --out are the same file; write the continued base elsewhere (--out)")
     report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
-                      t_shift=args.t_shift, progress=Progress(steps, "pretrain", 50))
+                      t_shift=args.t_shift, p_uncond=args.p_uncond, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--t-mean", type=float, default=0.0,
                           help="mean of the logit-normal t (> 0: noisier t more often)")
     pretrain.add_argument("--t-shift", type=float, default=1.0, help="resolution shift of t (> 1: noisier t)")
+    pretrain.add_argument("--p-uncond", type=float, default=0.0,
+                          help="share of captions dropped to the empty prompt (classifier-free guidance needs > 0)")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

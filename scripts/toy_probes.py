@@ -23,9 +23,10 @@
       image, inside the 2 x 2 tokens that mix two colours (in the source or the truth) against the one-colour
       tokens, and the images within the clean edit's 12 wrong pixels. --reverse asks the reverse instruction and
       compares with the source instead (how exactly does it copy?).
-  .venv/bin/python scripts/toy_probes.py base BASE [BASE ...] [--steps 10 20 50] [--n 512]
+  .venv/bin/python scripts/toy_probes.py base BASE [BASE ...] [--steps 10 20 50] [--n 512] [--guidance 1 2 3]
       how well does a toy base draw the world? Each base draws N fresh scenes from their captions with each
-      sampler step count and the drawings are read back (``model.evaluate_base``): shape kind, both colours,
+      sampler step count (and classifier-free guidance scale: a base pretrained with --p-uncond) and the
+      drawings are read back (``model.evaluate_base``): shape kind, both colours,
       all three, with 95% intervals (issue 17, part 2).
 """
 
@@ -186,13 +187,13 @@ def pixels(args: argparse.Namespace) -> None:
 def base(args: argparse.Namespace) -> None:
     for path in args.base:
         backbone = build_toy_backbone(path)
-        for steps in args.steps:
+        for steps, guidance in [(s, g) for s in args.steps for g in args.guidance]:
             start = time.time()
-            report = evaluate_base(backbone, n=args.n, seed=1, steps=steps)
+            report = evaluate_base(backbone, n=args.n, seed=1, steps=steps, guidance=guidance)
             keys = ("shape", "shape_color", "bg_color", "all")
             report.update({f"{k}_ci": wilson_interval(report[k], args.n) for k in keys})
             rates = ", ".join(f"{k} {bench._rate(report, k)}" for k in keys)
-            print(f"{path} | {steps} sampler steps | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
+            print(f"{path} | {steps} sampler steps | guidance {guidance} | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -228,6 +229,7 @@ def main() -> None:
     p.add_argument("base", nargs="+")
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--n", type=int, default=512)
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.set_defaults(run=base)
     args = parser.parse_args()
     args.run(args)

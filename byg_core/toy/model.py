@@ -169,6 +169,7 @@ def pretrain(
     init: str | os.PathLike | None = None,
     t_mean: float = 0.0,
     t_shift: float = 1.0,
+    p_uncond: float = 0.0,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -180,6 +181,8 @@ def pretrain(
     the CPU, so a seed draws the same batches on every device. ``init``: continue training that base
     file (its own architecture; ``size`` is ignored) instead of a fresh one. ``t_mean`` / ``t_shift``: the
     logit-normal's mean and the resolution shift (``timesteps.shift_time``), > 0 weighting noisier t.
+    ``p_uncond``: the share of captions dropped to the empty prompt, so that the base also learns the
+    unconditional velocity that classifier-free guidance (``evaluate_base(guidance=...)``) needs.
     """
     start = time.perf_counter()
     if init is None:
@@ -202,7 +205,9 @@ def pretrain(
             group["lr"] = _learning_rate(step, steps, lr, warmup)
         scenes = [random_scene(scenes_rng) for _ in range(batch_size)]
         x = backbone.codec.encode(render_batch(scenes, TOY_RESOLUTION)).to(device)
-        text = backbone.encode_text([caption(s) for s in scenes])
+        # p_uncond = 0 draws nothing more, so the shipped base's scene stream is unchanged
+        text = backbone.encode_text(["" if p_uncond > 0 and scenes_rng.random() < p_uncond else caption(s)
+                                     for s in scenes])
         eps = torch.randn(x.shape, generator=generator).to(device)
         t = sample_t(batch_size, generator).to(device)
         loss = supervised_edit_loss(backbone.velocity(noise(x, eps, t), t, text), x, eps)
@@ -219,20 +224,34 @@ def pretrain(
         steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
         **started,
         **({} if (t_mean, t_shift) == (0.0, 1.0) else dict(t_mean=t_mean, t_shift=t_shift)),
+        **({} if p_uncond == 0.0 else dict(p_uncond=p_uncond)),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)
     return {**info, "path": str(path), "parameters": sum(p.numel() for p in params)}
 
 
-def _velocity_fn(backbone: FluxBackbone, prompts: Sequence[str]):
+def _velocity_fn(backbone: FluxBackbone, prompts: Sequence[str], guidance: float = 1.0):
+    """The base's velocity under ``prompts``; with ``guidance`` w != 1 classifier-free guidance
+    v_u + w (v_c - v_u) against the empty prompt (Ho & Salimans; needs a base pretrained with p_uncond > 0)."""
     text = backbone.encode_text(list(prompts))
-    return lambda y, t: backbone.velocity(y, t, text)
+    if guidance == 1.0:
+        return lambda y, t: backbone.velocity(y, t, text)
+    empty = backbone.encode_text([""] * len(prompts))
+
+    def guided(y, t):
+        v_u = backbone.velocity(y, t, empty)
+        return v_u + guidance * (backbone.velocity(y, t, text) - v_u)
+
+    return guided
 
 
 @torch.no_grad()
-def evaluate_base(backbone: FluxBackbone, n: int = 64, seed: int = 0, steps: int = 20, batch: int = 64) -> dict:
-    """Draw ``n`` random scenes' captions with the base, read them back, and report accuracies.
+def evaluate_base(
+    backbone: FluxBackbone, n: int = 64, seed: int = 0, steps: int = 20, batch: int = 64, guidance: float = 1.0
+) -> dict:
+    """Draw ``n`` random scenes' captions with the base (``guidance``: see ``_velocity_fn``), read them back,
+    and report accuracies.
 
     Keys: ``shape_color``, ``bg_color``, ``shape`` (kind) and ``all`` (all three right),
     plus ``all_unseen_combos``/``n_unseen`` for captions showing a pair in UNSEEN_COMBOS.
@@ -242,7 +261,8 @@ def evaluate_base(backbone: FluxBackbone, n: int = 64, seed: int = 0, steps: int
     for i in range(0, n, batch):
         part = scenes[i : i + batch]
         eps = initial_noise((len(part), 3, TOY_RESOLUTION, TOY_RESOLUTION), seed + i, backbone.device, backbone.dtype)
-        result = integrate(backbone.schedule(steps, eps.shape), _velocity_fn(backbone, [caption(s) for s in part]), eps)
+        result = integrate(backbone.schedule(steps, eps.shape), _velocity_fn(backbone, [caption(s) for s in part], guidance),
+                           eps)
         images.append(backbone.decode_latents(result.latents).cpu())
     readings = [read_scene(image) for image in torch.cat(images)]
     hits = {

@@ -159,3 +159,29 @@ def test_timestep_mean_and_shift_move_t_toward_noise():
     assert abs(plain.median() - 0.5) < 0.03
     assert abs(noisier.median() - torch.sigmoid(torch.tensor(1.0))) < 0.03
     assert abs(shifted.median() - 0.75) < 0.03  # shift_time(0.5, 3) = 1.5 / 2
+
+
+def test_classifier_free_guidance_is_its_formula_against_the_empty_prompt(base):
+    from byg_core.toy.model import _velocity_fn
+
+    prompts = ["a red circle on a blue background", "a green square on a yellow background"]
+    y, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.7, 0.3])
+    v_c = base.velocity(y, t, base.encode_text(prompts))
+    v_u = base.velocity(y, t, base.encode_text(["", ""]))
+    assert not torch.allclose(v_c, v_u)
+    assert torch.equal(_velocity_fn(base, prompts)(y, t), v_c)  # guidance 1: the plain conditional velocity
+    torch.testing.assert_close(_velocity_fn(base, prompts, 3.0)(y, t), v_u + 3.0 * (v_c - v_u))
+
+
+def test_pretrain_drops_captions_to_the_empty_prompt_at_p_uncond(tmp_path, monkeypatch):
+    from byg_core.backbones.flux import FluxBackbone
+
+    seen = []
+    encode = FluxBackbone.encode_text
+    monkeypatch.setattr(FluxBackbone, "encode_text", lambda self, prompts: seen.append(list(prompts)) or encode(self, prompts))
+    pretrain(steps=4, seed=0, batch_size=32, out_path=tmp_path / "a.safetensors")
+    assert all(p for batch in seen for p in batch)  # p_uncond 0: every caption kept
+    seen.clear()
+    report = pretrain(steps=4, seed=0, batch_size=32, out_path=tmp_path / "b.safetensors", p_uncond=0.25)
+    empty = sum(p == "" for batch in seen for p in batch) / sum(len(b) for b in seen)
+    assert 0.15 < empty < 0.35 and report["p_uncond"] == 0.25
