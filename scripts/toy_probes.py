@@ -11,10 +11,12 @@
   .venv/bin/python scripts/toy_probes.py copy LORA [LORA ...] [--n-eval N]
       does a trained editor still copy? It edits held-out sources by their *reverse* instruction (an edit
       already fulfilled) and counts the sources read back whole (all attributes, mask IoU >= 0.6).
-  .venv/bin/python scripts/toy_probes.py variant NAME [--set KEY=JSON ...] [--n-train N] [--n-eval N]
-      the supervised reference at the demo's budget (750 steps at batch 8) with one change to its training
-      (``TrainConfig`` fields: --set lr=1e-3, --set rank=64, --set steps=3000, --set batch_size=32, ...) or to
-      its training tuples (--n-train); scored on held-out tuples (--n-eval per split: 96 + 96 by default) from noise seed 0: clean
+  .venv/bin/python scripts/toy_probes.py variant NAME [--set KEY=JSON ...] [--objective KEY=JSON ...] [--n-train N]
+          [--n-eval N] [--method supervised|byg] [--budget demo|bench]
+      the supervised reference (or ByG) at the demo's budget (750 steps at batch 8; the bench's: 1200 at batch 32)
+      with one change to its training (``TrainConfig`` fields: --set lr=1e-3, --set rank=64, --set steps=3000,
+      --set batch_size=32, ...), to its objective (``ObjectiveConfig`` fields: --objective lambda_cycle=0.3) or
+      to its training tuples (--n-train); scored on held-out tuples (--n-eval per split: 96 + 96 by default) from noise seed 0: clean
       edit, edit success, preservation, wrong pixels per image, clean edits by family. Saves the LoRA under
       /tmp/toy_probes/NAME.
   .venv/bin/python scripts/toy_probes.py pixels LORA [LORA ...] [--edit-steps 1 20] [--n-eval N] [--reverse]
@@ -131,12 +133,16 @@ def copy(args: argparse.Namespace) -> None:
               f"pixel error {float((out - sources).abs().mean()):.3f}", flush=True)
 
 
+def _assignments(items: list[str]) -> dict:
+    return {key: json.loads(value) for key, _, value in (item.partition("=") for item in items)}
+
+
 def variant(args: argparse.Namespace) -> None:
-    overrides = {"method": "supervised", "warmup_identity_steps": 0, "identity_prob": 0.0}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value)
-    settings = dataclasses.replace(bench.DEMO_SETTINGS, n_train=args.n_train, noise_seeds=(0,))
+    budget = bench.BENCH_SETTINGS if args.budget == "bench" else bench.DEMO_SETTINGS
+    settings = dataclasses.replace(budget, n_train=args.n_train or budget.n_train, noise_seeds=(0,))
+    overrides = dict(bench._trained_methods(settings, "main")[args.method]) | _assignments(args.set)
+    if args.objective:
+        overrides["objective"] = dataclasses.replace(settings.objective(), **_assignments(args.objective))
     backbone = build_toy_backbone()
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
     tuples = bench.eval_split(args.n_eval, 0)
@@ -148,7 +154,7 @@ def variant(args: argparse.Namespace) -> None:
     wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(1).sum(1).float()
     families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
     m = report["all"]
-    print(f"{args.name} {overrides} n_train {args.n_train}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} "
+    print(f"{args.name} {args.method} at the {args.budget}'s budget {overrides} n_train {settings.n_train}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} "
           f"preservation {m['preservation']:.3f} | wrong pixels per image {wrong.mean():.1f} (median "
           f"{wrong.median():.0f}) | clean by family {families} | {trainer.train_seconds:.0f} s of training", flush=True)
 
@@ -216,7 +222,10 @@ def main() -> None:
     p = sub.add_parser("variant")
     p.add_argument("name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
-    p.add_argument("--n-train", type=int, default=bench.DEMO_SETTINGS.n_train)
+    p.add_argument("--objective", action="append", default=[], metavar="KEY=JSON")
+    p.add_argument("--method", choices=["supervised", "byg"], default="supervised")
+    p.add_argument("--budget", choices=["demo", "bench"], default="demo")
+    p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=96)
     p.set_defaults(run=variant)
     p = sub.add_parser("pixels")
