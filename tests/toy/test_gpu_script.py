@@ -32,8 +32,10 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
         json.loads((tmp_path / f"seed{s}" / "byg" / "results.json").read_text())["methods"]["byg"]["clean_edit"]
         for s in (0, 1)]
     assert set(summary["base"]["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
+    assert summary["base"]["sample_accuracy_guided"]["guidance"] == 6.0
+    assert summary["base"]["pretrain"]["p_uncond"] == 0.1
     printed = capsys.readouterr().out
-    assert printed.startswith("base medium") and "| no_cycle | edits more, preserves less |" in printed
+    assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
 
 
 def test_the_ablation_reading_needs_a_change_beyond_both_intervals():
