@@ -222,14 +222,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
-    from .toy.model import PRETRAIN_STEPS, base_weights, pretrain
+    from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, base_weights, pretrain
 
     _check_device(args.device)
     out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
     if args.init and Path(args.init).resolve() == out.resolve():
         raise ValueError(f"--init {args.init} and --out are the same file; write the continued base elsewhere (--out)")
-    report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, out_path=out,
+    lr = PRETRAIN_LR if args.lr is None else args.lr
+    report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
                       t_shift=args.t_shift, p_uncond=args.p_uncond, progress=Progress(steps, "pretrain", 50))
     print(report)
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cuda or cpu (default: cuda when there is one)")
     pretrain.add_argument("--out", default=None,
                           help="default: the size's file in byg_core/toy/assets (small: the shipped base)")
-    pretrain.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to a tenth)")
+    pretrain.add_argument("--lr", type=float, default=None,
+                          help="peak learning rate, cosine decay to a tenth (default: the shipped base's)")
     pretrain.add_argument("--init", default=None,
                           help="continue training this toy base file (its architecture; --base-size is ignored)")
     pretrain.add_argument("--t-mean", type=float, default=0.0,

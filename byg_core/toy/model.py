@@ -73,6 +73,7 @@ TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
 # steps), 0.59 (7000), 0.78 (20000); the medium base (5.6x the compute per step) drew 0.78 at 7000 steps;
 # the sampler's step count (10-100) changed nothing.
 PRETRAIN_STEPS = 20000
+PRETRAIN_LR = 2e-3  # peak; linear warm-up, then cosine decay to a tenth (_learning_rate)
 
 Progress = Callable[[int, dict], None]
 
@@ -160,7 +161,7 @@ def pretrain(
     steps: int = PRETRAIN_STEPS,
     seed: int = 0,
     batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float = PRETRAIN_LR,
     out_path: str | os.PathLike = DEFAULT_TOY_WEIGHTS,
     progress: Progress | None = None,
     timesteps: str = "logit_normal",
