@@ -30,6 +30,14 @@
       sampler step count (and classifier-free guidance scale: a base pretrained with --p-uncond) and the
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
       all three, with 95% intervals (issue 17, part 2).
+  .venv/bin/python scripts/toy_probes.py guided LORA [LORA ...] [--guidance 1 1.5 2] [--n-eval N]
+      would guidance against the reverse instruction make edits cleaner? Each LoRA edits held-out tuples (noise
+      seed 0) with v_bar + w (v_c - v_bar), v_bar its velocity under the reverse instruction c_bar (the identity
+      steps teach it to copy the source there, so no instruction dropout is needed): scored like `variant`.
+  .venv/bin/python scripts/toy_probes.py ceiling [--n-eval N]
+      can a clean edit be made at all? ``metrics.clean_edit_ceiling`` of each held-out shape-kind tuple (--n-eval
+      per split: the bench's 288 + 288 by default): how often the best possible outline of the target kind is a
+      clean edit, given that the 16 px source fits several geometries; colour edits are determined (1.0).
 """
 
 from __future__ import annotations
@@ -46,9 +54,10 @@ import torch.nn.functional as F
 from byg_core import objective
 from byg_core.adapters import Generators
 from byg_core.lora_io import load_lora
-from byg_core.sample import edit
+from byg_core.adapters import EMA
+from byg_core.sample import edit, initial_noise, integrate
 from byg_core.toy import bench
-from byg_core.toy.metrics import PRESERVE_IOU, mask_iou, read_scene, right_pixels, wilson_interval
+from byg_core.toy.metrics import PRESERVE_IOU, clean_edit_ceiling, mask_iou, read_scene, right_pixels, wilson_interval
 from byg_core.toy.model import build_toy_backbone, evaluate_base
 from byg_core.toy.world import FAMILIES, render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
@@ -149,14 +158,8 @@ def variant(args: argparse.Namespace) -> None:
     data = bench.cached_tuples(backbone, tuples)
     cfg = settings.train_config(Path("/tmp/toy_probes") / args.name, **overrides)
     trainer, edited, _ = bench.train_and_edit(backbone, train_data, data, cfg, settings)
-    out = edited[0]  # settings.noise_seeds is (0,)
-    report = bench.score(tuples, out)
-    wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(1).sum(1).float()
-    families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
-    m = report["all"]
-    print(f"{args.name} {args.method} at the {args.budget}'s budget {overrides} n_train {settings.n_train}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} "
-          f"preservation {m['preservation']:.3f} | wrong pixels per image {wrong.mean():.1f} (median "
-          f"{wrong.median():.0f}) | clean by family {families} | {trainer.train_seconds:.0f} s of training", flush=True)
+    print(_report(f"{args.name} {args.method} at the {args.budget}'s budget {overrides} n_train {settings.n_train}",
+                  tuples, edited[0]) + f" | {trainer.train_seconds:.0f} s of training", flush=True)  # noise seed 0 only
 
 
 def _mixed_tokens(images: torch.Tensor) -> torch.Tensor:
@@ -202,6 +205,48 @@ def base(args: argparse.Namespace) -> None:
             print(f"{path} | {steps} sampler steps | guidance {guidance} | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
 
 
+def _report(name: str, tuples: list, out: torch.Tensor) -> str:
+    """Clean edit, edit success, preservation, wrong pixels per image and clean edits by family of one seed's pixels."""
+    report = bench.score(tuples, out)
+    wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(1).sum(1).float()
+    families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
+    m = report["all"]
+    return (f"{name}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} preservation {m['preservation']:.3f} | "
+            f"wrong pixels per image {wrong.mean():.1f} (median {wrong.median():.0f}) | clean by family {families}")
+
+
+def guided(args: argparse.Namespace) -> None:
+    backbone = build_toy_backbone()
+    tuples = bench.eval_split(args.n_eval, 0)
+    data = bench.cached_tuples(backbone, tuples)
+    for path in args.lora:
+        adapters = load_lora([path], backbone)
+        for w in args.guidance:
+            def method(b):
+                def velocity(y, t):
+                    v_c = backbone.velocity(y, t, b.c, source=b.x)
+                    if w == 1.0:
+                        return v_c
+                    v_bar = backbone.velocity(y, t, b.c_bar, source=b.x)
+                    return v_bar + w * (v_c - v_bar)
+                with adapters.use(EMA):
+                    eps = initial_noise(b.x.shape, 0, b.x.device, b.x.dtype)
+                    return integrate(backbone.schedule(bench.BENCH_SETTINGS.edit_steps, b.x.shape), velocity, eps).latents
+            print(_report(f"{path} guidance {w:g} against c_bar", tuples, bench.edit_with(backbone, data, method)),
+                  flush=True)
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    start = time.time()
+    tuples = bench.eval_split(args.n_eval, 0)
+    kind = sorted(clean_edit_ceiling(t) for t in tuples if t.family == "shape_kind")
+    mean = sum(kind) / len(kind)
+    share = len(kind) / len(tuples)
+    print(f"{len(kind)} of {len(tuples)} held-out tuples are shape-kind edits: the best outline is a clean edit "
+          f"{mean:.3f} of the time on average (lowest {kind[0]:.2f}, {sum(c < 1 for c in kind)} below 1); colour "
+          f"edits 1.000; the held-out set's ceiling {1 - share + share * mean:.3f} | {time.time() - start:.0f} s", flush=True)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,6 +285,14 @@ def main() -> None:
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.set_defaults(run=base)
+    p = sub.add_parser("guided")
+    p.add_argument("lora", nargs="+")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    p.add_argument("--n-eval", type=int, default=96)
+    p.set_defaults(run=guided)
+    p = sub.add_parser("ceiling")
+    p.add_argument("--n-eval", type=int, default=bench.BENCH_SETTINGS.n_eval)
+    p.set_defaults(run=ceiling)
     args = parser.parse_args()
     args.run(args)
 

@@ -13,6 +13,7 @@ from byg_core.toy.metrics import (
     aggregate_seeds,
     classify_kind,
     clean_edit,
+    clean_edit_ceiling,
     evaluate_edit,
     mask_centroid,
     read_scene,
@@ -232,6 +233,17 @@ def test_doing_nothing_on_a_small_shapes_kind_edit_is_no_clean_edit():
     source = render(t.source)
     assert right_pixel_share(source, render(t.target)) >= CLEAN_EDIT_SHARE
     assert clean_edit(source, t) == 0.0
+
+
+def test_the_clean_edit_is_attainable_but_a_shape_kind_edits_outline_is_not_always_determined():
+    """The ceiling: colour edits keep the geometry (1.0); a shape-kind edit's source fits several outlines of the
+    target kind, mostly within the clean edit's tolerance (so the issue's >= 0.9 target can be met), not always."""
+    tuples = sample_tuples(12, seed=5, families=["shape_kind"])
+    assert clean_edit_ceiling(sample_tuples(1, seed=5, families=["bg_color"])[0]) == 1.0
+    assert all(clean_edit_ceiling(t, samples=0) == 1.0 for t in tuples)  # the true geometry alone: always kept
+    ceilings = [clean_edit_ceiling(t, samples=20000) for t in tuples]
+    assert all(0.0 < c <= 1.0 for c in ceilings)
+    assert min(ceilings) < 1.0 and sum(ceilings) / len(ceilings) > 0.9
 
 
 def test_wilson_interval_matches_known_values():
