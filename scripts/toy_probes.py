@@ -30,10 +30,11 @@
       sampler step count (and classifier-free guidance scale: a base pretrained with --p-uncond) and the
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
       all three, with 95% intervals (issue 17, part 2).
-  .venv/bin/python scripts/toy_probes.py guided LORA [LORA ...] [--guidance 1 1.5 2] [--n-eval N]
-      would guidance against the reverse instruction make edits cleaner? Each LoRA edits held-out tuples (noise
-      seed 0) with v_bar + w (v_c - v_bar), v_bar its velocity under the reverse instruction c_bar (the identity
-      steps teach it to copy the source there, so no instruction dropout is needed): scored like `variant`.
+  .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
+      a trained editor under other sampling: each LoRA edits held-out tuples (noise seed 0) with each sampler step
+      count and guidance against the reverse instruction, v_bar + w (v_c - v_bar), v_bar its velocity under c_bar
+      (the identity steps teach it to copy the source there, so no instruction dropout is needed); scored like
+      `variant`.
   .venv/bin/python scripts/toy_probes.py ceiling [--n-eval N]
       can a clean edit be made at all? ``metrics.clean_edit_ceiling`` of each held-out shape-kind tuple (--n-eval
       per split: the bench's 288 + 288 by default): how often the best possible outline of the target kind is a
@@ -215,13 +216,13 @@ def _report(name: str, tuples: list, out: torch.Tensor) -> str:
             f"wrong pixels per image {wrong.mean():.1f} (median {wrong.median():.0f}) | clean by family {families}")
 
 
-def guided(args: argparse.Namespace) -> None:
+def score(args: argparse.Namespace) -> None:
     backbone = build_toy_backbone()
     tuples = bench.eval_split(args.n_eval, 0)
     data = bench.cached_tuples(backbone, tuples)
     for path in args.lora:
         adapters = load_lora([path], backbone)
-        for w in args.guidance:
+        for steps, w in [(n, g) for n in args.edit_steps for g in args.guidance]:
             def method(b):
                 def velocity(y, t):
                     v_c = backbone.velocity(y, t, b.c, source=b.x)
@@ -231,8 +232,8 @@ def guided(args: argparse.Namespace) -> None:
                     return v_bar + w * (v_c - v_bar)
                 with adapters.use(EMA):
                     eps = initial_noise(b.x.shape, 0, b.x.device, b.x.dtype)
-                    return integrate(backbone.schedule(bench.BENCH_SETTINGS.edit_steps, b.x.shape), velocity, eps).latents
-            print(_report(f"{path} guidance {w:g} against c_bar", tuples, bench.edit_with(backbone, data, method)),
+                    return integrate(backbone.schedule(steps, b.x.shape), velocity, eps).latents
+            print(_report(f"{path} {steps} steps, guidance {w:g} against c_bar", tuples, bench.edit_with(backbone, data, method)),
                   flush=True)
 
 
@@ -285,11 +286,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.set_defaults(run=base)
-    p = sub.add_parser("guided")
+    p = sub.add_parser("score")
     p.add_argument("lora", nargs="+")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    p.add_argument("--edit-steps", type=int, nargs="+", default=[bench.BENCH_SETTINGS.edit_steps])
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.add_argument("--n-eval", type=int, default=96)
-    p.set_defaults(run=guided)
+    p.set_defaults(run=score)
     p = sub.add_parser("ceiling")
     p.add_argument("--n-eval", type=int, default=bench.BENCH_SETTINGS.n_eval)
     p.set_defaults(run=ceiling)
