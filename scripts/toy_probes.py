@@ -53,9 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from byg_core import objective
-from byg_core.adapters import Generators
+from byg_core.adapters import EMA, Generators
 from byg_core.lora_io import load_lora
-from byg_core.adapters import EMA
 from byg_core.sample import edit, initial_noise, integrate
 from byg_core.toy import bench
 from byg_core.toy.metrics import PRESERVE_IOU, clean_edit_ceiling, mask_iou, read_scene, right_pixels, wilson_interval

@@ -38,6 +38,7 @@ import torch
 
 from .world import (
     COLORS,
+    DEFAULT_RESOLUTION,
     MARGIN,
     PALETTE,
     SIZE_RANGE,
@@ -189,7 +190,7 @@ def clean_edit_ceiling(tup: EditTuple, samples: int = 40000, seed: int = 0) -> f
     """
     if tup.family != "shape_kind":
         return 1.0
-    src, side = tup.source, render(tup.source).shape[-1]
+    src, side = tup.source, DEFAULT_RESOLUTION
     generator = torch.Generator().manual_seed(seed)
 
     def around(value: float, pixels: float) -> torch.Tensor:
@@ -203,9 +204,8 @@ def clean_edit_ceiling(tup: EditTuple, samples: int = 40000, seed: int = 0) -> f
     same_source = (kind_mask(src.shape, cx, cy, box, side) == shape_mask(src, side)).flatten(1).all(1)
     keep = prior.flatten() & same_source
     targets = kind_mask(tup.target.shape, cx[keep], cy[keep], box[keep], side).flatten(1).float()
-    wrong = torch.cdist(targets, targets, p=1)  # pixels where two candidate outlines differ
-    allowed = math.floor((1 - CLEAN_EDIT_SHARE) * side * side + 1e-9)
-    return float((wrong <= allowed).double().mean(1).max())
+    right = 1 - torch.cdist(targets, targets, p=1) / (side * side)  # share of pixels where two outlines agree
+    return float((right >= CLEAN_EDIT_SHARE).double().mean(1).max())  # clean_edit's rule
 
 
 def wilson_interval(rate: float, n: int, z: float = Z_95) -> tuple[float, float]:
