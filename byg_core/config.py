@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "toy-wan": VIDEO_PRESET | {"steps": 40, "batch_size": 2, "rank": 16, "warmup_identity_steps": 5},
 }
 METHODS = ("byg", "supervised")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -62,6 +63,12 @@ class TrainConfig:
     steps: int = 1000  # the paper trains 30k, and sees editing after ~1k
     batch_size: int = 8
     lr: float = 3e-4  # video: 1e-4 (B.2)
+    # the learning rate over the run (not in the paper, which gives one lr): "constant", or a decay to 0 at step
+    # lr_decay_steps (None: `steps`), "linear" or "cosine", after lr_warmup_steps of linear warm-up from 0
+    # (diffusers' schedules)
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int | None = None
     weight_decay: float = 1e-2  # AdamW
     grad_clip: float = 1.0  # not in the paper; guards the early bootstrapping steps
     rank: int = 64
@@ -103,7 +110,8 @@ class TrainConfig:
         for name in ("lr",):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "warmup_identity_steps", "checkpoint_every", "preview_every",
+        for name in ("weight_decay", "grad_clip", "lr_warmup_steps", "warmup_identity_steps", "checkpoint_every",
+                     "preview_every",
                      "rollout_max_age"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -116,6 +124,11 @@ class TrainConfig:
             raise ValueError(f"timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, got {self.timesteps!r}")
         if self.shift <= 0 or self.logit_std <= 0:
             raise ValueError(f"shift and logit_std must be > 0, got shift={self.shift}, logit_std={self.logit_std}")
+        decay = self.lr_decay_steps
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int) or decay < 1):
+            raise ValueError(f"lr_decay_steps must be >= 1 or left out (the run's steps), got {self.lr_decay_steps}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -17,6 +17,7 @@ import torch
 import torch.utils.checkpoint
 from torch.profiler import record_function
 from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError, safe_open
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
@@ -96,6 +97,7 @@ class Trainer:
             self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay,
             fused=self.accelerator.device.type == "cuda",
         )
+        self.lr_schedule = self._lr_schedule(last_step=0)
         self.sample_t = TIMESTEP_SAMPLERS[config.timesteps](
             shift=config.shift, mean=config.logit_mean, std=config.logit_std
         )
@@ -104,6 +106,13 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._pending: list[tuple[int, str, dict[str, torch.Tensor]]] = []  # (step, kind, losses) not read yet
         self.output_dir = Path(config.output_dir)
+
+    def _lr_schedule(self, last_step: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """The learning rate of each step (diffusers' schedules), set for the step after ``last_step``."""
+        name = "constant_with_warmup" if self.cfg.lr_scheduler == "constant" and self.cfg.lr_warmup_steps else \
+            self.cfg.lr_scheduler
+        return get_scheduler(name, self.optimizer, num_warmup_steps=self.cfg.lr_warmup_steps,
+                             num_training_steps=self.cfg.lr_decay_steps or self.cfg.steps, last_epoch=last_step - 1)
 
     # --- one step -------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -162,6 +171,7 @@ class Trainer:
             self._sync_and_clip()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.lr_schedule.step()
             if self.cfg.use_ema:
                 self.adapters.ema_update(self.cfg.ema_decay)
         self.step += 1
@@ -221,12 +231,13 @@ class Trainer:
     def save_lora(self) -> list[Path]:
         """The LoRA of the steps done: ``<save_name>.safetensors`` when the run is complete, else
         ``<save_name>_step<N>.safetensors``, so a stopped run never takes the finished LoRA's name.
-        Its config says ``steps = N``: that config, trained from scratch, gives this very file."""
+        Its config says ``steps = N`` (and the schedule's length): that config, trained from scratch, gives this
+        very file."""
         if not self.accelerator.is_main_process:
             return []
         role = EMA if self.cfg.use_ema else STUDENT
         name = self.cfg.save_name if self.step >= self.cfg.steps else f"{self.cfg.save_name}_step{self.step}"
-        config = self.cfg.to_dict() | {"steps": self.step}
+        config = self.cfg.to_dict() | {"steps": self.step, "lr_decay_steps": self.cfg.lr_decay_steps or self.cfg.steps}
         return save_lora(self.output_dir / f"{name}.safetensors", self.backbone, self.adapters, role=role, config=config)
 
     # --- checkpoints ----------------------------------------------------------------
@@ -268,6 +279,9 @@ class Trainer:
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
         self.step = int(meta_json(raw, "byg.step", path))
+        for group in self.optimizer.param_groups:  # the schedule is a function of the step: this run's, from its lr
+            group["initial_lr"] = self.cfg.lr
+        self.lr_schedule = self._lr_schedule(last_step=self.step)
         self.history = list(meta_json(raw, "byg.history", path))
         return self.step
 

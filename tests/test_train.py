@@ -60,18 +60,45 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
 
-def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path):
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_the_learning_rate_follows_its_schedule_and_a_resumed_run_keeps_it(tmp_path, schedule):
+    """Each step's lr is diffusers' schedule (warm-up, then decay to 0 at `steps`), and a run stopped and resumed
+    ends bit-for-bit as the run that never stopped, its lr included."""
+    import math
+    lrs = []
+    full = Trainer(config(tmp_path / "full", lr_scheduler=schedule, lr_warmup_steps=2), make_flux_backbone(),
+                   tiny_data(), Callbacks(on_step=lambda step, record: lrs.append(full.optimizer.param_groups[0]["lr"])))
+    full.run()
+    # after step k the next step's lr: warm-up k/2 for k < 2, then the decay over the 4 steps left
+    decay = [(6 - k) / 4 if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * (k - 2) / 4)) for k in range(2, 7)]
+    assert lrs == pytest.approx([1e-2 * f for f in [0.5, *decay]])
+    stops = iter([False, False, False, True])
+    Trainer(config(tmp_path / "split", lr_scheduler=schedule, lr_warmup_steps=2), make_flux_backbone(), tiny_data(),
+            Callbacks(should_stop=lambda: next(stops))).run()
+    second = Trainer(config(tmp_path / "split", lr_scheduler=schedule, lr_warmup_steps=2), make_flux_backbone(),
+                     tiny_data())
+    assert second.resume() == 3 and second.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[2])
+    second.run()
+    for key, value in lora_state(full).items():
+        assert torch.equal(value, second.adapters.state_dict(STUDENT)[key]), key
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path, schedule):
     """A partial LoRA never takes the finished LoRA's name, and its config is the run that makes exactly it."""
     backbone = make_flux_backbone()
     stops = iter([False, False, True])
-    partial = Trainer(config(tmp_path / "split"), backbone, tiny_data(), Callbacks(should_stop=lambda: next(stops))).run()
+    partial = Trainer(config(tmp_path / "split", lr_scheduler=schedule), backbone, tiny_data(),
+                      Callbacks(should_stop=lambda: next(stops))).run()
     assert [p.name for p in partial.lora_paths] == ["byg_lora_step2.safetensors"]
     assert not (tmp_path / "split" / "byg_lora.safetensors").exists()
     assert existing_run(tmp_path / "split") == 2 and existing_run(tmp_path / "nothing") is None
     stopped = read_lora(partial.lora_paths[0], backbone)
-    assert stopped.metadata["byg.config"]["steps"] == 2
+    saved = stopped.metadata["byg.config"]
+    assert saved["steps"] == 2 and saved["lr_decay_steps"] == 6  # the schedule of the run it was stopped in
 
-    fresh = Trainer(config(tmp_path / "two", steps=2), make_flux_backbone(), tiny_data()).run()
+    fresh = Trainer(TrainConfig.from_dict(saved | {"output_dir": str(tmp_path / "two")}), make_flux_backbone(),
+                    tiny_data()).run()
     assert [p.name for p in fresh.lora_paths] == ["byg_lora.safetensors"]
     again = read_lora(fresh.lora_paths[0], backbone)
     assert again.tensors.keys() == stopped.tensors.keys()
@@ -146,7 +173,8 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
     "field, value, message",
     [("steps", -1, "steps must be >= 1"), ("timesteps", "cosine", "timesteps must be one of"),
      ("lr", 0.0, "lr must be > 0"), ("identity_prob", 2.0, "identity_prob"), ("steps", "ten", "'steps' must be int"),
-     ("stepz", 3, r"unknown field\(s\) \['stepz'\]")],
+     ("stepz", 3, r"unknown field\(s\) \['stepz'\]"), ("lr_scheduler", "step", "lr_scheduler must be one of"),
+     ("lr_decay_steps", "ten", "lr_decay_steps must be >= 1"), ("lr_warmup_steps", -2, "lr_warmup_steps must be >= 0")],
 )
 def test_bad_config_values_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
