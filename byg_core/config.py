@@ -113,8 +113,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "lr_warmup_steps", "warmup_identity_steps", "checkpoint_every",
-                     "preview_every",
-                     "rollout_max_age"):
+                     "preview_every", "rollout_max_age"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("identity_prob", "ema_decay"):
