@@ -50,7 +50,7 @@ class CycleTrainer:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from byg_core.config import PRESETS
+        from byg_core.config import LR_SCHEDULERS, PRESETS
 
         return {
             "required": {
@@ -82,12 +82,20 @@ class CycleTrainer:
                 "ema_decay": I.number(DEFAULT, DEFAULT, 1.0, 0.001, _preset_tip(
                     "ema_decay", "Decay of the EMA editor that bootstraps the targets (the paper gives none; "
                     "short runs want less).")),
-            }
+            },
+            # optional, so prompts and workflows saved before these widgets existed still run (constant lr, as then)
+            "optional": {
+                "lr_scheduler": I.choice(list(LR_SCHEDULERS), "The learning rate over the run (the paper gives one lr: "
+                                         "constant). linear / cosine: a decay to 0 at the last step; a resumed run "
+                                         "with more steps decays over the new total."),
+                "lr_warmup_steps": I.integer(0, 0, 1_000_000, "First steps raise the learning rate linearly from 0 "
+                                             "(0: none)."),
+            },
         }
 
     @host.outside_inference_mode(grad=True)
     def train(self, model, dataset, objective, preset, steps, learning_rate, rank, batch_size, seed, save_name, resume,
-              warmup_identity_steps, preview_every, ema_decay):
+              warmup_identity_steps, preview_every, ema_decay, lr_scheduler="constant", lr_warmup_steps=0):
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
         from byg_core.memory import estimate
@@ -101,7 +109,8 @@ class CycleTrainer:
             )
         widgets = dict(steps=steps, learning_rate=learning_rate, rank=rank, batch_size=batch_size,
                        warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
-        config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets)
+        schedule = dict(lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps)
+        config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule)
         if not resume:
             _refuse_to_overwrite(name, config.output_dir, model.backbone)
         progress = host.Progress(config.steps)
@@ -126,7 +135,7 @@ class CycleTrainer:
         return {"ui": host.ui_images(curve, f"byg_loss_{name}"), "result": (lora, curve)}
 
 
-def _config(model, dataset, objective, preset, name, seed, preview_every, widgets):
+def _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule):
     """The node's TrainConfig: the preset, then every widget not at -1."""
     from byg_core.config import TrainConfig
     from byg_core.loading import training_preset
@@ -136,7 +145,7 @@ def _config(model, dataset, objective, preset, name, seed, preview_every, widget
         "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "seed": seed,
         "objective": dataclasses.asdict(objective), "preview_every": preview_every,
     }
-    values |= {PRESET_WIDGETS[k]: v for k, v in widgets.items() if v != DEFAULT}
+    values |= {PRESET_WIDGETS[k]: v for k, v in widgets.items() if v != DEFAULT} | schedule
     chosen = training_preset(model.name, model.family) if preset == AUTO else preset
     return TrainConfig.for_preset(chosen, values, "CycleTrainer")
 

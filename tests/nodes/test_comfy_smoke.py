@@ -63,7 +63,8 @@ def test_toy_workflow_converts_widgets_in_order_and_links_to_slots(smoke, object
     assert trainer["inputs"] == {
         "model": ["1", 0], "dataset": ["2", 0], "objective": ["4", 0], "preset": "auto", "steps": 700,
         "learning_rate": 0.003, "rank": 16, "batch_size": 8, "seed": 0, "save_name": "byg_toy", "resume": False,
-        "warmup_identity_steps": 200, "preview_every": 100, "ema_decay": 0.95,
+        "warmup_identity_steps": 200, "preview_every": 100, "ema_decay": 0.95, "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
     }  # 'fixed' after the seed is the frontend's control value, not an input
     objective = prompt["4"]["inputs"]
     assert objective["image"] == ["3", 0] and objective["t"] == 0.5 and objective["seed"] == 0
@@ -90,7 +91,7 @@ def test_a_workflow_saved_for_another_node_version_is_refused(smoke, object_info
     workflow = json.loads((WORKFLOWS / "byg_toy_train_and_edit.json").read_text())
     trainer = next(n for n in workflow["nodes"] if n["type"] == "CycleTrainer")
     trainer["widgets_values"] = trainer["widgets_values"][1:]  # saved before the preset widget existed
-    with pytest.raises(ValueError, match=r"node 5 \(CycleTrainer\): no saved value for widget 'ema_decay'; re-save"):
+    with pytest.raises(ValueError, match=r"node 5 \(CycleTrainer\): no saved value for widget 'lr_warmup_steps'; re-save"):
         smoke.ui_to_api(workflow, object_info)
     trainer["widgets_values"] = [*trainer["widgets_values"], 0.95, 0.9]
     with pytest.raises(ValueError, match=r"node 5 \(CycleTrainer\): 1 saved widget value\(s\) left over \(\[0.9\]\)"):

@@ -57,6 +57,18 @@ def test_toy_graph_trains_a_lora_and_edits_an_image(run, nodes, graph, host_fold
     torch.testing.assert_close(again, edited)
 
 
+def test_the_learning_rate_schedule_widgets_reach_the_run_and_older_prompts_keep_a_constant_lr(run, graph):
+    """lr_scheduler / lr_warmup_steps are optional inputs: a prompt saved before they existed trains as it did."""
+    scheduled, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                       **train_inputs(steps=2, preview_every=0, save_name="cosine", lr_scheduler="cosine",
+                                      lr_warmup_steps=1))
+    older, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                   **train_inputs(steps=2, preview_every=0, save_name="older"))
+    configs = [lora.files[0].metadata["byg.config"] for lora in (scheduled, older)]  # read back from loras/
+    assert [(c["lr_scheduler"], c["lr_warmup_steps"], c["lr"]) for c in configs] == [("cosine", 1, 1e-3),
+                                                                                      ("constant", 0, 1e-3)]
+
+
 def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
     """Running a LoRA branch never leaks into a branch holding the same backbone without it (values.py)."""
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
