@@ -273,11 +273,16 @@ def node_of(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
-def lora_steps(path: Path) -> int:
+def lora_config(path: Path) -> dict:
+    """The TrainConfig a LoRA file records (its metadata's byg.config)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as handle:
-        return json.loads(handle.metadata()["byg.config"])["steps"]
+        return json.loads(handle.metadata()["byg.config"])
+
+
+def lora_steps(path: Path) -> int:
+    return lora_config(path)["steps"]
 
 
 def describe(run: Run) -> str:
@@ -382,16 +387,20 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
           f"the step count continues: {values[:1]}..{values[-1:]} after step {stopped_at}")
     check(finished.is_file() and lora_steps(finished) == total, f"{finished.name} now holds {total} steps")
 
-    print("\n[5] a train-only graph (model, dataset, objective, CycleTrainer)")
+    print("\n[5] a train-only graph (model, dataset, objective, CycleTrainer), with a cosine learning-rate schedule")
     keep = {k for k, v in image.items() if v["class_type"] in ("BYGModelLoader", "BYGToyDataset", "DirectionalPriorLoss",
                                                                  "CycleTrainer")}
     only = {k: {**v, "inputs": {n: x for n, x in v["inputs"].items() if not (isinstance(x, list) and x[0] not in keep)}}
             for k, v in image.items() if k in keep}
-    only[trainer]["inputs"].update(steps=4, warmup_identity_steps=2, preview_every=0, save_name="smoke_train_only")
+    only[trainer]["inputs"].update(steps=4, warmup_identity_steps=2, preview_every=0, save_name="smoke_train_only",
+                                   lr_scheduler="cosine", lr_warmup_steps=1)
     run = server.run(only)
     print(f"  {describe(run)}")
     check(run.status == "success", "accepted by /prompt and trained")
-    check((loras / "smoke_train_only.safetensors").is_file(), "its LoRA is saved")
+    saved = loras / "smoke_train_only.safetensors"
+    check(saved.is_file(), "its LoRA is saved")
+    schedule = {k: lora_config(saved).get(k) for k in ("lr_scheduler", "lr_warmup_steps")} if saved.is_file() else None
+    check(schedule == {"lr_scheduler": "cosine", "lr_warmup_steps": 1}, f"it trained with the widgets' schedule: {schedule}")
 
     video = prompts.get(TOY_VIDEO)
     if video is not None:
