@@ -29,11 +29,10 @@ VIDEO_PRESET: dict[str, Any] = {
 # paper defaults (B.1). A model loader names its preset (byg_core.loading); the CLI's TOML and the
 # node's widgets override any field.
 PRESETS: dict[str, dict[str, Any]] = {
-    # FLUX.1: the paper's image values (B.1), which are silent on where t is drawn, with noisier t: shift e^1.15, the
-    # shift FLUX.1-dev's own scheduler samples 1024 px images at (max_shift 1.15), as its video training biases t (B.2)
-    # and as FLUX LoRA trainers do. On the toy of the same architecture shift 4 doubled both editors' clean edits
-    # (docs/toy_bench.md, "Noisier t for the editors"); not measured on FLUX.1-dev itself. shift = 1 is B.1 to the letter
-    "flux": {"shift": 3.1582},
+    # FLUX.1: the paper's image values (B.1; t ~ U(0, 1) as Algorithm 1). Noisier t (shift = 3.1582, FLUX.1-dev's own
+    # sampling shift at 1024 px) doubled both toy editors' clean edits on the same architecture (docs/toy_bench.md,
+    # "Noisier t for the editors") but is not measured on FLUX.1-dev, so the paper's value stays the default
+    "flux": {},
     "wan": VIDEO_PRESET,  # Wan2.2: the paper's video values (B.2)
     # the toy FLUX-architecture base on a 2-core CPU: a clear colour edit within minutes (with the toy
     # workflow's objective, lambda_id 3 and a 4-step rollout: 0.81 edit success on 48 held-out tuples, 3 min on one

@@ -59,7 +59,7 @@ class CycleTrainer:
                 "objective": I.socket(OBJECTIVE, "Loss weights and ablation switches (DirectionalPriorLoss)."),
                 "preset": I.choice([AUTO, *PRESETS], "Training values the -1 widgets take, and the options without a "
                                    "widget (timesteps, EMA, identity steps). auto: the loaded model's — toy for the toy "
-                                   "base, flux = the paper's image values (B.1) with noisier t (shift 3.16, FLUX.1-dev's own at 1024 px), wan = its video values (B.2: "
+                                   "base, flux = the paper's image values (B.1), wan = its video values (B.2: "
                                    "logit-normal t with shift 12, no EMA, 10% identity steps)."),
                 "steps": I.integer(DEFAULT, DEFAULT, 1_000_000, _preset_tip(
                     "steps", "Total training steps; a resumed run counts the steps already done (the paper trains "

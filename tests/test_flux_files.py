@@ -149,13 +149,13 @@ def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys
 
 def test_the_flux_example_has_the_papers_settings():
     from pathlib import Path
-    from byg_core.config import PRESETS, TrainConfig
+    from byg_core.config import TrainConfig
 
     cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "examples" / "flux.toml")
     assert (cfg.model, cfg.lr, cfg.rank, cfg.batch_size, cfg.warmup_identity_steps, cfg.identity_prob) == \
         ("flux1-dev", 3e-4, 64, 8, 200, 0.15)
     assert (cfg.objective.lambda_id, cfg.objective.rollout_steps) == (0.2, 10)
-    assert (cfg.timesteps, cfg.shift) == ("uniform", PRESETS["flux"]["shift"])  # the node's flux preset's t
+    assert (cfg.timesteps, cfg.shift) == ("uniform", 1.0)  # t ~ U(0, 1), Algorithm 1
     assert set(cfg.model_files) == {"transformer", "vae", "clip_l", "t5", "tokenizers", "dtype", "storage"}
     assert cfg.gradient_checkpointing and cfg.text_cache_dir
 

@@ -69,8 +69,8 @@ class ToySettings:
     # loss 0.025 -> 0.11 within 100 ByG steps; preservation 0.05); 1.0 kept 0.18, 3.0 kept 0.32 (600 ByG steps,
     # 48 + 48 held-out tuples; the 1200-step bench measured 0.21: docs/toy_bench.md)
     lambda_id: float = 3.0
-    # t' = s t / (1 + (s - 1) t): noisier t more often, as the paper's video training (B.2, s = 12; B.1 is silent). At
-    # the bench's budget s = 4 doubled the clean edits of both editors (supervised 0.30 -> 0.55, ByG 0.14 -> 0.32 on
+    # t' = s t / (1 + (s - 1) t): noisier t more often, as the paper's video training (B.2, s = 12; its images draw
+    # t ~ U(0, 1), Algorithm 1). At the bench's budget s = 4 doubled the clean edits of both editors (supervised 0.30 -> 0.55, ByG 0.14 -> 0.32 on
     # 96 + 96 held-out tuples; s = 8 the same, s = 0.5 and logit-normal mean -0.8 worse: docs/toy_bench.md)
     shift: float = PRESETS["toy"]["shift"]  # one value for the bench, the demo and the "toy" preset
     edit_steps: int = 20
