@@ -25,7 +25,7 @@
       image, inside the 2 x 2 tokens that mix two colours (in the source or the truth) against the one-colour
       tokens, and the images within the clean edit's 12 wrong pixels. --reverse asks the reverse instruction and
       compares with the source instead (how exactly does it copy?).
-  .venv/bin/python scripts/toy_probes.py base BASE [BASE ...] [--steps 10 20 50] [--n 512] [--guidance 1 2 3]
+  .venv/bin/python scripts/toy_probes.py base BASE [BASE ...] [--steps 10 20 50] [--n 512] [--guidance 1 2 3] [--sampler-shift 1 3]
       how well does a toy base draw the world? Each base draws N fresh scenes from their captions with each
       sampler step count (and classifier-free guidance scale: a base pretrained with --p-uncond) and the
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
@@ -196,13 +196,15 @@ def pixels(args: argparse.Namespace) -> None:
 def base(args: argparse.Namespace) -> None:
     for path in args.base:
         backbone = build_toy_backbone(path)
-        for steps, guidance in [(s, g) for s in args.steps for g in args.guidance]:
+        for steps, guidance, shift in [(s, g, h) for s in args.steps for g in args.guidance for h in args.sampler_shift]:
             start = time.time()
+            backbone.scheduler_shift = shift  # the sampler's t grid, t' = s t / (1 + (s - 1) t)
             report = evaluate_base(backbone, n=args.n, seed=1, steps=steps, guidance=guidance)
             keys = ("shape", "shape_color", "bg_color", "all")
             report.update({f"{k}_ci": wilson_interval(report[k], args.n) for k in keys})
             rates = ", ".join(f"{k} {bench._rate(report, k)}" for k in keys)
-            print(f"{path} | {steps} sampler steps | guidance {guidance} | n {args.n} | {rates} | {time.time() - start:.0f} s", flush=True)
+            print(f"{path} | {steps} sampler steps | guidance {guidance} | sampler shift {shift} | n {args.n} | {rates} | "
+                  f"{time.time() - start:.0f} s", flush=True)
 
 
 def _report(name: str, tuples: list, out: torch.Tensor) -> str:
@@ -284,6 +286,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    p.add_argument("--sampler-shift", type=float, nargs="+", default=[1.0])
     p.set_defaults(run=base)
     p = sub.add_parser("score")
     p.add_argument("lora", nargs="+")
