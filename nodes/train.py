@@ -50,8 +50,9 @@ class CycleTrainer:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from byg_core.config import LR_SCHEDULERS, PRESETS
+        from byg_core.config import LR_SCHEDULERS, PRESETS, TrainConfig
 
+        d = TrainConfig()
         return {
             "required": {
                 "model": I.socket(MODEL, "Base model to train on (without a LoRA)."),
@@ -87,15 +88,15 @@ class CycleTrainer:
             "optional": {
                 "lr_scheduler": I.choice(list(LR_SCHEDULERS), "The learning rate over the run (the paper gives one lr: "
                                          "constant). linear / cosine: a decay to 0 at the last step; a resumed run "
-                                         "with more steps decays over the new total."),
-                "lr_warmup_steps": I.integer(0, 0, 1_000_000, "First steps raise the learning rate linearly from 0 "
-                                             "(0: none)."),
+                                         "with more steps decays over the new total.", default=d.lr_scheduler),
+                "lr_warmup_steps": I.integer(d.lr_warmup_steps, 0, 1_000_000, "First steps raise the learning rate "
+                                             "linearly from 0 (0: none)."),
             },
         }
 
     @host.outside_inference_mode(grad=True)
     def train(self, model, dataset, objective, preset, steps, learning_rate, rank, batch_size, seed, save_name, resume,
-              warmup_identity_steps, preview_every, ema_decay, lr_scheduler="constant", lr_warmup_steps=0):
+              warmup_identity_steps, preview_every, ema_decay, **schedule):
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
         from byg_core.memory import estimate
@@ -109,7 +110,6 @@ class CycleTrainer:
             )
         widgets = dict(steps=steps, learning_rate=learning_rate, rank=rank, batch_size=batch_size,
                        warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
-        schedule = dict(lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps)
         config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule)
         if not resume:
             _refuse_to_overwrite(name, config.output_dir, model.backbone)
@@ -136,7 +136,8 @@ class CycleTrainer:
 
 
 def _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule):
-    """The node's TrainConfig: the preset, then every widget not at -1."""
+    """The node's TrainConfig: the preset, then every widget not at -1, then the optional schedule inputs the prompt
+    has (``schedule``; one it lacks keeps TrainConfig's default)."""
     from byg_core.config import TrainConfig
     from byg_core.loading import training_preset
 

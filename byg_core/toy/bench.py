@@ -70,8 +70,9 @@ class ToySettings:
     # 48 + 48 held-out tuples; the 1200-step bench measured 0.21: docs/toy_bench.md)
     lambda_id: float = 3.0
     # t' = s t / (1 + (s - 1) t): noisier t more often, as the paper's video training (B.2, s = 12; its images draw
-    # t ~ U(0, 1), Algorithm 1). At the bench's budget s = 4 doubled the clean edits of both editors (supervised 0.30 -> 0.55, ByG 0.14 -> 0.32 on
-    # 96 + 96 held-out tuples; s = 8 the same, s = 0.5 and logit-normal mean -0.8 worse: docs/toy_bench.md)
+    # t ~ U(0, 1), Algorithm 1). At the bench's budget s = 4 doubled the clean edits of both editors (supervised
+    # 0.30 -> 0.55, ByG 0.14 -> 0.32 on 96 + 96 held-out tuples; s = 8 the same, s = 0.5 and logit-normal mean -0.8
+    # worse: docs/toy_bench.md)
     shift: float = PRESETS["toy"]["shift"]  # one value for the bench, the demo and the "toy" preset
     edit_steps: int = 20
     n_train: int = 1024
