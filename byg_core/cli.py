@@ -4,6 +4,7 @@
     byg train CONFIG.toml              train a LoRA from a TOML config (see examples/toy.toml)
     byg edit --lora F --image I ...    edit an image or a video with a trained LoRA
     byg bench --out DIR                measure ByG against baselines on the toy world (clean-edit rate first)
+    byg bench combine --runs DIR...    several bench runs (training seeds) as one table, ablations read
     byg toy dataset --out DIR          write toy edit tuples as a dataset folder
     byg toy pretrain                   re-make the shipped toy base model (--base-size: a larger one)
 
@@ -207,6 +208,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
                   args.width, args.frames, args.cache_k)
         return 0
+    if args.kind == "combine":
+        from .toy.summary import combine_runs
+
+        combine_runs(args.runs or [], Path(args.out))
+        return 0
+    if args.runs:
+        raise ValueError("--runs is for `byg bench combine`, which reads finished runs; a quality bench runs its own")
     from .toy.bench import DEMO_SETTINGS, SMOKE_SETTINGS, run_bench
     from .toy.model import base_weights
 
@@ -293,9 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world; "
-                                         "'byg bench speed': what a ByG step costs against a supervised one")
-    bench.add_argument("kind", nargs="?", choices=["quality", "speed"], default="quality")
+                                         "'byg bench speed': what a ByG step costs against a supervised one; "
+                                         "'byg bench combine --runs DIR...': finished runs' training seeds as one table")
+    bench.add_argument("kind", nargs="?", choices=["quality", "speed", "combine"], default="quality")
     bench.add_argument("--out", default="out/bench")
+    bench.add_argument("--runs", nargs="+", default=None, metavar="DIR",
+                       help="combine: `byg bench --out` folders that differ in --seed alone (the zero-shot baselines' "
+                            "one run counts for every seed); writes OUT/summary.md and OUT/summary.json")
     bench.add_argument("--model", default="toy", help="speed: toy, flux-<width> (e.g. flux-256), flux1-dev (GPU), "
                        "wan-<width> (e.g. wan-256), wan2.2-ti2v-5b or wan2.2-a14b-expert (GPU)")
     bench.add_argument("--size", type=int, default=512, help="speed: image side in px, the height when --width is given")

@@ -22,7 +22,8 @@ not yet run on one, so the first run's timings are what to size the next by):
 3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
    seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, then each ablation's
    change against ByG beside the paper's Table-4 direction. Every run's own results.json, results.md and
-   grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt).
+   grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt). The summary is
+   ``byg bench combine``'s (``byg_core.toy.summary``): runs made elsewhere are read the same way.
 
 --tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
 two seeds: a check that the script works, its figures mean nothing.
@@ -41,19 +42,10 @@ from pathlib import Path
 
 import torch
 
-from byg_core.toy.bench import ABLATIONS, BASELINES, BENCH_SETTINGS, suite_methods
-from byg_core.toy.metrics import RATE_KEYS, wilson_interval
+from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, suite_methods
 from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
+from byg_core.toy.summary import collect, summarise, summary_text
 
-# The paper's Table-4 directions the issue asks about: (what the paper reports, sign of the change in edit
-# success, sign of the change in preservation) against full ByG; 0 = not a claim.
-PAPER_DIRECTIONS = {
-    "no_regularization": ("collapses to the identity: edits far less", -1, +1),
-    "no_cycle": ("edits more, preserves less", +1, -1),
-    "no_gradient_routing": ("edits more, preserves less", +1, -1),
-    "no_bootstrapping": ("edits less and preserves less", -1, -1),
-    "no_identity_steps": ("preserves a little less", 0, -1),
-}
 TINY_METHODS = ("byg", "supervised", "no_cycle")
 
 
@@ -128,75 +120,6 @@ def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> dict[str
         return {name: future.result() for name, future in futures.items()}
 
 
-def collect(jobs: dict[str, tuple[list[str], Path]]) -> dict[str, list[dict]]:
-    """method -> its figures under each training seed (the baselines' one run stands for every seed)."""
-    runs: dict[str, list[dict]] = {}
-    for _, folder in jobs.values():
-        for method, figures in json.loads((folder / "results.json").read_text())["methods"].items():
-            runs.setdefault(method, []).append(figures)
-    return runs
-
-
-def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, the seeds' range."""
-    summary = {}
-    for method, per_seed in runs.items():
-        n = per_seed[0]["n"]
-        entry = {"n_tuples": n, "training_seeds": len(per_seed), "minutes": sum(r["seconds"] for r in per_seed) / 60}
-        for key in RATE_KEYS:
-            values = [r[key] for r in per_seed]
-            mean = sum(values) / len(values)
-            entry[key] = mean
-            entry[f"{key}_ci"] = list(wilson_interval(mean, n))
-            entry[f"{key}_by_training_seed"] = values
-        summary[method] = entry
-    return summary
-
-
-def _cell(entry: dict, key: str) -> str:
-    low, high = entry[f"{key}_ci"]
-    values = entry[f"{key}_by_training_seed"]
-    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}] ({min(values):.2f}-{max(values):.2f})"
-
-
-def table(summary: dict[str, dict]) -> str:
-    lines = ["| method | " + " | ".join(f"{k} [95% CI] (training seeds' range)" for k in RATE_KEYS)
-             + " | training seeds | minutes |", "|" + "---|" * (len(RATE_KEYS) + 3)]
-    for method, entry in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(entry, k) for k in RATE_KEYS)
-                     + f" | {entry['training_seeds']} | {entry['minutes']:.1f} |")
-    return "\n".join(lines)
-
-
-def _half_width(entry: dict, key: str) -> float:
-    low, high = entry[f"{key}_ci"]
-    return (high - low) / 2
-
-
-def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
-    """The change against ByG, and whether it goes the paper's way beyond both intervals' combined width."""
-    change = summary[method][key] - summary["byg"][key]
-    noise = (_half_width(summary[method], key) ** 2 + _half_width(summary["byg"], key) ** 2) ** 0.5
-    if sign == 0:
-        return change, "-"
-    if abs(change) <= noise:
-        return change, "within noise"
-    return change, "yes" if sign * change > 0 else "opposite"
-
-
-def directions_table(summary: dict[str, dict]) -> str:
-    lines = ["| ablation | paper (Table 4) | edit success change | as the paper? | preservation change | as the paper? "
-             "| clean edit change |", "|" + "---|" * 7]
-    for method in (m for m in ABLATIONS if m in summary and "byg" in summary):
-        paper, edit_sign, keep_sign = PAPER_DIRECTIONS.get(method, ("not a claim the issue checks", 0, 0))
-        edit_change, edit_verdict = direction(summary, method, "edit_success", edit_sign)
-        keep_change, keep_verdict = direction(summary, method, "preservation", keep_sign)
-        clean_change = summary[method]["clean_edit"] - summary["byg"]["clean_edit"]
-        lines.append(f"| {method} | {paper} | {edit_change:+.3f} | {edit_verdict} | {keep_change:+.3f} | "
-                     f"{keep_verdict} | {clean_change:+.3f} |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -211,9 +134,9 @@ def main(argv=None) -> int:
     jobs = bench_jobs(args, base)
     bench_start = time.perf_counter()
     seconds = run_jobs(jobs, args.jobs)
-    summary = summarise(collect(jobs))
+    summary = summarise(collect([folder for _, folder in jobs.values()]))
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
-            + table(summary) + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary)
+            + summary_text(summary)
             + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time); "
             f"slowest job {max(seconds, key=seconds.get)} {max(seconds.values()):.0f} s; "
             f"total {time.perf_counter() - start:.0f} s\n")

@@ -4,7 +4,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from byg_core.cli import main as byg
@@ -26,8 +25,8 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["methods"]) == {"identity", "sdedit", "flowedit", *script.TINY_METHODS}
-    assert summary["methods"]["identity"]["training_seeds"] == 1  # the baselines train nothing: one run
-    assert summary["methods"]["byg"]["training_seeds"] == 2
+    assert summary["methods"]["identity"]["training_seeds"] == [0]  # the baselines train nothing: one run
+    assert summary["methods"]["byg"]["training_seeds"] == [0, 1]
     assert summary["methods"]["byg"]["clean_edit_by_training_seed"] == [
         json.loads((tmp_path / f"seed{s}" / "byg" / "results.json").read_text())["methods"]["byg"]["clean_edit"]
         for s in (0, 1)]
@@ -36,20 +35,6 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert summary["base"]["pretrain"]["p_uncond"] == 0.1
     printed = capsys.readouterr().out
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
-
-
-def test_the_ablation_reading_needs_a_change_beyond_both_intervals():
-    script = _script()
-
-    def entry(success, keep):
-        return {"edit_success": success, "edit_success_ci": [success - 0.04, success + 0.04],
-                "preservation": keep, "preservation_ci": [keep - 0.04, keep + 0.04]}
-
-    summary = {"byg": entry(0.6, 0.3), "no_cycle": entry(0.7, 0.5), "no_bootstrapping": entry(0.62, 0.2)}
-    assert script.direction(summary, "no_cycle", "edit_success", +1) == (pytest.approx(0.1), "yes")
-    assert script.direction(summary, "no_cycle", "preservation", -1) == (pytest.approx(0.2), "opposite")
-    assert script.direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise"  # 0.02 < 0.057
-    assert script.direction(summary, "no_bootstrapping", "preservation", 0)[1] == "-"
 
 
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,140 @@
+"""Several ``byg bench`` runs read as one table: each method over its training seeds (issue 17, part 3).
+
+``byg bench combine --runs DIR... --out OUT`` and ``scripts/toy_gpu_bench.py`` both end here: every run's
+``results.json`` is read, the runs must share the held-out set, the base and the settings (all but the
+training seed), and each method's rates are averaged over its training seeds; each ablation is then read
+against ByG beside the paper's Table-4 direction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from .bench import ABLATIONS
+from .metrics import RATE_KEYS, wilson_interval
+
+# The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
+# the change in preservation) against full ByG; 0 = not a claim.
+PAPER_DIRECTIONS = {
+    "no_regularization": ("collapses to the identity: edits far less", -1, +1),
+    "no_cycle": ("edits more, preserves less", +1, -1),
+    "no_gradient_routing": ("edits more, preserves less", +1, -1),
+    "no_directional": ("edits more, preserves less", +1, -1),
+    "no_bootstrapping": ("edits less and preserves less", -1, -1),
+    "no_identity_steps": ("preserves a little less", 0, -1),
+}
+
+
+def _comparable(report: dict) -> dict:
+    """What must match for two runs' figures to be averaged: the held-out set, the base, every setting but the seed."""
+    settings = {f"settings.{k}": v for k, v in report["settings"].items() if k != "seed"}
+    return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
+
+
+def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
+    """method -> training seed -> its figures, from each folder's results.json; refuses runs that do not compare."""
+    runs: dict[str, dict[int, dict]] = {}
+    first: tuple[Path, dict] | None = None
+    for folder in map(Path, folders):
+        path = folder / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; each --runs folder is a `byg bench --out` folder")
+        report = json.loads(path.read_text())
+        if not report.get("complete"):
+            raise ValueError(f"{path}: the run did not finish; run `byg bench` into that folder again")
+        key = _comparable(report)
+        if first is None:
+            first = (path, key)
+        differ = [k for k in {**first[1], **key} if key.get(k) != first[1].get(k)]
+        if differ:
+            raise ValueError(f"{path} and {first[0]} differ in {', '.join(differ)}: only runs that differ in the "
+                             "training seed alone can be combined")
+        seed = report["settings"]["seed"]
+        for method, figures in report["methods"].items():
+            if seed in runs.setdefault(method, {}):
+                raise ValueError(f"{path}: {method} at training seed {seed} is in two of the runs; pass one of them")
+            runs[method][seed] = figures
+    if first is None:
+        raise ValueError("no runs given: pass the `byg bench --out` folders to combine")
+    return runs
+
+
+def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, each seed's value."""
+    summary = {}
+    for method, by_seed in runs.items():
+        per_seed = [by_seed[s] for s in sorted(by_seed)]
+        n = per_seed[0]["n"]
+        entry = {"n_tuples": n, "training_seeds": sorted(by_seed),
+                 "minutes": sum(r["seconds"] for r in per_seed) / 60}
+        for key in RATE_KEYS:
+            values = [r[key] for r in per_seed]
+            mean = sum(values) / len(values)
+            entry[key] = mean
+            entry[f"{key}_ci"] = list(wilson_interval(mean, n))
+            entry[f"{key}_by_training_seed"] = values
+        summary[method] = entry
+    return summary
+
+
+def _cell(entry: dict, key: str) -> str:
+    low, high = entry[f"{key}_ci"]
+    values = entry[f"{key}_by_training_seed"]
+    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}] ({min(values):.2f}-{max(values):.2f})"
+
+
+def table(summary: dict[str, dict]) -> str:
+    lines = ["| method | " + " | ".join(f"{k} [95% CI] (training seeds' range)" for k in RATE_KEYS)
+             + " | training seeds | minutes |", "|" + "---|" * (len(RATE_KEYS) + 3)]
+    for method, entry in summary.items():
+        seeds = ", ".join(map(str, entry["training_seeds"]))
+        lines.append(f"| {method} | " + " | ".join(_cell(entry, k) for k in RATE_KEYS)
+                     + f" | {seeds} | {entry['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def _half_width(entry: dict, key: str) -> float:
+    low, high = entry[f"{key}_ci"]
+    return (high - low) / 2
+
+
+def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
+    """The change against ByG, and whether it goes the paper's way beyond both intervals' combined width."""
+    change = summary[method][key] - summary["byg"][key]
+    noise = (_half_width(summary[method], key) ** 2 + _half_width(summary["byg"], key) ** 2) ** 0.5
+    if sign == 0:
+        return change, "-"
+    if abs(change) <= noise:
+        return change, "within noise"
+    return change, "yes" if sign * change > 0 else "opposite"
+
+
+def directions_table(summary: dict[str, dict]) -> str:
+    lines = ["| ablation | paper (Table 4) | edit success change | as the paper? | preservation change | as the paper? "
+             "| clean edit change | training seeds (ByG's) |", "|" + "---|" * 8]
+    for method in (m for m in ABLATIONS if m in summary and "byg" in summary):
+        paper, edit_sign, keep_sign = PAPER_DIRECTIONS[method]
+        edit_change, edit_verdict = direction(summary, method, "edit_success", edit_sign)
+        keep_change, keep_verdict = direction(summary, method, "preservation", keep_sign)
+        clean_change = summary[method]["clean_edit"] - summary["byg"]["clean_edit"]
+        seeds = f"{len(summary[method]['training_seeds'])} ({len(summary['byg']['training_seeds'])})"
+        lines.append(f"| {method} | {paper} | {edit_change:+.3f} | {edit_verdict} | {keep_change:+.3f} | "
+                     f"{keep_verdict} | {clean_change:+.3f} | {seeds} |")
+    return "\n".join(lines)
+
+
+def summary_text(summary: dict[str, dict]) -> str:
+    return table(summary) + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary)
+
+
+def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:
+    """``byg bench combine``: the runs' summary, printed and written to OUT/summary.md and OUT/summary.json."""
+    summary = summarise(collect(folders))
+    out.mkdir(parents=True, exist_ok=True)
+    text = f"Combined from {len(folders)} `byg bench` runs:\n\n" + summary_text(summary) + "\n"
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"runs": [str(f) for f in folders], "methods": summary}, indent=2))
+    print(text + f"wrote {out / 'summary.md'}, {out / 'summary.json'}")
+    return summary
