@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .bench import ABLATIONS
 from .metrics import RATE_KEYS, wilson_interval
+from .world import FAMILIES
 
 # The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
 # the change in preservation) against full ByG; 0 = not a claim.
@@ -75,6 +76,8 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[key] = mean
             entry[f"{key}_ci"] = list(wilson_interval(mean, n))
             entry[f"{key}_by_training_seed"] = values
+        entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
+                                       for key in RATE_KEYS} for family in FAMILIES}
         summary[method] = entry
     return summary
 
@@ -92,6 +95,16 @@ def table(summary: dict[str, dict]) -> str:
         seeds = ", ".join(map(str, entry["training_seeds"]))
         lines.append(f"| {method} | " + " | ".join(_cell(entry, k) for k in RATE_KEYS)
                      + f" | {seeds} | {entry['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def family_table(summary: dict[str, dict]) -> str:
+    """Each edit family's rates, averaged over the training seeds: which edits a method makes or misses."""
+    lines = ["| method | " + " | ".join(f"{f}: " + " / ".join(RATE_KEYS) for f in FAMILIES) + " |",
+             "|" + "---|" * (len(FAMILIES) + 1)]
+    for method, entry in summary.items():
+        lines.append(f"| {method} | " + " | ".join(" / ".join(f"{entry['by_family'][f][k]:.2f}" for k in RATE_KEYS)
+                                                   for f in FAMILIES) + " |")
     return "\n".join(lines)
 
 
@@ -126,7 +139,8 @@ def directions_table(summary: dict[str, dict]) -> str:
 
 
 def summary_text(summary: dict[str, dict]) -> str:
-    return table(summary) + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary)
+    return (table(summary) + "\n\nBy edit family (mean over training seeds):\n\n" + family_table(summary)
+            + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary))
 
 
 def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:

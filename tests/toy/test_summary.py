@@ -44,8 +44,10 @@ def test_combine_averages_each_method_over_its_training_seeds(runs, tmp_path, ca
             assert summary[method][key] == pytest.approx(sum(values) / 2)
             low, high = summary[method][f"{key}_ci"]
             assert low <= summary[method][key] <= high
+            family = [_figures(runs / f"seed{s}", method)["by_family"]["shape_kind"][key] for s in (0, 1)]
+            assert summary[method]["by_family"]["shape_kind"][key] == pytest.approx(sum(family) / 2)
     printed = capsys.readouterr().out
-    assert "| no_cycle | edits more, preserves less |" in printed and (out / "summary.md").read_text() in printed
+    assert "By edit family" in printed and "| no_cycle | edits more, preserves less |" in printed and (out / "summary.md").read_text() in printed
 
 
 def test_combine_refuses_runs_that_do_not_compare(runs, tmp_path, capsys):
