@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .bench import ABLATIONS
+from .bench import ABLATIONS, _rate
 from .metrics import RATE_KEYS, wilson_interval
 from .world import FAMILIES
 
@@ -83,9 +83,8 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
 
 
 def _cell(entry: dict, key: str) -> str:
-    low, high = entry[f"{key}_ci"]
     values = entry[f"{key}_by_training_seed"]
-    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}] ({min(values):.2f}-{max(values):.2f})"
+    return f"{_rate(entry, key)} ({min(values):.2f}-{max(values):.2f})"
 
 
 def table(summary: dict[str, dict]) -> str:
