@@ -1,5 +1,6 @@
 """Reading scenes back from pixels and scoring edits against the true edited scene."""
 
+import dataclasses
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from byg_core.toy.metrics import (
     CLEAN_EDIT_SHARE,
     PRESERVE_IOU,
+    Ceiling,
     aggregate,
     aggregate_seeds,
     classify_kind,
@@ -22,8 +24,11 @@ from byg_core.toy.metrics import (
 )
 from byg_core.toy.world import (
     COLORS,
+    DEFAULT_RESOLUTION,
     FAMILIES,
+    MARGIN,
     SHAPE_KINDS,
+    SIZE_RANGE,
     SHAPES,
     Scene,
     color_tensor,
@@ -237,13 +242,43 @@ def test_doing_nothing_on_a_small_shapes_kind_edit_is_no_clean_edit():
 
 def test_the_clean_edit_is_attainable_but_a_shape_kind_edits_outline_is_not_always_determined():
     """The ceiling: colour edits keep the geometry (1.0); a shape-kind edit's source fits several outlines of the
-    target kind, mostly within the clean edit's tolerance (so the issue's >= 0.9 target can be met), not always."""
+    target kind, mostly within the clean edit's tolerance (so the issue's >= 0.9 target can be met by an editor
+    that draws the likeliest outline), not always; an editor drawing outlines from the posterior gets less."""
     tuples = sample_tuples(12, seed=5, families=["shape_kind"])
-    assert clean_edit_ceiling(sample_tuples(1, seed=5, families=["bg_color"])[0]) == 1.0
-    assert all(clean_edit_ceiling(t, samples=0) == 1.0 for t in tuples)  # the true geometry alone: always kept
+    assert clean_edit_ceiling(sample_tuples(1, seed=5, families=["bg_color"])[0]) == Ceiling(1.0, 1.0)
+    assert all(clean_edit_ceiling(t, samples=0) == Ceiling(1.0, 1.0) for t in tuples)  # the true geometry alone
     ceilings = [clean_edit_ceiling(t, samples=20000) for t in tuples]
-    assert all(0.0 < c <= 1.0 for c in ceilings)
-    assert min(ceilings) < 1.0 and sum(ceilings) / len(ceilings) > 0.9
+    assert all(0.0 < c.sampled <= c.best <= 1.0 for c in ceilings)
+    best = [c.best for c in ceilings]
+    assert min(best) < 1.0 and sum(best) / len(best) > 0.9
+    assert any(c.sampled < c.best for c in ceilings)
+
+
+def test_the_sampled_ceiling_is_the_mean_pairwise_clean_rate_of_the_posteriors_outlines():
+    """``sampled`` and ``best`` by their definitions, recomputed one scene at a time: the same geometries drawn
+    (same seed), kept when the scene renders the source's mask, the target kind's outline rendered for each, and
+    clean_edit's rule counted over every pair of outlines."""
+    tup = next(t for t in sample_tuples(40, seed=5, families=["shape_kind"]) if clean_edit_ceiling(t, 4000).best < 1)
+    ceiling = clean_edit_ceiling(tup, samples=4000)
+    side, rows, g = DEFAULT_RESOLUTION, [], torch.Generator().manual_seed(0)  # the function's draws, in its order
+
+    def around(value, pixels):
+        jitter = (torch.rand(4000, 1, 1, generator=g, dtype=torch.float64) - 0.5) * 2 * pixels / side
+        return torch.cat([torch.full((1, 1, 1), value, dtype=torch.float64), value + jitter]).flatten().tolist()
+
+    src = tup.source
+    for cx, cy, size in zip(around(src.cx, 1.5), around(src.cy, 1.5), around(src.size, 2.0)):
+        if not (SIZE_RANGE[0] <= size <= SIZE_RANGE[1]) or not all(
+                size / 2 + MARGIN <= c <= 1 - size / 2 - MARGIN for c in (cx, cy)):
+            continue  # outside the world's prior
+        moved = dataclasses.replace(src, cx=cx, cy=cy, size=size)
+        if torch.equal(shape_mask(moved, side), shape_mask(src, side)):
+            rows.append(dataclasses.replace(moved, shape=tup.target.shape))
+    masks = torch.stack([shape_mask(r, side).flatten().float() for r in rows])
+    agree = 1 - torch.cdist(masks, masks, p=1) / (side * side)
+    assert len(rows) > 1
+    assert ceiling.sampled == pytest.approx(float((agree >= CLEAN_EDIT_SHARE).double().mean()))
+    assert ceiling.best == pytest.approx(float((agree >= CLEAN_EDIT_SHARE).double().mean(1).max()))
 
 
 def test_wilson_interval_matches_known_values():
