@@ -20,8 +20,9 @@ not yet run on one, so the first run's timings are what to size the next by):
    baselines (identity, SDEdit, FlowEdit) once: they train nothing and the held-out set is the same for every
    training seed;
 3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
-   seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, then each ablation's
-   change against ByG beside the paper's Table-4 direction. Every run's own results.json, results.md and
+   seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, each method's change
+   against ByG paired over the same tuples with its interval, then each ablation's change beside the paper's
+   Table-4 direction. Every run's own results.json, results.md and
    grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt). The summary is
    ``byg bench combine``'s (``byg_core.toy.summary``): runs made elsewhere are read the same way.
 

@@ -336,7 +336,7 @@ def method_report(metrics: dict) -> dict:
     """One method's figures for results.json / metrics.json (schema: docs/toy_bench.md)."""
     overall = {k: v for k, v in metrics["all"].items() if not k.startswith("kept_")}
     return {**overall, "preservation_criteria": preservation_criteria(metrics),
-            "by_family": metrics["by_family"], "by_split": metrics["by_split"]}
+            "by_family": metrics["by_family"], "by_split": metrics["by_split"], "per_tuple": metrics["per_tuple"]}
 
 
 def held_out_info(settings: ToySettings, tuples: list[EditTuple]) -> dict:

@@ -236,6 +236,20 @@ def wilson_interval(rate: float, n: int, z: float = Z_95) -> tuple[float, float]
     return (0.0 if rate <= 0 else centre - half), (1.0 if rate >= 1 else centre + half)
 
 
+def paired_change(a: Sequence[float], b: Sequence[float], z: float = Z_95) -> tuple[float, float, float]:
+    """Two methods on the same tuples: the mean of a_i - b_i and its 95% normal interval over the tuples.
+
+    Each tuple's difficulty cancels in a_i - b_i, so this is tighter than the two rates' own intervals side by side.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a paired change needs the same tuples on both sides: {len(a)} and {len(b)} outcomes")
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1))
+    half = z * sd / math.sqrt(len(d))
+    return mean, mean - half, mean + half
+
+
 def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditTuple) -> dict:
     """Score one edited (3, N, N) image against the tuple's true edited scene.
 
@@ -311,13 +325,15 @@ def aggregate_seeds(rows_by_seed: Sequence[Sequence[dict]]) -> dict:
     """``aggregate`` of the same tuples edited with several noise seeds (one row list per seed, same order).
 
     Each tuple's metrics are first averaged over the seeds, so the intervals count tuples, not outputs;
-    ``all`` adds ``<key>_by_seed``, each seed's rate alone, for the spread the noise alone makes.
+    ``all`` adds ``<key>_by_seed``, each seed's rate alone, for the spread the noise alone makes, and
+    ``per_tuple[key]`` keeps each tuple's rate, in the tuples' order, for paired comparisons (``paired_change``).
     """
     if not rows_by_seed:
         raise ValueError("aggregate_seeds needs at least one seed's rows")
     per_tuple = [{"family": group[0]["family"], "unseen": group[0]["unseen"], **_metric_means(group)}
                  for group in zip(*rows_by_seed)]
     summary = aggregate(per_tuple)
+    summary["per_tuple"] = {k: [row[k] for row in per_tuple] for k in RATE_KEYS if k in per_tuple[0]}
     per_seed = [_metric_means(rows) for rows in rows_by_seed]
     summary["all"].update({f"{k}_by_seed": [seed[k] for seed in per_seed] for k in RATE_KEYS if k in per_seed[0]})
     summary["all"]["n_seeds"] = len(rows_by_seed)

@@ -2,8 +2,9 @@
 
 ``byg bench combine --runs DIR... --out OUT`` and ``scripts/toy_gpu_bench.py`` both end here: every run's
 ``results.json`` is read, the runs must share the held-out set, the base and the settings (all but the
-training seed), and each method's rates are averaged over its training seeds; each ablation is then read
-against ByG beside the paper's Table-4 direction.
+training seed), and each method's rates are averaged over its training seeds; each method is then compared with
+ByG tuple by tuple (the same held-out tuples), and each ablation read against ByG beside the paper's Table-4
+direction.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .bench import ABLATIONS, _rate
-from .metrics import RATE_KEYS, wilson_interval
+from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
 
 # The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
@@ -45,6 +46,9 @@ def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
         report = json.loads(path.read_text())
         if not report.get("complete"):
             raise ValueError(f"{path}: the run did not finish; run `byg bench` into that folder again")
+        if any("per_tuple" not in figures for figures in report["methods"].values()):
+            raise ValueError(f"{path}: written by an older byg without each tuple's outcomes (per_tuple), which the "
+                             "paired comparison needs; run `byg bench` into a new folder again")
         key = _comparable(report)
         if first is None:
             first = (path, key)
@@ -62,8 +66,16 @@ def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
     return runs
 
 
+def _per_tuple(by_seed: dict[int, dict], key: str) -> list[float]:
+    """Each held-out tuple's rate, averaged over the method's training seeds."""
+    seeds = [by_seed[s]["per_tuple"][key] for s in sorted(by_seed)]
+    return [sum(values) / len(values) for values in zip(*seeds)]
+
+
 def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, each seed's value."""
+    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, each seed's value;
+    ``against_byg``: the change against ByG, paired over the tuples (each tuple's rate averaged over the training
+    seeds first), with its interval."""
     summary = {}
     for method, by_seed in runs.items():
         per_seed = [by_seed[s] for s in sorted(by_seed)]
@@ -78,6 +90,11 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[f"{key}_by_training_seed"] = values
         entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
                                        for key in RATE_KEYS} for family in FAMILIES}
+        if "byg" in runs and method != "byg":
+            entry["against_byg"] = {}
+            for key in RATE_KEYS:
+                change, low, high = paired_change(_per_tuple(by_seed, key), _per_tuple(runs["byg"], key))
+                entry["against_byg"][key] = {"change": change, "ci": [low, high]}
         summary[method] = entry
     return summary
 
@@ -107,39 +124,52 @@ def family_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _half_width(entry: dict, key: str) -> float:
-    low, high = entry[f"{key}_ci"]
-    return (high - low) / 2
+def _change(entry: dict, key: str) -> str:
+    paired = entry["against_byg"][key]
+    return f"{paired['change']:+.3f} [{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}]"
+
+
+def against_byg_table(summary: dict[str, dict]) -> str:
+    """Each method's change against ByG, tuple by tuple on the same held-out tuples, with its 95% interval."""
+    keys = " | ".join(f"{k} change [95% CI]" for k in RATE_KEYS)
+    lines = [f"| method | {keys} |", "|" + "---|" * (len(RATE_KEYS) + 1)]
+    for method, entry in summary.items():
+        if "against_byg" in entry:
+            lines.append(f"| {method} | " + " | ".join(_change(entry, k) for k in RATE_KEYS) + " |")
+    return "\n".join(lines)
 
 
 def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
-    """The change against ByG, and whether it goes the paper's way beyond both intervals' combined width."""
-    change = summary[method][key] - summary["byg"][key]
-    noise = (_half_width(summary[method], key) ** 2 + _half_width(summary["byg"], key) ** 2) ** 0.5
+    """The paired change against ByG, and whether it goes the paper's way: its 95% interval excludes 0."""
+    paired = summary[method]["against_byg"][key]
+    change, (low, high) = paired["change"], paired["ci"]
     if sign == 0:
         return change, "-"
-    if abs(change) <= noise:
+    if low <= 0 <= high:
         return change, "within noise"
     return change, "yes" if sign * change > 0 else "opposite"
 
 
 def directions_table(summary: dict[str, dict]) -> str:
-    lines = ["| ablation | paper (Table 4) | edit success change | as the paper? | preservation change | as the paper? "
-             "| clean edit change | training seeds (ByG's) |", "|" + "---|" * 8]
+    lines = ["| ablation | paper (Table 4) | edit success change [95% CI] | as the paper? | preservation change [95% CI] "
+             "| as the paper? | clean edit change [95% CI] | training seeds (ByG's) |", "|" + "---|" * 8]
     for method in (m for m in ABLATIONS if m in summary and "byg" in summary):
         paper, edit_sign, keep_sign = PAPER_DIRECTIONS[method]
-        edit_change, edit_verdict = direction(summary, method, "edit_success", edit_sign)
-        keep_change, keep_verdict = direction(summary, method, "preservation", keep_sign)
-        clean_change = summary[method]["clean_edit"] - summary["byg"]["clean_edit"]
-        seeds = f"{len(summary[method]['training_seeds'])} ({len(summary['byg']['training_seeds'])})"
-        lines.append(f"| {method} | {paper} | {edit_change:+.3f} | {edit_verdict} | {keep_change:+.3f} | "
-                     f"{keep_verdict} | {clean_change:+.3f} | {seeds} |")
+        entry = summary[method]
+        _, edit_verdict = direction(summary, method, "edit_success", edit_sign)
+        _, keep_verdict = direction(summary, method, "preservation", keep_sign)
+        seeds = f"{len(entry['training_seeds'])} ({len(summary['byg']['training_seeds'])})"
+        lines.append(f"| {method} | {paper} | {_change(entry, 'edit_success')} | {edit_verdict} | "
+                     f"{_change(entry, 'preservation')} | {keep_verdict} | {_change(entry, 'clean_edit')} | {seeds} |")
     return "\n".join(lines)
 
 
 def summary_text(summary: dict[str, dict]) -> str:
     return (table(summary) + "\n\nBy edit family (mean over training seeds):\n\n" + family_table(summary)
-            + "\n\nAblations against ByG (mean over training seeds):\n\n" + directions_table(summary))
+            + "\n\nAgainst ByG, paired over the same held-out tuples (each tuple's rate averaged over the training "
+            "seeds):\n\n" + against_byg_table(summary)
+            + "\n\nAblations against ByG (paired; 'within noise' where the change's 95% interval holds 0):\n\n"
+            + directions_table(summary))
 
 
 def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:

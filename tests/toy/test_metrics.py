@@ -18,6 +18,7 @@ from byg_core.toy.metrics import (
     clean_edit_ceiling,
     evaluate_edit,
     mask_centroid,
+    paired_change,
     read_scene,
     right_pixel_share,
     wilson_interval,
@@ -279,6 +280,18 @@ def test_the_sampled_ceiling_is_the_mean_pairwise_clean_rate_of_the_posteriors_o
     assert len(rows) > 1
     assert ceiling.sampled == pytest.approx(float((agree >= CLEAN_EDIT_SHARE).double().mean()))
     assert ceiling.best == pytest.approx(float((agree >= CLEAN_EDIT_SHARE).double().mean(1).max()))
+
+
+def test_paired_change_is_the_mean_difference_with_its_normal_interval():
+    a, b = [1.0, 1.0, 0.0, 1.0, 2 / 3], [0.0, 1.0, 0.0, 1 / 3, 2 / 3]
+    d = [1.0, 0.0, 0.0, 2 / 3, 0.0]
+    mean = sum(d) / 5
+    sd = (sum((x - mean) ** 2 for x in d) / 4) ** 0.5
+    assert paired_change(a, b) == pytest.approx((mean, mean - 1.959964 * sd / 5 ** 0.5, mean + 1.959964 * sd / 5 ** 0.5))
+    # the same tuples' difficulty cancels: a constant shift has no spread, so the interval is the change itself
+    assert paired_change([0.1, 0.9, 0.5], [0.0, 0.8, 0.4]) == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="same tuples"):
+        paired_change([1.0], [1.0, 0.0])
 
 
 def test_wilson_interval_matches_known_values():

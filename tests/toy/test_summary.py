@@ -71,13 +71,46 @@ def test_combine_refuses_runs_that_do_not_compare(runs, tmp_path, capsys):
     assert "byg bench combine" in capsys.readouterr().err
 
 
-def test_the_ablation_reading_needs_a_change_beyond_both_intervals():
-    def entry(success, keep):
-        return {"edit_success": success, "edit_success_ci": [success - 0.04, success + 0.04],
-                "preservation": keep, "preservation_ci": [keep - 0.04, keep + 0.04]}
+def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
+    def entry(change, low, high):
+        return {"against_byg": {"edit_success": {"change": change, "ci": [low, high]},
+                                "preservation": {"change": -change, "ci": [-high, -low]}}}
 
-    summary = {"byg": entry(0.6, 0.3), "no_cycle": entry(0.7, 0.5), "no_bootstrapping": entry(0.62, 0.2)}
+    summary = {"byg": {}, "no_cycle": entry(0.1, 0.05, 0.15), "no_bootstrapping": entry(0.02, -0.01, 0.05)}
     assert direction(summary, "no_cycle", "edit_success", +1) == (pytest.approx(0.1), "yes")
-    assert direction(summary, "no_cycle", "preservation", -1) == (pytest.approx(0.2), "opposite")
-    assert direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise"  # 0.02 < 0.057
+    assert direction(summary, "no_cycle", "preservation", +1) == (pytest.approx(-0.1), "opposite")
+    assert direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise"
     assert direction(summary, "no_bootstrapping", "preservation", 0)[1] == "-"
+
+
+def test_combine_pairs_each_method_with_byg_tuple_by_tuple(runs, tmp_path):
+    """The paired change is the mean over tuples of (method - ByG), each tuple's rate averaged over the training
+    seeds first, as recomputed from the runs' own per-tuple outcomes; the baseline's one run pairs with both seeds."""
+    out = tmp_path / "combined"
+    assert byg(["bench", "combine", "--runs", *(str(runs / n) for n in ("identity", "seed0", "seed1")),
+                "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["methods"]
+    assert "against_byg" not in summary["byg"]
+    for method, folders in (("no_cycle", ("seed0", "seed1")), ("identity", ("identity",))):
+        for key in ("clean_edit", "edit_success", "preservation"):
+            mine = [_figures(runs / f, method)["per_tuple"][key] for f in folders]
+            byg_ = [_figures(runs / f"seed{s}", "byg")["per_tuple"][key] for s in (0, 1)]
+            assert len(mine[0]) == _figures(runs / "seed0", "byg")["n"]
+            d = [sum(m) / len(m) - sum(b) / len(b) for m, b in zip(zip(*mine), zip(*byg_))]
+            paired = summary[method]["against_byg"][key]
+            assert paired["change"] == pytest.approx(sum(d) / len(d))
+            assert paired["ci"][0] <= paired["change"] <= paired["ci"][1]
+    # a per-tuple rate averages the noise seeds, and the rate is the mean of the per-tuple rates
+    seed0 = _figures(runs / "seed0", "byg")
+    assert seed0["clean_edit"] == pytest.approx(sum(seed0["per_tuple"]["clean_edit"]) / seed0["n"])
+
+
+def test_combine_refuses_runs_without_per_tuple_outcomes(runs, tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    report = json.loads((runs / "seed1" / "results.json").read_text())
+    for figures in report["methods"].values():
+        del figures["per_tuple"]
+    (old / "results.json").write_text(json.dumps(report))
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(old), "--out", str(tmp_path / "o")]) == 2
+    assert "old/results.json: written by an older byg without each tuple's outcomes" in capsys.readouterr().err
