@@ -168,8 +168,8 @@ def summary_text(summary: dict[str, dict]) -> str:
     return (table(summary) + "\n\nBy edit family (mean over training seeds):\n\n" + family_table(summary)
             + "\n\nAgainst ByG, paired over the same held-out tuples (each tuple's rate averaged over the training "
             "seeds):\n\n" + against_byg_table(summary)
-            + "\n\nAblations against ByG (paired; 'within noise' where the change's 95% interval holds 0):\n\n"
-            + directions_table(summary))
+            + ("\n\nAblations against ByG (paired; 'within noise' where the change's 95% interval holds 0):\n\n"
+               + directions_table(summary) if any(m in summary for m in ABLATIONS) else ""))
 
 
 def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:
