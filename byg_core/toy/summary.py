@@ -77,6 +77,7 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
     ``against_byg``: the change against ByG, paired over the tuples (each tuple's rate averaged over the training
     seeds first), with its interval."""
     summary = {}
+    byg = {key: _per_tuple(runs["byg"], key) for key in RATE_KEYS} if "byg" in runs else None
     for method, by_seed in runs.items():
         per_seed = [by_seed[s] for s in sorted(by_seed)]
         n = per_seed[0]["n"]
@@ -90,10 +91,10 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[f"{key}_by_training_seed"] = values
         entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
                                        for key in RATE_KEYS} for family in FAMILIES}
-        if "byg" in runs and method != "byg":
+        if byg is not None and method != "byg":
             entry["against_byg"] = {}
             for key in RATE_KEYS:
-                change, low, high = paired_change(_per_tuple(by_seed, key), _per_tuple(runs["byg"], key))
+                change, low, high = paired_change(_per_tuple(by_seed, key), byg[key])
                 entry["against_byg"][key] = {"change": change, "ci": [low, high]}
         summary[method] = entry
     return summary
@@ -130,13 +131,14 @@ def _change(entry: dict, key: str) -> str:
 
 
 def against_byg_table(summary: dict[str, dict]) -> str:
-    """Each method's change against ByG, tuple by tuple on the same held-out tuples, with its 95% interval."""
+    """Each method's change against ByG, tuple by tuple on the same held-out tuples, with its 95% interval; empty
+    without ByG."""
     keys = " | ".join(f"{k} change [95% CI]" for k in RATE_KEYS)
     lines = [f"| method | {keys} |", "|" + "---|" * (len(RATE_KEYS) + 1)]
     for method, entry in summary.items():
         if "against_byg" in entry:
             lines.append(f"| {method} | " + " | ".join(_change(entry, k) for k in RATE_KEYS) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
@@ -151,6 +153,7 @@ def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, s
 
 
 def directions_table(summary: dict[str, dict]) -> str:
+    """Each ablation's paired change beside the paper's Table-4 direction; empty when no ablation has ByG beside it."""
     lines = ["| ablation | paper (Table 4) | edit success change [95% CI] | as the paper? | preservation change [95% CI] "
              "| as the paper? | clean edit change [95% CI] | training seeds (ByG's) |", "|" + "---|" * 8]
     for method in (m for m in ABLATIONS if m in summary and "byg" in summary):
@@ -161,15 +164,16 @@ def directions_table(summary: dict[str, dict]) -> str:
         seeds = f"{len(entry['training_seeds'])} ({len(summary['byg']['training_seeds'])})"
         lines.append(f"| {method} | {paper} | {_change(entry, 'edit_success')} | {edit_verdict} | "
                      f"{_change(entry, 'preservation')} | {keep_verdict} | {_change(entry, 'clean_edit')} | {seeds} |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def summary_text(summary: dict[str, dict]) -> str:
-    return (table(summary) + "\n\nBy edit family (mean over training seeds):\n\n" + family_table(summary)
-            + "\n\nAgainst ByG, paired over the same held-out tuples (each tuple's rate averaged over the training "
-            "seeds):\n\n" + against_byg_table(summary)
-            + ("\n\nAblations against ByG (paired; 'within noise' where the change's 95% interval holds 0):\n\n"
-               + directions_table(summary) if any(m in summary for m in ABLATIONS) else ""))
+    sections = [("By edit family (mean over training seeds)", family_table(summary)),
+                ("Against ByG, paired over the same held-out tuples (each tuple's rate averaged over the training "
+                 "seeds)", against_byg_table(summary)),
+                ("Ablations against ByG (paired; 'within noise' where the change's 95% interval holds 0)",
+                 directions_table(summary))]
+    return table(summary) + "".join(f"\n\n{title}:\n\n{text}" for title, text in sections if text)
 
 
 def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:
