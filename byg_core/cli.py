@@ -240,7 +240,8 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     lr = PRETRAIN_LR if args.lr is None else args.lr
     report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
-                      t_shift=args.t_shift, p_uncond=args.p_uncond, progress=Progress(steps, "pretrain", 50))
+                      t_shift=args.t_shift, p_uncond=args.p_uncond, distill_guidance=args.distill_guidance,
+                      progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -358,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--t-shift", type=float, default=1.0, help="resolution shift of t (> 1: noisier t)")
     pretrain.add_argument("--p-uncond", type=float, default=0.0,
                           help="share of captions dropped to the empty prompt (classifier-free guidance needs > 0)")
+    pretrain.add_argument("--distill-guidance", type=float, default=1.0, metavar="W",
+                          help="guidance distillation: train a copy of --init (a base pretrained with --p-uncond) "
+                               "to draw unguided what it draws at classifier-free guidance W")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

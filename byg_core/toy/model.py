@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 
 from byg_core.backbones.flux import FluxBackbone
@@ -171,6 +172,7 @@ def pretrain(
     t_mean: float = 0.0,
     t_shift: float = 1.0,
     p_uncond: float = 0.0,
+    distill_guidance: float = 1.0,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -184,6 +186,9 @@ def pretrain(
     logit-normal's mean and the resolution shift (``timesteps.shift_time``), > 0 weighting noisier t.
     ``p_uncond``: the share of captions dropped to the empty prompt, so that the base also learns the
     unconditional velocity that classifier-free guidance (``evaluate_base(guidance=...)``) needs.
+    ``distill_guidance`` w != 1: guidance distillation (as FLUX.1-dev's, at one fixed w): the base of
+    ``init`` (pretrained with p_uncond > 0) is the frozen teacher and the copy trained regresses its guided
+    velocity ``v_u + w (v_c - v_u)`` instead of ``eps - x``, so it draws unguided what the teacher draws guided.
     """
     start = time.perf_counter()
     if init is None:
@@ -193,6 +198,15 @@ def pretrain(
         backbone.transformer.requires_grad_(True)
         before = meta_json(load_checked(init, "toy base model")[1], "pretrain", init)
         size, started = before.get("size", "small"), dict(init=str(init), init_pretrain=before)
+    teacher = None
+    if distill_guidance != 1.0:
+        if init is None or not before.get("p_uncond"):
+            raise ValueError(
+                f"guidance distillation needs a teacher with an unconditional velocity: give --init a base "
+                f"pretrained with --p-uncond > 0 ({init or 'no --init given'} was not)"
+            )
+        teacher = build_toy_backbone(init)
+        teacher.transformer.to(device)
     transformer = backbone.transformer.to(device).train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -207,11 +221,17 @@ def pretrain(
         scenes = [random_scene(scenes_rng) for _ in range(batch_size)]
         x = backbone.codec.encode(render_batch(scenes, TOY_RESOLUTION)).to(device)
         # p_uncond = 0 draws nothing more, so the shipped base's scene stream is unchanged
-        text = backbone.encode_text(["" if p_uncond > 0 and scenes_rng.random() < p_uncond else caption(s)
-                                     for s in scenes])
+        prompts = ["" if p_uncond > 0 and scenes_rng.random() < p_uncond else caption(s) for s in scenes]
         eps = torch.randn(x.shape, generator=generator).to(device)
         t = sample_t(batch_size, generator).to(device)
-        loss = supervised_edit_loss(backbone.velocity(noise(x, eps, t), t, text), x, eps)
+        y_t = noise(x, eps, t)
+        v = backbone.velocity(y_t, t, backbone.encode_text(prompts))
+        if teacher is None:
+            loss = supervised_edit_loss(v, x, eps)
+        else:
+            with torch.no_grad():
+                v_guided = _velocity_fn(teacher, prompts, distill_guidance)(y_t, t)
+            loss = F.mse_loss(v, v_guided)  # guidance distillation (Meng et al. 2023, stage 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -226,6 +246,7 @@ def pretrain(
         **started,
         **({} if (t_mean, t_shift) == (0.0, 1.0) else dict(t_mean=t_mean, t_shift=t_shift)),
         **({} if p_uncond == 0.0 else dict(p_uncond=p_uncond)),
+        **({} if distill_guidance == 1.0 else dict(distill_guidance=distill_guidance)),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)

@@ -185,3 +185,37 @@ def test_pretrain_drops_captions_to_the_empty_prompt_at_p_uncond(tmp_path, monke
     report = pretrain(steps=4, seed=0, batch_size=32, out_path=tmp_path / "b.safetensors", p_uncond=0.25)
     empty = sum(p == "" for batch in seen for p in batch) / sum(len(b) for b in seen)
     assert 0.15 < empty < 0.35 and report["p_uncond"] == 0.25
+
+
+def test_guidance_distillation_draws_unguided_what_the_teacher_draws_guided(tmp_path):
+    import random
+
+    from byg_core.objective import noise
+    from byg_core.toy.model import _velocity_fn
+    from byg_core.toy.world import caption, random_scene, render_batch
+
+    # a teacher that knows the unconditional velocity: the shipped base, continued with dropped captions
+    teacher = pretrain(steps=20, seed=0, batch_size=8, lr=1e-3, out_path=tmp_path / "teacher.safetensors",
+                       init=DEFAULT_TOY_WEIGHTS, p_uncond=0.3)["path"]
+    student = pretrain(steps=80, seed=1, batch_size=8, lr=1e-3, out_path=tmp_path / "student.safetensors",
+                       init=teacher, distill_guidance=4.0)
+    assert student["distill_guidance"] == 4.0 and student["init_pretrain"]["p_uncond"] == 0.3
+    teacher, student = build_toy_backbone(teacher), build_toy_backbone(student["path"])
+    # held-out scenes, noised as in training
+    rng = random.Random(5)
+    scenes = [random_scene(rng) for _ in range(16)]
+    generator = torch.Generator().manual_seed(5)
+    x, t = teacher.codec.encode(render_batch(scenes, 16)), torch.rand(16, generator=generator)
+    y, prompts = noise(x, torch.randn(x.shape, generator=generator), t), [caption(s) for s in scenes]
+    guided = _velocity_fn(teacher, prompts, 4.0)(y, t)
+    before = torch.nn.functional.mse_loss(_velocity_fn(teacher, prompts)(y, t), guided)
+    after = torch.nn.functional.mse_loss(_velocity_fn(student, prompts)(y, t), guided)
+    assert after < 0.6 * before  # the student's plain conditional velocity moved to the teacher's guided one
+
+
+def test_guidance_distillation_refuses_a_teacher_without_an_unconditional_velocity(tmp_path):
+    with pytest.raises(ValueError, match="--p-uncond"):
+        pretrain(steps=1, out_path=tmp_path / "s.safetensors", init=DEFAULT_TOY_WEIGHTS, distill_guidance=4.0)
+    with pytest.raises(ValueError, match="no --init given"):
+        pretrain(steps=1, out_path=tmp_path / "s.safetensors", distill_guidance=4.0)
+    assert not list(tmp_path.iterdir())  # nothing written
