@@ -12,19 +12,25 @@ not yet run on one, so the first run's timings are what to size the next by):
    (``model.evaluate_base``: the base draws captions of fresh scenes and the drawings are read back; shape kind,
    both colours, all three), unguided and with classifier-free guidance --guidance (on the CPU the small base,
    continued 5000 steps with 10% dropped captions, read shape kinds right 0.81 unguided, 0.94-0.95 at guidance
-   4-8, 0.953 at 6: docs/toy_bench.md);
+   4-8, 0.953 at 6: docs/toy_bench.md); then, unless --distill-steps 0, distils it at --guidance (``byg toy
+   pretrain --distill-guidance``: a copy regresses the base's guided velocity) into
+   OUT/toy_base_<size>_distilled.safetensors and prints that base's samples' accuracy unguided (the small base
+   distilled at 6 on the CPU: 0.951, as its teacher guided);
 2. runs the ablation suite on that base with the bench's settings (``BENCH_SETTINGS``: 1200 steps at batch
    32, 576 balanced held-out tuples x 3 noise seeds) for each training seed: one ``byg bench`` process per
    trained method (ByG, the supervised reference, the six Table-4 rows) and seed, --jobs at a time on the one
    device (the toy model is far too small to fill a GPU, so separate processes overlap), and the zero-shot
    baselines (identity, SDEdit, FlowEdit) once: they train nothing and the held-out set is the same for every
-   training seed;
+   training seed; and the supervised reference on the distilled base for each training seed (on the CPU the
+   small base's distilled copy lowered the reference's clean edits, 0.556 -> 0.391 at seed 0);
 3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
    seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, each method's change
    against ByG paired over the same tuples with its interval, then each ablation's change beside the paper's
    Table-4 direction. Every run's own results.json, results.md and
    grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt). The summary is
-   ``byg bench combine``'s (``byg_core.toy.summary``): runs made elsewhere are read the same way.
+   ``byg bench combine``'s (``byg_core.toy.summary``): runs made elsewhere are read the same way. The
+   reference on the distilled base is summarised apart (OUT/distilled/seed<S>/supervised; ``distilled`` in
+   summary.json): runs on two bases are not averaged together.
 
 --tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
 two seeds: a check that the script works, its figures mean nothing.
@@ -45,7 +51,7 @@ import torch
 
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, suite_methods
 from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
-from byg_core.toy.summary import collect, summarise, summary_text
+from byg_core.toy.summary import collect, summarise, summary_text, table
 
 TINY_METHODS = ("byg", "supervised", "no_cycle")
 
@@ -62,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="captions dropped in pretraining, so the base can also be read with guidance")
     p.add_argument("--guidance", type=float, default=6.0,
                    help="classifier-free guidance scale of the second sample-accuracy reading (1: none)")
+    p.add_argument("--distill-steps", type=int, default=2000,
+                   help="guidance-distillation steps at --guidance after pretraining (0: none)")
+    p.add_argument("--distill-lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--jobs", type=int, default=14, help="bench processes at a time")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
@@ -69,35 +78,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tiny:
         args.base_size, args.pretrain_steps, args.pretrain_batch, args.base_eval = "medium", 3, 4, 6
+        args.distill_steps = min(args.distill_steps, 2)
         args.seeds, args.jobs = [0, 1], 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no GPU here; pass --device cpu (or --tiny) to try it out")
     return args
 
 
+def sample_accuracy(args: argparse.Namespace, path: Path, guidance: float) -> dict:
+    """The base of ``path`` draws captions of fresh scenes at ``guidance``; the drawings read back."""
+    backbone = build_toy_backbone(path)
+    backbone.transformer.to(args.device)
+    return evaluate_base(backbone, n=args.base_eval, seed=1, steps=2 if args.tiny else 20, guidance=guidance)
+
+
 def make_base(args: argparse.Namespace) -> tuple[Path, dict]:
-    """Pretrain the base, then draw captions with it: its sample accuracy."""
+    """Pretrain the base, its sample accuracy unguided and guided; then its guidance-distilled copy's, unguided."""
     path = args.out / f"toy_base_{args.base_size}.safetensors"
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
                       size=args.base_size, device=args.device, p_uncond=args.p_uncond)
-    backbone = build_toy_backbone(path)
-    backbone.transformer.to(args.device)
-    accuracy = {g: evaluate_base(backbone, n=args.base_eval, seed=1, steps=2 if args.tiny else 20, guidance=g)
-                for g in dict.fromkeys([1.0, args.guidance])}
-    return path, {"pretrain": report, "sample_accuracy": accuracy[1.0],
-                  "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
+    accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
+    base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
+            "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
+    if args.distill_steps:
+        distilled = args.out / f"toy_base_{args.base_size}_distilled.safetensors"
+        base["distilled"] = {
+            "path": str(distilled),
+            "pretrain": pretrain(steps=args.distill_steps, batch_size=args.pretrain_batch, lr=args.distill_lr,
+                                 out_path=distilled, device=args.device, init=path, distill_guidance=args.guidance),
+            "sample_accuracy": sample_accuracy(args, distilled, 1.0)}
+    return path, base
 
 
 def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
-    """name -> (command, output folder): the baselines once, each trained method once per training seed."""
+    """name -> (command, output folder): the baselines once, each trained method once per training seed; the
+    supervised reference on the distilled base once per training seed."""
     trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
-    common = [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
-              "--base", str(base), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else [])]
+
+    def bench(on: Path) -> list[str]:
+        return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
+                "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else [])]
+
+    common = bench(base)
     jobs = {"baselines": ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")}
     for seed in args.seeds:
         for method in trained:
             folder = args.out / f"seed{seed}" / method
             jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
+    if args.distill_steps:
+        distilled = bench(args.out / f"toy_base_{args.base_size}_distilled.safetensors")
+        for seed in args.seeds:
+            jobs[f"distilled/seed{seed}/supervised"] = ([*distilled, "--methods", "supervised", "--seed", str(seed)],
+                                                        args.out / "distilled" / f"seed{seed}" / "supervised")
     return jobs
 
 
@@ -132,18 +164,27 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {accuracy[k]:.3f} ({guided[k]:.3f} at guidance {args.guidance:g})"
                       for k in ("shape", "shape_color", "bg_color", "all"))
           + f" ({accuracy['n']} captions)", flush=True)
+    if "distilled" in base_report:
+        drawn = base_report["distilled"]["sample_accuracy"]
+        print(f"distilled at guidance {args.guidance:g} ({args.distill_steps} steps): its samples read back right "
+              "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
+              flush=True)
     jobs = bench_jobs(args, base)
     bench_start = time.perf_counter()
     seconds = run_jobs(jobs, args.jobs)
-    summary = summarise(collect([folder for _, folder in jobs.values()]))
+    on_distilled = [folder for name, (_, folder) in jobs.items() if name.startswith("distilled/")]
+    summary = summarise(collect([folder for _, folder in jobs.values() if folder not in on_distilled]))
+    distilled = summarise(collect(on_distilled)) if on_distilled else {}
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
             + summary_text(summary)
+            + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
+               + table(distilled) if distilled else "")
             + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time); "
             f"slowest job {max(seconds, key=seconds.get)} {max(seconds.values()):.0f} s; "
             f"total {time.perf_counter() - start:.0f} s\n")
     (args.out / "summary.md").write_text(text)
     (args.out / "summary.json").write_text(json.dumps(
-        {"base": {"path": str(base), **base_report}, "methods": summary, "job_seconds": seconds,
+        {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled, "job_seconds": seconds,
          "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
     print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")
     return 0

@@ -33,8 +33,18 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert set(summary["base"]["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
     assert summary["base"]["sample_accuracy_guided"]["guidance"] == 6.0
     assert summary["base"]["pretrain"]["p_uncond"] == 0.1
+    # the distilled copy: trained from the base as its teacher, read unguided, the reference benched on it apart
+    distilled = summary["base"]["distilled"]
+    assert distilled["pretrain"]["distill_guidance"] == 6.0 and distilled["pretrain"]["init"] == summary["base"]["path"]
+    assert set(distilled["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
+    assert set(summary["distilled"]) == {"supervised"} and summary["distilled"]["supervised"]["training_seeds"] == [0, 1]
+    on_distilled = json.loads((tmp_path / "distilled" / "seed1" / "supervised" / "results.json").read_text())
+    assert on_distilled["base"] == distilled["path"]
+    assert summary["distilled"]["supervised"]["clean_edit_by_training_seed"][1] == on_distilled["methods"]["supervised"]["clean_edit"]
     printed = capsys.readouterr().out
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
+    assert "distilled at guidance 6 (2 steps): its samples read back right unguided" in printed
+    assert "The supervised reference on the base distilled at guidance 6:" in printed
 
 
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
