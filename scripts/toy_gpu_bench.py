@@ -1,11 +1,12 @@
 """Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
-        [--pretrain-batch B] [--seeds 0 1 2] [--jobs J] [--steps N] [--device cuda]
+        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--device cuda]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
-not yet run on one, so the first run's timings are what to size the next by):
+not yet run on one, so the first run's timings are what to size the next by; the distillation and the three
+runs on the distilled base are about a fifth of it by estimate, and --distill-steps 0 leaves them out):
 
 1. pretrains the toy base of --base-size (``byg toy pretrain``'s ``model.pretrain``, 10% of captions dropped:
    --p-uncond) on --device into OUT/toy_base_<size>.safetensors and prints its sample accuracy
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
           + f" ({accuracy['n']} captions)", flush=True)
     if "distilled" in base_report:
         drawn = base_report["distilled"]["sample_accuracy"]
-        print(f"distilled at guidance {args.guidance:g} ({args.distill_steps} steps): its samples read back right "
+        print(f"distilled at guidance {args.guidance:g} ({args.distill_steps} steps, "
+              f"{base_report['distilled']['pretrain']['seconds']:.0f} s): its samples read back right "
               "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
               flush=True)
     jobs = bench_jobs(args, base)

@@ -43,7 +43,7 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert summary["distilled"]["supervised"]["clean_edit_by_training_seed"][1] == on_distilled["methods"]["supervised"]["clean_edit"]
     printed = capsys.readouterr().out
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
-    assert "distilled at guidance 6 (2 steps): its samples read back right unguided" in printed
+    assert "distilled at guidance 6 (2 steps, " in printed and "s): its samples read back right unguided" in printed
     assert "The supervised reference on the base distilled at guidance 6:" in printed
 
 
