@@ -1,8 +1,9 @@
 """Probes behind docs/toy_bench.md's "fourth session" section (not part of CI; minutes to an hour each).
 (.venv is what `bash scripts/test.sh` or `bash scripts/demo.sh` made.)
 
-  .venv/bin/python scripts/toy_probes.py curve METHOD STEPS EVERY OUT [--seed S] [--n-eval N]
-      trains METHOD at the bench's settings (those of `byg bench --steps STEPS`), scoring the EMA editor on
+  .venv/bin/python scripts/toy_probes.py curve METHOD STEPS EVERY OUT [--seed S] [--n-eval N] [--base FILE]
+      trains METHOD at the bench's settings (those of `byg bench --steps STEPS`; on the base FILE, the shipped
+      one by default), scoring the EMA editor on
       the bench's held-out tuples every EVERY steps; METHOD is byg, supervised, supervised_warmup (the bench's identity warm-up and identity
       steps, then true pairs) or an ablation name (no_cycle, ...). Saves the LoRA under OUT.
       --cycle-split frozen_reverse: the cycle's reverse pass trains no weights (its losses reach the editor only
@@ -60,15 +61,16 @@ from byg_core.lora_io import load_lora
 from byg_core.sample import edit, initial_noise, integrate
 from byg_core.toy import bench
 from byg_core.toy.metrics import PRESERVE_IOU, clean_edit_ceiling, mask_iou, read_scene, right_pixels, wilson_interval
-from byg_core.toy.model import build_toy_backbone, evaluate_base
+from byg_core.toy.model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, evaluate_base
 from byg_core.toy.world import FAMILIES, render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
 
 
 def _summary(metrics: dict) -> str:
-    families = {f: (round(v["edit_success"], 2), round(v["preservation"], 2)) for f, v in metrics["by_family"].items()}
+    families = {f: tuple(round(v[k], 2) for k in ("clean_edit", "edit_success", "preservation"))
+                for f, v in metrics["by_family"].items()}
     overall = {k: round(metrics["all"][k], 3) for k in bench.METRIC_KEYS}
-    return f"{json.dumps(overall)} by family (success, preservation): {families}"
+    return f"{json.dumps(overall)} by family (clean, success, preservation): {families}"
 
 
 def split_cycle(mode: str) -> None:
@@ -100,7 +102,7 @@ def curve(args: argparse.Namespace) -> None:
     if args.cycle_split:
         split_cycle(args.cycle_split)
     settings = dataclasses.replace(bench.with_steps(bench.BENCH_SETTINGS, args.steps, args.seed), n_eval=args.n_eval)
-    backbone = build_toy_backbone()
+    backbone = build_toy_backbone(args.base)
     train_data = bench.cached_tuples(backbone, sample_tuples(settings.n_train, 0))
     tuples = bench.eval_split(settings.n_eval, 0)  # the bench's held-out tuples, whatever the training seed
     eval_data = bench.cached_tuples(backbone, tuples)
@@ -265,6 +267,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=48)
     p.add_argument("--cycle-split", choices=["frozen_reverse", "detached_condition"])
+    p.add_argument("--base", default=DEFAULT_TOY_WEIGHTS, help="the toy base to train on (default: the shipped one)")
     p.set_defaults(run=curve)
     p = sub.add_parser("copy")
     p.add_argument("lora", nargs="+")
