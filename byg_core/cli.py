@@ -219,12 +219,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .toy.model import base_weights
 
     _check_device(args.device)
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
     base = Path(args.base or base_weights(args.base_size))
     if not base.is_file():
         raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
     methods = args.methods.split(",") if args.methods else None
     run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
-              base=base, methods=methods,
+              base=base, methods=methods, lr=args.lr,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -330,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None,
                        help="training steps per method, ByG's identity warm-up included (default: the bench's own)")
     bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")
+    bench.add_argument("--lr", type=float, default=None,
+                       help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
     bench.add_argument("--methods", default=None,

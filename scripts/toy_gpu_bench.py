@@ -1,7 +1,7 @@
 """Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
-        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--device cuda]
+        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--lr LR] [--device cuda]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
@@ -75,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--jobs", type=int, default=14, help="bench processes at a time")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -118,7 +119,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
 
     def bench(on: Path) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
-                "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else [])]
+                "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else []),
+                *(["--lr", str(args.lr)] if args.lr else [])]
 
     common = bench(base)
     jobs = {"baselines": ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")}

@@ -379,13 +379,16 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
               base: str | Path | None = None, methods: Sequence[str] | None = None,
-              settings: ToySettings | None = None) -> dict:
+              settings: ToySettings | None = None, lr: float | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
-    say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS.
+    say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
+    ``lr`` replaces its learning rate for every trained method.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
+    if lr is not None:
+        settings = dataclasses.replace(settings, lr=lr)
     start = time.perf_counter()
     backbone = load_base(base, device)
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)
