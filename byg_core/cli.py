@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import LR_SCHEDULERS
 
 class Progress:
     """A one-line progress bar on stderr: step, rate and the latest loss terms."""
@@ -226,7 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
     methods = args.methods.split(",") if args.methods else None
     run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
-              base=base, methods=methods, lr=args.lr,
+              base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")
     bench.add_argument("--lr", type=float, default=None,
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
+    bench.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
+                       help="its schedule: constant (the bench's) or a decay to 0 over the run, linear or cosine")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
     bench.add_argument("--methods", default=None,

@@ -1,7 +1,8 @@
 """Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
-        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--lr LR] [--device cuda]
+        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--lr LR]
+        [--lr-scheduler cosine] [--device cuda]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from byg_core.config import LR_SCHEDULERS
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, suite_methods
 from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
 from byg_core.toy.summary import collect, summarise, summary_text, table
@@ -76,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=14, help="bench processes at a time")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
+    p.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
+                   help="its schedule (default: the bench's constant one)")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -120,7 +124,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     def bench(on: Path) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else []),
-                *(["--lr", str(args.lr)] if args.lr else [])]
+                *(["--lr", str(args.lr)] if args.lr else []),
+                *(["--lr-scheduler", args.lr_scheduler] if args.lr_scheduler else [])]
 
     common = bench(base)
     jobs = {"baselines": ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")}

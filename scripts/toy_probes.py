@@ -19,7 +19,8 @@
       --set batch_size=32, ...), to its objective (``ObjectiveConfig`` fields: --objective lambda_cycle=0.3) or
       to its training tuples (--n-train); scored on held-out tuples (--n-eval per split: 96 + 96 by default) from noise seed 0: clean
       edit, edit success, preservation, wrong pixels per image, clean edits by family. Saves the LoRA under
-      /tmp/toy_probes/NAME.
+      /tmp/toy_probes/NAME. It always trains on training seed 0's tuples: --set seed=S changes the run's own
+      seed (initialisation, batches, noise), not its tuples as `byg bench --seed S` does.
   .venv/bin/python scripts/toy_probes.py pixels LORA [LORA ...] [--edit-steps 1 20] [--n-eval N] [--reverse]
       where does an editor go wrong, pixel by pixel? Each LoRA edits held-out tuples (--n-eval per split, noise seed 0)
       and the pixels farther than CLEAN_PIXEL_DISTANCE from the true edited scene are counted, by family: per

@@ -59,6 +59,7 @@ class ToySettings:
     batch_size: int = 8  # paper B.1
     rank: int = 16
     lr: float = 3e-3  # the paper's 3e-4 is for a 12B model and 30k steps; the toy LoRA is tiny and runs short
+    lr_scheduler: str = "constant"  # the paper gives one lr; "cosine" decays it to 0 over the run (TrainConfig)
     # paper: 200 of 30k steps. 600 identity steps (90 s here) make the editor a copier: it then reproduces
     # 0.88 of held-out sources given the reverse instruction; after 50 it could not
     warmup_identity_steps: int = 600
@@ -84,7 +85,7 @@ class ToySettings:
     def train_config(self, out: Path, **overrides) -> TrainConfig:
         values = dict(
             model="toy", output_dir=str(out), steps=self.steps, batch_size=self.batch_size, rank=self.rank,
-            lr=self.lr, warmup_identity_steps=self.warmup_identity_steps, identity_prob=self.identity_prob,
+            lr=self.lr, lr_scheduler=self.lr_scheduler, warmup_identity_steps=self.warmup_identity_steps, identity_prob=self.identity_prob,
             ema_decay=self.ema_decay, shift=self.shift, seed=self.seed, checkpoint_every=0,
             objective=self.objective(),
         )
@@ -379,16 +380,16 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
               base: str | Path | None = None, methods: Sequence[str] | None = None,
-              settings: ToySettings | None = None, lr: float | None = None) -> dict:
+              settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
-    ``lr`` replaces its learning rate for every trained method.
+    ``lr`` and ``lr_scheduler`` replace its learning rate and its schedule for every trained method.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
-    if lr is not None:
-        settings = dataclasses.replace(settings, lr=lr)
+    settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
+                                   lr_scheduler=lr_scheduler or settings.lr_scheduler)
     start = time.perf_counter()
     backbone = load_base(base, device)
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)

@@ -47,13 +47,15 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert "The supervised reference on the base distilled at guidance 6:" in printed
 
 
-def test_the_gpu_bench_passes_its_learning_rate_to_every_bench_it_runs(tmp_path):
+def test_the_gpu_bench_passes_its_learning_rate_and_schedule_to_every_bench_it_runs(tmp_path):
     script = _script()
     base = tmp_path / "base.safetensors"
-    jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01"]), base)
+    jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01", "--lr-scheduler", "cosine"]), base)
     assert len(jobs) == 1 + 8 * 3 + 3  # baselines, 8 trained methods x 3 seeds, the reference on the distilled base
     assert all(command[command.index("--lr") + 1] == "0.01" for command, _ in jobs.values())
-    assert not any("--lr" in command for command, _ in script.bench_jobs(script.parse_args([]), base).values())
+    assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
+    default = script.bench_jobs(script.parse_args([]), base).values()
+    assert not any("--lr" in command or "--lr-scheduler" in command for command, _ in default)
 
 
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
