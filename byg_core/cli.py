@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import LR_SCHEDULERS
 
 class Progress:
     """A one-line progress bar on stderr: step, rate and the latest loss terms."""
@@ -216,12 +215,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.runs:
         raise ValueError("--runs is for `byg bench combine`, which reads finished runs; a quality bench runs its own")
+    from .config import LR_SCHEDULERS
     from .toy.bench import DEMO_SETTINGS, SMOKE_SETTINGS, run_bench
     from .toy.model import base_weights
 
     _check_device(args.device)
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
     if not base.is_file():
         raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
@@ -335,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")
     bench.add_argument("--lr", type=float, default=None,
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
-    bench.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
+    bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s
                        help="its schedule: constant (the bench's) or a decay to 0 over the run, linear or cosine")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")

@@ -124,7 +124,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     def bench(on: Path) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else []),
-                *(["--lr", str(args.lr)] if args.lr else []),
+                *(["--lr", str(args.lr)] if args.lr is not None else []),
                 *(["--lr-scheduler", args.lr_scheduler] if args.lr_scheduler else [])]
 
     common = bench(base)

@@ -85,7 +85,8 @@ class ToySettings:
     def train_config(self, out: Path, **overrides) -> TrainConfig:
         values = dict(
             model="toy", output_dir=str(out), steps=self.steps, batch_size=self.batch_size, rank=self.rank,
-            lr=self.lr, lr_scheduler=self.lr_scheduler, warmup_identity_steps=self.warmup_identity_steps, identity_prob=self.identity_prob,
+            lr=self.lr, lr_scheduler=self.lr_scheduler, warmup_identity_steps=self.warmup_identity_steps,
+            identity_prob=self.identity_prob,
             ema_decay=self.ema_decay, shift=self.shift, seed=self.seed, checkpoint_every=0,
             objective=self.objective(),
         )

@@ -145,8 +145,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_and_schedule_asked_f
     from byg_core.cli import main as byg
     from byg_core.safefiles import load_checked
 
-    def run(out: Path, *lr: str) -> tuple[dict, dict, float]:
-        assert byg(["bench", "--smoke", "--methods", "supervised", "--device", "cpu", "--out", str(out), *lr]) == 0
+    def run(out: Path, *options: str) -> tuple[dict, dict, float]:
+        assert byg(["bench", "--smoke", "--methods", "supervised", "--device", "cpu", "--out", str(out), *options]) == 0
         report = json.loads((out / "results.json").read_text())
         tensors, metadata = load_checked(out / "runs" / "supervised" / "byg_lora.safetensors", "LoRA")
         b = max(t.abs().max().item() for k, t in tensors.items() if k.endswith("lora_B.weight"))
@@ -163,3 +163,7 @@ def test_the_bench_trains_every_method_at_the_learning_rate_and_schedule_asked_f
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--lr-scheduler", "warmup", "--out", str(tmp_path / "warmup")]) == 2
+    err = capsys.readouterr().err
+    assert "--lr-scheduler must be one of constant, linear, cosine, got 'warmup'" in err
+    assert not (tmp_path / "warmup").exists()
