@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -170,8 +170,8 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
     source, out = Path(args.image), Path(args.out)
     if not source.exists():
         raise FileNotFoundError(f"--image {source} does not exist")
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"--out {out} exists; nothing was overwritten. Pick another name or pass --overwrite.")
+    if not args.overwrite:
+        refuse_to_overwrite([out], "Pick another --out")
     if is_video(source) and out.suffix.lower() in IMAGE_SUFFIXES:
         raise ValueError(
             f"--image {source} is a video but --out {out} names an image: give a video file "
@@ -197,6 +197,10 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .toy.bench import run_demo
 
+    out = Path(args.out)
+    if not args.overwrite:  # what run_demo writes
+        refuse_to_overwrite([out / "metrics.json", out / "byg_toy_lora.safetensors", out / "run"],
+                            "Pick another --out (`bash scripts/demo.sh DIR` passes DIR)")
     run_demo(Path(args.out), steps=args.steps, seed=args.seed)
     return 0
 
@@ -205,6 +209,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "speed":
         from .speed import run_speed
 
+        if not args.overwrite:
+            refuse_to_overwrite([Path(args.out) / "speed.json"], "Pick another --out")
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
                   args.width, args.frames, args.cache_k)
         return 0
@@ -228,6 +234,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not base.is_file():
         raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
     methods = args.methods.split(",") if args.methods else None
+    if not args.overwrite:  # what run_bench writes: its report and each method's run (LoRA, checkpoint)
+        refuse_to_overwrite([Path(args.out) / "results.json", Path(args.out) / "runs"],
+                            "Pick another --out (one per training seed: `byg bench combine` reads them together)")
     run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
@@ -242,6 +251,8 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     steps = args.steps or PRETRAIN_STEPS
     if args.init and Path(args.init).resolve() == out.resolve():
         raise ValueError(f"--init {args.init} and --out are the same file; write the continued base elsewhere (--out)")
+    if not args.overwrite:
+        refuse_to_overwrite([out], "Write the new base elsewhere with --out FILE")
     lr = PRETRAIN_LR if args.lr is None else args.lr
     report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
@@ -249,6 +260,15 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
                       progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
+
+
+def refuse_to_overwrite(outputs: Iterable[Path], instead: str) -> None:
+    """Before a command runs: outputs that already exist (finished work, or a stopped run's) are never replaced
+    unless the user passes --overwrite; ``instead`` says what to do."""
+    found = [str(path) for path in outputs if Path(path).exists()]
+    if found:
+        raise SystemExit(f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''}; nothing was overwritten. "
+                         f"{instead}, or pass --overwrite to replace {'it' if len(found) == 1 else 'them'}.")
 
 
 def _check_device(device: str) -> None:
@@ -304,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None,
                       help="training steps, identity warm-up included (default: the demo's own)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     demo.set_defaults(run=cmd_demo)
 
     bench = sub.add_parser("bench", help="ByG vs supervised, SDEdit, FlowEdit and identity on the toy world; "
@@ -343,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
     bench.add_argument("--methods", default=None,
                        help="comma-separated methods of the suite to run (default: all), e.g. identity,byg")
+    bench.add_argument("--overwrite", action="store_true",
+                       help="replace a bench (results.json, runs/) or speed.json already in --out")
     bench.add_argument("--smoke", action="store_true",
                        help="tiny settings: every code path in seconds, figures meaningless (for scripts' tests)")
     bench.set_defaults(run=cmd_bench)
@@ -359,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cuda or cpu (default: cuda when there is one)")
     pretrain.add_argument("--out", default=None,
                           help="default: the size's file in byg_core/toy/assets (small: the shipped base)")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     pretrain.add_argument("--lr", type=float, default=None,
                           help="peak learning rate, cosine decay to a tenth (default: the shipped base's)")
     pretrain.add_argument("--init", default=None,

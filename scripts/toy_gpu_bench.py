@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--lr LR]
-        [--lr-scheduler cosine] [--device cuda]
+        [--lr-scheduler cosine] [--device cuda] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from byg_core.cli import refuse_to_overwrite
 from byg_core.config import LR_SCHEDULERS
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, suite_methods
 from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
@@ -80,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
     p.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
                    help="its schedule (default: the bench's constant one)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the base, the benches and the summary an earlier run left in --out")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -125,7 +128,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else []),
                 *(["--lr", str(args.lr)] if args.lr is not None else []),
-                *(["--lr-scheduler", args.lr_scheduler] if args.lr_scheduler else [])]
+                *(["--lr-scheduler", args.lr_scheduler] if args.lr_scheduler else []),
+                *(["--overwrite"] if args.overwrite else [])]
 
     common = bench(base)
     jobs = {"baselines": ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")}
@@ -163,6 +167,10 @@ def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> dict[str
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.overwrite:  # before the base's pretraining, not when the first bench would refuse its folder
+        refuse_to_overwrite([args.out / name for name in ("summary.json", f"toy_base_{args.base_size}.safetensors",
+                                                          "baselines", "distilled", *(f"seed{s}" for s in args.seeds))],
+                            "Pick another --out")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     base, base_report = make_base(args)

@@ -151,7 +151,7 @@ def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
     video, fps = read_video(out)
     assert video.shape == (3, 9, 32, 32) and fps == 12
     first = out.read_bytes()
-    with pytest.raises(SystemExit, match=r"edited.mp4 exists; nothing was overwritten.*--overwrite"):
+    with pytest.raises(SystemExit, match=r"edited.mp4 already exists; nothing was overwritten.*--overwrite"):
         cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5"])
     assert out.read_bytes() == first
     assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5",

@@ -45,7 +45,8 @@ def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
             raise FileNotFoundError(f"{path}: no such file; each --runs folder is a `byg bench --out` folder")
         report = json.loads(path.read_text())
         if not report.get("complete"):
-            raise ValueError(f"{path}: the run did not finish; run `byg bench` into that folder again")
+            raise ValueError(f"{path}: the run did not finish; run `byg bench` again, into a new folder or into "
+                             "this one with --overwrite")
         if any("per_tuple" not in figures for figures in report["methods"].values()):
             raise ValueError(f"{path}: written by an older byg without each tuple's outcomes (per_tuple), which the "
                              "paired comparison needs; run `byg bench` into a new folder again")

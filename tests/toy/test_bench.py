@@ -4,13 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from byg_core.adapters import STUDENT, Adapters
 from byg_core.data import CachedEdits
 from byg_core.objective import ObjectiveConfig
 from byg_core.sample import edit
 from byg_core.toy.bench import ToySettings, _spec, cached_tuples, edit_with, run_demo, score
-from byg_core.toy.model import build_toy_backbone
+from byg_core.toy.model import base_weights, build_toy_backbone
 from byg_core.toy.world import sample_tuples
 from byg_core.train import Trainer
 
@@ -167,3 +168,48 @@ def test_the_bench_trains_every_method_at_the_learning_rate_and_schedule_asked_f
     err = capsys.readouterr().err
     assert "--lr-scheduler must be one of constant, linear, cosine, got 'warmup'" in err
     assert not (tmp_path / "warmup").exists()
+
+
+def test_a_repeated_or_stopped_bench_demo_or_pretraining_never_overwrites_what_an_earlier_run_left(tmp_path):
+    from byg_core.cli import main as byg
+    from byg_core.safefiles import load_checked
+
+    out = tmp_path / "bench"
+    smoke = ["bench", "--smoke", "--methods", "supervised", "--device", "cpu", "--out", str(out)]
+    assert byg(smoke) == 0
+    report, lora = (out / "results.json").read_bytes(), out / "runs" / "supervised" / "byg_lora.safetensors"
+    weights = load_checked(lora, "LoRA")[0]
+    # another training seed into the same folder (the mistake that lost seed 0's figures): refused before any work
+    with pytest.raises(SystemExit, match=r"results\.json, .*runs already exist; nothing was overwritten\. Pick another "
+                                         r"--out \(one per training seed.*--overwrite"):
+        byg([*smoke, "--seed", "1"])
+    assert (out / "results.json").read_bytes() == report
+    assert all(torch.equal(t, load_checked(lora, "LoRA")[0][k]) for k, t in weights.items())
+    assert byg([*smoke, "--seed", "1", "--overwrite"]) == 0  # asked for: replaced
+    assert json.loads((out / "results.json").read_text())["settings"]["seed"] == 1
+    # a stopped bench left its runs but no report: still refused
+    stopped = tmp_path / "stopped"
+    (stopped / "runs" / "byg").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"stopped/runs already exists"):
+        byg(["bench", "--smoke", "--out", str(stopped)])
+    (tmp_path / "speed.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"speed\.json already exists"):
+        byg(["bench", "speed", "--model", "toy", "--device", "cpu", "--out", str(tmp_path)])
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"metrics\.json already exists.*scripts/demo\.sh DIR.*--overwrite"):
+        byg(["demo", "--out", str(demo)])
+    assert (demo / "metrics.json").read_text() == "{}" and sorted(p.name for p in demo.iterdir()) == ["metrics.json"]
+    base = tmp_path / "base.safetensors"
+    pretrain = ["toy", "pretrain", "--steps", "1", "--batch-size", "2", "--device", "cpu", "--out", str(base)]
+    assert byg(pretrain) == 0
+    first = base.read_bytes()
+    with pytest.raises(SystemExit, match=r"base\.safetensors already exists.*--out FILE, or pass --overwrite"):
+        byg([*pretrain, "--seed", "1"])
+    assert base.read_bytes() == first
+    assert byg([*pretrain, "--seed", "1", "--overwrite"]) == 0 and base.read_bytes() != first
+    # the default --out of the small size is the shipped base itself
+    shipped = base_weights("small")
+    with pytest.raises(SystemExit, match=f"{shipped.name} already exists"):
+        byg(["toy", "pretrain", "--steps", "1"])

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from byg_core.cli import main as byg
@@ -45,6 +46,12 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
     assert "distilled at guidance 6 (2 steps, " in printed and "s): its samples read back right unguided" in printed
     assert "The supervised reference on the base distilled at guidance 6:" in printed
+    # run again into the same folder: refused before the base is pretrained again, every file as it was
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit, match=r"summary\.json, .*toy_base_medium\.safetensors, .*already exist; nothing was "
+                                         r"overwritten\. Pick another --out, or pass --overwrite"):
+        script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu"])
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 def test_the_gpu_bench_passes_its_learning_rate_and_schedule_to_every_bench_it_runs(tmp_path):
@@ -55,7 +62,11 @@ def test_the_gpu_bench_passes_its_learning_rate_and_schedule_to_every_bench_it_r
     assert all(command[command.index("--lr") + 1] == "0.01" for command, _ in jobs.values())
     assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
     default = script.bench_jobs(script.parse_args([]), base).values()
-    assert not any("--lr" in command or "--lr-scheduler" in command for command, _ in default)
+    assert not any("--lr" in command or "--lr-scheduler" in command or "--overwrite" in command
+                   for command, _ in default)
+    # --overwrite: the script's own folders were checked once, so every bench may replace its folder
+    replacing = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--overwrite"]), base).values()
+    assert all("--overwrite" in command for command, _ in replacing)
 
 
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
