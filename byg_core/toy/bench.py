@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,18 @@ def load_base(base: str | Path | None = None, device: str | None = None) -> Flux
     backbone = build_toy_backbone(base or DEFAULT_TOY_WEIGHTS)
     backbone.transformer.to(device or default_device())
     return backbone
+
+
+def environment(device: torch.device) -> dict:
+    """Where a run's figures came from. One machine reproduces a run bit for bit; another CPU (MKL picks its code
+    path by CPU) or GPU changes the last bits, and ByG's rollouts carry that into figures up to the seeds' spread."""
+    processor = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        processor = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                          if line.startswith("model name")), processor)
+    return {"torch": torch.__version__, "cpu": processor, "threads": torch.get_num_threads(),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
 
 
 def suite_methods(settings: ToySettings, suite: str, names: Sequence[str] | None = None) -> list[str]:
@@ -396,7 +409,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)
     write_report(out, results, settings, tuples, {
         "suite": suite, "complete": True, "total_seconds": time.perf_counter() - start,
-        "base": str(base or DEFAULT_TOY_WEIGHTS), "device": str(backbone.device)})
+        "base": str(base or DEFAULT_TOY_WEIGHTS), "device": str(backbone.device),
+        "environment": environment(backbone.device)})
     print(report_markdown(results), end="")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")
     return json.loads((out / "results.json").read_text())
@@ -447,6 +461,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
     report = {
         "byg": method_report(metrics), "untrained": method_report(untrained), "held_out": held_out_info(settings, tuples),
         "steps": settings.steps, "seconds": time.perf_counter() - start, "lora": [str(p) for p in lora],
+        "environment": environment(backbone.device),
         "instructions": [tuples[i].instruction for i in picks],
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -62,6 +62,9 @@ def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch, ca
         assert_rates_with_intervals(figures, n=6, seeds=2)
     assert saved["held_out"]["tuples"] == 6 and saved["held_out"]["per_family_and_split"] == 1
     assert saved["steps"] == report["steps"] == 2
+    # where the figures came from: a run reproduces bit for bit on one machine, not across CPUs (docs/toy_bench.md)
+    assert saved["environment"] == {"torch": torch.__version__, "cpu": saved["environment"]["cpu"],
+                                    "threads": torch.get_num_threads()} and saved["environment"]["cpu"]
     printed = capsys.readouterr().out
     assert "clean_edit" in printed.splitlines()[1] and "untrained" in printed  # the headline comes first
 
@@ -186,7 +189,8 @@ def test_a_repeated_or_stopped_bench_demo_or_pretraining_never_overwrites_what_a
     assert (out / "results.json").read_bytes() == report
     assert all(torch.equal(t, load_checked(lora, "LoRA")[0][k]) for k, t in weights.items())
     assert byg([*smoke, "--seed", "1", "--overwrite"]) == 0  # asked for: replaced
-    assert json.loads((out / "results.json").read_text())["settings"]["seed"] == 1
+    replaced = json.loads((out / "results.json").read_text())
+    assert replaced["settings"]["seed"] == 1 and replaced["environment"]["torch"] == torch.__version__
     # a stopped bench left its runs but no report: still refused
     stopped = tmp_path / "stopped"
     (stopped / "runs" / "byg").mkdir(parents=True)
