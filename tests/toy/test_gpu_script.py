@@ -46,6 +46,14 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
     assert "distilled at guidance 6 (2 steps, " in printed and "s): its samples read back right unguided" in printed
     assert "The supervised reference on the base distilled at guidance 6:" in printed
+    # the reference at its own schedule: its runs really trained at it, summarised apart from the suite's own
+    tuned = summary["tuned_reference"]
+    assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
+    settings = json.loads((tmp_path / "tuned" / "seed1" / "supervised" / "results.json").read_text())["settings"]
+    assert (settings["lr"], settings["lr_scheduler"], settings["seed"]) == (1e-2, "cosine", 1)
+    assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
+    assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
+    assert "The supervised reference at lr 0.01, cosine:" in printed
     # run again into the same folder: refused before the base is pretrained again, every file as it was
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     with pytest.raises(SystemExit, match=r"summary\.json, .*toy_base_medium\.safetensors, .*already exist; nothing was "
@@ -58,12 +66,17 @@ def test_the_gpu_bench_passes_its_learning_rate_and_schedule_to_every_bench_it_r
     script = _script()
     base = tmp_path / "base.safetensors"
     jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01", "--lr-scheduler", "cosine"]), base)
-    assert len(jobs) == 1 + 8 * 3 + 3  # baselines, 8 trained methods x 3 seeds, the reference on the distilled base
+    # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule
+    assert len(jobs) == 1 + 8 * 3 + 3 + 3
     assert all(command[command.index("--lr") + 1] == "0.01" for command, _ in jobs.values())
     assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
-    default = script.bench_jobs(script.parse_args([]), base).values()
+    default = script.bench_jobs(script.parse_args([]), base)
     assert not any("--lr" in command or "--lr-scheduler" in command or "--overwrite" in command
-                   for command, _ in default)
+                   for name, (command, _) in default.items() if not name.startswith("tuned/"))
+    assert [command[command.index("--lr"):command.index("--lr") + 4] for name, (command, _) in default.items()
+            if name.startswith("tuned/")] == [["--lr", "0.01", "--lr-scheduler", "cosine"]] * 3
+    without = script.bench_jobs(script.parse_args(["--reference-lr", "0"]), base)
+    assert not any(name.startswith("tuned/") for name in without)
     # --overwrite: the script's own folders were checked once, so every bench may replace its folder
     replacing = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--overwrite"]), base).values()
     assert all("--overwrite" in command for command, _ in replacing)
