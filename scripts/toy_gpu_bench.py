@@ -6,8 +6,9 @@
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
-not yet run on one, so the first run's timings are what to size the next by; the distillation and the three
-runs on the distilled base are about a fifth of it by estimate, and --distill-steps 0 leaves them out):
+not yet run on one, so the first run's timings are what to size the next by; the distillation, the three
+runs on the distilled base and the three of the reference at its own schedule are about a quarter of it by
+estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
 
 1. pretrains the toy base of --base-size (``byg toy pretrain``'s ``model.pretrain``, 10% of captions dropped:
    --p-uncond) on --device into OUT/toy_base_<size>.safetensors and prints its sample accuracy
