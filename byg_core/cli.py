@@ -201,7 +201,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.overwrite:  # what run_demo writes
         refuse_to_overwrite([out / "metrics.json", out / "byg_toy_lora.safetensors", out / "run"],
                             "Pick another --out (`bash scripts/demo.sh DIR` passes DIR)")
-    run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+    run_demo(out, steps=args.steps, seed=args.seed)
     return 0
 
 
