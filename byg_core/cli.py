@@ -234,10 +234,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not base.is_file():
         raise FileNotFoundError(f"{base}: no such toy base; make it with `byg toy pretrain --base-size {args.base_size}`")
     methods = args.methods.split(",") if args.methods else None
+    out = Path(args.out)
     if not args.overwrite:  # what run_bench writes: its report and each method's run (LoRA, checkpoint)
-        refuse_to_overwrite([Path(args.out) / "results.json", Path(args.out) / "runs"],
+        refuse_to_overwrite([out / "results.json", out / "runs"],
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
-    run_bench(Path(args.out), suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
+    run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0

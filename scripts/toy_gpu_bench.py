@@ -110,22 +110,27 @@ def sample_accuracy(args: argparse.Namespace, path: Path, guidance: float) -> di
     return evaluate_base(backbone, n=args.base_eval, seed=1, steps=2 if args.tiny else 20, guidance=guidance)
 
 
-def make_base(args: argparse.Namespace) -> tuple[Path, dict]:
+def base_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Where the base and its guidance-distilled copy are written."""
+    return (args.out / f"toy_base_{args.base_size}.safetensors",
+            args.out / f"toy_base_{args.base_size}_distilled.safetensors")
+
+
+def make_base(args: argparse.Namespace) -> dict:
     """Pretrain the base, its sample accuracy unguided and guided; then its guidance-distilled copy's, unguided."""
-    path = args.out / f"toy_base_{args.base_size}.safetensors"
+    path, distilled = base_files(args)
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
                       size=args.base_size, device=args.device, p_uncond=args.p_uncond)
     accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
     base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
             "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
     if args.distill_steps:
-        distilled = args.out / f"toy_base_{args.base_size}_distilled.safetensors"
         base["distilled"] = {
             "path": str(distilled),
             "pretrain": pretrain(steps=args.distill_steps, batch_size=args.pretrain_batch, lr=args.distill_lr,
                                  out_path=distilled, device=args.device, init=path, distill_guidance=args.guidance),
             "sample_accuracy": sample_accuracy(args, distilled, 1.0)}
-    return path, base
+    return base
 
 
 def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
@@ -147,7 +152,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
             folder = args.out / f"seed{seed}" / method
             jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
     if args.distill_steps:
-        distilled = bench(args.out / f"toy_base_{args.base_size}_distilled.safetensors")
+        distilled = bench(base_files(args)[1])
         for seed in args.seeds:
             jobs[f"distilled/seed{seed}/supervised"] = ([*distilled, "--methods", "supervised", "--seed", str(seed)],
                                                         args.out / "distilled" / f"seed{seed}" / "supervised")
@@ -181,14 +186,14 @@ def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> dict[str
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    base = base_files(args)[0]
+    jobs = bench_jobs(args, base)
     if not args.overwrite:  # before the base's pretraining, not when the first bench would refuse its folder
-        refuse_to_overwrite([args.out / name for name in ("summary.json", f"toy_base_{args.base_size}.safetensors",
-                                                          "baselines", "distilled", "tuned",
-                                                          *(f"seed{s}" for s in args.seeds))],
+        refuse_to_overwrite([args.out / "summary.json", *base_files(args), *(folder for _, folder in jobs.values())],
                             "Pick another --out")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base, base_report = make_base(args)
+    base_report = make_base(args)
     accuracy, guided = base_report["sample_accuracy"], base_report["sample_accuracy_guided"]
     print(f"base {args.base_size} ({base_report['pretrain']['parameters']} parameters, {args.pretrain_steps} steps at "
           f"batch {args.pretrain_batch}, {time.perf_counter() - start:.0f} s): its samples read back right "
@@ -201,7 +206,6 @@ def main(argv=None) -> int:
               f"{base_report['distilled']['pretrain']['seconds']:.0f} s): its samples read back right "
               "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
               flush=True)
-    jobs = bench_jobs(args, base)
     bench_start = time.perf_counter()
     seconds = run_jobs(jobs, args.jobs)
     apart = {part: [folder for name, (_, folder) in jobs.items() if name.startswith(f"{part}/")]
