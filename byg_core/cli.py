@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 
 class Progress:
@@ -122,33 +120,11 @@ def load_pixels(path: str | Path, frames: int | None = None, stride: int = 1) ->
     return load_media(path, frames=frames, stride=stride).unsqueeze(0), DEFAULT_FPS
 
 
-def save_pixels(pixels: torch.Tensor, path: str | Path, fps: float | None = None) -> Path:
-    """(1, 3, H, W) in [0, 1] -> PNG; a video (1, 3, F, H, W) -> a video file when ``path`` names one
-    (.mp4 .mov .mkv .m4v .webm, at ``fps``, default ``video_io.DEFAULT_FPS``), else a folder of PNG frames.
-    Every file is written atomically."""
-    from .video_io import DEFAULT_FPS, WRITE_SUFFIXES, atomic_path, write_video
-
-    path = Path(path)
-    if pixels.ndim == 5 and path.suffix.lower() in WRITE_SUFFIXES:
-        return write_video(path, pixels[0], fps or DEFAULT_FPS)
-    if pixels.ndim == 5:
-        count = pixels.shape[2]
-        for i, frame in enumerate(pixels.unbind(2)):
-            save_pixels(frame, path / f"{i:05d}.png")
-        for stale in path.glob("[0-9][0-9][0-9][0-9][0-9].png"):  # an overwritten longer clip's frames
-            if int(stale.stem) >= count:
-                stale.unlink()
-        return path
-    array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    with atomic_path(path) as partial:
-        Image.fromarray(array).save(partial)
-    return path
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
     from .lora_io import load_lora
     from .loading import load_backbone
     from .sample import edit
+    from .video_io import save_pixels
 
     _check_edit_paths(args)
     model, files = _edit_model(args)
@@ -287,7 +263,8 @@ def _add_base_size(parser: argparse.ArgumentParser, help: str) -> None:
 def cmd_toy_dataset(args: argparse.Namespace) -> int:
     from .toy.dataset import write_toy_dataset
 
-    print(write_toy_dataset(args.out, n=args.n, seed=args.seed))
+    print(write_toy_dataset(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite,
+                            instead="Pick another --out, or pass --overwrite to write into it"))
     return 0
 
 
@@ -401,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--out", default="out/toy_data")
     dataset.add_argument("--n", type=int, default=256, help="number of tuples")
     dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument("--overwrite", action="store_true",
+                         help="write into an --out folder that holds other files (a repeated run of the same "
+                              "dataset needs no flag: it is left as it is)")
     dataset.set_defaults(run=cmd_toy_dataset)
     return parser
 
@@ -409,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"byg: error: {error}", file=sys.stderr)
         return 2
 

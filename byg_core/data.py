@@ -18,10 +18,13 @@ text encoders and the VAE need not stay loaded during training.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from PIL import Image
 
 from .backbones.base import EditBackbone
 from .objective import EditBatch
+from .safefiles import write_text_atomic
 
 TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
 MEDIA_FIELDS = ("image", "video")
@@ -154,7 +158,8 @@ def is_video(path: Path) -> bool:
 
 
 def frame_paths(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """A folder's frames in name order; hidden files (a write stopped half-way) are not frames."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -251,15 +256,50 @@ def cache(
     return CachedEdits(torch.cat(latents), list(dataset.records))
 
 
-def write_dataset(root: str | Path, rows: list[dict], images: list[torch.Tensor]) -> Path:
-    """Write a dataset folder (images as PNG + edits.jsonl); ``rows`` hold the text fields."""
+@contextmanager
+def writing_dataset(root: Path, lines: list[str], overwrite: bool = False, instead: str = "") -> Iterator[Path | None]:
+    """Where a dataset whose ``edits.jsonl`` reads ``lines`` is written: None when ``root`` already holds it (a
+    repeated run: nothing to write). A new or empty ``root`` is written as a hidden folder beside it, moved onto
+    it with ``edits.jsonl`` once every file is there, so a stopped write leaves no half dataset; a folder holding
+    anything else is never written into (nothing the user made is lost) unless ``overwrite``, and ``instead``
+    says what to do."""
+    text = "\n".join(lines) + "\n"
+    if (root / "edits.jsonl").is_file() and (root / "edits.jsonl").read_text(encoding="utf-8") == text:
+        yield None
+        return
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} is a file; a dataset is a folder. {instead or 'Write it to another path'}.")
+    found = sorted(path.name for path in root.iterdir()) if root.is_dir() else []
+    if found and not overwrite:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise FileExistsError(f"{root} already holds other files ({shown}); nothing was overwritten. "
+                              f"{instead or 'Write the dataset to an empty or new folder'}.")
+    folder = root if found else root.with_name(f".{root.name}.partial")
+    if folder != root:
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier stopped write's
+        folder.mkdir(parents=True)
+    try:
+        yield folder
+        write_text_atomic(folder / "edits.jsonl", text)
+        if folder != root:
+            if root.is_dir():
+                root.rmdir()  # empty; a folder cannot replace another on every system
+            os.replace(folder, root)
+    finally:
+        if folder != root:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_dataset(root: str | Path, rows: list[dict], images: list[torch.Tensor], overwrite: bool = False,
+                  instead: str = "") -> Path:
+    """Write a dataset folder (images as PNG + edits.jsonl); ``rows`` hold the text fields. A stopped write
+    leaves no half dataset, a folder holding other files is refused unless ``overwrite`` (``writing_dataset``)."""
+    from .video_io import save_pixels  # video_io builds on this module
+
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, (row, pixels) in enumerate(zip(rows, images)):
-        name = f"{i:05d}.png"
-        array = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(root / name)
-        lines.append(json.dumps({"image": name, **{k: row[k] for k in TEXT_FIELDS}}))
-    (root / "edits.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    names = [f"{i:05d}.png" for i in range(len(images))]
+    lines = [json.dumps({"image": name, **{k: row[k] for k in TEXT_FIELDS}}) for name, row in zip(names, rows)]
+    with writing_dataset(root, lines, overwrite, instead) as folder:
+        for name, pixels in zip(names, images if folder else []):
+            save_pixels(pixels.unsqueeze(0), folder / name)
     return root

@@ -82,8 +82,7 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] = (
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """Write an (H, W, 3) image in [0, 1]."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(path)
-    return path
+    """Write an (H, W, 3) image in [0, 1] as a PNG, atomically."""
+    from .video_io import save_pixels
+
+    return save_pixels(image.permute(2, 0, 1).unsqueeze(0), path)

@@ -1,8 +1,8 @@
-"""Safetensors files written atomically and read with errors that name the file.
+"""Files written atomically; safetensors files read with errors that name the file.
 
-Nothing here unpickles: tensors come from safetensors, everything else from its JSON
-metadata. A crash mid-write leaves the previous file intact (write to a temporary file in
-the same folder, fsync, then ``os.replace``).
+Every file the pack writes goes through ``atomic_path`` (a temporary file in the same folder, then
+``os.replace``): a crash or a Cancel mid-write leaves the previous file intact and no half file.
+Nothing here unpickles: tensors come from safetensors, everything else from its JSON metadata.
 """
 
 from __future__ import annotations
@@ -10,31 +10,49 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
-def save_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write ``tensors`` with JSON-encoded ``metadata`` values to ``path``, all or nothing."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """A new hidden temporary name beside ``path``, moved onto ``path`` when the block succeeds and removed
+    when it fails: a crash never leaves half a file. It ends in ``.partial``, so no listing of LoRAs or media
+    takes it for one, unless ``keep_suffix`` (for writers that pick the format from the suffix: PIL, PyAV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f".partial{path.suffix}" if keep_suffix else ".partial"
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """A text file (a report, a JSON file) written all or nothing."""
+    with atomic_path(path) as partial:
+        partial.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write ``tensors`` with JSON-encoded ``metadata`` values to ``path``, all or nothing (fsynced)."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(contiguous, tmp, metadata=meta)
-        with open(tmp, "rb") as handle:
+    with atomic_path(path) as partial:
+        save_file(contiguous, partial, metadata=meta)
+        with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def load_checked(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .backbones.base import TextCond
+from .safefiles import write_text_atomic
 
 PHASES = ("byg.rollout", "byg.identity", "byg.forward", "byg.base", "byg.reverse", "byg.backward", "byg.optimizer")
 
@@ -329,6 +330,5 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     print("ByG step phases (profiled once): " + ", ".join(f"{k} {v / total:.0%}" for k, v in byg.phases.items()))
     print(f"edit 20 steps {edit_s:.2f} s vs plain sampling 20 steps {sample_s:.2f} s ({edit_s / sample_s:.2f}x)")
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "speed.json").write_text(json.dumps(report, indent=2))
+        write_text_atomic(Path(out) / "speed.json", json.dumps(report, indent=2))
     return report

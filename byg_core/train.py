@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import CachedEdits
 from .lora_io import save_lora
 from .objective import StepLosses, byg_step, identity_step, supervised_step
-from .safefiles import load_checked, meta_json, save_atomic
+from .safefiles import load_checked, meta_json, save_atomic, write_text_atomic
 from .sample import edit
 from .timesteps import TIMESTEP_SAMPLERS
 
@@ -321,5 +321,4 @@ def _no_accelerator() -> bool:
 
 def write_history(history: list[dict[str, float]], path: Path) -> Path:
     """The per-step loss terms as JSON lines (for plots and the closing note)."""
-    path.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
-    return path
+    return write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))

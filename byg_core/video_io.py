@@ -15,17 +15,14 @@ Writing: H.264 (libx264) in yuv420p, which every player and browser plays and wh
 own video saving writes; MPEG-4 part 2 where a PyAV build has no libx264 (an LGPL-only
 ffmpeg); VP9 for ``.webm``, which does not allow H.264. yuv420p stores colour at half
 resolution, so both sides must be even: an odd side is refused, never padded, so a clip keeps
-its size. Files are written atomically (a temporary name beside the target, then
+its size. Files are written atomically (``safefiles.atomic_path``: a temporary name beside the target, then
 ``os.replace``); whether an existing file may be replaced is the caller's decision.
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -33,6 +30,7 @@ import torch
 from PIL import Image
 
 from .data import image_tensor
+from .safefiles import atomic_path
 
 MAX_FRAMES = 81  # Wan2.2's usual clip length, 4 * 20 + 1
 TEMPORAL_FACTOR = 4  # Wan VAEs: 4k+1 frames -> k+1 latent frames
@@ -149,19 +147,6 @@ def _decode(path: Path, limit: int, stride: int) -> tuple[list[Image.Image], int
 # ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` (same suffix, so writers pick the format from it), moved onto
-    ``path`` when the block succeeds and removed when it fails: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def encoder_for(path: Path) -> str:
     """The first encoder PyAV's ffmpeg has for the file's container (H.264, else MPEG-4; VP9 for WebM)."""
     suffix = path.suffix.lower()
@@ -188,7 +173,7 @@ def write_video(path: str | Path, video: torch.Tensor, fps: float = DEFAULT_FPS,
         )
     rate = Fraction(fps).limit_denominator(1001)  # 29.97 stays 30000/1001
     frames = (video.detach().clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    with atomic_path(path) as partial, av.open(str(partial), "w") as container:
+    with atomic_path(path, keep_suffix=True) as partial, av.open(str(partial), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         _set_quality(stream, codec, crf, width * height * float(rate))
@@ -204,3 +189,23 @@ def _set_quality(stream, codec: str, crf: int, pixels_per_second: float) -> None
     else:
         stream.options = {"crf": str(crf)}
 
+
+def save_pixels(pixels: torch.Tensor, path: str | Path, fps: float | None = None) -> Path:
+    """(1, 3, H, W) in [0, 1] -> PNG; a video (1, 3, F, H, W) -> a video file when ``path`` names one
+    (.mp4 .mov .mkv .m4v .webm, at ``fps``, default ``video_io.DEFAULT_FPS``), else a folder of PNG frames.
+    Every file is written atomically."""
+    path = Path(path)
+    if pixels.ndim == 5 and path.suffix.lower() in WRITE_SUFFIXES:
+        return write_video(path, pixels[0], fps or DEFAULT_FPS)
+    if pixels.ndim == 5:
+        count = pixels.shape[2]
+        for i, frame in enumerate(pixels.unbind(2)):
+            save_pixels(frame, path / f"{i:05d}.png")
+        for stale in path.glob("[0-9][0-9][0-9][0-9][0-9].png"):  # an overwritten longer clip's frames
+            if int(stale.stem) >= count:
+                stale.unlink()
+        return path
+    array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    with atomic_path(path, keep_suffix=True) as partial:
+        Image.fromarray(array).save(partial)
+    return path

@@ -99,14 +99,15 @@ def input_dir() -> Path:
 
 def install_loras(paths: list[Path]) -> list[Path]:
     """Copy trained LoRA files into the loras folder (atomically: a half-copied file is never listed)."""
+    from byg_core.safefiles import atomic_path
+
     target_dir = loras_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     installed = []
     for path in paths:
         target = target_dir / Path(path).name
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(path, partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            shutil.copyfile(path, partial)
         installed.append(target)
     return installed
 

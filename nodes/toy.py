@@ -42,7 +42,8 @@ class BYGToyScene:
 class BYGToyDataset:
     DESCRIPTION = (
         "Writes a toy-world edit dataset (images + edits.jsonl, held-out colour pairs excluded) into the output "
-        "folder and reads it back like BYGDataset. Only sources are written: ByG never sees an edited image."
+        "folder and reads it back like BYGDataset. Only sources are written: ByG never sees an edited image. "
+        "A folder already holding this dataset is read as it is; one holding anything else is never written into."
     )
     CATEGORY = "ByG/toy"
     RETURN_TYPES = (DATASET, "STRING")
@@ -56,7 +57,8 @@ class BYGToyDataset:
             "required": {
                 "count": I.integer(256, 1, 100000, "How many edit tuples to draw."),
                 "seed": I.seed("Seed of the random scenes and edits (the same seed writes the same dataset)."),
-                "name": I.text("toy", "Folder name under <output>/byg/datasets/ the dataset is written to."),
+                "name": I.text("toy", "Folder name under <output>/byg/datasets/ the dataset is written to (a new "
+                                      "name for another count or seed: a folder holding other files is kept)."),
             }
         }
 
@@ -65,6 +67,10 @@ class BYGToyDataset:
 
         if not name.strip() or any(part in ("..", "") for part in name.strip().split("/")):
             raise ValueError(f"BYGToyDataset: 'name' must be a plain folder name, got {name!r}")
-        root = write_toy_dataset(host.output_dir() / "byg" / "datasets" / name.strip(), n=count, seed=seed)
+        try:
+            root = write_toy_dataset(host.output_dir() / "byg" / "datasets" / name.strip(), n=count, seed=seed,
+                                     instead="Give the 'name' widget a new folder name to write this count and seed")
+        except FileExistsError as error:
+            raise ValueError(f"BYGToyDataset: {error}") from None
         data = read_dataset(root, True, None, "BYGToyDataset")
         return (data, data.report)

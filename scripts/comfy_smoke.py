@@ -402,6 +402,19 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
     schedule = {k: lora_config(saved).get(k) for k in ("lr_scheduler", "lr_warmup_steps")} if saved.is_file() else None
     check(schedule == {"lr_scheduler": "cosine", "lr_warmup_steps": 1}, f"it trained with the widgets' schedule: {schedule}")
 
+    print("\n[5b] the same graph with another dataset seed into the same dataset folder")
+    dataset = node_of(only, "BYGToyDataset")
+    folder = base / "output" / "byg" / "datasets" / only[dataset]["inputs"]["name"]
+    before = {path.name: path.read_bytes() for path in folder.iterdir()} if folder.is_dir() else {}
+    only[dataset]["inputs"]["seed"] += 1
+    only[trainer]["inputs"]["save_name"] = "smoke_other_seed"
+    run = server.run(only)
+    print(f"  {describe(run)}")
+    check(run.status == "error" and "nothing was overwritten" in run.error and "'name' widget" in run.error,
+          "refused, naming the folder and the 'name' widget")
+    check(bool(before) and {path.name: path.read_bytes() for path in folder.iterdir()} == before,
+          f"{folder.name}/ keeps its {len(before)} files byte for byte")
+
     video = prompts.get(TOY_VIDEO)
     if video is not None:
         print(f"\n[6] {TOY_VIDEO} (.mp4 clips written to input/toy_video, one copied to input/{TOY_CLIP})")

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from byg_core.safefiles import write_text_atomic  # noqa: E402
 from byg_core.speed import run_speed  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
                 rows.append(run_speed(model, height, 1, args.device, args.repeats, args.rank, storage,
                                       args.out / f"{model}_{storage}", width, frames))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "device_check.json").write_text(json.dumps(rows, indent=2))
+    write_text_atomic(args.out / "device_check.json", json.dumps(rows, indent=2))
     return 0
 
 

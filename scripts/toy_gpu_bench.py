@@ -58,6 +58,7 @@ import torch
 
 from byg_core.cli import refuse_to_overwrite
 from byg_core.config import LR_SCHEDULERS
+from byg_core.safefiles import write_text_atomic
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, suite_methods
 from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
 from byg_core.toy.summary import collect, family_table, summarise, summary_text, table
@@ -222,8 +223,8 @@ def main(argv=None) -> int:
             + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time); "
             f"slowest job {max(seconds, key=seconds.get)} {max(seconds.values()):.0f} s; "
             f"total {time.perf_counter() - start:.0f} s\n")
-    (args.out / "summary.md").write_text(text)
-    (args.out / "summary.json").write_text(json.dumps(
+    write_text_atomic(args.out / "summary.md", text)
+    write_text_atomic(args.out / "summary.json", json.dumps(
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
          "tuned_reference": tuned and {"lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
                                        "methods": tuned},

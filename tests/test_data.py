@@ -79,3 +79,68 @@ def test_a_source_the_model_cannot_take_names_the_file(tmp_path, flux_backbone):
     with pytest.raises(ValueError, match="00000.png .*line 1.*height 9"):
         cache(EditDataset.from_folder(root), flux_backbone)
     assert cache(EditDataset.from_folder(root), flux_backbone, size=(8, 8)).x.shape == (1, 3, 8, 8)
+
+
+def _tree(root):
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_dataset_writer_never_writes_into_a_folder_holding_other_files(tmp_path, monkeypatch, capsys):
+    from byg_core import cli, video_io
+    from byg_core.toy.dataset import write_toy_dataset
+    from byg_core.toy.video import write_video_dataset
+
+    torch.manual_seed(0)
+    toy = tmp_path / "toy"
+    assert cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "0"]) == 0
+    written = _tree(toy)
+    assert len(written) == 5 and EditDataset.from_folder(toy).records[3].media.name == "00003.png"
+    assert cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "0"]) == 0  # a repeated run: as it was
+    assert _tree(toy) == written
+    capsys.readouterr()
+    assert cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "1"]) == 2  # another draw: refused
+    error = capsys.readouterr().err
+    assert f"{toy} already holds other files (00000.png, 00001.png, 00002.png and 2 more); nothing was overwritten" in error
+    assert "Pick another --out, or pass --overwrite" in error and _tree(toy) == written
+    assert cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "1", "--overwrite"]) == 0
+    assert _tree(toy)["edits.jsonl"] != written["edits.jsonl"] and len(_tree(toy)) == 5
+
+    # a folder the user made (photos, their own edits.jsonl) is never written into, by either writer
+    photos = tmp_path / "photos"
+    make(photos, n=1)
+    (photos / "holiday.jpg").write_bytes(b"not ours")
+    mine = _tree(photos)
+    with pytest.raises(FileExistsError, match=r"photos already holds other files \(00000.png, edits.jsonl, holiday.jpg\)"):
+        write_toy_dataset(photos, n=2)
+    with pytest.raises(FileExistsError, match="nothing was overwritten"):
+        write_video_dataset(photos, 1, frames=5, size=16)
+    with pytest.raises(FileExistsError, match="is a file; a dataset is a folder"):
+        write_toy_dataset(photos / "holiday.jpg", n=2)
+    assert _tree(photos) == mine
+
+    # a write stopped half-way leaves no half dataset, and the next run writes the whole one
+    saved, calls = video_io.save_pixels, []
+
+    def stop_at_the_third(pixels, path, fps=None):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return saved(pixels, path, fps)
+
+    monkeypatch.setattr(video_io, "save_pixels", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_toy_dataset(tmp_path / "stopped", n=4)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["photos", "toy"]
+    monkeypatch.setattr(video_io, "save_pixels", saved)
+    videos = write_video_dataset(tmp_path / "stopped", 2, frames=5, size=16)
+    assert len(EditDataset.from_folder(tmp_path / "stopped")) == 2 and len(videos) == 2
+    again = _tree(tmp_path / "stopped")
+    assert write_video_dataset(tmp_path / "stopped", 2, frames=5, size=16)[1].edit == videos[1].edit
+    assert _tree(tmp_path / "stopped") == again
+    # a frame a killed write left half-written (hidden, as every write's temporary file) is not a frame
+    from byg_core.data import load_media
+
+    clip = tmp_path / "stopped" / "00001"
+    frames = load_media(clip)
+    (clip / ".00002.png.k1x2.partial.png").write_bytes((clip / "00002.png").read_bytes()[:40])
+    assert torch.equal(load_media(clip), frames) and frames.shape[1] == 5

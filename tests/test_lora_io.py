@@ -95,3 +95,25 @@ def test_writes_are_atomic_an_existing_file_survives_a_failed_write(tmp_path, mo
         save_lora(path, backbone, adapters)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["edit.safetensors"]
+
+
+def test_reports_are_written_atomically_a_stopped_write_leaves_the_earlier_report(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from byg_core.train import write_history
+
+    path = write_history([{"loss": 1.0}], tmp_path / "losses.jsonl")
+    assert path.read_text() == '{"loss": 1.0}\n'
+    written = Path.write_text
+
+    def stopped_half_way(self, text, *args, **kwargs):
+        written(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt  # a Cancel, a crash, a full disk
+
+    monkeypatch.setattr(Path, "write_text", stopped_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_history([{"loss": 0.5}, {"loss": 0.25}], path)
+    assert path.read_text() == '{"loss": 1.0}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["losses.jsonl"]
+    monkeypatch.setattr(Path, "write_text", written)
+    assert write_history([{"loss": 0.5}], path).read_text() == '{"loss": 0.5}\n'

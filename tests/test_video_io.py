@@ -9,8 +9,8 @@ import torch
 
 from byg_core import cli, video_io
 from byg_core.data import DatasetError, EditDataset, load_media, write_dataset
-from byg_core.toy.video import render_video, sample_video_tuples, save_frames
-from byg_core.video_io import read_video, sample_frames, write_video
+from byg_core.toy.video import render_video, sample_video_tuples
+from byg_core.video_io import read_video, sample_frames, save_pixels, write_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_video.toml"
 ROW = {
@@ -40,7 +40,7 @@ def test_an_mp4_reads_back_with_its_frames_rate_and_colours(tmp_path):
 
 def test_a_video_file_and_a_folder_of_its_frames_load_alike(tmp_path):
     path = write_video(tmp_path / "clip.mp4", toy_clip(frames=13))
-    save_frames(read_video(path)[0], tmp_path / "frames")
+    save_pixels(read_video(path)[0].unsqueeze(0), tmp_path / "frames")
     for kwargs in ({}, {"size": (16, 24)}, {"frames": 5, "stride": 3}):
         from_file = load_media(path, **kwargs)
         assert torch.equal(from_file, load_media(tmp_path / "frames", **kwargs))

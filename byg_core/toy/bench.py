@@ -32,6 +32,7 @@ from ..data import CachedEdits, EditRecord
 from ..lora_io import save_lora
 from ..objective import ObjectiveConfig
 from ..plots import image_grid, loss_curve, save_png
+from ..safefiles import write_text_atomic
 from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
 from .metrics import RATE_KEYS, aggregate_seeds, evaluate_edit
@@ -366,8 +367,8 @@ def write_report(out: Path, results: dict[str, MethodResult], settings: ToySetti
                                                   "steps_done": len(r.history)} for name, r in results.items()}
     report = {"methods": methods, "held_out": held_out_info(settings, tuples),
               "settings": dataclasses.asdict(settings), **extra}
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(report_markdown(results))
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "results.md", report_markdown(results))
     picks = list(range(0, len(tuples), max(1, len(tuples) // 8)))[:8]
     truth = render_batch([tuples[i].target for i in picks])
     sources = render_batch([tuples[i].source for i in picks])
@@ -464,7 +465,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
         "environment": environment(backbone.device),
         "instructions": [tuples[i].instruction for i in picks],
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2))
     print(demo_text(settings, metrics, untrained))
     print(f"wrote {out}/byg_toy_lora.safetensors, grid.png, loss.png, metrics.json in {report['seconds']:.0f} s")
     return report

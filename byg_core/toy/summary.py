@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ..safefiles import write_text_atomic
 from .bench import ABLATIONS, _rate
 from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
@@ -182,7 +183,7 @@ def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:
     summary = summarise(collect(folders))
     out.mkdir(parents=True, exist_ok=True)
     text = f"Combined from {len(folders)} `byg bench` runs:\n\n" + summary_text(summary) + "\n"
-    (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"runs": [str(f) for f in folders], "methods": summary}, indent=2))
+    write_text_atomic(out / "summary.md", text)
+    write_text_atomic(out / "summary.json", json.dumps({"runs": [str(f) for f in folders], "methods": summary}, indent=2))
     print(text + f"wrote {out / 'summary.md'}, {out / 'summary.json'}")
     return summary

@@ -28,9 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Collection, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..backbones.wan import WAN22_CONFIGS, WanBackbone
 from .metrics import PRESERVE_CENTROID_PX, evaluate_edit, mask_centroid, read_scene
@@ -127,38 +125,26 @@ def sample_video_tuples(
     return [VideoEditTuple(t, _motion(t.source, frames, rng), frames) for t in tuples]
 
 
-def save_frames(video: torch.Tensor, folder: Path) -> Path:
-    """(3, F, H, W) in [0, 1] -> ``folder/00000.png`` ... (the dataset's video format)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in range(video.shape[1]):
-        array = (video[:, f].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(folder / f"{f:05d}.png")
-    return folder
-
-
 def write_video_dataset(
     root: str | Path, n: int, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_RESOLUTION,
-    mp4: bool = False,
+    mp4: bool = False, overwrite: bool = False, instead: str = "",
 ) -> list[VideoEditTuple]:
     """A dataset folder: one folder of PNG frames (``mp4``: one .mp4 file) per video and ``edits.jsonl`` with
-    ``video`` fields.
+    ``video`` fields; a folder holding other files is refused unless ``overwrite``, one holding this same
+    dataset is left as it is, a stopped write leaves no half dataset (``data.writing_dataset``).
 
     Returns the tuples (they hold the true edits, which the dataset itself never shows).
     """
-    from ..video_io import write_video
+    from ..data import writing_dataset
+    from ..video_io import save_pixels
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     tuples = sample_video_tuples(n, seed, frames)
-    lines = []
-    for i, tup in enumerate(tuples):
-        name = f"{i:05d}.mp4" if mp4 else f"{i:05d}"
-        if mp4:
-            write_video(root / name, tup.source_video(size))
-        else:
-            save_frames(tup.source_video(size), root / name)
-        lines.append(json.dumps({"video": name, **{k: tup.record()[k] for k in TEXT_FIELDS}}))
-    (root / "edits.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    names = [f"{i:05d}.mp4" if mp4 else f"{i:05d}" for i in range(len(tuples))]
+    lines = [json.dumps({"video": name, **{k: tup.record()[k] for k in TEXT_FIELDS}}) for name, tup in zip(names, tuples)]
+    with writing_dataset(root, lines, overwrite, instead) as folder:
+        for name, tup in zip(names, tuples if folder else []):
+            save_pixels(tup.source_video(size).unsqueeze(0), folder / name)
     return tuples
 
 
@@ -312,8 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="4k+1 frames (Wan's rule)")
     parser.add_argument("--size", type=int, default=DEFAULT_RESOLUTION, help="frame side in pixels")
     parser.add_argument("--mp4", action="store_true", help="write each video as an .mp4 file, not a folder of frames")
+    parser.add_argument("--overwrite", action="store_true", help="write into an --out folder that holds other files")
     args = parser.parse_args(argv)
-    write_video_dataset(args.out, args.n, args.seed, args.frames, args.size, args.mp4)
+    try:
+        write_video_dataset(args.out, args.n, args.seed, args.frames, args.size, args.mp4, args.overwrite,
+                            "Pick another --out, or pass --overwrite to write into it")
+    except FileExistsError as error:
+        raise SystemExit(f"error: {error}") from None
     print(f"{args.n} videos of {args.frames} frames at {args.size}x{args.size}: {Path(args.out) / 'edits.jsonl'}")
     return 0
 

@@ -57,6 +57,20 @@ def test_toy_graph_trains_a_lora_and_edits_an_image(run, nodes, graph, host_fold
     torch.testing.assert_close(again, edited)
 
 
+def test_the_toy_dataset_node_reads_its_folder_again_and_never_writes_another_draw_into_it(run, host_folders):
+    folder = host_folders / "output" / "byg" / "datasets" / "toy"
+    run("BYGToyDataset", count=8, seed=0, name="toy")
+    written = {path.name: path.read_bytes() for path in folder.iterdir()}
+    dataset, report = run("BYGToyDataset", count=8, seed=0, name="toy")  # the graph queued again
+    assert report.startswith("8 edit tuples") and len(dataset.dataset) == 8
+    with pytest.raises(ValueError, match=r"BYGToyDataset: .*toy already holds other files .*nothing was overwritten\. "
+                                         r"Give the 'name' widget a new folder name"):
+        run("BYGToyDataset", count=8, seed=1, name="toy")  # a randomised seed
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == written
+    other, _ = run("BYGToyDataset", count=8, seed=1, name="toy_seed1")
+    assert [r.src_caption for r in other.dataset.records] != [r.src_caption for r in dataset.dataset.records]
+
+
 def test_the_learning_rate_schedule_widgets_reach_the_run_and_older_prompts_keep_a_constant_lr(run, graph):
     """lr_scheduler / lr_warmup_steps are optional inputs: a prompt saved before they existed trains as it did."""
     scheduled, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
