@@ -204,6 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_device(args.device)
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.batch_size is not None and not args.batch_size > 0:
+        raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -215,7 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         refuse_to_overwrite([out / "results.json", out / "runs"],
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
-              base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler,
+              base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -334,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None,
                        help="training steps per method, ByG's identity warm-up included (default: the bench's own)")
     bench.add_argument("--seed", type=int, default=0, help="training seed (the held-out tuples stay the same)")
+    bench.add_argument("--batch-size", type=int, default=None,
+                       help="tuples per training step of every trained method (default: the bench's 32; the speed "
+                            "bench's is --batch); results.json records it")
     bench.add_argument("--lr", type=float, default=None,
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s

@@ -1,7 +1,7 @@
 """Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
-        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--lr LR]
+        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B] [--lr LR]
         [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S] [--device cuda] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--jobs", type=int, default=14, help="bench processes at a time")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tuples per training step of every trained method (default: the bench's 32)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
     p.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
                    help="its schedule (default: the bench's constant one)")
@@ -142,6 +144,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     def bench(on: Path, lr: float | None = args.lr, lr_scheduler: str | None = args.lr_scheduler) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(args.steps)] if args.steps else []),
+                *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 *(["--lr", str(lr)] if lr is not None else []),
                 *(["--lr-scheduler", lr_scheduler] if lr_scheduler else []),
                 *(["--overwrite"] if args.overwrite else [])]
