@@ -257,13 +257,15 @@ def cache(
 
 
 @contextmanager
-def writing_dataset(root: Path, lines: list[str], overwrite: bool = False, instead: str = "") -> Iterator[Path | None]:
-    """Where a dataset whose ``edits.jsonl`` reads ``lines`` is written: None when ``root`` already holds it (a
-    repeated run: nothing to write). A new or empty ``root`` is written as a hidden folder beside it, moved onto
+def writing_dataset(root: Path, media: str, names: list[str], rows: list[dict], overwrite: bool = False,
+                    instead: str = "") -> Iterator[Path | None]:
+    """Where a dataset is written whose ``edits.jsonl`` lists the files ``names`` (under the ``media`` field,
+    "image" or "video") with ``rows``' text fields: None when ``root`` already holds it (a repeated run: nothing
+    to write). A new or empty ``root`` is written as a hidden folder beside it, moved onto
     it with ``edits.jsonl`` once every file is there, so a stopped write leaves no half dataset; a folder holding
     anything else is never written into (nothing the user made is lost) unless ``overwrite``, and ``instead``
     says what to do."""
-    text = "\n".join(lines) + "\n"
+    text = "".join(json.dumps({media: name, **{k: row[k] for k in TEXT_FIELDS}}) + "\n" for name, row in zip(names, rows))
     if (root / "edits.jsonl").is_file() and (root / "edits.jsonl").read_text(encoding="utf-8") == text:
         yield None
         return
@@ -298,8 +300,8 @@ def write_dataset(root: str | Path, rows: list[dict], images: list[torch.Tensor]
 
     root = Path(root)
     names = [f"{i:05d}.png" for i in range(len(images))]
-    lines = [json.dumps({"image": name, **{k: row[k] for k in TEXT_FIELDS}}) for name, row in zip(names, rows)]
-    with writing_dataset(root, lines, overwrite, instead) as folder:
-        for name, pixels in zip(names, images if folder else []):
-            save_pixels(pixels.unsqueeze(0), folder / name)
+    with writing_dataset(root, "image", names, rows, overwrite, instead) as folder:
+        if folder is not None:
+            for name, pixels in zip(names, images):
+                save_pixels(pixels.unsqueeze(0), folder / name)
     return root

@@ -22,7 +22,6 @@ flow, LoRA file formats, the CLI), not editing quality.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +36,6 @@ from .world import (
     DEFAULT_RESOLUTION,
     FAMILIES,
     MARGIN,
-    TEXT_FIELDS,
     UNSEEN_COMBOS,
     EditTuple,
     Scene,
@@ -141,10 +139,10 @@ def write_video_dataset(
     root = Path(root)
     tuples = sample_video_tuples(n, seed, frames)
     names = [f"{i:05d}.mp4" if mp4 else f"{i:05d}" for i in range(len(tuples))]
-    lines = [json.dumps({"video": name, **{k: tup.record()[k] for k in TEXT_FIELDS}}) for name, tup in zip(names, tuples)]
-    with writing_dataset(root, lines, overwrite, instead) as folder:
-        for name, tup in zip(names, tuples if folder else []):
-            save_pixels(tup.source_video(size).unsqueeze(0), folder / name)
+    with writing_dataset(root, "video", names, [tup.record() for tup in tuples], overwrite, instead) as folder:
+        if folder is not None:
+            for name, tup in zip(names, tuples):
+                save_pixels(tup.source_video(size).unsqueeze(0), folder / name)
     return tuples
 
 
