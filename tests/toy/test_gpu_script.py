@@ -53,7 +53,13 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert (settings["lr"], settings["lr_scheduler"], settings["seed"]) == (1e-2, "cosine", 1)
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
     assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
-    assert "The supervised reference at lr 0.01, cosine:" in printed
+    assert "The supervised reference at lr 0.01, cosine, 2 steps:" in printed
+    # and at three times the suite's steps, summarised apart again
+    longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
+    assert (longer["steps"], longer["lr"], longer["lr_scheduler"]) == (6, 1e-2, "cosine")
+    assert tuned["methods_at_steps"]["6"]["supervised"]["clean_edit_by_training_seed"][0] == json.loads(
+        (tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["methods"]["supervised"]["clean_edit"]
+    assert "The supervised reference at lr 0.01, cosine, 6 steps:" in printed
     # run again into the same folder: refused before the base is pretrained again, every file as it was
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     with pytest.raises(SystemExit, match=r"summary\.json, .*toy_base_medium\.safetensors, .*already exist; nothing was "
@@ -67,18 +73,24 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_and_batch_to_every_benc
     base = tmp_path / "base.safetensors"
     jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01", "--lr-scheduler", "cosine",
                                                 "--batch-size", "96"]), base)
-    # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule
-    assert len(jobs) == 1 + 8 * 3 + 3 + 3
+    # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule at the
+    # suite's steps and at three times them: those first, the longest jobs
+    assert len(jobs) == 1 + 8 * 3 + 3 + 3 + 3
+    assert list(jobs)[:3] == [f"tuned_3600/seed{s}/supervised" for s in (0, 1, 2)]
+    assert [command[command.index("--steps") + 1] for name, (command, _) in jobs.items() if "--steps" in command] == \
+        ["3600"] * 3 + ["1200"] * 3
     assert all(command[command.index("--lr") + 1] == "0.01" for command, _ in jobs.values())
     assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
     assert all(command[command.index("--batch-size") + 1] == "96" for command, _ in jobs.values())
     default = script.bench_jobs(script.parse_args([]), base)
     assert not any("--lr" in command or "--lr-scheduler" in command or "--overwrite" in command or "--batch-size" in command
-                   for name, (command, _) in default.items() if not name.startswith("tuned/"))
+                   for name, (command, _) in default.items() if not name.startswith("tuned"))
     assert [command[command.index("--lr"):command.index("--lr") + 4] for name, (command, _) in default.items()
-            if name.startswith("tuned/")] == [["--lr", "0.01", "--lr-scheduler", "cosine"]] * 3
+            if name.startswith("tuned")] == [["--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
+    only = script.bench_jobs(script.parse_args(["--steps", "600", "--reference-steps", "600", "2400"]), base)
+    assert {name.split("/")[0] for name in only if name.startswith("tuned")} == {"tuned", "tuned_2400"}
     without = script.bench_jobs(script.parse_args(["--reference-lr", "0"]), base)
-    assert not any(name.startswith("tuned/") for name in without)
+    assert not any(name.startswith("tuned") for name in without)
     # --overwrite: the script's own folders were checked once, so every bench may replace its folder
     replacing = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--overwrite"]), base).values()
     assert all("--overwrite" in command for command, _ in replacing)
