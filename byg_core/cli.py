@@ -204,8 +204,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_device(args.device)
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
-    if args.batch_size is not None and not args.batch_size > 0:
-        raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
+    for flag, value in (("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -218,6 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
+              edit_steps=args.edit_steps,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -343,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s
                        help="its schedule: constant (the bench's) or a decay to 0 over the run, linear or cosine")
+    bench.add_argument("--edit-steps", type=int, default=None,
+                       help="sampler steps of every method's edits of the held-out tuples (default: the bench's 20); "
+                            "results.json records it")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
     bench.add_argument("--methods", default=None,

@@ -396,18 +396,19 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
               base: str | Path | None = None, methods: Sequence[str] | None = None,
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
-              batch_size: int | None = None) -> dict:
+              batch_size: int | None = None, edit_steps: int | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
     ``lr``, ``lr_scheduler`` and ``batch_size`` replace its learning rate, its schedule and its tuples per step
-    for every trained method.
+    for every trained method; ``edit_steps`` every method's sampler steps on the held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
-                                   batch_size=batch_size or settings.batch_size)
+                                   batch_size=batch_size or settings.batch_size,
+                                   edit_steps=edit_steps or settings.edit_steps)
     start = time.perf_counter()
     backbone = load_base(base, device)
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)

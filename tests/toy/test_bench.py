@@ -145,9 +145,18 @@ def test_the_cache_suite_trains_each_reuse_at_equal_steps_and_at_the_exact_runs_
         "byg", "byg_reuse2", "byg_reuse4", "byg_reuse8", "byg_reuse4_same_time", "byg_reuse8_same_time"]
 
 
-def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_asked_for(tmp_path, capsys):
+def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_asked_for(tmp_path, capsys, monkeypatch):
     from byg_core.cli import main as byg
     from byg_core.safefiles import load_checked
+    from byg_core.toy import bench
+
+    sampled = []  # the sampler steps of every held-out edit
+
+    def spy(*args, steps, **kwargs):
+        sampled.append(steps)
+        return edit(*args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(bench, "edit", spy)
 
     def run(out: Path, *options: str) -> tuple[dict, dict, float]:
         assert byg(["bench", "--smoke", "--methods", "supervised", "--device", "cpu", "--out", str(out), *options]) == 0
@@ -157,19 +166,25 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
         return report["settings"], json.loads(metadata["byg.config"]), b
 
     default, default_cfg, b_default = run(tmp_path / "default")
-    tiny, tiny_cfg, b_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine", "--batch-size", "2")
+    assert sampled and set(sampled) == {bench.SMOKE_SETTINGS.edit_steps} == {default["edit_steps"]}
+    sampled.clear()
+    tiny, tiny_cfg, b_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine", "--batch-size", "2",
+                                 "--edit-steps", "1")
+    assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
     # LoRA B starts at zero and moves by about lr per step (the saved EMA editor by a twentieth of that)
     assert default["lr"] == default_cfg["lr"] == 3e-3 and tiny["lr"] == tiny_cfg["lr"] == 1e-9
     assert default["lr_scheduler"] == default_cfg["lr_scheduler"] == "constant"
     assert tiny["lr_scheduler"] == tiny_cfg["lr_scheduler"] == "cosine"
     assert default["batch_size"] == default_cfg["batch_size"] == 4 and tiny["batch_size"] == tiny_cfg["batch_size"] == 2
-    assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4} == default
+    assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2} == default
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--batch-size", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--batch-size must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--edit-steps", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "--edit-steps must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--lr-scheduler", "warmup", "--out", str(tmp_path / "warmup")]) == 2
     err = capsys.readouterr().err
     assert "--lr-scheduler must be one of constant, linear, cosine, got 'warmup'" in err
