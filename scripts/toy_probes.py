@@ -33,10 +33,12 @@
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
       all three, with 95% intervals (issue 17, part 2).
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
+          [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2]
       a trained editor under other sampling: each LoRA edits held-out tuples (noise seed 0) with each sampler step
       count and guidance against the reverse instruction, v_bar + w (v_c - v_bar), v_bar its velocity under c_bar
       (the identity steps teach it to copy the source there, so no instruction dropout is needed); scored like
-      `variant`.
+      `variant`, with the clean edits' interval and their change paired against the first setting. --n-eval 288
+      --noise-seeds 0 1 2 scores the bench's own held-out set; --eval-seed 1 a validation draw of it.
   .venv/bin/python scripts/toy_probes.py ceiling [--n-eval N]
       can a clean edit be made at all? ``metrics.clean_edit_ceiling`` of each held-out shape-kind tuple (--n-eval
       per split: the bench's 288 + 288 by default): how often the best possible outline of the target kind is a
@@ -61,7 +63,8 @@ from byg_core.adapters import EMA, Generators
 from byg_core.lora_io import load_lora
 from byg_core.sample import edit, initial_noise, integrate
 from byg_core.toy import bench
-from byg_core.toy.metrics import PRESERVE_IOU, clean_edit_ceiling, mask_iou, read_scene, right_pixels, wilson_interval
+from byg_core.toy.metrics import (
+    PRESERVE_IOU, clean_edit_ceiling, mask_iou, paired_change, read_scene, right_pixels, wilson_interval)
 from byg_core.toy.model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, evaluate_base
 from byg_core.toy.world import FAMILIES, render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
@@ -212,10 +215,11 @@ def base(args: argparse.Namespace) -> None:
                   f"{time.time() - start:.0f} s", flush=True)
 
 
-def _report(name: str, tuples: list, out: torch.Tensor) -> str:
-    """Clean edit, edit success, preservation, wrong pixels per image and clean edits by family of one seed's pixels."""
-    report = bench.score(tuples, out)
-    wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(1).sum(1).float()
+def _report(name: str, tuples: list, out: torch.Tensor, report: dict | None = None) -> str:
+    """Clean edit, edit success, preservation, wrong pixels per image and clean edits by family of pixels
+    (N, 3, H, W) from one noise seed or (seeds, N, 3, H, W) from several (``report``: their ``bench.score``)."""
+    report = report or bench.score(tuples, out)
+    wrong = (~right_pixels(out, render_batch([t.target for t in tuples]))).flatten(-2).sum(-1).float()
     families = {f: round(v["clean_edit"], 2) for f, v in report["by_family"].items()}
     m = report["all"]
     return (f"{name}: clean {m['clean_edit']:.3f} success {m['edit_success']:.3f} preservation {m['preservation']:.3f} | "
@@ -223,13 +227,14 @@ def _report(name: str, tuples: list, out: torch.Tensor) -> str:
 
 
 def score(args: argparse.Namespace) -> None:
-    backbone = build_toy_backbone()
-    tuples = bench.eval_split(args.n_eval, 0)
+    backbone = build_toy_backbone(args.base)
+    tuples = bench.eval_split(args.n_eval, args.eval_seed)
     data = bench.cached_tuples(backbone, tuples)
     for path in args.lora:
         adapters = load_lora([path], backbone)
+        first = None
         for steps, w in [(n, g) for n in args.edit_steps for g in args.guidance]:
-            def method(b):
+            def method(b, seed):
                 def velocity(y, t):
                     v_c = backbone.velocity(y, t, b.c, source=b.x)
                     if w == 1.0:
@@ -237,10 +242,17 @@ def score(args: argparse.Namespace) -> None:
                     v_bar = backbone.velocity(y, t, b.c_bar, source=b.x)
                     return v_bar + w * (v_c - v_bar)
                 with adapters.use(EMA):
-                    eps = initial_noise(b.x.shape, 0, b.x.device, b.x.dtype)
+                    eps = initial_noise(b.x.shape, seed, b.x.device, b.x.dtype)
                     return integrate(backbone.schedule(steps, b.x.shape), velocity, eps).latents
-            print(_report(f"{path} {steps} steps, guidance {w:g} against c_bar", tuples, bench.edit_with(backbone, data, method)),
-                  flush=True)
+            out = bench.edit_seeds(backbone, data, method, args.noise_seeds)
+            report = bench.score(tuples, out)
+            low, high = report["all"]["clean_edit_ci"]
+            clean = report["per_tuple"]["clean_edit"]
+            first = first or (steps, w, clean)
+            change, lo, hi = paired_change(clean, first[2])
+            print(_report(f"{path} {steps} steps, guidance {w:g} against c_bar", tuples, out, report)
+                  + f" | clean [{low:.3f}, {high:.3f}], against {first[0]} steps at guidance {first[1]:g} paired "
+                  f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(tuples)} tuples x noise seeds {args.noise_seeds})", flush=True)
 
 
 def ceiling(args: argparse.Namespace) -> None:
@@ -301,6 +313,10 @@ def main() -> None:
     p.add_argument("--edit-steps", type=int, nargs="+", default=[bench.BENCH_SETTINGS.edit_steps])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.add_argument("--n-eval", type=int, default=96)
+    p.add_argument("--base", default=DEFAULT_TOY_WEIGHTS, help="the toy base the LoRAs were trained on (default: the shipped one)")
+    p.add_argument("--eval-seed", type=int, default=0,
+                   help="the held-out draw: 0 is the bench's; another seed draws a validation set to choose settings on")
+    p.add_argument("--noise-seeds", type=int, nargs="+", default=[0], help="the bench edits from 0 1 2")
     p.set_defaults(run=score)
     p = sub.add_parser("ceiling")
     p.add_argument("--n-eval", type=int, default=bench.BENCH_SETTINGS.n_eval)
