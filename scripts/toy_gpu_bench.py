@@ -1,7 +1,8 @@
 """Pretrain a larger toy base on one GPU and run the whole toy bench on it (issue 17, part 2).
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
-        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B] [--lr LR]
+        [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
+        [--edit-steps N] [--lr LR]
         [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S] [--reference-steps N [N ...]]
         [--device cuda] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
@@ -93,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the bench's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tuples per training step of every trained method (default: the bench's 32)")
+    p.add_argument("--edit-steps", type=int, default=None,
+                   help="sampler steps of every method's held-out edits (default: the bench's 20)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
     p.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None,
                    help="its schedule (default: the bench's constant one)")
@@ -164,6 +167,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
                 *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+                *(["--edit-steps", str(args.edit_steps)] if args.edit_steps else []),
                 *(["--lr", str(lr)] if lr is not None else []),
                 *(["--lr-scheduler", lr_scheduler] if lr_scheduler else []),
                 *(["--overwrite"] if args.overwrite else [])]

@@ -68,11 +68,11 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
-def test_the_gpu_bench_passes_its_learning_rate_schedule_and_batch_to_every_bench_it_runs(tmp_path):
+def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to_every_bench_it_runs(tmp_path):
     script = _script()
     base = tmp_path / "base.safetensors"
     jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01", "--lr-scheduler", "cosine",
-                                                "--batch-size", "96"]), base)
+                                                "--batch-size", "96", "--edit-steps", "3"]), base)
     # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule at the
     # suite's steps and at three times them: those first, the longest jobs
     assert len(jobs) == 1 + 8 * 3 + 3 + 3 + 3
@@ -82,8 +82,9 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_and_batch_to_every_benc
     assert all(command[command.index("--lr") + 1] == "0.01" for command, _ in jobs.values())
     assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
     assert all(command[command.index("--batch-size") + 1] == "96" for command, _ in jobs.values())
+    assert all(command[command.index("--edit-steps") + 1] == "3" for command, _ in jobs.values())
     default = script.bench_jobs(script.parse_args([]), base)
-    assert not any("--lr" in command or "--lr-scheduler" in command or "--overwrite" in command or "--batch-size" in command
+    assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps")
                    for name, (command, _) in default.items() if not name.startswith("tuned"))
     assert [command[command.index("--lr"):command.index("--lr") + 4] for name, (command, _) in default.items()
             if name.startswith("tuned")] == [["--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
