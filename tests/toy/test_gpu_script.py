@@ -50,16 +50,17 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     tuned = summary["tuned_reference"]
     assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
     settings = json.loads((tmp_path / "tuned" / "seed1" / "supervised" / "results.json").read_text())["settings"]
-    assert (settings["lr"], settings["lr_scheduler"], settings["seed"]) == (1e-2, "cosine", 1)
+    assert (settings["lr"], settings["lr_scheduler"], settings["seed"], settings["edit_steps"]) == (1e-2, "cosine", 1, 3)
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
     assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
-    assert "The supervised reference at lr 0.01, cosine, 2 steps:" in printed
+    assert "The supervised reference at lr 0.01, cosine, 2 steps, edits in 3 sampler steps:" in printed
     # and at three times the suite's steps, summarised apart again
     longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
     assert (longer["steps"], longer["lr"], longer["lr_scheduler"]) == (6, 1e-2, "cosine")
     assert tuned["methods_at_steps"]["6"]["supervised"]["clean_edit_by_training_seed"][0] == json.loads(
         (tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["methods"]["supervised"]["clean_edit"]
-    assert "The supervised reference at lr 0.01, cosine, 6 steps:" in printed
+    assert "The supervised reference at lr 0.01, cosine, 6 steps, edits in 3 sampler steps:" in printed
+    assert tuned["edit_steps"] == 3
     # run again into the same folder: refused before the base is pretrained again, every file as it was
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     with pytest.raises(SystemExit, match=r"summary\.json, .*toy_base_medium\.safetensors, .*already exist; nothing was "
@@ -83,11 +84,17 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert all(command[command.index("--lr-scheduler") + 1] == "cosine" for command, _ in jobs.values())
     assert all(command[command.index("--batch-size") + 1] == "96" for command, _ in jobs.values())
     assert all(command[command.index("--edit-steps") + 1] == "3" for command, _ in jobs.values())
+    # the reference at its own settings edits with its own sampler steps; 0: the suite's
+    suite_edits = script.bench_jobs(script.parse_args(["--edit-steps", "8"]), base)
+    assert {name.split("/")[0]: command[command.index("--edit-steps") + 1] for name, (command, _) in suite_edits.items()} \
+        == {"tuned_3600": "3", "tuned": "3", "baselines": "8", "seed0": "8", "seed1": "8", "seed2": "8", "distilled": "8"}
+    same = script.bench_jobs(script.parse_args(["--edit-steps", "8", "--reference-edit-steps", "0"]), base)
+    assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
     assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps")
                    for name, (command, _) in default.items() if not name.startswith("tuned"))
-    assert [command[command.index("--lr"):command.index("--lr") + 4] for name, (command, _) in default.items()
-            if name.startswith("tuned")] == [["--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
+    assert [command[command.index("--edit-steps"):command.index("--edit-steps") + 6] for name, (command, _)
+            in default.items() if name.startswith("tuned")] == [["--edit-steps", "3", "--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
     only = script.bench_jobs(script.parse_args(["--steps", "600", "--reference-steps", "600", "2400"]), base)
     assert {name.split("/")[0] for name in only if name.startswith("tuned")} == {"tuned", "tuned_2400"}
     without = script.bench_jobs(script.parse_args(["--reference-lr", "0"]), base)
