@@ -2,9 +2,8 @@
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
-        [--edit-steps N] [--lr LR]
-        [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S] [--reference-steps N [N ...]]
-        [--device cuda] [--overwrite]
+        [--edit-steps N] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S]
+        [--reference-steps N [N ...]] [--reference-edit-steps N] [--device cuda] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
@@ -122,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     settings = SMOKE_SETTINGS if args.tiny else BENCH_SETTINGS
     args.suite_steps = args.steps or settings.steps
     args.reference_edit_steps = args.reference_edit_steps or args.edit_steps or settings.edit_steps
-    args.reference_steps = list(dict.fromkeys(args.reference_steps or [args.suite_steps, 3 * args.suite_steps]))
+    args.reference_steps = (list(dict.fromkeys(args.reference_steps or [args.suite_steps, 3 * args.suite_steps]))
+                            if args.reference_lr else [])
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no GPU here; pass --device cpu (or --tiny) to try it out")
     return args
@@ -185,8 +185,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         return {f"{part}/seed{seed}/supervised": ([*command, "--methods", "supervised", "--seed", str(seed)],
                                                  args.out / part / f"seed{seed}" / "supervised") for seed in args.seeds}
 
-    lengths = args.reference_steps if args.reference_lr else []
-    jobs = {name: job for steps in lengths if tuned_part(args, steps) != "tuned" for name, job in tuned(steps).items()}
+    jobs = {name: job for steps in args.reference_steps if tuned_part(args, steps) != "tuned"
+            for name, job in tuned(steps).items()}
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
     for seed in args.seeds:
@@ -198,7 +198,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         for seed in args.seeds:
             jobs[f"distilled/seed{seed}/supervised"] = ([*distilled, "--methods", "supervised", "--seed", str(seed)],
                                                         args.out / "distilled" / f"seed{seed}" / "supervised")
-    for steps in lengths:
+    for steps in args.reference_steps:
         if tuned_part(args, steps) == "tuned":
             jobs |= tuned(steps)
     return jobs
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
               flush=True)
     bench_start = time.perf_counter()
     seconds = run_jobs(jobs, args.jobs)
-    tuned_parts = {steps: tuned_part(args, steps) for steps in (args.reference_steps if args.reference_lr else [])}
+    tuned_parts = {steps: tuned_part(args, steps) for steps in args.reference_steps}
     apart = {part: [folder for name, (_, folder) in jobs.items() if name.startswith(f"{part}/")]
              for part in ("distilled", *tuned_parts.values())}
     summary = summarise(collect([folder for _, folder in jobs.values() if not any(folder in f for f in apart.values())]))
