@@ -33,7 +33,7 @@
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
       all three, with 95% intervals (issue 17, part 2).
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
-          [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2]
+          [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
       a trained editor under other sampling: each LoRA edits held-out tuples (noise seed 0) with each sampler step
       count and guidance against the reverse instruction, v_bar + w (v_c - v_bar), v_bar its velocity under c_bar
       (the identity steps teach it to copy the source there, so no instruction dropout is needed); scored like
@@ -253,6 +253,10 @@ def score(args: argparse.Namespace) -> None:
             print(_report(f"{path} {steps} steps, guidance {w:g} against c_bar", tuples, out, report)
                   + f" | clean [{low:.3f}, {high:.3f}], against {first[0]} steps at guidance {first[1]:g} paired "
                   f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(tuples)} tuples x noise seeds {args.noise_seeds})", flush=True)
+            if args.out:  # each tuple's outcomes, to pair with a bench's results.json (its methods' per_tuple)
+                with open(args.out, "a") as log:
+                    log.write(json.dumps({"lora": str(path), "edit_steps": steps, "guidance": w, "eval_seed": args.eval_seed,
+                                          "noise_seeds": args.noise_seeds, "per_tuple": report["per_tuple"]}) + "\n")
 
 
 def ceiling(args: argparse.Namespace) -> None:
@@ -317,6 +321,7 @@ def main() -> None:
     p.add_argument("--eval-seed", type=int, default=0,
                    help="the held-out draw: 0 is the bench's; another seed draws a validation set to choose settings on")
     p.add_argument("--noise-seeds", type=int, nargs="+", default=[0], help="the bench edits from 0 1 2")
+    p.add_argument("--out", default=None, help="append each setting's per-tuple outcomes to this JSON-lines file")
     p.set_defaults(run=score)
     p = sub.add_parser("ceiling")
     p.add_argument("--n-eval", type=int, default=bench.BENCH_SETTINGS.n_eval)
