@@ -38,7 +38,10 @@
       count and guidance against the reverse instruction, v_bar + w (v_c - v_bar), v_bar its velocity under c_bar
       (the identity steps teach it to copy the source there, so no instruction dropout is needed); scored like
       `variant`, with the clean edits' interval and their change paired against the first setting. --n-eval 288
-      --noise-seeds 0 1 2 scores the bench's own held-out set; --eval-seed 1 a validation draw of it.
+      --noise-seeds 0 1 2 scores the bench's own held-out set, and a LoRA a `byg bench` run saved
+      (OUT/runs/METHOD/byg_lora.safetensors) is then also paired against that run's own edits (its results.json);
+      --eval-seed 100 scores a validation draw instead, to choose a setting on (its scenes' seeds are disjoint
+      from the bench's set's and the training tuples').
   .venv/bin/python scripts/toy_probes.py ceiling [--n-eval N]
       can a clean edit be made at all? ``metrics.clean_edit_ceiling`` of each held-out shape-kind tuple (--n-eval
       per split: the bench's 288 + 288 by default): how often the best possible outline of the target kind is a
@@ -226,12 +229,27 @@ def _report(name: str, tuples: list, out: torch.Tensor, report: dict | None = No
             f"wrong pixels per image {wrong.mean():.1f} (median {wrong.median():.0f}) | clean by family {families}")
 
 
+def _bench_outcomes(lora: str, tuples: list, args: argparse.Namespace) -> tuple[int, dict] | None:
+    """Where ``lora`` is a `byg bench` run's (OUT/runs/METHOD/byg_lora.safetensors) and that run edited these very
+    tuples from these noise seeds: its edit steps and each tuple's outcomes there (its results.json's per_tuple)."""
+    path = Path(lora).parents[2] / "results.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    figures, held_out = report["methods"].get(Path(lora).parent.name), report["held_out"]
+    if figures is None or (held_out["tuples"], held_out["eval_seed"], held_out["noise_seeds"]) != (
+            len(tuples), args.eval_seed, args.noise_seeds):
+        return None
+    return report["settings"]["edit_steps"], figures["per_tuple"]
+
+
 def score(args: argparse.Namespace) -> None:
     backbone = build_toy_backbone(args.base)
     tuples = bench.eval_split(args.n_eval, args.eval_seed)
     data = bench.cached_tuples(backbone, tuples)
     for path in args.lora:
         adapters = load_lora([path], backbone)
+        bench_run = _bench_outcomes(path, tuples, args)
         first = None
         for steps, w in [(n, g) for n in args.edit_steps for g in args.guidance]:
             def method(b, seed):
@@ -253,6 +271,10 @@ def score(args: argparse.Namespace) -> None:
             print(_report(f"{path} {steps} steps, guidance {w:g} against c_bar", tuples, out, report)
                   + f" | clean [{low:.3f}, {high:.3f}], against {first[0]} steps at guidance {first[1]:g} paired "
                   f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(tuples)} tuples x noise seeds {args.noise_seeds})", flush=True)
+            if bench_run:  # the same tuples and noise as the bench run that trained it: paired against its edits
+                print("  against its bench run's edits in {} steps, paired: ".format(bench_run[0]) + ", ".join(
+                    "{} {:+.3f} [{:+.3f}, {:+.3f}]".format(k, *paired_change(report["per_tuple"][k], bench_run[1][k]))
+                    for k in ("clean_edit", "edit_success", "preservation")), flush=True)
             if args.out:  # each tuple's outcomes, to pair with a bench's results.json (its methods' per_tuple)
                 with open(args.out, "a") as log:
                     log.write(json.dumps({"lora": str(path), "edit_steps": steps, "guidance": w, "eval_seed": args.eval_seed,
@@ -319,7 +341,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=96)
     p.add_argument("--base", default=DEFAULT_TOY_WEIGHTS, help="the toy base the LoRAs were trained on (default: the shipped one)")
     p.add_argument("--eval-seed", type=int, default=0,
-                   help="the held-out draw: 0 is the bench's; another seed draws a validation set to choose settings on")
+                   help="the held-out draw: 0 is the bench's; 100 a validation draw to choose settings on")
     p.add_argument("--noise-seeds", type=int, nargs="+", default=[0], help="the bench edits from 0 1 2")
     p.add_argument("--out", default=None, help="append each setting's per-tuple outcomes to this JSON-lines file")
     p.set_defaults(run=score)
