@@ -34,7 +34,7 @@
       all three, with 95% intervals (issue 17, part 2).
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
           [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
-      a trained editor under other sampling: each LoRA edits held-out tuples (noise seed 0) with each sampler step
+      a trained editor under other sampling: each LoRA edits held-out tuples (from --noise-seeds, 0 by default) with each sampler step
       count and guidance against the reverse instruction, v_bar + w (v_c - v_bar), v_bar its velocity under c_bar
       (the identity steps teach it to copy the source there, so no instruction dropout is needed); scored like
       `variant`, with the clean edits' interval and their change paired against the first setting. --n-eval 288
