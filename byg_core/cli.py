@@ -202,9 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .toy.model import base_weights
 
     _check_device(args.device)
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
-    for flag, value in (("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)):
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)):
         if value is not None and not value > 0:
             raise ValueError(f"{flag} must be > 0, got {value}")
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:

@@ -187,8 +187,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         return {f"{part}/seed{seed}/supervised": ([*command, "--methods", "supervised", "--seed", str(seed)],
                                                  args.out / part / f"seed{seed}" / "supervised") for seed in args.seeds}
 
-    jobs = {name: job for steps in args.reference_steps if tuned_part(args, steps) != "tuned"
-            for name, job in tuned(steps).items()}
+    jobs = {name: job for steps in args.reference_steps if steps != args.suite_steps for name, job in tuned(steps).items()}
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
     for seed in args.seeds:
@@ -200,9 +199,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         for seed in args.seeds:
             jobs[f"distilled/seed{seed}/supervised"] = ([*distilled, "--methods", "supervised", "--seed", str(seed)],
                                                         args.out / "distilled" / f"seed{seed}" / "supervised")
-    for steps in args.reference_steps:
-        if tuned_part(args, steps) == "tuned":
-            jobs |= tuned(steps)
+    if args.suite_steps in args.reference_steps:
+        jobs |= tuned(args.suite_steps)
     return jobs
 
 
@@ -250,12 +248,11 @@ def main(argv=None) -> int:
               flush=True)
     bench_start = time.perf_counter()
     seconds = run_jobs(jobs, args.jobs)
-    tuned_parts = {steps: tuned_part(args, steps) for steps in args.reference_steps}
     apart = {part: [folder for name, (_, folder) in jobs.items() if name.startswith(f"{part}/")]
-             for part in ("distilled", *tuned_parts.values())}
+             for part in ("distilled", *(tuned_part(args, steps) for steps in args.reference_steps))}
     summary = summarise(collect([folder for _, folder in jobs.values() if not any(folder in f for f in apart.values())]))
     distilled = summarise(collect(apart["distilled"])) if apart["distilled"] else {}
-    tuned = {steps: summarise(collect(apart[part])) for steps, part in tuned_parts.items()}
+    tuned = {steps: summarise(collect(apart[tuned_part(args, steps)])) for steps in args.reference_steps}
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
             + summary_text(summary)
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
@@ -273,8 +270,8 @@ def main(argv=None) -> int:
          "tuned_reference": tuned and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "edit_steps": args.reference_edit_steps,
-             "methods": next((m for steps, m in tuned.items() if tuned_parts[steps] == "tuned"), {}),
-             "methods_at_steps": {str(steps): m for steps, m in tuned.items() if tuned_parts[steps] != "tuned"}},
+             "methods": tuned.get(args.suite_steps, {}),
+             "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps}},
          "job_seconds": seconds,
          "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
     print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")
