@@ -71,7 +71,7 @@ from byg_core.cli import refuse_to_overwrite
 from byg_core.config import LR_SCHEDULERS
 from byg_core.safefiles import write_text_atomic
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods
-from byg_core.toy.model import build_toy_backbone, evaluate_base, pretrain
+from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain
 from byg_core.toy.summary import collect, family_table, summarise, summary_text, table
 
 TINY_METHODS = ("byg", "supervised", "no_cycle")
@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("out/gpu_bench"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--base-size", default="large", help="small, medium or large (model.BASE_SIZES)")
+    p.add_argument("--base-size", choices=list(BASE_SIZES), default="large")
     p.add_argument("--pretrain-steps", type=int, default=4000)
     p.add_argument("--pretrain-batch", type=int, default=128)
     p.add_argument("--base-eval", type=int, default=288, help="captions the base draws for its sample accuracy")
@@ -116,6 +116,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="replace the base, the benches and the summary an earlier run left in --out")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
     args = p.parse_args(argv)
+    # Checked here, before the base's pretraining, not by the first bench job minutes later (0 where it means "not"
+    # or "the default" is allowed; None is a flag not given).
+    positive = {"--pretrain-steps": [args.pretrain_steps], "--pretrain-batch": [args.pretrain_batch],
+                "--base-eval": [args.base_eval], "--jobs": [args.jobs], "--steps": [args.steps],
+                "--batch-size": [args.batch_size], "--edit-steps": [args.edit_steps], "--lr": [args.lr],
+                "--reference-steps": args.reference_steps or []}
+    not_negative = {"--distill-steps": [args.distill_steps], "--reference-lr": [args.reference_lr],
+                    "--reference-edit-steps": [args.reference_edit_steps], "--seeds": args.seeds}
+    for flags, ok, needs in ((positive, lambda v: v > 0, "> 0"), (not_negative, lambda v: v >= 0, ">= 0")):
+        for flag, values in flags.items():
+            for value in values:
+                if value is not None and not ok(value):
+                    p.error(f"{flag} must be {needs}, got {value}")
     if args.tiny:
         args.base_size, args.pretrain_steps, args.pretrain_batch, args.base_eval = "medium", 3, 4, 6
         args.distill_steps = min(args.distill_steps, 2)

@@ -104,6 +104,27 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert all("--overwrite" in command for command, _ in replacing)
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--edit-steps", "0"], "--edit-steps must be > 0, got 0"),
+    (["--batch-size", "-4"], "--batch-size must be > 0, got -4"),
+    (["--reference-steps", "1200", "0"], "--reference-steps must be > 0, got 0"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--reference-edit-steps", "-1"], "--reference-edit-steps must be >= 0, got -1"),
+    (["--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
+    (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
+])
+def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags, named, tmp_path, capsys):
+    script = _script()
+    with pytest.raises(SystemExit) as stopped:
+        script.parse_args(["--out", str(tmp_path / "out"), "--device", "cpu", *flags])
+    assert stopped.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # 0 where it means "not" or "the suite's" stays allowed
+    args = script.parse_args(["--device", "cpu", "--reference-lr", "0", "--reference-edit-steps", "0", "--distill-steps", "0"])
+    assert (args.reference_steps, args.distill_steps) == ([], 0)
+
+
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
     base = tmp_path / "medium.safetensors"
     assert byg(["toy", "pretrain", "--base-size", "medium", "--steps", "2", "--batch-size", "2",
