@@ -202,9 +202,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .toy.model import base_weights
 
     _check_device(args.device)
-    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
+    check_ranges(positive=[("--lr", args.lr), ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -248,6 +246,16 @@ def refuse_to_overwrite(outputs: Iterable[Path], instead: str) -> None:
     if found:
         raise SystemExit(f"{', '.join(found)} already exist{'s' if len(found) == 1 else ''}; nothing was overwritten. "
                          f"{instead}, or pass --overwrite to replace {'it' if len(found) == 1 else 'them'}.")
+
+
+def check_ranges(positive: Iterable[tuple[str, float | None]] = (),
+                 not_negative: Iterable[tuple[str, float | None]] = ()) -> None:
+    """Before a command runs: each (flag, value) must be > 0 (``positive``) or >= 0 (``not_negative``, where 0 means
+    "not" or "the default"); None is a flag not given. The error names the flag."""
+    for pairs, ok, needs in ((positive, lambda v: v > 0, "> 0"), (not_negative, lambda v: v >= 0, ">= 0")):
+        for flag, value in pairs:
+            if value is not None and not ok(value):
+                raise ValueError(f"{flag} must be {needs}, got {value}")
 
 
 def _check_device(device: str) -> None:

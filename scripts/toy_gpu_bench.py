@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from byg_core.cli import refuse_to_overwrite
+from byg_core.cli import check_ranges, refuse_to_overwrite
 from byg_core.config import LR_SCHEDULERS
 from byg_core.safefiles import write_text_atomic
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods
@@ -116,19 +116,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="replace the base, the benches and the summary an earlier run left in --out")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
     args = p.parse_args(argv)
-    # Checked here, before the base's pretraining, not by the first bench job minutes later (0 where it means "not"
-    # or "the default" is allowed; None is a flag not given).
-    positive = {"--pretrain-steps": [args.pretrain_steps], "--pretrain-batch": [args.pretrain_batch],
-                "--base-eval": [args.base_eval], "--jobs": [args.jobs], "--steps": [args.steps],
-                "--batch-size": [args.batch_size], "--edit-steps": [args.edit_steps], "--lr": [args.lr],
-                "--reference-steps": args.reference_steps or []}
-    not_negative = {"--distill-steps": [args.distill_steps], "--reference-lr": [args.reference_lr],
-                    "--reference-edit-steps": [args.reference_edit_steps], "--seeds": args.seeds}
-    for flags, ok, needs in ((positive, lambda v: v > 0, "> 0"), (not_negative, lambda v: v >= 0, ">= 0")):
-        for flag, values in flags.items():
-            for value in values:
-                if value is not None and not ok(value):
-                    p.error(f"{flag} must be {needs}, got {value}")
+    # Checked here, before the base's pretraining, not by the first bench job minutes later.
+    try:
+        check_ranges(positive=[("--pretrain-steps", args.pretrain_steps), ("--pretrain-batch", args.pretrain_batch),
+                               ("--base-eval", args.base_eval), ("--jobs", args.jobs), ("--steps", args.steps),
+                               ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps), ("--lr", args.lr),
+                               *(("--reference-steps", steps) for steps in args.reference_steps or [])],
+                     not_negative=[("--distill-steps", args.distill_steps), ("--reference-lr", args.reference_lr),
+                                   ("--reference-edit-steps", args.reference_edit_steps),
+                                   *(("--seeds", seed) for seed in args.seeds)])
+    except ValueError as error:
+        p.error(str(error))
     if args.tiny:
         args.base_size, args.pretrain_steps, args.pretrain_batch, args.base_eval = "medium", 3, 4, 6
         args.distill_steps = min(args.distill_steps, 2)
