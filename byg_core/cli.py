@@ -224,6 +224,10 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, base_weights, pretrain
 
     _check_device(args.device)
+    # Checked before anything is built: --steps -3 had written an untrained base, --batch-size 0 failed in torch.stack
+    check_ranges(positive=[("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
+                           ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance)],
+                 shares=[("--p-uncond", args.p_uncond)])
     out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
     if args.init and Path(args.init).resolve() == out.resolve():
@@ -249,10 +253,12 @@ def refuse_to_overwrite(outputs: Iterable[Path], instead: str) -> None:
 
 
 def check_ranges(positive: Iterable[tuple[str, float | None]] = (),
-                 not_negative: Iterable[tuple[str, float | None]] = ()) -> None:
-    """Before a command runs: each (flag, value) must be > 0 (``positive``) or >= 0 (``not_negative``, where 0 means
-    "not" or "the default"); None is a flag not given. The error names the flag."""
-    for pairs, ok, needs in ((positive, lambda v: v > 0, "> 0"), (not_negative, lambda v: v >= 0, ">= 0")):
+                 not_negative: Iterable[tuple[str, float | None]] = (),
+                 shares: Iterable[tuple[str, float | None]] = ()) -> None:
+    """Before a command runs: each (flag, value) must be > 0 (``positive``), >= 0 (``not_negative``, where 0 means
+    "not" or "the default") or a share in [0, 1) (``shares``); None is a flag not given. The error names the flag."""
+    for pairs, ok, needs in ((positive, lambda v: v > 0, "> 0"), (not_negative, lambda v: v >= 0, ">= 0"),
+                             (shares, lambda v: 0 <= v < 1, "in [0, 1)")):
         for flag, value in pairs:
             if value is not None and not ok(value):
                 raise ValueError(f"{flag} must be {needs}, got {value}")

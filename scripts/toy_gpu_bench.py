@@ -121,10 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_ranges(positive=[("--pretrain-steps", args.pretrain_steps), ("--pretrain-batch", args.pretrain_batch),
                                ("--base-eval", args.base_eval), ("--jobs", args.jobs), ("--steps", args.steps),
                                ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps), ("--lr", args.lr),
+                               ("--guidance", args.guidance), ("--distill-lr", args.distill_lr),
                                *(("--reference-steps", steps) for steps in args.reference_steps or [])],
                      not_negative=[("--distill-steps", args.distill_steps), ("--reference-lr", args.reference_lr),
                                    ("--reference-edit-steps", args.reference_edit_steps),
-                                   *(("--seeds", seed) for seed in args.seeds)])
+                                   *(("--seeds", seed) for seed in args.seeds)],
+                     shares=[("--p-uncond", args.p_uncond)])
     except ValueError as error:
         p.error(str(error))
     if args.tiny:

@@ -111,6 +111,9 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
     (["--reference-edit-steps", "-1"], "--reference-edit-steps must be >= 0, got -1"),
     (["--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
+    (["--p-uncond", "1"], "--p-uncond must be in [0, 1), got 1.0"),
+    (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
+    (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
 ])
 def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags, named, tmp_path, capsys):
@@ -123,6 +126,20 @@ def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags,
     # 0 where it means "not" or "the suite's" stays allowed
     args = script.parse_args(["--device", "cpu", "--reference-lr", "0", "--reference-edit-steps", "0", "--distill-steps", "0"])
     assert (args.reference_steps, args.distill_steps) == ([], 0)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--steps", "-3"], "--steps must be > 0, got -3"),  # had written an untrained base
+    (["--batch-size", "0"], "--batch-size must be > 0, got 0"),  # had failed in torch.stack
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--t-shift", "0"], "--t-shift must be > 0, got 0.0"),
+    (["--p-uncond", "1.5"], "--p-uncond must be in [0, 1), got 1.5"),  # had trained on empty captions only
+    (["--distill-guidance", "-2"], "--distill-guidance must be > 0, got -2.0"),
+])
+def test_toy_pretrain_refuses_a_bad_setting_before_it_builds_or_writes_anything(flags, named, tmp_path, capsys):
+    out = tmp_path / "base.safetensors"
+    assert byg(["toy", "pretrain", "--device", "cpu", "--out", str(out), *flags]) == 2
+    assert named in capsys.readouterr().err and not out.exists()
 
 
 def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monkeypatch):
