@@ -126,6 +126,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .sample import edit
     from .video_io import save_pixels
 
+    check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride)])
     _check_edit_paths(args)
     model, files = _edit_model(args)
     backbone = load_backbone(model, **files)
@@ -173,6 +174,7 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .toy.bench import run_demo
 
+    check_ranges(positive=[("--steps", args.steps)])
     out = Path(args.out)
     if not args.overwrite:  # what run_demo writes
         refuse_to_overwrite([out / "metrics.json", out / "byg_toy_lora.safetensors", out / "run"],
@@ -185,6 +187,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "speed":
         from .speed import run_speed
 
+        check_ranges(positive=[("--size", args.size), ("--width", args.width), ("--frames", args.frames),
+                               ("--cache-k", args.cache_k), ("--batch", args.batch), ("--rank", args.rank),
+                               ("--repeats", args.repeats)])
         if not args.overwrite:
             refuse_to_overwrite([Path(args.out) / "speed.json"], "Pick another --out")
         run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
@@ -202,7 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .toy.model import base_weights
 
     _check_device(args.device)
-    check_ranges(positive=[("--lr", args.lr), ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps)])
+    check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
+                           ("--edit-steps", args.edit_steps)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -279,6 +285,7 @@ def _add_base_size(parser: argparse.ArgumentParser, help: str) -> None:
 def cmd_toy_dataset(args: argparse.Namespace) -> int:
     from .toy.dataset import write_toy_dataset
 
+    check_ranges(positive=[("--n", args.n)])
     print(write_toy_dataset(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite,
                             instead="Pick another --out, or pass --overwrite to write into it"))
     return 0

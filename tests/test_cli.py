@@ -57,6 +57,26 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     assert "steps must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, named", [
+    (["demo", "--steps", "-2"], "--steps must be > 0, got -2"),
+    (["bench", "--smoke", "--steps", "-1"], "--steps must be > 0, got -1"),  # had run every baseline first
+    (["bench", "speed", "--repeats", "0"], "--repeats must be > 0, got 0"),  # had failed after profiling in min()
+    (["bench", "speed", "--size", "0"], "--size must be > 0, got 0"),
+    (["toy", "dataset", "--n", "-5"], "--n must be > 0, got -5"),
+    (["toy", "dataset", "--n", "0"], "--n must be > 0, got 0"),  # had written an empty dataset
+    (["edit", "--lora", "x.safetensors", "--image", "x.png", "--instruction", "i", "--steps", "0"],
+     "--steps must be > 0, got 0"),
+    (["edit", "--lora", "x.safetensors", "--image", "x.png", "--instruction", "i", "--stride", "0"],
+     "--stride must be > 0, got 0"),
+])
+def test_a_count_out_of_range_is_refused_with_its_flag_before_anything_runs(command, named, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where each command's default --out would go
+    assert cli.main([*command, "--out", str(tmp_path / "out")]) == 2
+    assert named in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
