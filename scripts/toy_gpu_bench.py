@@ -30,15 +30,15 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    --reference-lr 0, the supervised reference on the base at its own best schedule for each training seed
    (--reference-lr 1e-2 decayed by --reference-lr-scheduler cosine: on the CPU +0.074 clean over three seeds on the
    small base, +0.068 over two seeds on the medium, to 0.81, where it lowers ByG; the issue's >= 0.9 is asked of the reference;
-   on the medium base it passes it at three times the samples, --steps 3600: 0.913 over seeds 0 and 1; --batch-size
-   96 gives those samples in the bench's 1200 steps: with --reference-lr 2e-2, 0.888 on the medium base over two
-   seeds, 0.915 edited in 3 steps);
+   on the medium base it passes it at three times the samples, --steps 3600: 0.908 over three seeds; --batch-size
+   96 gives those samples in the bench's 1200 steps: with --reference-lr 2e-2, 0.887 on the medium base over three
+   seeds, 0.910 edited in 3 steps);
    by default at two lengths, --reference-steps: the suite's steps (OUT/tuned/) and three times them
    (OUT/tuned_<N>/, started first, as they are the longest jobs), so one run says whether the base's reference
    passes 0.9 at the bench's budget and at three times its samples; and its edits in 3 sampler steps
    (--reference-edit-steps; 0: the suite's 20), chosen on a validation draw on the CPU, where they made the
    medium base's reference's edits cleaner at every length (+0.047 clean at the bench's budget over three seeds,
-   to 0.856; 0.928 at 3600 steps over two);
+   to 0.856; 0.924 at 3600 steps over three);
 3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
    seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, each method's change
    against ByG paired over the same tuples with its interval, then each ablation's change beside the paper's
