@@ -94,6 +94,18 @@ class ToySettings:
         )
         return TrainConfig(**(values | overrides)).validate()
 
+    def validate(self) -> "ToySettings":
+        """Refuse bad settings before any method runs (the baselines come first and write results.json): the
+        trained methods' TrainConfig, the held-out set and the sampler, each error naming its setting."""
+        self.train_config(Path("toy"))
+        for name in ("edit_steps", "n_train", "n_eval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_n_eval(self.n_eval)
+        if not self.noise_seeds:
+            raise ValueError("noise_seeds must name at least one seed")
+        return self
+
     def objective(self, **switches: bool) -> ObjectiveConfig:
         """The objective at these settings; ``switches`` turn off components (the ablations)."""
         return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id, **switches)
@@ -117,10 +129,14 @@ def cached_tuples(backbone: FluxBackbone, tuples: list[EditTuple]) -> CachedEdit
     return CachedEdits(x=x, records=records, y=y)
 
 
-def eval_split(n: int, seed: int) -> list[EditTuple]:
-    """Held-out tuples: n of seen colour combinations and n touching UNSEEN_COMBOS, balanced over families."""
+def check_n_eval(n: int) -> None:
     if n % len(FAMILIES):
         raise ValueError(f"n_eval={n} must be a multiple of {len(FAMILIES)}: as many tuples of each edit family")
+
+
+def eval_split(n: int, seed: int) -> list[EditTuple]:
+    """Held-out tuples: n of seen colour combinations and n touching UNSEEN_COMBOS, balanced over families."""
+    check_n_eval(n)
     return held_out_tuples(n // len(FAMILIES), seed)
 
 
@@ -408,7 +424,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
                                    batch_size=batch_size or settings.batch_size,
-                                   edit_steps=edit_steps or settings.edit_steps)
+                                   edit_steps=edit_steps or settings.edit_steps).validate()
     start = time.perf_counter()
     backbone = load_base(base, device)
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)
@@ -443,7 +459,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0) -> dict:
     """``byg demo``: train ByG on the toy world, save the LoRA, a before/after grid, a loss plot, metrics."""
     from ..cli import Progress
 
-    settings = with_steps(DEMO_SETTINGS, steps, seed)
+    settings = with_steps(DEMO_SETTINGS, steps, seed).validate()
     start = time.perf_counter()
     backbone = load_base()
     train_data = cached_tuples(backbone, sample_tuples(settings.n_train, settings.seed))

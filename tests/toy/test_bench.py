@@ -109,6 +109,29 @@ def test_the_bench_runs_the_methods_asked_for_on_a_held_out_set_fixed_across_tra
         bench.eval_split(4, 0)
 
 
+@pytest.mark.parametrize("change, setting", [
+    ({"lr": -1.0}, "lr"), ({"steps": -3}, "steps"), ({"n_eval": 4}, "n_eval"), ({"edit_steps": 0}, "edit_steps"),
+    ({"noise_seeds": ()}, "noise_seeds"), ({"lr_scheduler": "step"}, "lr_scheduler"),
+])
+def test_bad_bench_settings_are_refused_before_any_method_runs_or_anything_is_written(
+        tmp_path, monkeypatch, change, setting):
+    """The baselines run first and write results.json: a setting only training would refuse must stop the run
+    before them, and before the base loads."""
+    import dataclasses
+
+    import byg_core.toy.bench as bench
+
+    monkeypatch.setattr(bench, "load_base", lambda *a, **k: pytest.fail("the base loaded before the check"))
+    settings = dataclasses.replace(bench.SMOKE_SETTINGS, **{k: v for k, v in change.items() if k != "steps"})
+    with pytest.raises(ValueError, match=setting):
+        bench.run_bench(tmp_path / "out", methods=["identity", "byg"], settings=settings, steps=change.get("steps"))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(bench, "DEMO_SETTINGS", settings)
+    with pytest.raises(ValueError, match=setting):
+        bench.run_demo(tmp_path / "demo", steps=change.get("steps"))
+    assert not (tmp_path / "demo").exists()
+
+
 def test_a_shorter_run_keeps_half_its_steps_for_byg():
     from byg_core.toy.bench import with_steps
 
