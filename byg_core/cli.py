@@ -206,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .toy.bench import DEMO_SETTINGS, SMOKE_SETTINGS, run_bench
     from .toy.model import base_weights
 
-    _check_device(args.device)
+    check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
                            ("--edit-steps", args.edit_steps)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
@@ -229,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, base_weights, pretrain
 
-    _check_device(args.device)
+    check_device(args.device)
     # Checked before anything is built: --steps -3 had written an untrained base, --batch-size 0 failed in torch.stack
     check_ranges(positive=[("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
                            ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance)],
@@ -270,7 +270,8 @@ def check_ranges(positive: Iterable[tuple[str, float | None]] = (),
                 raise ValueError(f"{flag} must be {needs}, got {value}")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Before a command runs: a GPU asked for must be there (the error names the flag)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}, but torch sees no GPU here; use --device cpu")
 

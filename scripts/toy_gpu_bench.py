@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from byg_core.cli import check_ranges, refuse_to_overwrite
+from byg_core.cli import check_device, check_ranges, refuse_to_overwrite
 from byg_core.config import LR_SCHEDULERS
 from byg_core.safefiles import write_text_atomic
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods
@@ -127,6 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    ("--reference-edit-steps", args.reference_edit_steps),
                                    *(("--seeds", seed) for seed in args.seeds)],
                      shares=[("--p-uncond", args.p_uncond)])
+        check_device(args.device)
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -138,8 +139,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.reference_edit_steps = args.reference_edit_steps or args.edit_steps or settings.edit_steps
     args.reference_steps = (list(dict.fromkeys(args.reference_steps or [args.suite_steps, 3 * args.suite_steps]))
                             if args.reference_lr else [])
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch sees no GPU here; pass --device cpu (or --tiny) to try it out")
     return args
 
 

@@ -115,6 +115,8 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
+    pytest.param(["--device", "cuda"], "--device cuda, but torch sees no GPU here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags, named, tmp_path, capsys):
     script = _script()
