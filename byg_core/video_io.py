@@ -24,13 +24,17 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 
 from .data import image_tensor
 from .safefiles import atomic_path
+
+try:
+    import av
+except ImportError:  # only video files need PyAV: images, the toy world and the GPU machine's image run without it
+    av = None
 
 MAX_FRAMES = 81  # Wan2.2's usual clip length, 4 * 20 + 1
 TEMPORAL_FACTOR = 4  # Wan VAEs: 4k+1 frames -> k+1 latent frames
@@ -116,10 +120,18 @@ def read_video(
     return torch.stack([image_tensor(kept[i // stride], size) for i in index], dim=1), fps / stride
 
 
+def pyav():
+    """PyAV, or an error that says how to get it (a declared dependency, which ComfyUI installs too)."""
+    if av is None:
+        raise ImportError("reading or writing video files needs PyAV, which is not installed here: pip install av")
+    return av
+
+
 def _decode(path: Path, limit: int, stride: int) -> tuple[list[Image.Image], int, float]:
     """Every ``stride``-th of the first ``limit`` frames, how many frames were decoded, and the file's rate."""
     if not path.is_file():
         raise FileNotFoundError(f"video file {path} does not exist")
+    pyav()  # said as itself, not as a broken file below
     kept, total = [], 0
     try:
         with av.open(str(path)) as container:
@@ -154,7 +166,7 @@ def encoder_for(path: Path) -> str:
         raise ValueError(f"cannot write video {path}: give a name ending in {', '.join(WRITE_SUFFIXES)}")
     choices = ENCODERS.get(suffix, DEFAULT_ENCODERS)
     for name in choices:
-        if name in av.codecs_available:
+        if name in pyav().codecs_available:
             return name
     raise ValueError(f"cannot write video {path}: this PyAV build has none of the encoders {', '.join(choices)}")
 

@@ -1,6 +1,8 @@
 """Video files in and out with PyAV: round trips, the 4k+1 frame rule, broken files, and `byg` on .mp4 clips."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -115,6 +117,19 @@ def test_mpeg4_stands_in_without_libx264_and_webm_gets_vp9(tmp_path, monkeypatch
     for name in ("a.mp4", "a.webm"):
         video, _ = read_video(write_video(tmp_path / name, clip))
         assert video.shape == clip.shape and (video.mean((2, 3)) - clip.mean((2, 3))).abs().max() < 0.05
+
+
+def test_without_pyav_the_library_imports_and_a_video_file_says_what_to_install(tmp_path, monkeypatch):
+    # the GPU machine's image has no PyAV: the CLI, the toy bench and image training import without it
+    code = ("import sys; sys.modules['av'] = None; import byg_core.cli, byg_core.toy.bench, byg_core.train; "
+            "from byg_core import video_io; assert video_io.av is None")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    clip = write_video(tmp_path / "clip.mp4", toy_clip(frames=5, size=16))
+    monkeypatch.setattr(video_io, "av", None)
+    for call in (lambda: read_video(clip), lambda: write_video(tmp_path / "new.mp4", toy_clip(frames=5, size=16))):
+        with pytest.raises(ImportError, match="video files needs PyAV, which is not installed here: pip install av"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 def test_a_broken_video_file_is_rejected_with_its_file_and_line(tmp_path):
