@@ -3,8 +3,11 @@
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
         [--edit-steps N] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S]
-        [--reference-steps N [N ...]] [--reference-edit-steps N] [--device cuda] [--overwrite]
+        [--reference-steps N [N ...]] [--reference-edit-steps N] [--device cuda] [--time-limit SECONDS] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
+    bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # on the device tool's GPU machine (that script says how)
+
+It runs from a checkout as it is (the pack need not be installed: the GPU machine's python3 has not got it).
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
 not yet run on one, so the first run's timings are what to size the next by; the distillation, the three
@@ -34,7 +37,7 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    96 gives those samples in the bench's 1200 steps: with --reference-lr 2e-2, 0.887 on the medium base over three
    seeds, 0.910 edited in 3 steps);
    by default at two lengths, --reference-steps: the suite's steps (OUT/tuned/) and three times them
-   (OUT/tuned_<N>/, started first, as they are the longest jobs), so one run says whether the base's reference
+   (OUT/tuned_<N>/; both started first, the longest first), so one run says whether the base's reference
    passes 0.9 at the bench's budget and at three times its samples; and its edits in 3 sampler steps
    (--reference-edit-steps; 0: the suite's 20), chosen on a validation draw on the CPU, where they made the
    medium base's reference's edits cleaner at every length (+0.047 clean at the bench's budget over three seeds,
@@ -49,6 +52,13 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    summary.json): runs on two bases are not averaged together; so is the reference at its own schedule
    (OUT/tuned/seed<S>/supervised, ``tuned_reference``; at other lengths OUT/tuned_<N>/seed<S>/supervised,
    ``tuned_reference["methods_at_steps"]["<N>"]``).
+
+--time-limit SECONDS bounds the whole run's wall time (the device tool stops a command at 10 minutes and lends 15
+minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
+The jobs start in this order: the reference at its own schedule (the longest first), the baselines, the suite
+seed by seed, the reference on the distilled base; so what a limit cuts is the last of these. The summary is written either way: it covers the jobs that finished and
+lists the others (``unfinished`` in summary.json, each job's status and wall time under ``jobs``); the exit status is
+1 when a job failed or did not finish (a failed job's last log lines are printed as it ends; the others go on).
 
 --tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
 two seeds: a check that the script works, its figures mean nothing.
@@ -67,14 +77,20 @@ from pathlib import Path
 
 import torch
 
-from byg_core.cli import check_device, check_ranges, refuse_to_overwrite
-from byg_core.config import LR_SCHEDULERS
-from byg_core.safefiles import write_text_atomic
-from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods
-from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain
-from byg_core.toy.summary import collect, family_table, summarise, summary_text, table
+# run from a checkout as it is, as on the GPU machine (its image's python3, the pack not installed): the pack from
+# here, for this process and every bench process it starts (run_jobs)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
+from byg_core.config import LR_SCHEDULERS  # noqa: E402
+from byg_core.safefiles import write_text_atomic  # noqa: E402
+from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods  # noqa: E402
+from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
+from byg_core.toy.summary import collect, family_table, summarise, summary_text, table  # noqa: E402
 
 TINY_METHODS = ("byg", "supervised", "no_cycle")
+DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,6 +128,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-steps", type=int, nargs="+", default=None,
                    help="and these training lengths (default: the suite's steps and three times them; on the CPU the "
                         "medium base's reference passed 0.9 at three times the bench's)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="wall time for the whole run: past it no phase or bench job starts and running jobs are "
+                        "stopped; the summary covers the jobs that finished and names the rest (default: none)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the base, the benches and the summary an earlier run left in --out")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
@@ -122,6 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                ("--base-eval", args.base_eval), ("--jobs", args.jobs), ("--steps", args.steps),
                                ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps), ("--lr", args.lr),
                                ("--guidance", args.guidance), ("--distill-lr", args.distill_lr),
+                               ("--time-limit", args.time_limit),
                                *(("--reference-steps", steps) for steps in args.reference_steps or [])],
                      not_negative=[("--distill-steps", args.distill_steps), ("--reference-lr", args.reference_lr),
                                    ("--reference-edit-steps", args.reference_edit_steps),
@@ -155,15 +175,16 @@ def base_files(args: argparse.Namespace) -> tuple[Path, Path]:
             args.out / f"toy_base_{args.base_size}_distilled.safetensors")
 
 
-def make_base(args: argparse.Namespace) -> dict:
-    """Pretrain the base, its sample accuracy unguided and guided; then its guidance-distilled copy's, unguided."""
+def make_base(args: argparse.Namespace, deadline: float | None = None) -> dict:
+    """Pretrain the base, its sample accuracy unguided and guided; then, unless ``deadline`` has passed, its
+    guidance-distilled copy's, unguided."""
     path, distilled = base_files(args)
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
                       size=args.base_size, device=args.device, p_uncond=args.p_uncond)
     accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
     base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
             "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
-    if args.distill_steps:
+    if args.distill_steps and (deadline is None or time.perf_counter() < deadline):
         base["distilled"] = {
             "path": str(distilled),
             "pretrain": pretrain(steps=args.distill_steps, batch_size=args.pretrain_batch, lr=args.distill_lr,
@@ -178,9 +199,9 @@ def tuned_part(args: argparse.Namespace, steps: int) -> str:
 
 
 def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
-    """name -> (command, output folder): the reference at its own schedule at lengths longer than the suite's
-    first (the longest jobs, so they do not start last), the baselines once, each trained method once per training
-    seed; the supervised reference on the distilled base and at its own schedule once per training seed."""
+    """name -> (command, output folder), in the order they start: the supervised reference at its own schedule once
+    per length and training seed (the longest first), the baselines once, each trained method once per training
+    seed, then the reference on the distilled base once per training seed."""
     trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
 
     def bench(on: Path, lr: float | None = args.lr, lr_scheduler: str | None = args.lr_scheduler,
@@ -199,7 +220,9 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         return {f"{part}/seed{seed}/supervised": ([*command, "--methods", "supervised", "--seed", str(seed)],
                                                  args.out / part / f"seed{seed}" / "supervised") for seed in args.seeds}
 
-    jobs = {name: job for steps in args.reference_steps if steps != args.suite_steps for name, job in tuned(steps).items()}
+    # the reference at its own schedule first (the issue's >= 0.9 is asked of it), the longest of them first: with a
+    # time limit, what starts first is what finishes
+    jobs = {name: job for steps in sorted(args.reference_steps, reverse=True) for name, job in tuned(steps).items()}
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
     for seed in args.seeds:
@@ -211,32 +234,61 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         for seed in args.seeds:
             jobs[f"distilled/seed{seed}/supervised"] = ([*distilled, "--methods", "supervised", "--seed", str(seed)],
                                                         args.out / "distilled" / f"seed{seed}" / "supervised")
-    if args.suite_steps in args.reference_steps:
-        jobs |= tuned(args.suite_steps)
     return jobs
 
 
-def run_job(command: list[str], folder: Path, env: dict) -> float:
+def run_job(command: list[str], folder: Path, env: dict, deadline: float | None = None) -> dict:
+    """One bench process, its output in ``folder``/log.txt: stopped at ``deadline`` (``time.perf_counter()``), not
+    started past it. Its status (DONE, FAILED, STOPPED, NOT_STARTED) and wall time; a failure's last log lines."""
+    if deadline is not None and time.perf_counter() >= deadline:
+        return {"status": NOT_STARTED, "seconds": 0.0}
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(folder / "log.txt", "w") as log:
-        code = subprocess.run([*command, "--out", str(folder)], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        process = subprocess.Popen([*command, "--out", str(folder)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = process.wait(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return {"status": STOPPED, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
     if code:
         tail = (folder / "log.txt").read_text().splitlines()[-20:]
-        raise RuntimeError(f"{' '.join(command)} failed ({code}):\n" + "\n".join(tail))
-    return time.perf_counter() - start
+        return {"status": FAILED, "seconds": seconds, "error": f"{' '.join(command)} failed ({code}):\n" + "\n".join(tail)}
+    return {"status": DONE, "seconds": seconds}
 
 
-def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> dict[str, float]:
-    """Every job, ``parallel`` at a time; each one's wall time."""
-    # one CPU thread each: the processes share the machine's cores
-    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
+def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int, deadline: float | None = None) -> dict[str, dict]:
+    """Every job, ``parallel`` at a time in their order, until ``deadline``; each one's ``run_job`` record. A failed
+    job is printed as it ends and the others go on."""
+    # one CPU thread each: the processes share the machine's cores; the pack from this checkout
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel)),
+                        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+    def job(name: str, command: list[str], folder: Path) -> dict:
+        record = run_job(command, folder, env, deadline)
+        if record["status"] == FAILED:
+            print(f"{name}: {record['error']}", flush=True)
+        return record
+
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {name: pool.submit(run_job, command, folder, env) for name, (command, folder) in jobs.items()}
+        futures = {name: pool.submit(job, name, command, folder) for name, (command, folder) in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
 
 
+def summarise_done(folders: list[Path]) -> dict:
+    """``byg bench combine``'s summary of the finished runs among ``folders``; empty when none finished."""
+    return summarise(collect(folders)) if folders else {}
+
+
 def main(argv=None) -> int:
+    """0 when every job finished; 1 when one failed or the time limit left some unfinished (the summary, written
+    either way, covers the finished ones and names the others)."""
     args = parse_args(argv)
     base = base_files(args)[0]
     jobs = bench_jobs(args, base)
@@ -245,10 +297,12 @@ def main(argv=None) -> int:
                             "Pick another --out")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    base_report = make_base(args)
+    deadline = None if args.time_limit is None else start + args.time_limit
+    base_report = make_base(args, deadline)
     accuracy, guided = base_report["sample_accuracy"], base_report["sample_accuracy_guided"]
     print(f"base {args.base_size} ({base_report['pretrain']['parameters']} parameters, {args.pretrain_steps} steps at "
-          f"batch {args.pretrain_batch}, {time.perf_counter() - start:.0f} s): its samples read back right "
+          f"batch {args.pretrain_batch}, {base_report['pretrain']['seconds']:.0f} s; "
+          f"{time.perf_counter() - start:.0f} s with its readings): its samples read back right "
           + ", ".join(f"{k} {accuracy[k]:.3f} ({guided[k]:.3f} at guidance {args.guidance:g})"
                       for k in ("shape", "shape_color", "bg_color", "all"))
           + f" ({accuracy['n']} captions)", flush=True)
@@ -259,35 +313,41 @@ def main(argv=None) -> int:
               "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
               flush=True)
     bench_start = time.perf_counter()
-    seconds = run_jobs(jobs, args.jobs)
-    apart = {part: [folder for name, (_, folder) in jobs.items() if name.startswith(f"{part}/")]
-             for part in ("distilled", *(tuned_part(args, steps) for steps in args.reference_steps))}
-    summary = summarise(collect([folder for _, folder in jobs.values() if not any(folder in f for f in apart.values())]))
-    distilled = summarise(collect(apart["distilled"])) if apart["distilled"] else {}
-    tuned = {steps: summarise(collect(apart[tuned_part(args, steps)])) for steps in args.reference_steps}
+    records = run_jobs(jobs, args.jobs, deadline)
+    done = {name: folder for name, (_, folder) in jobs.items() if records[name]["status"] == DONE}
+    unfinished = {name: record["status"] for name, record in records.items() if record["status"] != DONE}
+    parts = ("distilled", *(tuned_part(args, steps) for steps in args.reference_steps))
+    apart = {part: [folder for name, folder in done.items() if name.startswith(f"{part}/")] for part in parts}
+    summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
+    distilled = summarise_done(apart["distilled"])
+    tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
+    finished = [r["seconds"] for r in records.values() if r["status"] == DONE]
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
-            + summary_text(summary)
+            + (summary_text(summary) if summary else "(no run of the suite finished)")
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
                + table(distilled) if distilled else "")
             + "".join(f"\n\nThe supervised reference at lr {args.reference_lr:g}, {args.reference_lr_scheduler}, "
                       f"{steps} steps, edits in {args.reference_edit_steps} sampler steps:\n\n" + table(methods)
                       + "\n\n" + family_table(methods)
-                      for steps, methods in tuned.items())
-            + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time); "
-            f"slowest job {max(seconds, key=seconds.get)} {max(seconds.values()):.0f} s; "
-            f"total {time.perf_counter() - start:.0f} s\n")
+                      for steps, methods in tuned.items() if methods)
+            + (f"\n\n{len(unfinished)} of {len(jobs)} bench jobs did not finish (the tables leave them out):\n\n"
+               + "\n".join(f"- {name}: {status}" for name, status in unfinished.items()) if unfinished else "")
+            + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time"
+            + (f", time limit {args.time_limit:g} s" if deadline is not None else "") + "); "
+            + (f"slowest finished job {max(finished):.0f} s; " if finished else "")
+            + f"total {time.perf_counter() - start:.0f} s\n")
     write_text_atomic(args.out / "summary.md", text)
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
-         "tuned_reference": tuned and {
+         "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "edit_steps": args.reference_edit_steps,
              "methods": tuned.get(args.suite_steps, {}),
              "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps}},
-         "job_seconds": seconds,
+         "jobs": records, "unfinished": unfinished, "time_limit": args.time_limit,
          "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
     print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")
-    return 0
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,37 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
                                          r"overwritten\. Pick another --out, or pass --overwrite"):
         script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu"])
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_the_gpu_bench_stops_at_its_time_limit_and_a_failed_job_stops_no_other(tmp_path):
+    script = _script()
+    python = [sys.executable, "-c"]
+    jobs = {"quick": ([*python, "import os; print(os.environ['PYTHONPATH'])"], tmp_path / "quick"),
+            "failing": ([*python, "import sys; print('no such base'); sys.exit(3)"], tmp_path / "failing"),
+            "slow": ([*python, "import time; time.sleep(120)"], tmp_path / "slow"),
+            "late": ([*python, "pass"], tmp_path / "late")}
+    start = time.perf_counter()
+    records = script.run_jobs(jobs, 1, deadline=start + 3)  # one at a time, in their order
+    assert time.perf_counter() - start < 20  # the slow job was stopped, not waited for
+    assert {name: record["status"] for name, record in records.items()} == {
+        "quick": script.DONE, "failing": script.FAILED, "slow": script.STOPPED, "late": script.NOT_STARTED}
+    assert "failed (3):" in records["failing"]["error"] and "no such base" in records["failing"]["error"]
+    assert not (tmp_path / "late").exists()
+    # the bench processes import the pack from this checkout, installed or not (the GPU machine's python3)
+    assert (tmp_path / "quick" / "log.txt").read_text().strip().split(os.pathsep)[0] == str(ROOT)
+
+
+def test_past_its_time_limit_the_gpu_bench_writes_its_base_and_a_summary_that_names_every_job_not_run(tmp_path, capsys):
+    script = _script()
+    assert script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu", "--time-limit", "0.001"]) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["base"]["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
+    assert "distilled" not in summary["base"]  # a phase past the limit does not start
+    jobs = script.bench_jobs(script.parse_args(["--tiny", "--out", str(tmp_path), "--device", "cpu"]), tmp_path)
+    assert summary["unfinished"] == {name: script.NOT_STARTED for name in jobs}
+    assert summary["methods"] == {} and summary["time_limit"] == 0.001
+    printed = capsys.readouterr().out
+    assert f"{len(jobs)} of {len(jobs)} bench jobs did not finish" in printed and "- seed1/no_cycle: not started" in printed
 
 
 def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to_every_bench_it_runs(tmp_path):
