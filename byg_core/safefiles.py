@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,15 +27,28 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     takes it for one, unless ``keep_suffix`` (for writers that pick the format from the suffix: PIL, PyAV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f".partial{path.suffix}" if keep_suffix else ".partial"
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    partial = Path(name)
+    partial = new_file(path.parent, f".{path.name}.", f".partial{path.suffix}" if keep_suffix else ".partial")
+    mode = stat.S_IMODE(partial.stat().st_mode)
     try:
         yield partial
+        os.chmod(partial, mode)  # a writer may have put its own file there (safetensors writes one of 0600)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def new_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file of a random name in ``folder``, with the mode the user's umask gives new files (0644 under
+    the usual 022), as the file written in place would have: ``tempfile.mkstemp``'s 0600, kept through the rename,
+    had left every LoRA, image and report unreadable to any other user (a ComfyUI served by another account)."""
+    for _ in range(100):
+        name = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free temporary name in {folder} (prefix {prefix!r})")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -78,13 +77,13 @@ def ui_images(image: torch.Tensor, prefix: str) -> dict:
     """Show IMAGE frames under the node, as ``PreviewImage`` does: PNGs in the temp folder, listed in a ``ui`` dict."""
     from PIL import Image
 
+    from byg_core.safefiles import new_file
+
     folder = temp_dir() / "byg"
     folder.mkdir(parents=True, exist_ok=True)
     shown = []
     for frame in image:
-        handle, name = tempfile.mkstemp(prefix=f"{prefix}_", suffix=".png", dir=folder)
-        os.close(handle)
-        path = Path(name)
+        path = new_file(folder, f"{prefix}_", ".png")
         Image.fromarray((frame.clamp(0, 1).numpy() * 255).round().astype("uint8")).save(path)
         shown.append({"filename": path.name, "subfolder": "byg", "type": "temp"})
     return {"images": shown}
