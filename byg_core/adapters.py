@@ -107,11 +107,11 @@ class Adapters:
             return self._layers
         return {k: v for k, v in self._layers.items() if k.split("/", 1)[0] == expert}
 
-    def parameters(self, role: str = STUDENT, expert: str | None = None) -> list[torch.nn.Parameter]:
-        """The A and B matrices of one adapter, in a fixed order (the optimizer's order)."""
+    def parameters(self, role: str = STUDENT, expert: str | None = None, matrices: str = "AB") -> list[torch.nn.Parameter]:
+        """The A and B matrices of one adapter (or those ``matrices`` names), in a fixed order (the optimizer's)."""
         params = []
         for layer in self.layers(expert).values():
-            params += [layer.lora_A[role].weight, layer.lora_B[role].weight]
+            params += [getattr(layer, f"lora_{m}")[role].weight for m in matrices]
         return params
 
     def _activate(self, role: str) -> None:

@@ -208,7 +208,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
-                           ("--edit-steps", args.edit_steps)])
+                           ("--edit-steps", args.edit_steps), ("--loraplus-lr-ratio", args.loraplus_lr_ratio)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -221,7 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
-              edit_steps=args.edit_steps,
+              edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s
                        help="its schedule: constant (the bench's) or a decay to 0 over the run, linear or cosine")
+    bench.add_argument("--loraplus-lr-ratio", type=float, default=None,
+                       help="LoRA+: the B matrices learn at this multiple of the lr, every trained method (default: "
+                            "1, plain LoRA); results.json records it")
     bench.add_argument("--edit-steps", type=int, default=None,
                        help="sampler steps of every method's edits of the held-out tuples (default: the bench's 20); "
                             "results.json records it")

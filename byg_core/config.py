@@ -75,6 +75,10 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     lr_decay_steps: int | None = None
     weight_decay: float = 1e-2  # AdamW
+    # LoRA+ (Hayou et al. 2024; not in the paper): the B matrices learn at this multiple of lr, the A matrices at lr
+    # (1: plain LoRA). On the toy world 4 lifted the supervised reference's clean edits at the bench's budget
+    # (docs/toy_bench.md, "LoRA+")
+    loraplus_lr_ratio: float = 1.0
     grad_clip: float = 1.0  # not in the paper; guards the early bootstrapping steps
     rank: int = 64
     lora_alpha: float | None = None  # None: alpha = rank, i.e. LoRA scale 1
@@ -112,7 +116,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr",):
+        for name in ("lr", "loraplus_lr_ratio"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "lr_warmup_steps", "warmup_identity_steps", "checkpoint_every",

@@ -94,7 +94,7 @@ class Trainer:
         self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets), seed=config.seed)
         self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
         self.optimizer = torch.optim.AdamW(  # one fused kernel for all LoRA tensors where the device has it
-            self.adapters.parameters(STUDENT), lr=config.lr, weight_decay=config.weight_decay,
+            self._param_groups(), lr=config.lr, weight_decay=config.weight_decay,
             fused=self.accelerator.device.type == "cuda",
         )
         self.lr_schedule = self._lr_schedule(last_step=0)
@@ -106,6 +106,15 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._pending: list[tuple[int, str, dict[str, torch.Tensor]]] = []  # (step, kind, losses) not read yet
         self.output_dir = Path(config.output_dir)
+
+    def _param_groups(self) -> list[dict]:
+        """The student's LoRA matrices in one group at lr; with LoRA+ (loraplus_lr_ratio != 1) the B matrices in a
+        second group at that multiple of it (Hayou et al. 2024)."""
+        ratio, lr = self.cfg.loraplus_lr_ratio, self.cfg.lr
+        if ratio == 1:
+            return [{"params": self.adapters.parameters(STUDENT), "lr": lr}]
+        return [{"params": self.adapters.parameters(STUDENT, matrices="A"), "lr": lr},
+                {"params": self.adapters.parameters(STUDENT, matrices="B"), "lr": lr * ratio}]
 
     def _lr_schedule(self, last_step: int) -> torch.optim.lr_scheduler.LambdaLR:
         """The learning rate of each step (diffusers' schedules), set for the step after ``last_step``."""
@@ -279,8 +288,9 @@ class Trainer:
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
         self.step = int(meta_json(raw, "byg.step", path))
-        for group in self.optimizer.param_groups:  # the schedule is a function of the step: this run's, from its lr
-            group["initial_lr"] = self.cfg.lr
+        # the schedule is a function of the step: this run's, from its lr (each group's)
+        for group, start in zip(self.optimizer.param_groups, self._param_groups()):
+            group["initial_lr"] = start["lr"]
         self.lr_schedule = self._lr_schedule(last_step=self.step)
         self.history = list(meta_json(raw, "byg.history", path))
         return self.step
@@ -292,7 +302,9 @@ class Trainer:
                 _, index, name = key.split("/")
                 state.setdefault(int(index), {})[name] = value.to(self.accelerator.device) if name != "step" else value
         if len(groups) != len(self.optimizer.param_groups):
-            raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, expected 1")
+            raise ValueError(f"checkpoint {path} holds {len(groups)} optimizer groups, this run has "
+                             f"{len(self.optimizer.param_groups)}: resume it with the loraplus_lr_ratio it was made with "
+                             "(1: one group; another: two)")
         return {"state": state, "param_groups": groups}
 
 

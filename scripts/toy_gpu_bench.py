@@ -90,6 +90,7 @@ from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pr
 from byg_core.toy.summary import collect, family_table, summarise, summary_text, table  # noqa: E402
 
 TINY_METHODS = ("byg", "supervised", "no_cycle")
+REFERENCE_LORAPLUS = 1.0
 DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
 
 
@@ -122,6 +123,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the supervised reference also runs at this learning rate, summarised apart (0: not)")
     p.add_argument("--reference-lr-scheduler", choices=LR_SCHEDULERS, default="cosine",
                    help="and this schedule (the reference's best at the bench's budget on the CPU)")
+    p.add_argument("--loraplus-lr-ratio", type=float, default=None,
+                   help="LoRA+ for every trained method: the B matrices at this multiple of the lr (default: the bench's "
+                        "1, plain LoRA)")
+    p.add_argument("--reference-loraplus-lr-ratio", type=float, default=REFERENCE_LORAPLUS,
+                   help="and the reference at its own schedule this one (1: plain LoRA)")
     p.add_argument("--reference-edit-steps", type=int, default=3,
                    help="and its edits' sampler steps (0: the suite's; on the CPU 3 steps, chosen on a validation draw, "
                         "made the medium base's reference's edits cleaner than the bench's 20)")
@@ -141,7 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                ("--base-eval", args.base_eval), ("--jobs", args.jobs), ("--steps", args.steps),
                                ("--batch-size", args.batch_size), ("--edit-steps", args.edit_steps), ("--lr", args.lr),
                                ("--guidance", args.guidance), ("--distill-lr", args.distill_lr),
-                               ("--time-limit", args.time_limit),
+                               ("--time-limit", args.time_limit), ("--loraplus-lr-ratio", args.loraplus_lr_ratio),
+                               ("--reference-loraplus-lr-ratio", args.reference_loraplus_lr_ratio),
                                *(("--reference-steps", steps) for steps in args.reference_steps or [])],
                      not_negative=[("--distill-steps", args.distill_steps), ("--reference-lr", args.reference_lr),
                                    ("--reference-edit-steps", args.reference_edit_steps),
@@ -205,17 +212,20 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
 
     def bench(on: Path, lr: float | None = args.lr, lr_scheduler: str | None = args.lr_scheduler,
-              steps: int | None = args.steps, edit_steps: int | None = args.edit_steps) -> list[str]:
+              steps: int | None = args.steps, edit_steps: int | None = args.edit_steps,
+              loraplus: float | None = args.loraplus_lr_ratio) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
                 *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 *(["--edit-steps", str(edit_steps)] if edit_steps else []),
                 *(["--lr", str(lr)] if lr is not None else []),
                 *(["--lr-scheduler", lr_scheduler] if lr_scheduler else []),
+                *(["--loraplus-lr-ratio", str(loraplus)] if loraplus else []),
                 *(["--overwrite"] if args.overwrite else [])]
 
     def tuned(steps: int) -> dict[str, tuple[list[str], Path]]:
-        command = bench(base, args.reference_lr, args.reference_lr_scheduler, steps, args.reference_edit_steps)
+        command = bench(base, args.reference_lr, args.reference_lr_scheduler, steps, args.reference_edit_steps,
+                        args.reference_loraplus_lr_ratio)
         part = tuned_part(args, steps)
         return {f"{part}/seed{seed}/supervised": ([*command, "--methods", "supervised", "--seed", str(seed)],
                                                  args.out / part / f"seed{seed}" / "supervised") for seed in args.seeds}
@@ -327,6 +337,7 @@ def main(argv=None) -> int:
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
                + table(distilled) if distilled else "")
             + "".join(f"\n\nThe supervised reference at lr {args.reference_lr:g}, {args.reference_lr_scheduler}, "
+                      f"LoRA+ ratio {args.reference_loraplus_lr_ratio:g}, "
                       f"{steps} steps, edits in {args.reference_edit_steps} sampler steps:\n\n" + table(methods)
                       + "\n\n" + family_table(methods)
                       for steps, methods in tuned.items() if methods)
@@ -341,6 +352,7 @@ def main(argv=None) -> int:
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
          "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
+             "loraplus_lr_ratio": args.reference_loraplus_lr_ratio,
              "edit_steps": args.reference_edit_steps,
              "methods": tuned.get(args.suite_steps, {}),
              "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps}},

@@ -83,6 +83,49 @@ def test_the_learning_rate_follows_its_schedule_and_a_resumed_run_keeps_it(tmp_p
         assert torch.equal(value, second.adapters.state_dict(STUDENT)[key]), key
 
 
+def test_loraplus_moves_the_b_matrices_at_its_ratio_of_the_lr_and_resumes_exactly(tmp_path):
+    """LoRA+: the first step's update of B (zero at the start, so AdamW's first step is lr x the gradient's sign) is
+    the ratio times plain LoRA's, A's the same; its schedule scales both groups; and a stopped run resumes exactly."""
+    data = tiny_data()
+    pairs = CachedEdits(data.x, data.records, y=data.x.flip(-1))
+
+    def first_step(ratio):
+        trainer = Trainer(config(tmp_path / f"one{ratio}", steps=1, warmup_identity_steps=0, method="supervised",
+                                 loraplus_lr_ratio=ratio), make_flux_backbone(), pairs)
+        before = [p.detach().clone() for p in trainer.adapters.parameters(STUDENT)]
+        trainer.run()
+        return [(after.detach() - start) for start, after in zip(before, trainer.adapters.parameters(STUDENT))]
+
+    plain, plus = first_step(1.0), first_step(4.0)
+    assert any(d.abs().sum() > 0 for d in plain[1::2])  # B moved
+    for a_plain, a_plus in zip(plain[0::2], plus[0::2]):
+        assert torch.allclose(a_plus, a_plain)
+    for b_plain, b_plus in zip(plain[1::2], plus[1::2]):
+        assert torch.allclose(b_plus, 4 * b_plain, rtol=1e-4, atol=1e-9)
+
+    cfg = dict(lr_scheduler="cosine", loraplus_lr_ratio=4.0)
+    lrs = []
+    full = Trainer(config(tmp_path / "full", **cfg), make_flux_backbone(), tiny_data(),
+                   Callbacks(on_step=lambda step, record: lrs.append([g["lr"] for g in full.optimizer.param_groups])))
+    full.run()
+    assert all(b == pytest.approx(4 * a) for a, b in lrs) and lrs[0][0] < 1e-2
+    stops = iter([False, False, False, True])
+    Trainer(config(tmp_path / "split", **cfg), make_flux_backbone(), tiny_data(),
+            Callbacks(should_stop=lambda: next(stops))).run()
+    second = Trainer(config(tmp_path / "split", **cfg), make_flux_backbone(), tiny_data())
+    assert second.resume() == 3 and [g["lr"] for g in second.optimizer.param_groups] == pytest.approx(lrs[2])
+    second.run()
+    for key, value in lora_state(full).items():
+        assert torch.equal(value, second.adapters.state_dict(STUDENT)[key]), key
+    # a checkpoint of one ratio's groups is not taken by a run of the other kind, and nothing changes
+    plain_run = Trainer(config(tmp_path / "split", lr_scheduler="cosine"), make_flux_backbone(), tiny_data())
+    with pytest.raises(ValueError, match="holds 2 optimizer groups, this run has 1: resume it with the loraplus_lr_ratio"):
+        plain_run.resume()
+    assert plain_run.step == 0
+    with pytest.raises(ValueError, match="loraplus_lr_ratio must be > 0, got 0"):
+        config(tmp_path, loraplus_lr_ratio=0).validate()
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path, schedule):
     """A partial LoRA never takes the finished LoRA's name, and its config is the run that makes exactly it."""

@@ -62,6 +62,7 @@ class ToySettings:
     rank: int = 16
     lr: float = 3e-3  # the paper's 3e-4 is for a 12B model and 30k steps; the toy LoRA is tiny and runs short
     lr_scheduler: str = "constant"  # the paper gives one lr; "cosine" decays it to 0 over the run (TrainConfig)
+    loraplus_lr_ratio: float = 1.0  # LoRA+: the B matrices at this multiple of lr (TrainConfig; 1: plain LoRA)
     # paper: 200 of 30k steps. 600 identity steps (90 s here) make the editor a copier: it then reproduces
     # 0.88 of held-out sources given the reverse instruction; after 50 it could not
     warmup_identity_steps: int = 600
@@ -87,7 +88,8 @@ class ToySettings:
     def train_config(self, out: Path, **overrides) -> TrainConfig:
         values = dict(
             model="toy", output_dir=str(out), steps=self.steps, batch_size=self.batch_size, rank=self.rank,
-            lr=self.lr, lr_scheduler=self.lr_scheduler, warmup_identity_steps=self.warmup_identity_steps,
+            lr=self.lr, lr_scheduler=self.lr_scheduler, loraplus_lr_ratio=self.loraplus_lr_ratio,
+            warmup_identity_steps=self.warmup_identity_steps,
             identity_prob=self.identity_prob,
             ema_decay=self.ema_decay, shift=self.shift, seed=self.seed, checkpoint_every=0,
             objective=self.objective(),
@@ -412,17 +414,20 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
               base: str | Path | None = None, methods: Sequence[str] | None = None,
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
-              batch_size: int | None = None, edit_steps: int | None = None) -> dict:
+              batch_size: int | None = None, edit_steps: int | None = None,
+              loraplus_lr_ratio: float | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
-    ``lr``, ``lr_scheduler`` and ``batch_size`` replace its learning rate, its schedule and its tuples per step
-    for every trained method; ``edit_steps`` every method's sampler steps on the held-out tuples.
+    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio`` and ``batch_size`` replace its learning rate, its schedule, its
+    LoRA+ ratio and its tuples per step for every trained method; ``edit_steps`` every method's sampler steps on the
+    held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
+                                   loraplus_lr_ratio=loraplus_lr_ratio or settings.loraplus_lr_ratio,
                                    batch_size=batch_size or settings.batch_size,
                                    edit_steps=edit_steps or settings.edit_steps).validate()
     start = time.perf_counter()

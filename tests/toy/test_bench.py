@@ -192,7 +192,7 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert sampled and set(sampled) == {bench.SMOKE_SETTINGS.edit_steps} == {default["edit_steps"]}
     sampled.clear()
     tiny, tiny_cfg, b_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine", "--batch-size", "2",
-                                 "--edit-steps", "1")
+                                 "--edit-steps", "1", "--loraplus-lr-ratio", "4")
     assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
     # LoRA B starts at zero and moves by about lr per step (the saved EMA editor by a twentieth of that)
@@ -200,7 +200,10 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert default["lr_scheduler"] == default_cfg["lr_scheduler"] == "constant"
     assert tiny["lr_scheduler"] == tiny_cfg["lr_scheduler"] == "cosine"
     assert default["batch_size"] == default_cfg["batch_size"] == 4 and tiny["batch_size"] == tiny_cfg["batch_size"] == 2
-    assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2} == default
+    assert default["loraplus_lr_ratio"] == default_cfg["loraplus_lr_ratio"] == 1.0
+    assert tiny["loraplus_lr_ratio"] == tiny_cfg["loraplus_lr_ratio"] == 4.0
+    assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2,
+            "loraplus_lr_ratio": 1.0} == default
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
@@ -208,6 +211,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert "--batch-size must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--edit-steps", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--edit-steps must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--loraplus-lr-ratio", "-4", "--out", str(tmp_path / "zero")]) == 2
+    assert "--loraplus-lr-ratio must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--lr-scheduler", "warmup", "--out", str(tmp_path / "warmup")]) == 2
     err = capsys.readouterr().err
     assert "--lr-scheduler must be one of constant, linear, cosine, got 'warmup'" in err

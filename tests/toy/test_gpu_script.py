@@ -54,15 +54,17 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
     settings = json.loads((tmp_path / "tuned" / "seed1" / "supervised" / "results.json").read_text())["settings"]
     assert (settings["lr"], settings["lr_scheduler"], settings["seed"], settings["edit_steps"]) == (1e-2, "cosine", 1, 3)
+    assert settings["loraplus_lr_ratio"] == tuned["loraplus_lr_ratio"] == script.REFERENCE_LORAPLUS
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
     assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
-    assert "The supervised reference at lr 0.01, cosine, 2 steps, edits in 3 sampler steps:" in printed
+    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}"
+    assert f"The supervised reference at lr 0.01, cosine, {plus}, 2 steps, edits in 3 sampler steps:" in printed
     # and at three times the suite's steps, summarised apart again
     longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
     assert (longer["steps"], longer["lr"], longer["lr_scheduler"]) == (6, 1e-2, "cosine")
     assert tuned["methods_at_steps"]["6"]["supervised"]["clean_edit_by_training_seed"][0] == json.loads(
         (tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["methods"]["supervised"]["clean_edit"]
-    assert "The supervised reference at lr 0.01, cosine, 6 steps, edits in 3 sampler steps:" in printed
+    assert f"The supervised reference at lr 0.01, cosine, {plus}, 6 steps, edits in 3 sampler steps:" in printed
     assert tuned["edit_steps"] == 3
     # run again into the same folder: refused before the base is pretrained again, every file as it was
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
@@ -122,10 +124,16 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     suite_edits = script.bench_jobs(script.parse_args(["--edit-steps", "8"]), base)
     assert {name.split("/")[0]: command[command.index("--edit-steps") + 1] for name, (command, _) in suite_edits.items()} \
         == {"tuned_3600": "3", "tuned": "3", "baselines": "8", "seed0": "8", "seed1": "8", "seed2": "8", "distilled": "8"}
+    # LoRA+: its ratio for every bench, and the reference at its own settings its own
+    plus = script.bench_jobs(script.parse_args(["--loraplus-lr-ratio", "2", "--reference-loraplus-lr-ratio", "4"]), base)
+    assert {name.split("/")[0]: command[command.index("--loraplus-lr-ratio") + 1] for name, (command, _) in plus.items()} \
+        == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "seed0": "2.0", "seed1": "2.0", "seed2": "2.0",
+            "distilled": "2.0"}
     same = script.bench_jobs(script.parse_args(["--edit-steps", "8", "--reference-edit-steps", "0"]), base)
     assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
-    assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps")
+    assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps",
+                                                "--loraplus-lr-ratio")
                    for name, (command, _) in default.items() if not name.startswith("tuned"))
     assert [command[command.index("--edit-steps"):command.index("--edit-steps") + 6] for name, (command, _)
             in default.items() if name.startswith("tuned")] == [["--edit-steps", "3", "--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
@@ -148,6 +156,8 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--p-uncond", "1"], "--p-uncond must be in [0, 1), got 1.0"),
     (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
+    (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
+    (["--time-limit", "-5"], "--time-limit must be > 0, got -5.0"),
     (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
     pytest.param(["--device", "cuda"], "--device cuda, but torch sees no GPU here; use --device cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
