@@ -76,8 +76,8 @@ class TrainConfig:
     lr_decay_steps: int | None = None
     weight_decay: float = 1e-2  # AdamW
     # LoRA+ (Hayou et al. 2024; not in the paper): the B matrices learn at this multiple of lr, the A matrices at lr
-    # (1: plain LoRA). On the toy world 4 lifted the supervised reference's clean edits at the bench's budget
-    # (docs/toy_bench.md, "LoRA+")
+    # (1: plain LoRA). On the small toy base 4 lifted the supervised reference's clean edits at the bench's budget,
+    # on the medium base it did not (docs/toy_bench.md, "LoRA+ lifts the small base's reference")
     loraplus_lr_ratio: float = 1.0
     grad_clip: float = 1.0  # not in the paper; guards the early bootstrapping steps
     rank: int = 64
