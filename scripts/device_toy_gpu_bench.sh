@@ -9,8 +9,8 @@
 # ignores it). `run` installs them into /tmp/site, runs the bench from the checkout as it is (the pack is not
 # installed there) with a time limit (TIME_LIMIT seconds, 480 by default: the tool stops a command at 600), FLAGS
 # passed on (e.g. --pretrain-steps 2000 --jobs 16), and copies what the tool brings back (8 files at most, two
-# folders down) to $OUT: the printed log, summary.md and summary.json. The run's every bench folder stays in
-# /tmp/gpu_bench.XXXXXX on that machine, which is given back after the call.
+# folders down) to $OUT (without one, to a new out/device_XXXXXX): the printed log, summary.md and summary.json.
+# The run's every bench folder stays in /tmp/gpu_bench.XXXXXX on that machine, which is given back after the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -26,8 +26,7 @@ wheels)
     ;;
 run)
     shift
-    out=${OUT:-out/device}
-    mkdir -p "$out"
+    if [ -n "${OUT:-}" ]; then out=$OUT; else mkdir -p out && out=$(mktemp -d out/device_XXXXXX); fi  # never over a run
     if compgen -G ".whl/*.whl" >/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
