@@ -56,9 +56,10 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
 --time-limit SECONDS bounds the whole run's wall time (the device tool stops a command at 10 minutes and lends 15
 minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
 The jobs start in this order: the reference at its own schedule (the longest first), the baselines, the suite
-seed by seed, the reference on the distilled base; so what a limit cuts is the last of these. The summary is written either way: it covers the jobs that finished and
-lists the others (``unfinished`` in summary.json, each job's status and wall time under ``jobs``); the exit status is
-1 when a job failed or did not finish (a failed job's last log lines are printed as it ends; the others go on).
+seed by seed, the reference on the distilled base; so what a limit cuts is the last of these. The summary is
+written either way: it covers the jobs that finished and lists the others (``unfinished`` in summary.json, each
+job's status and wall time under ``jobs``); the exit status is 1 when a job failed or did not finish (a failed
+job's last log lines are printed as it ends; the others go on).
 
 --tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
 two seeds: a check that the script works, its figures mean nothing.
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
     summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
     distilled = summarise_done(apart["distilled"])
     tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
-    finished = [r["seconds"] for r in records.values() if r["status"] == DONE]
+    finished = {name: records[name]["seconds"] for name in done}
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
             + (summary_text(summary) if summary else "(no run of the suite finished)")
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
@@ -345,7 +346,8 @@ def main(argv=None) -> int:
                + "\n".join(f"- {name}: {status}" for name, status in unfinished.items()) if unfinished else "")
             + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time"
             + (f", time limit {args.time_limit:g} s" if deadline is not None else "") + "); "
-            + (f"slowest finished job {max(finished):.0f} s; " if finished else "")
+            + (f"slowest finished job {max(finished, key=finished.get)} {max(finished.values()):.0f} s; "
+               if finished else "")
             + f"total {time.perf_counter() - start:.0f} s\n")
     write_text_atomic(args.out / "summary.md", text)
     write_text_atomic(args.out / "summary.json", json.dumps(
