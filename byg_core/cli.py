@@ -208,7 +208,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
-                           ("--edit-steps", args.edit_steps), ("--loraplus-lr-ratio", args.loraplus_lr_ratio)])
+                           ("--n-train", args.n_train), ("--edit-steps", args.edit_steps),
+                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -221,7 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
-              edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio,
+              edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=None,
                        help="tuples per training step of every trained method (default: the bench's 32; the speed "
                             "bench's is --batch); results.json records it")
+    bench.add_argument("--n-train", type=int, default=None,
+                       help="distinct training tuples every trained method draws its batches from (default: the "
+                            "bench's 1024; the demo's too); results.json records it")
     bench.add_argument("--lr", type=float, default=None,
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s

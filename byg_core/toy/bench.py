@@ -415,20 +415,20 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               base: str | Path | None = None, methods: Sequence[str] | None = None,
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
               batch_size: int | None = None, edit_steps: int | None = None,
-              loraplus_lr_ratio: float | None = None) -> dict:
+              loraplus_lr_ratio: float | None = None, n_train: int | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
-    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio`` and ``batch_size`` replace its learning rate, its schedule, its
-    LoRA+ ratio and its tuples per step for every trained method; ``edit_steps`` every method's sampler steps on the
-    held-out tuples.
+    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``batch_size`` and ``n_train`` replace its learning rate, its
+    schedule, its LoRA+ ratio, its tuples per step and its distinct training tuples for every trained method;
+    ``edit_steps`` every method's sampler steps on the held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
                                    loraplus_lr_ratio=loraplus_lr_ratio or settings.loraplus_lr_ratio,
-                                   batch_size=batch_size or settings.batch_size,
+                                   batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
                                    edit_steps=edit_steps or settings.edit_steps).validate()
     start = time.perf_counter()
     backbone = load_base(base, device)

@@ -172,6 +172,7 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     from byg_core.cli import main as byg
     from byg_core.safefiles import load_checked
     from byg_core.toy import bench
+    from byg_core.toy.world import sample_tuples
 
     sampled = []  # the sampler steps of every held-out edit
 
@@ -180,6 +181,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
         return edit(*args, steps=steps, **kwargs)
 
     monkeypatch.setattr(bench, "edit", spy)
+    drawn = []  # how many training tuples each run drew (its batches come from them)
+    monkeypatch.setattr(bench, "sample_tuples", lambda n, seed: drawn.append(n) or sample_tuples(n, seed))
 
     def run(out: Path, *options: str) -> tuple[dict, dict, float]:
         assert byg(["bench", "--smoke", "--methods", "supervised", "--device", "cpu", "--out", str(out), *options]) == 0
@@ -190,10 +193,13 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
 
     default, default_cfg, b_default = run(tmp_path / "default")
     assert sampled and set(sampled) == {bench.SMOKE_SETTINGS.edit_steps} == {default["edit_steps"]}
+    assert drawn == [bench.SMOKE_SETTINGS.n_train] == [default["n_train"]]
     sampled.clear()
+    drawn.clear()
     tiny, tiny_cfg, b_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine", "--batch-size", "2",
-                                 "--edit-steps", "1", "--loraplus-lr-ratio", "4")
+                                 "--edit-steps", "1", "--loraplus-lr-ratio", "4", "--n-train", "5")
     assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
+    assert drawn == [5] == [tiny["n_train"]]
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
     # LoRA B starts at zero and moves by about lr per step (the saved EMA editor by a twentieth of that)
     assert default["lr"] == default_cfg["lr"] == 3e-3 and tiny["lr"] == tiny_cfg["lr"] == 1e-9
@@ -203,12 +209,14 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert default["loraplus_lr_ratio"] == default_cfg["loraplus_lr_ratio"] == 1.0
     assert tiny["loraplus_lr_ratio"] == tiny_cfg["loraplus_lr_ratio"] == 4.0
     assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2,
-            "loraplus_lr_ratio": 1.0} == default
+            "loraplus_lr_ratio": 1.0, "n_train": 16} == default
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--batch-size", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--batch-size must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--n-train", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "--n-train must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--edit-steps", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--edit-steps must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--loraplus-lr-ratio", "-4", "--out", str(tmp_path / "zero")]) == 2

@@ -55,9 +55,10 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     settings = json.loads((tmp_path / "tuned" / "seed1" / "supervised" / "results.json").read_text())["settings"]
     assert (settings["lr"], settings["lr_scheduler"], settings["seed"], settings["edit_steps"]) == (1e-2, "cosine", 1, 3)
     assert settings["loraplus_lr_ratio"] == tuned["loraplus_lr_ratio"] == script.REFERENCE_LORAPLUS
+    assert settings["n_train"] == tuned["n_train"] == 32  # --tiny's cap on the reference's distinct tuples
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
     assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
-    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}"
+    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}, 32 training tuples"
     assert f"The supervised reference at lr 0.01, cosine, {plus}, 2 steps, edits in 3 sampler steps:" in printed
     # and at three times the suite's steps, summarised apart again
     longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
@@ -129,11 +130,16 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert {name.split("/")[0]: command[command.index("--loraplus-lr-ratio") + 1] for name, (command, _) in plus.items()} \
         == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "seed0": "2.0", "seed1": "2.0", "seed2": "2.0",
             "distilled": "2.0"}
+    # distinct training tuples: the reference at its own settings a tuple per sample, every other bench its --n-train
+    tuples = script.bench_jobs(script.parse_args(["--n-train", "2048"]), base)
+    assert {name.split("/")[0]: command[command.index("--n-train") + 1] for name, (command, _) in tuples.items()} \
+        == {"tuned_3600": "38400", "tuned": "38400", "baselines": "2048", "seed0": "2048", "seed1": "2048",
+            "seed2": "2048", "distilled": "2048"}
     same = script.bench_jobs(script.parse_args(["--edit-steps", "8", "--reference-edit-steps", "0"]), base)
     assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
     assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps",
-                                                "--loraplus-lr-ratio")
+                                                "--loraplus-lr-ratio", "--n-train")
                    for name, (command, _) in default.items() if not name.startswith("tuned"))
     assert [command[command.index("--edit-steps"):command.index("--edit-steps") + 6] for name, (command, _)
             in default.items() if name.startswith("tuned")] == [["--edit-steps", "3", "--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
@@ -149,6 +155,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
 @pytest.mark.parametrize("flags, named", [
     (["--edit-steps", "0"], "--edit-steps must be > 0, got 0"),
     (["--batch-size", "-4"], "--batch-size must be > 0, got -4"),
+    (["--reference-n-train", "0"], "--reference-n-train must be > 0, got 0"),
     (["--reference-steps", "1200", "0"], "--reference-steps must be > 0, got 0"),
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
     (["--reference-edit-steps", "-1"], "--reference-edit-steps must be >= 0, got -1"),
