@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
-        [--edit-steps N] [--n-train N] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR] [--reference-lr-scheduler S]
-        [--reference-steps N [N ...]] [--reference-edit-steps N] [--reference-n-train N] [--device cuda] [--time-limit SECONDS] [--overwrite]
+        [--edit-steps N] [--n-train N] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR]
+        [--reference-lr-scheduler S] [--reference-steps N [N ...]] [--reference-edit-steps N] [--reference-n-train N]
+        [--device cuda] [--time-limit SECONDS] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
     bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # on the device tool's GPU machine (that script says how)
 
