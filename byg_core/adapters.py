@@ -25,6 +25,18 @@ BASE = "base"
 ROLES = (STUDENT, EMA, BASE)
 
 
+def all_linear_targets(backbone: EditBackbone) -> tuple[str, ...]:
+    """The name of every linear layer of the backbone's transformers, as ``LoraSpec.target_modules`` takes them: what
+    peft's "all-linear" wraps (the ai-toolkit FLUX set's modulation and output layers, the embedders too)."""
+    names: dict[str, None] = {}
+    for transformer in backbone.transformers.values():
+        modules = dict(transformer.named_modules())
+        wrapped = [name for name, module in modules.items() if isinstance(module, LoraLayer)]  # adapters already in
+        names.update((name, None) for name, module in modules.items() if isinstance(module, LoraLayer) or (
+            isinstance(module, torch.nn.Linear) and not any(name.startswith(f"{w}.") for w in wrapped)))
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """What a LoRA adapter is: rank, alpha and the module-name suffixes it wraps."""

@@ -223,6 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
+              lora_targets=args.lora_targets,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-train", type=int, default=None,
                        help="distinct training tuples every trained method draws its batches from (default: the "
                             "bench's 1024; the demo's too); results.json records it")
+    bench.add_argument("--lora-targets", choices=["default", "all-linear"], default=None,  # toy.bench.LORA_TARGETS
+                       help="the layers every trained method's LoRA wraps: the backbone's defaults (diffusers' Kontext "
+                            "set), or every linear layer (default: the bench's default); results.json records it")
     bench.add_argument("--lr", type=float, default=None,
                        help="learning rate of every trained method (default: the bench's 3e-3); results.json records it")
     bench.add_argument("--lr-scheduler", default=None,  # checked in cmd_bench: config's import costs every command 3 s

@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/toy_gpu_bench.py [--out out/gpu_bench] [--base-size large] [--pretrain-steps N]
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
-        [--edit-steps N] [--n-train N] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR]
+        [--edit-steps N] [--n-train N] [--lora-targets T] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR]
         [--reference-lr-scheduler S] [--reference-steps N [N ...]] [--reference-edit-steps N] [--reference-n-train N]
+        [--reference-lora-targets T]
         [--device cuda] [--time-limit SECONDS] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
     bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # on the device tool's GPU machine (that script says how)
@@ -44,7 +45,8 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    medium base's reference's edits cleaner at every length (+0.047 clean at the bench's budget over three seeds,
    to 0.856; 0.924 at 3600 steps over three); and from 38400 distinct training tuples (--reference-n-train; the
    bench's 1024 are seen 37 times each in its 1200 x 32 samples: on the CPU a distinct tuple per sample gave the
-   medium base's reference +0.022 clean over three seeds, to 0.866);
+   medium base's reference +0.022 clean over three seeds, to 0.866); and with its LoRA on every linear layer
+   (--reference-lora-targets all-linear; on the CPU +0.020 clean over three seeds on those tuples, to 0.886);
 3. prints and writes OUT/summary.md and OUT/summary.json: per method, each rate's mean over the training
    seeds with a 95% Wilson interval over the held-out tuples and the seeds' range, each method's change
    against ByG paired over the same tuples with its interval, then each ablation's change beside the paper's
@@ -89,7 +91,7 @@ sys.path.insert(0, str(ROOT))
 from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
-from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, SMOKE_SETTINGS, suite_methods  # noqa: E402
+from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
 from byg_core.toy.summary import collect, family_table, summarise, summary_text, table  # noqa: E402
 
@@ -98,6 +100,7 @@ REFERENCE_LORAPLUS = 1.0  # LoRA+ 4 lifted the small base's reference, not the m
 # a distinct tuple for every sample of the bench's 1200 x 32: +0.022 clean for the medium base's reference over three
 # seeds against the bench's 1024 (docs/toy_bench.md)
 REFERENCE_N_TRAIN = 38400
+REFERENCE_LORA_TARGETS = "all-linear"  # on the CPU: +0.020 clean edits for the medium base's reference, three seeds
 DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
 
 
@@ -123,6 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tuples per training step of every trained method (default: the bench's 32)")
     p.add_argument("--n-train", type=int, default=None,
                    help="distinct training tuples of every trained method (default: the bench's 1024)")
+    p.add_argument("--lora-targets", choices=LORA_TARGETS, default=None,
+                   help="the layers every trained method's LoRA wraps (default: the bench's, the backbone's defaults)")
     p.add_argument("--edit-steps", type=int, default=None,
                    help="sampler steps of every method's held-out edits (default: the bench's 20)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every trained method (default: the bench's)")
@@ -140,6 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-n-train", type=int, default=REFERENCE_N_TRAIN,
                    help="and its distinct training tuples (on the CPU a fresh tuple per sample lifted the medium "
                         "base's reference)")
+    p.add_argument("--reference-lora-targets", choices=LORA_TARGETS, default=REFERENCE_LORA_TARGETS,
+                   help="and the layers its LoRA wraps (on the CPU every linear layer lifted the medium base's "
+                        "reference)")
     p.add_argument("--reference-edit-steps", type=int, default=3,
                    help="and its edits' sampler steps (0: the suite's; on the CPU 3 steps, chosen on a validation draw, "
                         "made the medium base's reference's edits cleaner than the bench's 20)")
@@ -228,11 +236,13 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
 
     def bench(on: Path, lr: float | None = args.lr, lr_scheduler: str | None = args.lr_scheduler,
               steps: int | None = args.steps, edit_steps: int | None = args.edit_steps,
-              loraplus: float | None = args.loraplus_lr_ratio, n_train: int | None = args.n_train) -> list[str]:
+              loraplus: float | None = args.loraplus_lr_ratio, n_train: int | None = args.n_train,
+              lora_targets: str | None = args.lora_targets) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
                 "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
                 *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 *(["--n-train", str(n_train)] if n_train else []),
+                *(["--lora-targets", lora_targets] if lora_targets else []),
                 *(["--edit-steps", str(edit_steps)] if edit_steps else []),
                 *(["--lr", str(lr)] if lr is not None else []),
                 *(["--lr-scheduler", lr_scheduler] if lr_scheduler else []),
@@ -241,7 +251,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
 
     def tuned(steps: int) -> dict[str, tuple[list[str], Path]]:
         command = bench(base, args.reference_lr, args.reference_lr_scheduler, steps, args.reference_edit_steps,
-                        args.reference_loraplus_lr_ratio, args.reference_n_train)
+                        args.reference_loraplus_lr_ratio, args.reference_n_train, args.reference_lora_targets)
         part = tuned_part(args, steps)
         return {f"{part}/seed{seed}/supervised": ([*command, "--methods", "supervised", "--seed", str(seed)],
                                                  args.out / part / f"seed{seed}" / "supervised") for seed in args.seeds}
@@ -354,6 +364,7 @@ def main(argv=None) -> int:
                + table(distilled) if distilled else "")
             + "".join(f"\n\nThe supervised reference at lr {args.reference_lr:g}, {args.reference_lr_scheduler}, "
                       f"LoRA+ ratio {args.reference_loraplus_lr_ratio:g}, {args.reference_n_train} training tuples, "
+                      f"LoRA on {args.reference_lora_targets} layers, "
                       f"{steps} steps, edits in {args.reference_edit_steps} sampler steps:\n\n" + table(methods)
                       + "\n\n" + family_table(methods)
                       for steps, methods in tuned.items() if methods)
@@ -370,6 +381,7 @@ def main(argv=None) -> int:
          "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "loraplus_lr_ratio": args.reference_loraplus_lr_ratio, "n_train": args.reference_n_train,
+             "lora_targets": args.reference_lora_targets,
              "edit_steps": args.reference_edit_steps,
              "methods": tuned.get(args.suite_steps, {}),
              "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps}},

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from byg_core.adapters import BASE, EMA, STUDENT, Adapters, Generators, LoraSpec
+from byg_core.adapters import BASE, EMA, STUDENT, Adapters, Generators, LoraSpec, all_linear_targets
 
 
 @pytest.fixture
@@ -79,6 +79,16 @@ def test_strength_zero_is_the_base_model(parts):
         v_base = backbone.velocity(y, t, p)
     adapters.set_strength(0.0)
     assert torch.allclose(backbone.velocity(y, t, p), v_base, atol=1e-6)
+
+
+def test_all_linear_targets_wrap_every_linear_layer_with_adapters_in_or_not(flux_backbone):
+    linear = {name for name, module in flux_backbone.transformer.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = all_linear_targets(flux_backbone)
+    assert set(targets) == linear and len(targets) == len(linear) > len(flux_backbone.lora_target_modules())
+    Adapters(flux_backbone, LoraSpec(4, 4.0, tuple(flux_backbone.lora_target_modules())))  # lora_A / B are Linear too
+    assert all_linear_targets(flux_backbone) == targets
+    adapters = Adapters(flux_backbone, LoraSpec(4, 4.0, targets))
+    assert len(adapters.parameters(STUDENT)) == 2 * len(linear)  # an A and a B for each
 
 
 def test_no_matching_target_module_is_refused(flux_backbone):

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..adapters import EMA, STUDENT, Adapters, LoraSpec
+from ..adapters import EMA, STUDENT, Adapters, LoraSpec, all_linear_targets
 from ..backbones.flux import FluxBackbone
 from ..config import PRESETS, TrainConfig
 from ..data import CachedEdits, EditRecord
@@ -42,6 +42,7 @@ from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tu
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
 BASELINES = ("identity", "sdedit", "flowedit")
 CACHE_REUSE = (2, 4, 8)  # the rollout reuse K the cache suite compares with K = 1 (the exact algorithm)
+LORA_TARGETS = ("default", "all-linear")  # ToySettings.lora_targets: the backbone's defaults, or every linear layer
 SAME_TIME_AS = "same_time_as"  # a cache-suite override: train for the wall time another method's training took
 ABLATIONS = {  # paper Table 4: row name -> the switch it turns off
     "no_gradient_routing": "gradient_routing",
@@ -63,6 +64,9 @@ class ToySettings:
     lr: float = 3e-3  # the paper's 3e-4 is for a 12B model and 30k steps; the toy LoRA is tiny and runs short
     lr_scheduler: str = "constant"  # the paper gives one lr; "cosine" decays it to 0 over the run (TrainConfig)
     loraplus_lr_ratio: float = 1.0  # LoRA+: the B matrices at this multiple of lr (TrainConfig; 1: plain LoRA)
+    # "default": the backbone's LoRA targets (diffusers' Kontext set); "all-linear": every linear layer (+0.020 clean
+    # edits for the medium base's reference at lr 1e-2 cosine, three seeds; docs/toy_bench.md)
+    lora_targets: str = "default"
     # paper: 200 of 30k steps. 600 identity steps (90 s here) make the editor a copier: it then reproduces
     # 0.88 of held-out sources given the reverse instruction; after 50 it could not
     warmup_identity_steps: int = 600
@@ -104,6 +108,8 @@ class ToySettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
         if not self.noise_seeds:
             raise ValueError("noise_seeds must name at least one seed")
         return self
@@ -258,6 +264,8 @@ def run_methods(
             seconds = results[reference].train_seconds if reference in results else None
             if seconds is not None:
                 overrides["steps"] = 4 * settings.steps  # the clock, not the step count, ends the run
+            if settings.lora_targets == "all-linear":
+                overrides.setdefault("target_modules", list(all_linear_targets(backbone)))
             cfg = settings.train_config(out / "runs" / name, **overrides)
             trainer, edited, history = train_and_edit(backbone, train_data, eval_data, cfg, settings, seconds=seconds)
             return edited, history, trainer.train_seconds
@@ -415,13 +423,15 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               base: str | Path | None = None, methods: Sequence[str] | None = None,
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
               batch_size: int | None = None, edit_steps: int | None = None,
-              loraplus_lr_ratio: float | None = None, n_train: int | None = None) -> dict:
+              loraplus_lr_ratio: float | None = None, n_train: int | None = None,
+              lora_targets: str | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
-    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``batch_size`` and ``n_train`` replace its learning rate, its
-    schedule, its LoRA+ ratio, its tuples per step and its distinct training tuples for every trained method;
+    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``batch_size``, ``n_train`` and ``lora_targets`` replace its
+    learning rate, its schedule, its LoRA+ ratio, its tuples per step, its distinct training tuples and the layers its
+    LoRA wraps for every trained method;
     ``edit_steps`` every method's sampler steps on the held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
@@ -429,6 +439,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
                                    loraplus_lr_ratio=loraplus_lr_ratio or settings.loraplus_lr_ratio,
                                    batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
+                                   lora_targets=lora_targets or settings.lora_targets,
                                    edit_steps=edit_steps or settings.edit_steps).validate()
     start = time.perf_counter()
     backbone = load_base(base, device)

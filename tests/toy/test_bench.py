@@ -189,15 +189,16 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
         report = json.loads((out / "results.json").read_text())
         tensors, metadata = load_checked(out / "runs" / "supervised" / "byg_lora.safetensors", "LoRA")
         b = max(t.abs().max().item() for k, t in tensors.items() if k.endswith("lora_B.weight"))
-        return report["settings"], json.loads(metadata["byg.config"]), b
+        return report["settings"], json.loads(metadata["byg.config"]), b, set(tensors)
 
-    default, default_cfg, b_default = run(tmp_path / "default")
+    default, default_cfg, b_default, keys_default = run(tmp_path / "default")
     assert sampled and set(sampled) == {bench.SMOKE_SETTINGS.edit_steps} == {default["edit_steps"]}
     assert drawn == [bench.SMOKE_SETTINGS.n_train] == [default["n_train"]]
     sampled.clear()
     drawn.clear()
-    tiny, tiny_cfg, b_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine", "--batch-size", "2",
-                                 "--edit-steps", "1", "--loraplus-lr-ratio", "4", "--n-train", "5")
+    tiny, tiny_cfg, b_tiny, keys_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine",
+                                            "--batch-size", "2", "--edit-steps", "1", "--loraplus-lr-ratio", "4",
+                                            "--n-train", "5", "--lora-targets", "all-linear")
     assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
     assert drawn == [5] == [tiny["n_train"]]
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
@@ -208,8 +209,16 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert default["batch_size"] == default_cfg["batch_size"] == 4 and tiny["batch_size"] == tiny_cfg["batch_size"] == 2
     assert default["loraplus_lr_ratio"] == default_cfg["loraplus_lr_ratio"] == 1.0
     assert tiny["loraplus_lr_ratio"] == tiny_cfg["loraplus_lr_ratio"] == 4.0
+    # every linear layer wrapped, the default targets' layers among them; the default leaves the embedders out
+    linear = {f"transformer.{name}.lora_A.weight" for name, module in build_toy_backbone().transformer.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    assert {k for k in keys_tiny if k.endswith("lora_A.weight")} == linear > {k for k in keys_default if "lora_A" in k}
+    assert "transformer.x_embedder.lora_A.weight" not in keys_default
+    assert (default["lora_targets"], tiny["lora_targets"]) == ("default", "all-linear")
+    assert {f"transformer.{name}.lora_A.weight" for name in tiny_cfg["target_modules"]} == linear  # in its config
+    assert default_cfg["target_modules"] is None  # the backbone's defaults
     assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2,
-            "loraplus_lr_ratio": 1.0, "n_train": 16} == default
+            "loraplus_lr_ratio": 1.0, "n_train": 16, "lora_targets": "default"} == default
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()

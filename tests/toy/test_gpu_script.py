@@ -56,9 +56,14 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert (settings["lr"], settings["lr_scheduler"], settings["seed"], settings["edit_steps"]) == (1e-2, "cosine", 1, 3)
     assert settings["loraplus_lr_ratio"] == tuned["loraplus_lr_ratio"] == script.REFERENCE_LORAPLUS
     assert settings["n_train"] == tuned["n_train"] == 32  # --tiny's cap on the reference's distinct tuples
+    assert settings["lora_targets"] == tuned["lora_targets"] == script.REFERENCE_LORA_TARGETS == "all-linear"
+    wrapped = load_checked(tmp_path / "tuned" / "seed1" / "supervised" / "runs" / "supervised" / "byg_lora.safetensors",
+                           "LoRA")[0]
+    assert "transformer.x_embedder.lora_A.weight" in wrapped  # outside the default targets
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
-    assert json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]["lr"] == 3e-3
-    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}, 32 training tuples"
+    suite_settings = json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]
+    assert (suite_settings["lr"], suite_settings["lora_targets"]) == (3e-3, "default")
+    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}, 32 training tuples, LoRA on all-linear layers"
     assert f"The supervised reference at lr 0.01, cosine, {plus}, 2 steps, edits in 3 sampler steps:" in printed
     # and at three times the suite's steps, summarised apart again
     longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
