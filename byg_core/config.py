@@ -128,6 +128,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        targets = self.target_modules
+        if targets is not None and (isinstance(targets, str) or not targets
+                                    or not all(isinstance(name, str) and name for name in targets)):
+            raise ValueError(f'target_modules must be a list of module names (suffixes), e.g. ["attn.to_q", '
+                             f'"attn.to_k"], or left out for the backbone\'s defaults; got {targets!r}')
         if self.timesteps not in TIMESTEP_SAMPLERS:
             raise ValueError(f"timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, got {self.timesteps!r}")
         if self.shift <= 0 or self.logit_std <= 0:
