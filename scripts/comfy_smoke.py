@@ -9,7 +9,8 @@ into its custom_nodes/), starts the server on the CPU on a free loopback port, c
 workflow from the UI format to the API format, queues the toy workflows through ``POST /prompt``,
 follows the websocket (progress and preview messages), checks ``/history`` and the written files,
 presses Cancel (``POST /interrupt``) in the middle of a training and resumes it, and stops the server
-it started by its PID. Without a ComfyUI it says so and exits 0, so CI stays green without one.
+it started by its PID. It also runs ``comfy_lora_check.py`` (stock ComfyUI's LoRA loader on this pack's FLUX
+and Wan2.2 files, at the default targets and at every linear layer). Without a ComfyUI it says so and exits 0, so CI stays green without one.
 
 Run it with ComfyUI's Python (it needs aiohttp, which ComfyUI requires) with this pack's requirements
 installed, or name that Python with ``--python``. Exit status: 0 all checks passed (or skipped), 1 a
@@ -431,6 +432,15 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
               f"SaveVideo wrote the edit as {[p.name for p in written]}, {frames} frames like the source clip")
 
 
+def stock_lora_loading(comfy: Path, python: str, check: Checks) -> None:
+    """Stock ComfyUI's LoRA loader applies the pack's files exactly (``comfy_lora_check.py``, in ComfyUI's Python)."""
+    run = subprocess.run([python, str(PACK / "scripts" / "comfy_lora_check.py"), "--comfy", str(comfy)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(PACK)))
+    print("".join(line + "\n" for line in run.stdout.splitlines() if line.startswith(("  ", "FAIL"))), end="")
+    check(run.returncode == 0, "stock ComfyUI's LoRA loader applies the pack's FLUX and Wan2.2 LoRA files exactly, "
+          "default and all-linear targets (comfy_lora_check.py)" + (f": {run.stderr[-2000:]}" if run.returncode > 1 else ""))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfy", default=os.environ.get("BYG_COMFY_DIR"),
@@ -468,6 +478,7 @@ def main(argv=None) -> int:
     check = Checks()
     start = time.monotonic()
     try:
+        stock_lora_loading(comfy, args.python, check)
         server.start()
         smoke(server, base, check, args.extra_steps)
     except Exception as error:  # a broken server or script is a failed check, with the server's words
