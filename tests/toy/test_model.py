@@ -219,3 +219,17 @@ def test_guidance_distillation_refuses_a_teacher_without_an_unconditional_veloci
     with pytest.raises(ValueError, match="no --init given"):
         pretrain(steps=1, out_path=tmp_path / "s.safetensors", distill_guidance=4.0)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(steps=-3), "steps must be > 0, got -3"),  # had written an untrained base
+    (dict(steps=0), "steps must be > 0, got 0"),
+    (dict(batch_size=0), "batch_size must be > 0, got 0"),
+    (dict(lr=0.0), "lr must be > 0, got 0.0"),
+    (dict(t_shift=-1.0), "t_shift must be > 0, got -1.0"),
+    (dict(p_uncond=1.0), r"p_uncond must be in \[0, 1\), got 1.0"),
+])
+def test_pretrain_refuses_bad_settings_from_python_and_writes_nothing(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain(**({"steps": 1, "out_path": tmp_path / "s.safetensors"} | bad))
+    assert not list(tmp_path.iterdir())
