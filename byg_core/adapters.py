@@ -8,6 +8,7 @@ re-applies the one rule that matters: exactly the student LoRA tensors are train
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,6 +166,8 @@ class Adapters:
 
     def set_strength(self, strength: float) -> None:
         """Scale every LoRA's output: 1 is the trained edit, 0 is the base model."""
+        if not math.isfinite(strength):  # nan or inf would make every edit nan, silently
+            raise ValueError(f"LoRA strength must be a finite number, got {strength}")
         for layer in self.layers().values():
             for role in (STUDENT, EMA):
                 layer.set_scale(role, strength)

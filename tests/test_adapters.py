@@ -81,6 +81,16 @@ def test_strength_zero_is_the_base_model(parts):
     assert torch.allclose(backbone.velocity(y, t, p), v_base, atol=1e-6)
 
 
+@pytest.mark.parametrize("strength", [float("nan"), float("inf")])
+def test_a_strength_that_is_not_a_number_is_refused_and_changes_nothing(parts, strength):
+    backbone, adapters, _ = parts
+    y, t, p = inputs(backbone)
+    before = backbone.velocity(y, t, p)
+    with pytest.raises(ValueError, match=f"LoRA strength must be a finite number, got {strength}"):
+        adapters.set_strength(strength)
+    assert torch.equal(backbone.velocity(y, t, p), before)
+
+
 def test_all_linear_targets_wrap_every_linear_layer_with_adapters_in_or_not(flux_backbone):
     linear = {name for name, module in flux_backbone.transformer.named_modules() if isinstance(module, torch.nn.Linear)}
     targets = all_linear_targets(flux_backbone)
