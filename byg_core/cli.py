@@ -209,7 +209,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
                            ("--n-train", args.n_train), ("--edit-steps", args.edit_steps),
-                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio)])
+                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2)])
+    if args.adam_beta2 is not None and not args.adam_beta2 < 1:
+        raise ValueError(f"--adam-beta2 must be < 1, got {args.adam_beta2}")
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))
@@ -223,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
-              lora_targets=args.lora_targets,
+              lora_targets=args.lora_targets, adam_beta2=args.adam_beta2,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -376,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loraplus-lr-ratio", type=float, default=None,
                        help="LoRA+: the B matrices learn at this multiple of the lr, every trained method (default: "
                             "1, plain LoRA); results.json records it")
+    bench.add_argument("--adam-beta2", type=float, default=None,
+                       help="AdamW's second-moment decay, every trained method (default: 0.999, torch's); results.json "
+                            "records it")
     bench.add_argument("--edit-steps", type=int, default=None,
                        help="sampler steps of every method's edits of the held-out tuples (default: the bench's 20); "
                             "results.json records it")

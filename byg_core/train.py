@@ -94,7 +94,7 @@ class Trainer:
         self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets), seed=config.seed)
         self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
         self.optimizer = torch.optim.AdamW(  # one fused kernel for all LoRA tensors where the device has it
-            self._param_groups(), lr=config.lr, weight_decay=config.weight_decay,
+            self._param_groups(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
             fused=self.accelerator.device.type == "cuda",
         )
         self.lr_schedule = self._lr_schedule(last_step=0)
@@ -288,9 +288,11 @@ class Trainer:
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
         self.step = int(meta_json(raw, "byg.step", path))
-        # the schedule is a function of the step: this run's, from its lr (each group's)
+        # the schedule is a function of the step: this run's, from its lr (each group's); AdamW's beta2 and weight
+        # decay are this run's too (load_state_dict had put back the checkpoint's)
         for group, start in zip(self.optimizer.param_groups, self._param_groups()):
             group["initial_lr"] = start["lr"]
+            group["betas"], group["weight_decay"] = (0.9, self.cfg.adam_beta2), self.cfg.weight_decay
         self.lr_schedule = self._lr_schedule(last_step=self.step)
         self.history = list(meta_json(raw, "byg.history", path))
         return self.step

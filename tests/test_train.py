@@ -83,6 +83,28 @@ def test_the_learning_rate_follows_its_schedule_and_a_resumed_run_keeps_it(tmp_p
         assert torch.equal(value, second.adapters.state_dict(STUDENT)[key]), key
 
 
+def test_adam_beta2_is_adamws_second_moment_decay(tmp_path):
+    """The trainer's AdamW takes adam_beta2; over a few steps it changes the LoRA (the first step, a sign step, not)."""
+    pairs = CachedEdits(tiny_data().x, tiny_data().records, y=tiny_data().x.flip(-1))
+
+    def trained(beta2, steps):
+        trainer = Trainer(config(tmp_path / f"b{beta2}_{steps}", steps=steps, warmup_identity_steps=0,
+                                 method="supervised", adam_beta2=beta2), make_flux_backbone(), pairs)
+        assert [g["betas"] for g in trainer.optimizer.param_groups] == [(0.9, beta2)]
+        trainer.run()
+        return lora_state(trainer)
+
+    one, one_low = trained(0.999, 1), trained(0.5, 1)
+    assert all(torch.allclose(one[k], one_low[k], atol=1e-7) for k in one)
+    three, three_low = trained(0.999, 3), trained(0.5, 3)
+    assert any(not torch.allclose(three[k], three_low[k], atol=1e-7) for k in three)
+    # a resumed run takes its own beta2 and weight decay, as it takes its own lr, not the checkpoint's
+    resumed = Trainer(config(tmp_path / "b0.999_3", steps=4, warmup_identity_steps=0, method="supervised",
+                             adam_beta2=0.5, weight_decay=0.0), make_flux_backbone(), pairs)
+    assert resumed.resume() == 3
+    assert [(g["betas"], g["weight_decay"]) for g in resumed.optimizer.param_groups] == [((0.9, 0.5), 0.0)]
+
+
 def test_loraplus_moves_the_b_matrices_at_its_ratio_of_the_lr_and_resumes_exactly(tmp_path):
     """LoRA+: the first step's update of B (zero at the start, so AdamW's first step is lr x the gradient's sign) is
     the ratio times plain LoRA's, A's the same; its schedule scales both groups; and a stopped run resumes exactly."""
@@ -219,7 +241,8 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
      ("stepz", 3, r"unknown field\(s\) \['stepz'\]"), ("lr_scheduler", "step", "lr_scheduler must be one of"),
      ("lr_decay_steps", "ten", "lr_decay_steps must be >= 1"), ("lr_warmup_steps", -2, "lr_warmup_steps must be >= 0"),
      ("target_modules", "all-linear", "target_modules must be a list of module names"),  # else split into letters
-     ("target_modules", [], "target_modules must be a list")],
+     ("target_modules", [], "target_modules must be a list"),
+     ("adam_beta2", 1.0, r"adam_beta2 must be in \(0, 1\), got 1.0")],
 )
 def test_bad_config_values_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

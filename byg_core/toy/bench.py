@@ -64,6 +64,7 @@ class ToySettings:
     lr: float = 3e-3  # the paper's 3e-4 is for a 12B model and 30k steps; the toy LoRA is tiny and runs short
     lr_scheduler: str = "constant"  # the paper gives one lr; "cosine" decays it to 0 over the run (TrainConfig)
     loraplus_lr_ratio: float = 1.0  # LoRA+: the B matrices at this multiple of lr (TrainConfig; 1: plain LoRA)
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (TrainConfig)
     # "default": the backbone's LoRA targets (diffusers' Kontext set); "all-linear": every linear layer (+0.020 clean
     # edits for the medium base's reference at lr 1e-2 cosine, three seeds; docs/toy_bench.md)
     lora_targets: str = "default"
@@ -93,7 +94,7 @@ class ToySettings:
         values = dict(
             model="toy", output_dir=str(out), steps=self.steps, batch_size=self.batch_size, rank=self.rank,
             lr=self.lr, lr_scheduler=self.lr_scheduler, loraplus_lr_ratio=self.loraplus_lr_ratio,
-            warmup_identity_steps=self.warmup_identity_steps,
+            adam_beta2=self.adam_beta2, warmup_identity_steps=self.warmup_identity_steps,
             identity_prob=self.identity_prob,
             ema_decay=self.ema_decay, shift=self.shift, seed=self.seed, checkpoint_every=0,
             objective=self.objective(),
@@ -424,20 +425,21 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
               batch_size: int | None = None, edit_steps: int | None = None,
               loraplus_lr_ratio: float | None = None, n_train: int | None = None,
-              lora_targets: str | None = None) -> dict:
+              lora_targets: str | None = None, adam_beta2: float | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
     say where and with what; ``methods`` picks some of the suite's methods; ``settings`` replaces BENCH_SETTINGS;
-    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``batch_size``, ``n_train`` and ``lora_targets`` replace its
-    learning rate, its schedule, its LoRA+ ratio, its tuples per step, its distinct training tuples and the layers its
-    LoRA wraps for every trained method;
+    ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``adam_beta2``, ``batch_size``, ``n_train`` and ``lora_targets``
+    replace its learning rate, its schedule, its LoRA+ ratio, AdamW's second-moment decay, its tuples per step, its
+    distinct training tuples and the layers its LoRA wraps for every trained method;
     ``edit_steps`` every method's sampler steps on the held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
                                    lr_scheduler=lr_scheduler or settings.lr_scheduler,
                                    loraplus_lr_ratio=loraplus_lr_ratio or settings.loraplus_lr_ratio,
+                                   adam_beta2=adam_beta2 or settings.adam_beta2,
                                    batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
                                    lora_targets=lora_targets or settings.lora_targets,
                                    edit_steps=edit_steps or settings.edit_steps).validate()

@@ -9,12 +9,13 @@ direction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Sequence
 
 from ..safefiles import write_text_atomic
-from .bench import ABLATIONS, _rate
+from .bench import ABLATIONS, ToySettings, _rate
 from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
 
@@ -32,7 +33,9 @@ PAPER_DIRECTIONS = {
 
 def _comparable(report: dict) -> dict:
     """What must match for two runs' figures to be averaged: the held-out set, the base, every setting but the seed."""
-    settings = {f"settings.{k}": v for k, v in report["settings"].items() if k != "seed"}
+    # a setting added since a run was made is the default it ran with (adam_beta2, lora_targets, ...)
+    defaults = {f.name: f.default for f in dataclasses.fields(ToySettings) if f.name not in report["settings"]}
+    settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
 
 

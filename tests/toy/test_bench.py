@@ -198,7 +198,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     drawn.clear()
     tiny, tiny_cfg, b_tiny, keys_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine",
                                             "--batch-size", "2", "--edit-steps", "1", "--loraplus-lr-ratio", "4",
-                                            "--n-train", "5", "--lora-targets", "all-linear")
+                                            "--n-train", "5", "--lora-targets", "all-linear",
+                                            "--adam-beta2", "0.99")
     assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
     assert drawn == [5] == [tiny["n_train"]]
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
@@ -209,6 +210,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert default["batch_size"] == default_cfg["batch_size"] == 4 and tiny["batch_size"] == tiny_cfg["batch_size"] == 2
     assert default["loraplus_lr_ratio"] == default_cfg["loraplus_lr_ratio"] == 1.0
     assert tiny["loraplus_lr_ratio"] == tiny_cfg["loraplus_lr_ratio"] == 4.0
+    assert (default["adam_beta2"], default_cfg["adam_beta2"], tiny["adam_beta2"], tiny_cfg["adam_beta2"]) == (
+        0.999, 0.999, 0.99, 0.99)
     # every linear layer wrapped, the default targets' layers among them; the default leaves the embedders out
     linear = {f"transformer.{name}.lora_A.weight" for name, module in build_toy_backbone().transformer.named_modules()
               if isinstance(module, torch.nn.Linear)}
@@ -218,7 +221,7 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert {f"transformer.{name}.lora_A.weight" for name in tiny_cfg["target_modules"]} == linear  # in its config
     assert default_cfg["target_modules"] is None  # the backbone's defaults
     assert {**tiny, "lr": default["lr"], "lr_scheduler": "constant", "batch_size": 4, "edit_steps": 2,
-            "loraplus_lr_ratio": 1.0, "n_train": 16, "lora_targets": "default"} == default
+            "loraplus_lr_ratio": 1.0, "n_train": 16, "lora_targets": "default", "adam_beta2": 0.999} == default
     assert b_default > 1e-5 and b_tiny < 1e-8
     assert byg(["bench", "--smoke", "--lr", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--lr must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
@@ -230,6 +233,8 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     assert "--edit-steps must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--loraplus-lr-ratio", "-4", "--out", str(tmp_path / "zero")]) == 2
     assert "--loraplus-lr-ratio must be > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--adam-beta2", "1", "--out", str(tmp_path / "zero")]) == 2
+    assert "--adam-beta2 must be < 1, got 1.0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert byg(["bench", "--smoke", "--lr-scheduler", "warmup", "--out", str(tmp_path / "warmup")]) == 2
     err = capsys.readouterr().err
     assert "--lr-scheduler must be one of constant, linear, cosine, got 'warmup'" in err

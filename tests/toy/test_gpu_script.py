@@ -57,13 +57,15 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert settings["loraplus_lr_ratio"] == tuned["loraplus_lr_ratio"] == script.REFERENCE_LORAPLUS
     assert settings["n_train"] == tuned["n_train"] == 32  # --tiny's cap on the reference's distinct tuples
     assert settings["lora_targets"] == tuned["lora_targets"] == script.REFERENCE_LORA_TARGETS == "all-linear"
+    assert settings["adam_beta2"] == tuned["adam_beta2"] == script.REFERENCE_ADAM_BETA2 < 0.999
     wrapped = load_checked(tmp_path / "tuned" / "seed1" / "supervised" / "runs" / "supervised" / "byg_lora.safetensors",
                            "LoRA")[0]
     assert "transformer.x_embedder.lora_A.weight" in wrapped  # outside the default targets
     assert tuned["methods"]["supervised"]["training_seeds"] == [0, 1]
     suite_settings = json.loads((tmp_path / "seed1" / "supervised" / "results.json").read_text())["settings"]
-    assert (suite_settings["lr"], suite_settings["lora_targets"]) == (3e-3, "default")
-    plus = f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}, 32 training tuples, LoRA on all-linear layers"
+    assert (suite_settings["lr"], suite_settings["lora_targets"], suite_settings["adam_beta2"]) == (3e-3, "default", 0.999)
+    plus = (f"LoRA+ ratio {script.REFERENCE_LORAPLUS:g}, 32 training tuples, LoRA on all-linear layers, AdamW beta2 "
+            f"{script.REFERENCE_ADAM_BETA2:g}")
     assert f"The supervised reference at lr 0.01, cosine, {plus}, 2 steps, edits in 3 sampler steps:" in printed
     # and at three times the suite's steps, summarised apart again
     longer = json.loads((tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["settings"]
@@ -135,6 +137,10 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert {name.split("/")[0]: command[command.index("--loraplus-lr-ratio") + 1] for name, (command, _) in plus.items()} \
         == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "seed0": "2.0", "seed1": "2.0", "seed2": "2.0",
             "distilled": "2.0"}
+    # AdamW's beta2: the reference at its own settings its own, every other bench torch's
+    betas = script.bench_jobs(script.parse_args(["--reference-adam-beta2", "0.9"]), base)
+    assert {name.split("/")[0]: command[command.index("--adam-beta2") + 1] for name, (command, _) in betas.items()
+            if "--adam-beta2" in command} == {"tuned_3600": "0.9", "tuned": "0.9"}
     # distinct training tuples: the reference at its own settings a tuple per sample, every other bench its --n-train
     tuples = script.bench_jobs(script.parse_args(["--n-train", "2048"]), base)
     assert {name.split("/")[0]: command[command.index("--n-train") + 1] for name, (command, _) in tuples.items()} \
@@ -144,7 +150,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
     assert not any(flag in command for flag in ("--lr", "--lr-scheduler", "--overwrite", "--batch-size", "--edit-steps",
-                                                "--loraplus-lr-ratio", "--n-train")
+                                                "--loraplus-lr-ratio", "--n-train", "--adam-beta2")
                    for name, (command, _) in default.items() if not name.startswith("tuned"))
     assert [command[command.index("--edit-steps"):command.index("--edit-steps") + 6] for name, (command, _)
             in default.items() if name.startswith("tuned")] == [["--edit-steps", "3", "--lr", "0.01", "--lr-scheduler", "cosine"]] * 6
@@ -169,6 +175,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
+    (["--reference-adam-beta2", "1"], "--reference-adam-beta2 must be in [0, 1), got 1.0"),
     (["--time-limit", "-5"], "--time-limit must be > 0, got -5.0"),
     (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
     pytest.param(["--device", "cuda"], "--device cuda, but torch sees no GPU here; use --device cpu",

@@ -71,6 +71,21 @@ def test_combine_refuses_runs_that_do_not_compare(runs, tmp_path, capsys):
     assert "byg bench combine" in capsys.readouterr().err
 
 
+def test_a_run_made_before_a_setting_existed_combines_with_one_at_its_default(runs, tmp_path, capsys):
+    older = tmp_path / "older"  # seed 1's run as a byg without adam_beta2 had written it
+    older.mkdir()
+    report = json.loads((runs / "seed1" / "results.json").read_text())
+    assert report["settings"].pop("adam_beta2") == 0.999
+    (older / "results.json").write_text(json.dumps(report))
+    out = tmp_path / "combined"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(older), "--out", str(out)]) == 0
+    other = tmp_path / "other"  # at another value it is a different setting
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({**report, "settings": {**report["settings"], "adam_beta2": 0.99}}))
+    assert byg(["bench", "combine", "--runs", str(older), str(other), "--out", str(tmp_path / "no")]) == 2
+    assert "differ in settings.adam_beta2" in capsys.readouterr().err
+
+
 def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
     def entry(change, low, high):
         return {"against_byg": {"edit_success": {"change": change, "ci": [low, high]},
