@@ -101,7 +101,7 @@ REFERENCE_LORAPLUS = 1.0  # LoRA+ 4 lifted the small base's reference, not the m
 # seeds against the bench's 1024 (docs/toy_bench.md)
 REFERENCE_N_TRAIN = 38400
 REFERENCE_LORA_TARGETS = "all-linear"  # on the CPU: +0.020 clean edits for the medium base's reference, three seeds
-REFERENCE_ADAM_BETA2 = 0.99  # on the CPU, on top of every linear layer: +0.011 more, three seeds
+REFERENCE_ADAM_BETA2 = 0.95  # on the CPU, on top of every linear layer: 0.914 clean edits (+0.028), three seeds
 DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
 
 
@@ -150,8 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="and the layers its LoRA wraps (on the CPU every linear layer lifted the medium base's "
                         "reference)")
     p.add_argument("--reference-adam-beta2", type=float, default=REFERENCE_ADAM_BETA2,
-                   help="and AdamW's second-moment decay (on the CPU 0.99 lifted the medium base's reference a little "
-                        "against torch's 0.999)")
+                   help="and AdamW's second-moment decay (on the CPU 0.95 lifted the medium base's reference past 0.9 at "
+                        "the bench's budget, against torch's 0.999)")
     p.add_argument("--reference-edit-steps", type=int, default=3,
                    help="and its edits' sampler steps (0: the suite's; on the CPU 3 steps, chosen on a validation draw, "
                         "made the medium base's reference's edits cleaner than the bench's 20)")
