@@ -190,10 +190,12 @@ def pretrain(
     ``init`` (pretrained with p_uncond > 0) is the frozen teacher and the copy trained regresses its guided
     velocity ``v_u + w (v_c - v_u)`` instead of ``eps - x``, so it draws unguided what the teacher draws guided.
     """
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("t_shift", t_shift),
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("t_shift", t_shift),
                         ("distill_guidance", distill_guidance)):
         if not value > 0:  # checked before anything is built: steps=-3 had written an untrained base
             raise ValueError(f"pretrain: {name} must be > 0, got {value}")
+    if not lr >= 0:  # 0 copies the init (a test's use)
+        raise ValueError(f"pretrain: lr must be >= 0, got {lr}")
     if not 0 <= p_uncond < 1:
         raise ValueError(f"pretrain: p_uncond must be in [0, 1), got {p_uncond}")
     start = time.perf_counter()

@@ -225,7 +225,7 @@ def test_guidance_distillation_refuses_a_teacher_without_an_unconditional_veloci
     (dict(steps=-3), "steps must be > 0, got -3"),  # had written an untrained base
     (dict(steps=0), "steps must be > 0, got 0"),
     (dict(batch_size=0), "batch_size must be > 0, got 0"),
-    (dict(lr=0.0), "lr must be > 0, got 0.0"),
+    (dict(lr=-1e-3), "lr must be >= 0, got -0.001"),
     (dict(t_shift=-1.0), "t_shift must be > 0, got -1.0"),
     (dict(p_uncond=1.0), r"p_uncond must be in \[0, 1\), got 1.0"),
 ])
