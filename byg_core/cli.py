@@ -209,9 +209,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
                            ("--n-train", args.n_train), ("--edit-steps", args.edit_steps),
-                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2)])
-    if args.adam_beta2 is not None and not args.adam_beta2 < 1:
-        raise ValueError(f"--adam-beta2 must be < 1, got {args.adam_beta2}")
+                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2)],
+                 shares=[("--adam-beta2", args.adam_beta2)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
     base = Path(args.base or base_weights(args.base_size))

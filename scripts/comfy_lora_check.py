@@ -111,10 +111,10 @@ def check_family(name: str, backbone, to_comfy, to_diffusers, comfy_of_diffusers
             module = key.split("/", 1)[1]
             delta = layer.lora_B[EMA].weight @ layer.lora_A[EMA].weight * (alpha / rank)
             merged[f"{module}.weight"] = merged[f"{module}.weight"] + delta.detach()
-        back = comfy_of_diffusers(plain[expert], backbone, expert, native[expert])
+        back = comfy_of_diffusers(plain[expert], native[expert])
         if any(not torch.equal(back[k], v) for k, v in native[expert].items()) or set(back) != set(native[expert]):
             problems.append(f"{name}/{expert}: ComfyUI's layout of the pack's weights is not the weights it loaded")
-        expected = comfy_of_diffusers(merged, backbone, expert, native[expert])
+        expected = comfy_of_diffusers(merged, native[expert])
         device = comfy.model_management.get_torch_device()
         patcher = comfy.model_patcher.ModelPatcher(models[expert], load_device=device, offload_device=device)
         unloaded = Unloaded()
@@ -146,7 +146,7 @@ def flux_case():
 
     backbone = build_toy_backbone(weights=None)
 
-    def comfy_of_diffusers(state, backbone, expert, _native):  # ComfyUI's own diffusers -> BFL converter
+    def comfy_of_diffusers(state, _native):  # ComfyUI's own diffusers -> BFL converter
         return convert_diffusers_mmdit({k: v.clone() for k, v in state.items()}, output_prefix="")  # writes in place
 
     return backbone, comfy_flux, bfl_to_diffusers, comfy_of_diffusers
@@ -159,7 +159,7 @@ def wan_case(variant: str):
 
     backbone = build_toy_wan_backbone(variant)
 
-    def comfy_of_diffusers(state, backbone, expert, native):
+    def comfy_of_diffusers(state, native):
         """Wan's linear layers are one native module each, named as the LoRA file names them (its other keys
         stay the native ones)."""
         out = dict(native)

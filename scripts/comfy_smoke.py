@@ -10,7 +10,8 @@ workflow from the UI format to the API format, queues the toy workflows through 
 follows the websocket (progress and preview messages), checks ``/history`` and the written files,
 presses Cancel (``POST /interrupt``) in the middle of a training and resumes it, and stops the server
 it started by its PID. It also runs ``comfy_lora_check.py`` (stock ComfyUI's LoRA loader on this pack's FLUX
-and Wan2.2 files, at the default targets and at every linear layer). Without a ComfyUI it says so and exits 0, so CI stays green without one.
+and Wan2.2 files, at the default targets and at every linear layer). Without a ComfyUI it says so and exits 0,
+so CI stays green without one.
 
 Run it with ComfyUI's Python (it needs aiohttp, which ComfyUI requires) with this pack's requirements
 installed, or name that Python with ``--python``. Exit status: 0 all checks passed (or skipped), 1 a
@@ -438,7 +439,7 @@ def stock_lora_loading(comfy: Path, python: str, check: Checks) -> None:
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(PACK)))
     print("".join(line + "\n" for line in run.stdout.splitlines() if line.startswith(("  ", "FAIL"))), end="")
     check(run.returncode == 0, "stock ComfyUI's LoRA loader applies the pack's FLUX and Wan2.2 LoRA files exactly, "
-          "default and all-linear targets (comfy_lora_check.py)" + (f": {run.stderr[-2000:]}" if run.returncode > 1 else ""))
+          "default and all-linear targets (comfy_lora_check.py)" + (f": {run.stderr[-2000:]}" if run.returncode else ""))
 
 
 def main(argv=None) -> int:
