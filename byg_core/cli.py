@@ -235,8 +235,9 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     check_device(args.device)
     # Checked before anything is built: --steps -3 had written an untrained base, --batch-size 0 failed in torch.stack
     check_ranges(positive=[("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
-                           ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance)],
-                 shares=[("--p-uncond", args.p_uncond)])
+                           ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance),
+                           ("--adam-beta2", args.adam_beta2)],
+                 shares=[("--p-uncond", args.p_uncond), ("--adam-beta2", args.adam_beta2)])
     out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
     if args.init and Path(args.init).resolve() == out.resolve():
@@ -247,7 +248,7 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
                       t_shift=args.t_shift, p_uncond=args.p_uncond, distill_guidance=args.distill_guidance,
-                      progress=Progress(steps, "pretrain", 50))
+                      adam_beta2=args.adam_beta2, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -418,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--distill-guidance", type=float, default=1.0, metavar="W",
                           help="guidance distillation: train a copy of --init (a base pretrained with --p-uncond) "
                                "to draw unguided what it draws at classifier-free guidance W")
+    pretrain.add_argument("--adam-beta2", type=float, default=0.999,
+                          help="AdamW's second-moment decay (default: 0.999, torch's and every shipped base's)")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

@@ -173,6 +173,7 @@ def pretrain(
     t_shift: float = 1.0,
     p_uncond: float = 0.0,
     distill_guidance: float = 1.0,
+    adam_beta2: float = 0.999,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -189,6 +190,7 @@ def pretrain(
     ``distill_guidance`` w != 1: guidance distillation (as FLUX.1-dev's, at one fixed w): the base of
     ``init`` (pretrained with p_uncond > 0) is the frozen teacher and the copy trained regresses its guided
     velocity ``v_u + w (v_c - v_u)`` instead of ``eps - x``, so it draws unguided what the teacher draws guided.
+    ``adam_beta2``: AdamW's second-moment decay (torch's 0.999 by default, as every base so far).
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("t_shift", t_shift),
                         ("distill_guidance", distill_guidance)):
@@ -198,6 +200,8 @@ def pretrain(
         raise ValueError(f"pretrain: lr must be >= 0, got {lr}")
     if not 0 <= p_uncond < 1:
         raise ValueError(f"pretrain: p_uncond must be in [0, 1), got {p_uncond}")
+    if not 0 < adam_beta2 < 1:
+        raise ValueError(f"pretrain: adam_beta2 must be in (0, 1), got {adam_beta2}")
     start = time.perf_counter()
     if init is None:
         backbone, started = _build(toy_flux_config(size), TOY_TEXT_CONFIG, "index", seed), {}
@@ -217,7 +221,7 @@ def pretrain(
         teacher.transformer.to(device)
     transformer = backbone.transformer.to(device).train()
     params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, adam_beta2), weight_decay=0.01)
     scenes_rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     sample_t = TIMESTEP_SAMPLERS[timesteps](shift=t_shift, mean=t_mean)
@@ -255,6 +259,7 @@ def pretrain(
         **({} if (t_mean, t_shift) == (0.0, 1.0) else dict(t_mean=t_mean, t_shift=t_shift)),
         **({} if p_uncond == 0.0 else dict(p_uncond=p_uncond)),
         **({} if distill_guidance == 1.0 else dict(distill_guidance=distill_guidance)),
+        **({} if adam_beta2 == 0.999 else dict(adam_beta2=adam_beta2)),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)

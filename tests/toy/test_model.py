@@ -151,6 +151,18 @@ def test_pretrain_continues_a_base_from_its_weights_and_architecture(tmp_path):
     assert (moved["t_mean"], moved["t_shift"]) == (1.0, 3.0)
 
 
+def test_pretrain_adam_beta2_is_adamws_second_moment_decay(tmp_path, monkeypatch):
+    betas = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: betas.append(kw["betas"]) or adamw(params, **kw))
+    runs = {b: pretrain(steps=3, seed=2, batch_size=4, lr=1e-3, out_path=tmp_path / f"{b}.safetensors", adam_beta2=b)
+            for b in (0.999, 0.5)}
+    assert betas == [(0.9, 0.999), (0.9, 0.5)]
+    assert "adam_beta2" not in runs[0.999] and runs[0.5]["adam_beta2"] == 0.5  # recorded only when not torch's
+    default, changed = (load_checked(r["path"], "toy base")[0]["transformer.proj_out.weight"] for r in runs.values())
+    assert not torch.equal(default, changed)  # steps 2 and 3 divide by another second moment
+
+
 def test_timestep_mean_and_shift_move_t_toward_noise():
     from byg_core.timesteps import LogitNormalTimesteps
 
@@ -228,6 +240,7 @@ def test_guidance_distillation_refuses_a_teacher_without_an_unconditional_veloci
     (dict(lr=-1e-3), "lr must be >= 0, got -0.001"),
     (dict(t_shift=-1.0), "t_shift must be > 0, got -1.0"),
     (dict(p_uncond=1.0), r"p_uncond must be in \[0, 1\), got 1.0"),
+    (dict(adam_beta2=1.0), r"adam_beta2 must be in \(0, 1\), got 1.0"),
 ])
 def test_pretrain_refuses_bad_settings_from_python_and_writes_nothing(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
