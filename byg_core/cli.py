@@ -237,7 +237,7 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     check_ranges(positive=[("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
                            ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance),
                            ("--adam-beta2", args.adam_beta2)],
-                 shares=[("--p-uncond", args.p_uncond), ("--adam-beta2", args.adam_beta2), ("--ema-decay", args.ema_decay)])
+                 shares=[("--p-uncond", args.p_uncond), ("--adam-beta2", args.adam_beta2)])
     out = Path(args.out or base_weights(args.base_size))
     steps = args.steps or PRETRAIN_STEPS
     if args.init and Path(args.init).resolve() == out.resolve():
@@ -248,7 +248,7 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     report = pretrain(steps=steps, seed=args.seed, batch_size=args.batch_size, lr=lr, out_path=out,
                       size=args.base_size, device=args.device, init=args.init, t_mean=args.t_mean,
                       t_shift=args.t_shift, p_uncond=args.p_uncond, distill_guidance=args.distill_guidance,
-                      adam_beta2=args.adam_beta2, ema_decay=args.ema_decay, progress=Progress(steps, "pretrain", 50))
+                      adam_beta2=args.adam_beta2, progress=Progress(steps, "pretrain", 50))
     print(report)
     return 0
 
@@ -421,9 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "to draw unguided what it draws at classifier-free guidance W")
     pretrain.add_argument("--adam-beta2", type=float, default=0.999,
                           help="AdamW's second-moment decay (default: 0.999, torch's and every shipped base's)")
-    pretrain.add_argument("--ema-decay", type=float, default=0.0,
-                          help="save an exponential moving average of the weights at this decay, e.g. 0.999 "
-                               "(default: 0, the last weights)")
     pretrain.set_defaults(run=cmd_toy_pretrain)
     dataset = toy_sub.add_parser("dataset", help="write toy edit tuples as a dataset folder (PNG + edits.jsonl)")
     dataset.add_argument("--out", default="out/toy_data")

@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 from diffusers import FluxTransformer2DModel
 
 from byg_core.backbones.flux import FluxBackbone
@@ -175,7 +174,6 @@ def pretrain(
     p_uncond: float = 0.0,
     distill_guidance: float = 1.0,
     adam_beta2: float = 0.999,
-    ema_decay: float = 0.0,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -193,8 +191,6 @@ def pretrain(
     ``init`` (pretrained with p_uncond > 0) is the frozen teacher and the copy trained regresses its guided
     velocity ``v_u + w (v_c - v_u)`` instead of ``eps - x``, so it draws unguided what the teacher draws guided.
     ``adam_beta2``: AdamW's second-moment decay (torch's 0.999 by default, as every base so far).
-    ``ema_decay`` > 0: the base saved is an exponential moving average of the weights over the run
-    (``torch.optim.swa_utils``' EMA, updated after every step), as diffusion models are usually sampled.
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("t_shift", t_shift),
                         ("distill_guidance", distill_guidance)):
@@ -206,8 +202,6 @@ def pretrain(
         raise ValueError(f"pretrain: p_uncond must be in [0, 1), got {p_uncond}")
     if not 0 < adam_beta2 < 1:
         raise ValueError(f"pretrain: adam_beta2 must be in (0, 1), got {adam_beta2}")
-    if not 0 <= ema_decay < 1:
-        raise ValueError(f"pretrain: ema_decay must be in [0, 1), got {ema_decay}")
     start = time.perf_counter()
     if init is None:
         backbone, started = _build(toy_flux_config(size), TOY_TEXT_CONFIG, "index", seed), {}
@@ -228,8 +222,6 @@ def pretrain(
     transformer = backbone.transformer.to(device).train()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, adam_beta2), weight_decay=0.01)
-    averaged = (torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-                if ema_decay > 0 else None)
     scenes_rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     sample_t = TIMESTEP_SAMPLERS[timesteps](shift=t_shift, mean=t_mean)
@@ -256,15 +248,10 @@ def pretrain(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        if averaged is not None:
-            averaged.update_parameters(transformer)
         value = float(loss.detach())
         smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
         if progress is not None:
             progress(step + 1, {"loss": value, "loss_avg": smoothed})
-    if averaged is not None:  # the average is what ships
-        with torch.no_grad():
-            torch._foreach_copy_(list(transformer.parameters()), list(averaged.module.parameters()))
     transformer.eval().requires_grad_(False)
     info = dict(
         steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
@@ -273,7 +260,6 @@ def pretrain(
         **({} if p_uncond == 0.0 else dict(p_uncond=p_uncond)),
         **({} if distill_guidance == 1.0 else dict(distill_guidance=distill_guidance)),
         **({} if adam_beta2 == 0.999 else dict(adam_beta2=adam_beta2)),
-        **({} if ema_decay == 0.0 else dict(ema_decay=ema_decay)),
         final_loss=smoothed, seconds=round(time.perf_counter() - start, 1),
     )
     path = save_toy_base(backbone, out_path, info)

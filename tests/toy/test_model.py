@@ -163,27 +163,6 @@ def test_pretrain_adam_beta2_is_adamws_second_moment_decay(tmp_path, monkeypatch
     assert not torch.equal(default, changed)  # steps 2 and 3 divide by another second moment
 
 
-def test_pretrain_at_ema_decay_saves_the_exponential_moving_average_of_the_weights(tmp_path, monkeypatch):
-    after_each_step = []
-    step = torch.optim.AdamW.step
-
-    def recording(self, *args, **kwargs):
-        result = step(self, *args, **kwargs)
-        after_each_step.append([p.detach().clone() for p in self.param_groups[0]["params"]])
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
-    decay = 0.6
-    report = pretrain(steps=3, seed=2, batch_size=4, lr=1e-3, out_path=tmp_path / "ema.safetensors", ema_decay=decay)
-    w1, w2, w3 = after_each_step
-    expected = [decay * (decay * a + (1 - decay) * b) + (1 - decay) * c for a, b, c in zip(w1, w2, w3)]
-    saved = list(build_toy_backbone(report["path"]).transformer.parameters())
-    assert len(saved) == len(expected) and report["ema_decay"] == decay
-    for got, want in zip(saved, expected):
-        torch.testing.assert_close(got, want)
-    assert not torch.allclose(saved[-1], w3[-1])  # the average, not the last weights
-
-
 def test_timestep_mean_and_shift_move_t_toward_noise():
     from byg_core.timesteps import LogitNormalTimesteps
 
@@ -262,7 +241,6 @@ def test_guidance_distillation_refuses_a_teacher_without_an_unconditional_veloci
     (dict(t_shift=-1.0), "t_shift must be > 0, got -1.0"),
     (dict(p_uncond=1.0), r"p_uncond must be in \[0, 1\), got 1.0"),
     (dict(adam_beta2=1.0), r"adam_beta2 must be in \(0, 1\), got 1.0"),
-    (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\), got 1.0"),
 ])
 def test_pretrain_refuses_bad_settings_from_python_and_writes_nothing(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
