@@ -21,6 +21,8 @@ from typing import Callable, Collection, Iterable, Sequence
 
 import torch
 
+from ..data import TEXT_FIELDS
+
 # The corners of the RGB cube: any two are at least 1 apart, so a pixel read back with
 # an error below 0.5 still lands on the right name. No name starts with a vowel, so the
 # captions' article is always "a".
@@ -62,7 +64,6 @@ CAPTION_TEMPLATE = "a {shape_color} {shape} on a {bg_color} background"
 # Words a reverse instruction may not use: it must state the inverse edit itself
 # (paper appendix D), because the editor never sees the source when it applies it.
 FORBIDDEN_REVERSE = re.compile(r"\b(undo\w*|restor\w*|revert\w*|original\w*|back)\b")
-TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
 
 _WORD = r"'s\b|[a-z]+"
 
