@@ -31,7 +31,9 @@
       how well does a toy base draw the world? Each base draws N fresh scenes from their captions with each
       sampler step count (and classifier-free guidance scale: a base pretrained with --p-uncond) and the
       drawings are read back (``model.evaluate_base``): shape kind, both colours,
-      all three, with 95% intervals (issue 17, part 2).
+      all three, with 95% intervals (issue 17, part 2). Every base draws the same captions from the same noise, so
+      each base after the first also gets its change in "all three right" paired caption by caption against the
+      first's (``metrics.paired_change``): docs/toy_bench.md's paired base figures are `--n 1024`.
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
           [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
       a trained editor under other sampling: each LoRA edits held-out tuples (from --noise-seeds, 0 by default) with each sampler step
@@ -205,17 +207,23 @@ def pixels(args: argparse.Namespace) -> None:
 
 
 def base(args: argparse.Namespace) -> None:
+    first: dict[tuple, tuple[str, list]] = {}  # each setting's first base and its outcomes, to pair the others with
     for path in args.base:
         backbone = build_toy_backbone(path)
-        for steps, guidance, shift in [(s, g, h) for s in args.steps for g in args.guidance for h in args.sampler_shift]:
+        for setting in [(s, g, h) for s in args.steps for g in args.guidance for h in args.sampler_shift]:
+            steps, guidance, shift = setting
             start = time.time()
             backbone.scheduler_shift = shift  # the sampler's t grid, t' = s t / (1 + (s - 1) t)
             report = evaluate_base(backbone, n=args.n, seed=1, steps=steps, guidance=guidance)
             keys = ("shape", "shape_color", "bg_color", "all")
             report.update({f"{k}_ci": wilson_interval(report[k], args.n) for k in keys})
             rates = ", ".join(f"{k} {bench._rate(report, k)}" for k in keys)
-            print(f"{path} | {steps} sampler steps | guidance {guidance} | sampler shift {shift} | n {args.n} | {rates} | "
-                  f"{time.time() - start:.0f} s", flush=True)
+            first_path, first_outcomes = first.setdefault(setting, (path, report["outcomes"]))
+            paired = ("" if first_path == path else
+                      " | all vs {}: {:+.3f} [{:+.3f}, {:+.3f}] paired".format(
+                          first_path, *paired_change(report["outcomes"], first_outcomes)))
+            print(f"{path} | {steps} sampler steps | guidance {guidance} | sampler shift {shift} | n {args.n} | {rates}"
+                  f"{paired} | {time.time() - start:.0f} s", flush=True)
 
 
 def _report(name: str, tuples: list, out: torch.Tensor, report: dict | None = None) -> str:

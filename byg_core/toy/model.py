@@ -289,7 +289,9 @@ def evaluate_base(
     and report accuracies.
 
     Keys: ``shape_color``, ``bg_color``, ``shape`` (kind) and ``all`` (all three right),
-    plus ``all_unseen_combos``/``n_unseen`` for captions showing a pair in UNSEEN_COMBOS.
+    plus ``all_unseen_combos``/``n_unseen`` for captions showing a pair in UNSEEN_COMBOS and ``outcomes``
+    (each caption's 0/1 for all three right: two bases drawn from the same ``n``, ``seed`` and ``steps`` draw the same
+    captions from the same noise, so ``metrics.paired_change`` of their outcomes compares them caption by caption).
     """
     scenes = sample_scenes(n, seed)
     images = []
@@ -307,7 +309,7 @@ def evaluate_base(
     every = [min(row) for row in zip(*hits.values())]
     unseen = [ok for ok, s in zip(every, scenes) if s.combo in UNSEEN_COMBOS]
     report = {field: sum(v) / n for field, v in hits.items()}
-    report.update(all=sum(every) / n, n=n)
+    report.update(all=sum(every) / n, n=n, outcomes=every)
     report.update(all_unseen_combos=sum(unseen) / len(unseen) if unseen else float("nan"), n_unseen=len(unseen))
     return report
 

@@ -34,6 +34,10 @@ def test_shipped_base_draws_its_captions_colours(base):
     for key in ("shape_color", "bg_color"):
         assert report[key] >= 0.8, report
     assert report["shape"] >= 0.7, report  # 0.81 on these 32; the 7000-step base drew 0.56
+    # Each caption's outcome (all three right) is kept, and a second draw of the same n, seed and steps draws the
+    # same captions from the same noise, so two bases' outcomes pair caption by caption (scripts/toy_probes.py base).
+    assert len(report["outcomes"]) == 32 and sum(report["outcomes"]) / 32 == report["all"]
+    assert evaluate_base(base, n=32, seed=123, steps=10)["outcomes"] == report["outcomes"]
 
 
 def test_base_velocity_points_from_source_caption_to_target_caption(base):
