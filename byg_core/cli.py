@@ -198,10 +198,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "combine":
         from .toy.summary import combine_runs
 
-        combine_runs(args.runs or [], Path(args.out))
+        combine_runs(args.runs or [], Path(args.out), args.against or [])
         return 0
-    if args.runs:
-        raise ValueError("--runs is for `byg bench combine`, which reads finished runs; a quality bench runs its own")
+    if args.runs or args.against:
+        raise ValueError("--runs and --against are for `byg bench combine`, which reads finished runs; a quality bench "
+                         "runs its own")
     from .config import LR_SCHEDULERS
     from .toy.bench import DEMO_SETTINGS, SMOKE_SETTINGS, run_bench
     from .toy.model import base_weights
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", nargs="+", default=None, metavar="DIR",
                        help="combine: `byg bench --out` folders that differ in --seed alone (the zero-shot baselines' "
                             "one run counts for every seed); writes OUT/summary.md and OUT/summary.json")
+    bench.add_argument("--against", nargs="+", default=None, metavar="DIR",
+                       help="combine: runs of another setting (base, lr, length...) on the same held-out set; each "
+                            "method of both is compared with them tuple by tuple (--runs minus --against)")
     bench.add_argument("--model", default="toy", help="speed: toy, flux-<width> (e.g. flux-256), flux1-dev (GPU), "
                        "wan-<width> (e.g. wan-256), wan2.2-ti2v-5b or wan2.2-a14b-expert (GPU)")
     bench.add_argument("--size", type=int, default=512, help="speed: image side in px, the height when --width is given")

@@ -326,7 +326,7 @@ def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int, deadline: f
 
 def summarise_done(folders: list[Path]) -> dict:
     """``byg bench combine``'s summary of the finished runs among ``folders``; empty when none finished."""
-    return summarise(collect(folders)) if folders else {}
+    return summarise(collect(folders)[0]) if folders else {}
 
 
 def main(argv=None) -> int:

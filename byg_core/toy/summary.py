@@ -4,7 +4,8 @@
 ``results.json`` is read, the runs must share the held-out set, the base and the settings (all but the
 training seed), and each method's rates are averaged over its training seeds; each method is then compared with
 ByG tuple by tuple (the same held-out tuples), and each ablation read against ByG beside the paper's Table-4
-direction.
+direction. ``--against DIR...`` reads runs of another setting (another base, learning rate, length...) on the same
+held-out set, and each method of both is compared across the two settings tuple by tuple.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def _comparable(report: dict) -> dict:
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
 
 
-def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
-    """method -> training seed -> its figures, from each folder's results.json; refuses runs that do not compare."""
+def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], dict]:
+    """method -> training seed -> its figures, from each folder's results.json, and what the runs share
+    (``_comparable``); refuses runs that do not compare."""
     runs: dict[str, dict[int, dict]] = {}
     first: tuple[Path, dict] | None = None
     for folder in map(Path, folders):
@@ -68,7 +70,7 @@ def collect(folders: Sequence[str | Path]) -> dict[str, dict[int, dict]]:
             runs[method][seed] = figures
     if first is None:
         raise ValueError("no runs given: pass the `byg bench --out` folders to combine")
-    return runs
+    return runs, first[1]
 
 
 def _per_tuple(by_seed: dict[int, dict], key: str) -> list[float]:
@@ -105,6 +107,27 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
     return summary
 
 
+def against(runs: dict[str, dict[int, dict]], other: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Each method of both settings: for each rate the change from ``other``'s runs to ``runs``', paired tuple by
+    tuple (each tuple's rate averaged over each side's training seeds first), with its 95% interval."""
+    common = [method for method in runs if method in other]
+    if not common:
+        raise ValueError(f"the --runs ({', '.join(runs)}) and the --against runs ({', '.join(other)}) have no method "
+                         "in common to compare")
+    changes = {}
+    for method in common:
+        changes[method] = {"training_seeds": sorted(runs[method]), "against_training_seeds": sorted(other[method])}
+        for key in RATE_KEYS:
+            change, low, high = paired_change(_per_tuple(runs[method], key), _per_tuple(other[method], key))
+            changes[method][key] = {"change": change, "ci": [low, high]}
+    return changes
+
+
+def settings_differ(key: dict, other: dict) -> list[str]:
+    """What two settings' runs differ in (``_comparable``'s keys), each as 'name: this vs other'."""
+    return [f"{k}: {key.get(k)} vs {other.get(k)}" for k in {**key, **other} if key.get(k) != other.get(k)]
+
+
 def _cell(entry: dict, key: str) -> str:
     values = entry[f"{key}_by_training_seed"]
     return f"{_rate(entry, key)} ({min(values):.2f}-{max(values):.2f})"
@@ -130,9 +153,19 @@ def family_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _change(entry: dict, key: str) -> str:
-    paired = entry["against_byg"][key]
+def _change(entry: dict, key: str, of: str = "against_byg") -> str:
+    paired = entry[of][key] if of else entry[key]
     return f"{paired['change']:+.3f} [{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}]"
+
+
+def against_table(changes: dict[str, dict]) -> str:
+    """Each method's change from the --against runs to the --runs, tuple by tuple, with its 95% interval."""
+    keys = " | ".join(f"{k} change [95% CI]" for k in RATE_KEYS)
+    lines = [f"| method | {keys} | training seeds (--against's) |", "|" + "---|" * (len(RATE_KEYS) + 2)]
+    for method, entry in changes.items():
+        seeds = f"{', '.join(map(str, entry['training_seeds']))} ({', '.join(map(str, entry['against_training_seeds']))})"
+        lines.append(f"| {method} | " + " | ".join(_change(entry, k, of="") for k in RATE_KEYS) + f" | {seeds} |")
+    return "\n".join(lines)
 
 
 def against_byg_table(summary: dict[str, dict]) -> str:
@@ -181,12 +214,32 @@ def summary_text(summary: dict[str, dict]) -> str:
     return table(summary) + "".join(f"\n\n{title}:\n\n{text}" for title, text in sections if text)
 
 
-def combine_runs(folders: Sequence[str | Path], out: Path) -> dict[str, dict]:
-    """``byg bench combine``: the runs' summary, printed and written to OUT/summary.md and OUT/summary.json."""
-    summary = summarise(collect(folders))
-    out.mkdir(parents=True, exist_ok=True)
+def combine_runs(folders: Sequence[str | Path], out: Path, against_folders: Sequence[str | Path] = ()) -> dict[str, dict]:
+    """``byg bench combine``: the runs' summary, printed and written to OUT/summary.md and OUT/summary.json; with
+    ``against_folders`` (runs of another setting on the same held-out set) also each method's change from those
+    runs to these, tuple by tuple, and what the two settings differ in."""
+    runs, key = collect(folders)
+    summary = summarise(runs)
     text = f"Combined from {len(folders)} `byg bench` runs:\n\n" + summary_text(summary) + "\n"
+    record: dict = {"runs": [str(f) for f in folders], "methods": summary}
+    if against_folders:
+        other, other_key = collect(against_folders)
+        if other_key["held_out"] != key["held_out"]:
+            raise ValueError(f"the --against runs ({against_folders[0]}, ...) were scored on another held-out set than "
+                             f"the --runs ({folders[0]}, ...): {other_key['held_out']} vs {key['held_out']}; only runs "
+                             "on the same held-out tuples pair")
+        differ = settings_differ(key, other_key)
+        changes = against(runs, other)
+        other_summary = summarise(other)
+        text += (f"\nThe --against runs ({len(against_folders)}):\n\n" + table(other_summary)
+                 + "\n\nChange from the --against runs to the --runs, paired over the same held-out tuples (each "
+                 "tuple's rate averaged over each side's training seeds); the settings differ in "
+                 + ("; ".join(differ) if differ else "nothing but the training seeds") + ":\n\n"
+                 + against_table(changes) + "\n")
+        record["against"] = {"runs": [str(f) for f in against_folders], "settings_differ": differ,
+                             "methods": other_summary, "changes": changes}
+    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "summary.md", text)
-    write_text_atomic(out / "summary.json", json.dumps({"runs": [str(f) for f in folders], "methods": summary}, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(record, indent=2))
     print(text + f"wrote {out / 'summary.md'}, {out / 'summary.json'}")
     return summary

@@ -133,3 +133,41 @@ def test_combine_refuses_runs_without_per_tuple_outcomes(runs, tmp_path, capsys)
     (old / "results.json").write_text(json.dumps(report))
     assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(old), "--out", str(tmp_path / "o")]) == 2
     assert "old/results.json: written by an older byg without each tuple's outcomes" in capsys.readouterr().err
+
+
+def test_combine_against_runs_of_another_setting_pairs_each_common_method(runs, tmp_path, capsys):
+    """--against: the change from another setting's runs (here 3 training steps, seed 2) to the --runs, tuple by tuple,
+    each tuple's rate averaged over each side's training seeds; what the settings differ in is named."""
+    out = tmp_path / "against"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(runs / "seed1"),
+                "--against", str(runs / "longer"), "--out", str(out)]) == 0
+    record = json.loads((out / "summary.json").read_text())
+    changes = record["against"]["changes"]
+    assert list(changes) == ["byg"]  # no_cycle has no run at the other setting
+    assert any(d.startswith("settings.steps: ") for d in record["against"]["settings_differ"])
+    assert record["against"]["methods"]["byg"]["training_seeds"] == [2]
+    for key in ("clean_edit", "edit_success", "preservation"):
+        mine = [_figures(runs / f"seed{s}", "byg")["per_tuple"][key] for s in (0, 1)]
+        other = _figures(runs / "longer", "byg")["per_tuple"][key]
+        d = [(a + b) / 2 - c for a, b, c in zip(*mine, other)]
+        assert changes["byg"][key]["change"] == pytest.approx(sum(d) / len(d))
+        low, high = changes["byg"][key]["ci"]
+        assert low <= changes["byg"][key]["change"] <= high
+    printed = capsys.readouterr().out
+    assert "Change from the --against runs to the --runs" in printed and "settings.steps" in printed
+    assert (out / "summary.md").read_text() in printed
+
+
+def test_combine_against_refuses_what_does_not_pair(runs, tmp_path, capsys):
+    assert byg(["bench", "combine", "--runs", str(runs / "identity"), "--against", str(runs / "longer"),
+                "--out", str(tmp_path / "a")]) == 2
+    assert "no method in common" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"  # scored on another held-out draw
+    elsewhere.mkdir()
+    report = json.loads((runs / "longer" / "results.json").read_text())
+    (elsewhere / "results.json").write_text(json.dumps({**report, "held_out": {**report["held_out"], "eval_seed": 7}}))
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), "--against", str(elsewhere),
+                "--out", str(tmp_path / "b")]) == 2
+    assert "another held-out set" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert byg(["bench", "--against", str(runs / "seed0"), "--out", str(tmp_path / "c")]) == 2  # outside combine
+    assert "byg bench combine" in capsys.readouterr().err
