@@ -153,8 +153,8 @@ def family_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _change(entry: dict, key: str, of: str = "against_byg") -> str:
-    paired = entry[of][key] if of else entry[key]
+def _change(paired: dict) -> str:
+    """A paired change and its interval, ``{"change", "ci"}``, as printed."""
     return f"{paired['change']:+.3f} [{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}]"
 
 
@@ -164,7 +164,7 @@ def against_table(changes: dict[str, dict]) -> str:
     lines = [f"| method | {keys} | training seeds (--against's) |", "|" + "---|" * (len(RATE_KEYS) + 2)]
     for method, entry in changes.items():
         seeds = f"{', '.join(map(str, entry['training_seeds']))} ({', '.join(map(str, entry['against_training_seeds']))})"
-        lines.append(f"| {method} | " + " | ".join(_change(entry, k, of="") for k in RATE_KEYS) + f" | {seeds} |")
+        lines.append(f"| {method} | " + " | ".join(_change(entry[k]) for k in RATE_KEYS) + f" | {seeds} |")
     return "\n".join(lines)
 
 
@@ -175,7 +175,7 @@ def against_byg_table(summary: dict[str, dict]) -> str:
     lines = [f"| method | {keys} |", "|" + "---|" * (len(RATE_KEYS) + 1)]
     for method, entry in summary.items():
         if "against_byg" in entry:
-            lines.append(f"| {method} | " + " | ".join(_change(entry, k) for k in RATE_KEYS) + " |")
+            lines.append(f"| {method} | " + " | ".join(_change(entry["against_byg"][k]) for k in RATE_KEYS) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -200,8 +200,9 @@ def directions_table(summary: dict[str, dict]) -> str:
         _, edit_verdict = direction(summary, method, "edit_success", edit_sign)
         _, keep_verdict = direction(summary, method, "preservation", keep_sign)
         seeds = f"{len(entry['training_seeds'])} ({len(summary['byg']['training_seeds'])})"
-        lines.append(f"| {method} | {paper} | {_change(entry, 'edit_success')} | {edit_verdict} | "
-                     f"{_change(entry, 'preservation')} | {keep_verdict} | {_change(entry, 'clean_edit')} | {seeds} |")
+        paired = entry["against_byg"]
+        lines.append(f"| {method} | {paper} | {_change(paired['edit_success'])} | {edit_verdict} | "
+                     f"{_change(paired['preservation'])} | {keep_verdict} | {_change(paired['clean_edit'])} | {seeds} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
