@@ -56,7 +56,10 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    reference on the distilled base is summarised apart (OUT/distilled/seed<S>/supervised; ``distilled`` in
    summary.json): runs on two bases are not averaged together; so is the reference at its own schedule
    (OUT/tuned/seed<S>/supervised, ``tuned_reference``; at other lengths OUT/tuned_<N>/seed<S>/supervised,
-   ``tuned_reference["methods_at_steps"]["<N>"]``).
+   ``tuned_reference["methods_at_steps"]["<N>"]``). Each is also paired tuple by tuple (``byg bench combine
+   --against``): the distilled base's reference against the suite's reference on the base
+   (``distilled_against_base``), and the reference at each longer length against it at the suite's steps
+   (``tuned_reference["changes_at_steps"]["<N>"]``).
 
 --time-limit SECONDS bounds the whole run's wall time (the device tool stops a command at 10 minutes and lends 15
 minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
@@ -93,7 +96,7 @@ from byg_core.config import LR_SCHEDULERS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
-from byg_core.toy.summary import collect, family_table, summarise, summary_text, table  # noqa: E402
+from byg_core.toy.summary import against, against_table, collect, family_table, summarise, summary_text, table  # noqa: E402
 
 TINY_METHODS = ("byg", "supervised", "no_cycle")
 REFERENCE_LORAPLUS = 1.0  # LoRA+ 4 lifted the small base's reference, not the medium's (docs/toy_bench.md)
@@ -329,6 +332,12 @@ def summarise_done(folders: list[Path]) -> dict:
     return summarise(collect(folders)[0]) if folders else {}
 
 
+def paired_done(folders: list[Path], against_folders: list[Path]) -> dict:
+    """``byg bench combine --against``'s changes from the finished runs of ``against_folders`` to those of
+    ``folders`` (the supervised reference on two bases, or at two lengths); empty when either side has none."""
+    return against(collect(folders)[0], collect(against_folders)[0]) if folders and against_folders else {}
+
+
 def main(argv=None) -> int:
     """0 when every job finished; 1 when one failed or the time limit left some unfinished (the summary, written
     either way, covers the finished ones and names the others)."""
@@ -364,16 +373,27 @@ def main(argv=None) -> int:
     summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
     distilled = summarise_done(apart["distilled"])
     tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
+    # paired over the same held-out tuples: the distilled base's reference against the base's (the suite's settings),
+    # and the reference at its own schedule at each longer length against it at the suite's steps
+    on_base = [folder for name, folder in done.items() if name.split("/")[0] not in parts and name.endswith("/supervised")]
+    distilled_change = paired_done(apart["distilled"], on_base)
+    at_suite = apart.get(tuned_part(args, args.suite_steps), [])
+    tuned_change = {steps: paired_done(apart[tuned_part(args, steps)], at_suite)
+                    for steps in args.reference_steps if steps != args.suite_steps}
     finished = {name: records[name]["seconds"] for name in done}
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
             + (summary_text(summary) if summary else "(no run of the suite finished)")
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
                + table(distilled) if distilled else "")
+            + ("\n\nIts change from the reference on the base (the suite's runs), paired over the same held-out tuples:"
+               "\n\n" + against_table(distilled_change) if distilled_change else "")
             + "".join(f"\n\nThe supervised reference at lr {args.reference_lr:g}, {args.reference_lr_scheduler}, "
                       f"LoRA+ ratio {args.reference_loraplus_lr_ratio:g}, {args.reference_n_train} training tuples, "
                       f"LoRA on {args.reference_lora_targets} layers, AdamW beta2 {args.reference_adam_beta2:g}, "
                       f"{steps} steps, edits in {args.reference_edit_steps} sampler steps:\n\n" + table(methods)
                       + "\n\n" + family_table(methods)
+                      + (f"\n\nIts change from {args.suite_steps} steps, paired over the same held-out tuples:\n\n"
+                         + against_table(tuned_change[steps]) if tuned_change.get(steps) else "")
                       for steps, methods in tuned.items() if methods)
             + (f"\n\n{len(unfinished)} of {len(jobs)} bench jobs did not finish (the tables leave them out):\n\n"
                + "\n".join(f"- {name}: {status}" for name, status in unfinished.items()) if unfinished else "")
@@ -385,13 +405,15 @@ def main(argv=None) -> int:
     write_text_atomic(args.out / "summary.md", text)
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
+         "distilled_against_base": distilled_change,
          "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "loraplus_lr_ratio": args.reference_loraplus_lr_ratio, "n_train": args.reference_n_train,
              "lora_targets": args.reference_lora_targets, "adam_beta2": args.reference_adam_beta2,
              "edit_steps": args.reference_edit_steps,
              "methods": tuned.get(args.suite_steps, {}),
-             "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps}},
+             "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps},
+             "changes_at_steps": {str(steps): c for steps, c in tuned_change.items() if c}},
          "jobs": records, "unfinished": unfinished, "time_limit": args.time_limit,
          "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
     print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")

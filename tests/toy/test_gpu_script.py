@@ -49,6 +49,13 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
     assert "distilled at guidance 6 (2 steps, " in printed and "s): its samples read back right unguided" in printed
     assert "The supervised reference on the base distilled at guidance 6:" in printed
+    # ... and paired against the suite's reference on the base, tuple by tuple (byg bench combine --against)
+    change = summary["distilled_against_base"]["supervised"]
+    suite = [json.loads((tmp_path / f"seed{s}" / "supervised" / "results.json").read_text())["methods"]["supervised"]
+             for s in (0, 1)]
+    assert change["clean_edit"]["change"] == pytest.approx(
+        summary["distilled"]["supervised"]["clean_edit"] - sum(r["clean_edit"] for r in suite) / 2)
+    assert "Its change from the reference on the base (the suite's runs), paired" in printed
     # the reference at its own schedule: its runs really trained at it, summarised apart from the suite's own
     tuned = summary["tuned_reference"]
     assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
@@ -73,6 +80,10 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert tuned["methods_at_steps"]["6"]["supervised"]["clean_edit_by_training_seed"][0] == json.loads(
         (tmp_path / "tuned_6" / "seed0" / "supervised" / "results.json").read_text())["methods"]["supervised"]["clean_edit"]
     assert f"The supervised reference at lr 0.01, cosine, {plus}, 6 steps, edits in 3 sampler steps:" in printed
+    longer_change = tuned["changes_at_steps"]["6"]["supervised"]["edit_success"]["change"]
+    assert longer_change == pytest.approx(tuned["methods_at_steps"]["6"]["supervised"]["edit_success"]
+                                          - tuned["methods"]["supervised"]["edit_success"])
+    assert "Its change from 2 steps, paired over the same held-out tuples:" in printed
     assert tuned["edit_steps"] == 3
     # run again into the same folder: refused before the base is pretrained again, every file as it was
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
