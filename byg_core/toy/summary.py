@@ -40,6 +40,11 @@ def _comparable(report: dict) -> dict:
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
 
 
+def settings_differ(key: dict, other: dict) -> list[str]:
+    """What two settings' runs differ in (``_comparable``'s keys), each as 'name: this vs other'."""
+    return [f"{k}: {key.get(k)} vs {other.get(k)}" for k in {**key, **other} if key.get(k) != other.get(k)]
+
+
 def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], dict]:
     """method -> training seed -> its figures, from each folder's results.json, and what the runs share
     (``_comparable``); refuses runs that do not compare."""
@@ -59,9 +64,9 @@ def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], 
         key = _comparable(report)
         if first is None:
             first = (path, key)
-        differ = [k for k in {**first[1], **key} if key.get(k) != first[1].get(k)]
+        differ = settings_differ(key, first[1])
         if differ:
-            raise ValueError(f"{path} and {first[0]} differ in {', '.join(differ)}: only runs that differ in the "
+            raise ValueError(f"{path} and {first[0]} differ in {'; '.join(differ)}: only runs that differ in the "
                              "training seed alone can be combined")
         seed = report["settings"]["seed"]
         for method, figures in report["methods"].items():
@@ -121,11 +126,6 @@ def against(runs: dict[str, dict[int, dict]], other: dict[str, dict[int, dict]])
             change, low, high = paired_change(_per_tuple(runs[method], key), _per_tuple(other[method], key))
             changes[method][key] = {"change": change, "ci": [low, high]}
     return changes
-
-
-def settings_differ(key: dict, other: dict) -> list[str]:
-    """What two settings' runs differ in (``_comparable``'s keys), each as 'name: this vs other'."""
-    return [f"{k}: {key.get(k)} vs {other.get(k)}" for k in {**key, **other} if key.get(k) != other.get(k)]
 
 
 def _cell(entry: dict, key: str) -> str:
