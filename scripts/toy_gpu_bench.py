@@ -10,6 +10,11 @@
     bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # on the device tool's GPU machine (that script says how)
 
 It runs from a checkout as it is (the pack need not be installed: the GPU machine's python3 has not got it).
+Pretraining and distillation print their step, seconds and loss ten times each, so the log shows the device's speed
+even if the run is stopped; with --time-limit the base's pretraining stops by 0.4 of it and the distillation by 0.5
+(PRETRAIN_SHARE, DISTILL_SHARE), the base saved as trained so far ("N of M steps ... stopped by the time limit" in the
+log and planned_steps in summary.json: its learning rate not decayed, so the next run's --pretrain-steps should be
+about N), so the bench jobs always keep half the time and a summary is written.
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
 not yet run on one, so the first run's timings are what to size the next by; the distillation, the three
@@ -105,6 +110,9 @@ REFERENCE_LORAPLUS = 1.0  # LoRA+ 4 lifted the small base's reference, not the m
 REFERENCE_N_TRAIN = 38400
 REFERENCE_LORA_TARGETS = "all-linear"  # on the CPU: +0.020 clean edits for the medium base's reference, three seeds
 REFERENCE_ADAM_BETA2 = 0.95  # on the CPU, on top of every linear layer: 0.914 clean edits (+0.028), three seeds
+# With --time-limit, the base's pretraining stops by this share of it and its distillation by the next: a device of
+# unknown speed still leaves the bench jobs half the time and the log its timings (a base stopped early is undecayed)
+PRETRAIN_SHARE, DISTILL_SHARE = 0.4, 0.5
 DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
 
 
@@ -213,20 +221,38 @@ def base_files(args: argparse.Namespace) -> tuple[Path, Path]:
             args.out / f"toy_base_{args.base_size}_distilled.safetensors")
 
 
-def make_base(args: argparse.Namespace, deadline: float | None = None) -> dict:
-    """Pretrain the base, its sample accuracy unguided and guided; then, unless ``deadline`` has passed, its
-    guidance-distilled copy's, unguided."""
+def progress_printer(name: str, steps: int):
+    """Prints a pretraining's step, seconds and loss ten times over its ``steps``: the log shows the device's speed
+    even if the run is stopped before its summary."""
+    start, every = time.perf_counter(), max(1, steps // 10)
+
+    def progress(step: int, terms: dict) -> None:
+        if step % every == 0 or step == steps:
+            print(f"{name} {step}/{steps}: {time.perf_counter() - start:.0f} s, loss {terms['loss_avg']:.4f}", flush=True)
+
+    return progress
+
+
+def make_base(args: argparse.Namespace, start: float | None = None) -> dict:
+    """Pretrain the base, its sample accuracy unguided and guided; then its guidance-distilled copy's, unguided.
+    With a time limit (from ``start``), pretraining stops by PRETRAIN_SHARE of it, the distillation by DISTILL_SHARE
+    (and starts only before that)."""
     path, distilled = base_files(args)
+    limit = None if start is None or args.time_limit is None else args.time_limit
+    stop_at = {share: None if limit is None else start + share * limit for share in (PRETRAIN_SHARE, DISTILL_SHARE)}
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
-                      size=args.base_size, device=args.device, p_uncond=args.p_uncond)
+                      size=args.base_size, device=args.device, p_uncond=args.p_uncond,
+                      progress=progress_printer("pretrain", args.pretrain_steps), stop_at=stop_at[PRETRAIN_SHARE])
     accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
     base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
             "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
-    if args.distill_steps and (deadline is None or time.perf_counter() < deadline):
+    if args.distill_steps and (limit is None or time.perf_counter() < stop_at[DISTILL_SHARE]):
         base["distilled"] = {
             "path": str(distilled),
             "pretrain": pretrain(steps=args.distill_steps, batch_size=args.pretrain_batch, lr=args.distill_lr,
-                                 out_path=distilled, device=args.device, init=path, distill_guidance=args.guidance),
+                                 out_path=distilled, device=args.device, init=path, distill_guidance=args.guidance,
+                                 progress=progress_printer("distill", args.distill_steps),
+                                 stop_at=stop_at[DISTILL_SHARE]),
             "sample_accuracy": sample_accuracy(args, distilled, 1.0)}
     return base
 
@@ -338,6 +364,13 @@ def paired_done(folders: list[Path], against_folders: list[Path]) -> dict:
     return against(collect(folders)[0], collect(against_folders)[0]) if folders and against_folders else {}
 
 
+def stopped(report: dict) -> str:
+    """A pretraining's steps, and whether the time limit stopped it early."""
+    planned = report.get("planned_steps")
+    return (f"{report['steps']} of {planned} steps (stopped by the time limit, its learning rate not decayed)" if planned
+            else f"{report['steps']} steps")
+
+
 def main(argv=None) -> int:
     """0 when every job finished; 1 when one failed or the time limit left some unfinished (the summary, written
     either way, covers the finished ones and names the others)."""
@@ -350,9 +383,11 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     deadline = None if args.time_limit is None else start + args.time_limit
-    base_report = make_base(args, deadline)
+    base_report = make_base(args, start)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the bench processes share the GPU: this one keeps no cached pretraining memory
     accuracy, guided = base_report["sample_accuracy"], base_report["sample_accuracy_guided"]
-    print(f"base {args.base_size} ({base_report['pretrain']['parameters']} parameters, {args.pretrain_steps} steps at "
+    print(f"base {args.base_size} ({base_report['pretrain']['parameters']} parameters, {stopped(base_report['pretrain'])} at "
           f"batch {args.pretrain_batch}, {base_report['pretrain']['seconds']:.0f} s; "
           f"{time.perf_counter() - start:.0f} s with its readings): its samples read back right "
           + ", ".join(f"{k} {accuracy[k]:.3f} ({guided[k]:.3f} at guidance {args.guidance:g})"
@@ -360,7 +395,7 @@ def main(argv=None) -> int:
           + f" ({accuracy['n']} captions)", flush=True)
     if "distilled" in base_report:
         drawn = base_report["distilled"]["sample_accuracy"]
-        print(f"distilled at guidance {args.guidance:g} ({args.distill_steps} steps, "
+        print(f"distilled at guidance {args.guidance:g} ({stopped(base_report['distilled']['pretrain'])}, "
               f"{base_report['distilled']['pretrain']['seconds']:.0f} s): its samples read back right "
               "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
               flush=True)

@@ -174,6 +174,7 @@ def pretrain(
     p_uncond: float = 0.0,
     distill_guidance: float = 1.0,
     adam_beta2: float = 0.999,
+    stop_at: float | None = None,
 ) -> dict:
     """Pretrain the toy base by text-to-image flow matching and save it; deterministic from ``seed``.
 
@@ -191,6 +192,9 @@ def pretrain(
     ``init`` (pretrained with p_uncond > 0) is the frozen teacher and the copy trained regresses its guided
     velocity ``v_u + w (v_c - v_u)`` instead of ``eps - x``, so it draws unguided what the teacher draws guided.
     ``adam_beta2``: AdamW's second-moment decay (torch's 0.999 by default, as every base so far).
+    ``stop_at``: a ``time.perf_counter()`` reading past which no further step starts (a time-limited run on a device
+    of unknown speed): the base is saved as trained so far, its learning rate not yet decayed, and ``steps`` records
+    the steps done, ``planned_steps`` the ``steps`` asked for.
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("t_shift", t_shift),
                         ("distill_guidance", distill_guidance)):
@@ -226,8 +230,11 @@ def pretrain(
     generator = torch.Generator().manual_seed(seed)
     sample_t = TIMESTEP_SAMPLERS[timesteps](shift=t_shift, mean=t_mean)
     warmup = max(1, min(100, steps // 10))
-    smoothed = None
+    smoothed, done = None, steps
     for step in range(steps):
+        if stop_at is not None and time.perf_counter() >= stop_at:
+            done = step
+            break
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
         scenes = [random_scene(scenes_rng) for _ in range(batch_size)]
@@ -254,7 +261,7 @@ def pretrain(
             progress(step + 1, {"loss": value, "loss_avg": smoothed})
     transformer.eval().requires_grad_(False)
     info = dict(
-        steps=steps, seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
+        steps=done, **({} if done == steps else dict(planned_steps=steps)), seed=seed, batch_size=batch_size, lr=lr, timesteps=timesteps, size=size, device=str(device),
         **started,
         **({} if (t_mean, t_shift) == (0.0, 1.0) else dict(t_mean=t_mean, t_shift=t_shift)),
         **({} if p_uncond == 0.0 else dict(p_uncond=p_uncond)),

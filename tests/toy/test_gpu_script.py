@@ -46,7 +46,9 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert on_distilled["base"] == distilled["path"]
     assert summary["distilled"]["supervised"]["clean_edit_by_training_seed"][1] == on_distilled["methods"]["supervised"]["clean_edit"]
     printed = capsys.readouterr().out
-    assert printed.startswith("base medium") and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
+    # pretraining prints its progress (the device's speed reaches the log even if the run is stopped), then the base
+    assert printed.startswith("pretrain 1/3: ") and "pretrain 3/3: " in printed and "distill 2/2: " in printed
+    assert "\nbase medium" in printed and "3 steps at batch 4" in printed and "at guidance 6" in printed and "| no_cycle | edits more, preserves less |" in printed
     assert "distilled at guidance 6 (2 steps, " in printed and "s): its samples read back right unguided" in printed
     assert "The supervised reference on the base distilled at guidance 6:" in printed
     # ... and paired against the suite's reference on the base, tuple by tuple (byg bench combine --against)
@@ -117,10 +119,13 @@ def test_past_its_time_limit_the_gpu_bench_writes_its_base_and_a_summary_that_na
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["base"]["sample_accuracy"]) >= {"shape", "shape_color", "bg_color", "all"}
     assert "distilled" not in summary["base"]  # a phase past the limit does not start
+    # pretraining stops by its share of the limit, here before its first step: the base is saved, and says so
+    assert (summary["base"]["pretrain"]["steps"], summary["base"]["pretrain"]["planned_steps"]) == (0, 3)
     jobs = script.bench_jobs(script.parse_args(["--tiny", "--out", str(tmp_path), "--device", "cpu"]), tmp_path)
     assert summary["unfinished"] == {name: script.NOT_STARTED for name in jobs}
     assert summary["methods"] == {} and summary["time_limit"] == 0.001
     printed = capsys.readouterr().out
+    assert ", 0 of 3 steps (stopped by the time limit, its learning rate not decayed) at batch 4, " in printed
     assert f"{len(jobs)} of {len(jobs)} bench jobs did not finish" in printed and "- seed1/no_cycle: not started" in printed
 
 

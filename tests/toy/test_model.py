@@ -122,6 +122,32 @@ def test_pretrain_reports_progress_and_writes_atomically(tmp_path, monkeypatch):
     assert [step for step, _ in seen] == [1, 2] and "loss" in seen[0][1]
 
 
+def test_pretrain_stops_at_stop_at_and_saves_the_base_trained_so_far(tmp_path, monkeypatch):
+    """A time-limited run (the GPU script's): past ``stop_at`` no step starts; the base is saved and says so."""
+    import types
+
+    clock = [0.0]
+    monkeypatch.setattr("byg_core.toy.model.time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    seen = []
+
+    def progress(step, terms):
+        seen.append(step)
+        if step == 2:
+            clock[0] = 10.0  # the time passes stop_at during the second step
+
+    report = pretrain(steps=6, seed=3, batch_size=2, out_path=tmp_path / "b.safetensors", progress=progress, stop_at=5.0)
+    assert seen == [1, 2] and (report["steps"], report["planned_steps"]) == (2, 6)
+    recorded = json.loads(load_checked(report["path"], "toy base")[1]["pretrain"])
+    assert (recorded["steps"], recorded["planned_steps"]) == (2, 6)
+    # two steps trained: neither the untrained init nor the whole run (which a later stop_at lets finish)
+    full = pretrain(steps=6, seed=3, batch_size=2, out_path=tmp_path / "full.safetensors", stop_at=50.0)
+    assert full["steps"] == 6 and "planned_steps" not in full
+    weights = {name: load_checked(r["path"], "toy base")[0]["transformer.proj_out.weight"]
+               for name, r in (("stopped", report), ("full", full))}
+    init = build_toy_backbone(None, seed=3).transformer.proj_out.weight
+    assert not torch.equal(weights["stopped"], init) and not torch.equal(weights["stopped"], weights["full"])
+
+
 def test_a_larger_base_size_pretrains_saves_and_loads_as_that_architecture(tmp_path):
     from byg_core.toy.model import BASE_SIZES, base_weights, toy_flux_config
 
