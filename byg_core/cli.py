@@ -231,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
-    from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, base_weights, pretrain
+    from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, SHIPPED_PRETRAIN_STEPS, base_weights, pretrain
 
     check_device(args.device)
     # Checked before anything is built: --steps -3 had written an untrained base, --batch-size 0 failed in torch.stack
@@ -240,7 +240,7 @@ def cmd_toy_pretrain(args: argparse.Namespace) -> int:
                            ("--adam-beta2", args.adam_beta2)],
                  shares=[("--p-uncond", args.p_uncond), ("--adam-beta2", args.adam_beta2)])
     out = Path(args.out or base_weights(args.base_size))
-    steps = args.steps or PRETRAIN_STEPS
+    steps = args.steps or (PRETRAIN_STEPS if args.init else SHIPPED_PRETRAIN_STEPS.get(args.base_size, PRETRAIN_STEPS))
     if args.init and Path(args.init).resolve() == out.resolve():
         raise ValueError(f"--init {args.init} and --out are the same file; write the continued base elsewhere (--out)")
     if not args.overwrite:
@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--edit-steps", type=int, default=None,
                        help="sampler steps of every method's edits of the held-out tuples (default: the bench's 20); "
                             "results.json records it")
-    _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets), made by `byg toy pretrain`")
+    _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets: small and medium ship; large is made "
+                          "by `byg toy pretrain --base-size large`)")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")
     bench.add_argument("--methods", default=None,
                        help="comma-separated methods of the suite to run (default: all), e.g. identity,byg")
@@ -402,14 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
     pretrain.add_argument("--steps", type=int, default=None,
-                          help="default: the shipped base's step count (about 33 min on one core)")
+                          help="default: the shipped base's of --base-size (small 20000 steps, about 38 min on one "
+                               "core; medium 7000, about an hour; large 20000); with --init 20000")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=32)
     _add_base_size(pretrain, "the architecture")
     pretrain.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                           help="cuda or cpu (default: cuda when there is one)")
     pretrain.add_argument("--out", default=None,
-                          help="default: the size's file in byg_core/toy/assets (small: the shipped base)")
+                          help="default: the size's file in byg_core/toy/assets (the shipped base for small and "
+                               "medium: refused unless --overwrite)")
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     pretrain.add_argument("--lr", type=float, default=None,
                           help="peak learning rate, cosine decay to a tenth (default: the shipped base's)")

@@ -247,6 +247,13 @@ def test_the_cli_pretrains_a_base_size_and_benches_on_it(tmp_path, capsys, monke
     monkeypatch.setattr("byg_core.toy.model.DEFAULT_TOY_WEIGHTS", tmp_path / "assets" / "toy_base.safetensors")
     assert byg(["bench", "--smoke", "--base-size", "large", "--out", str(out)]) == 2
     assert "byg toy pretrain --base-size large" in capsys.readouterr().err
+    # without --steps, a size pretrains as long as its shipped base did (a continuation: PRETRAIN_STEPS)
+    asked = []
+    monkeypatch.setattr("byg_core.toy.model.pretrain", lambda **kwargs: asked.append(kwargs) or {})
+    for flags in (["--base-size", "medium"], [], ["--base-size", "medium", "--init", str(base)]):
+        assert byg(["toy", "pretrain", *flags, "--out", str(tmp_path / f"never{len(asked)}.safetensors")]) == 0
+    assert [kwargs["steps"] for kwargs in asked] == [7000, 20000, 20000]
+    assert [kwargs["size"] for kwargs in asked[:2]] == ["medium", "small"]
     if not torch.cuda.is_available():  # asked for a GPU that is not there: said before anything loads
         assert byg(["toy", "pretrain", "--device", "cuda", "--out", str(tmp_path / "x.safetensors")]) == 2
         assert "no GPU" in capsys.readouterr().err
