@@ -233,20 +233,20 @@ def progress_printer(name: str, steps: int):
     return progress
 
 
-def make_base(args: argparse.Namespace, start: float | None = None) -> dict:
+def make_base(args: argparse.Namespace, start: float) -> dict:
     """Pretrain the base, its sample accuracy unguided and guided; then its guidance-distilled copy's, unguided.
-    With a time limit (from ``start``), pretraining stops by PRETRAIN_SHARE of it, the distillation by DISTILL_SHARE
-    (and starts only before that)."""
+    With a time limit (counted from ``start``), pretraining stops by PRETRAIN_SHARE of it, the distillation by
+    DISTILL_SHARE (and starts only before that)."""
     path, distilled = base_files(args)
-    limit = None if start is None or args.time_limit is None else args.time_limit
-    stop_at = {share: None if limit is None else start + share * limit for share in (PRETRAIN_SHARE, DISTILL_SHARE)}
+    stop_at = {share: None if args.time_limit is None else start + share * args.time_limit
+               for share in (PRETRAIN_SHARE, DISTILL_SHARE)}
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
                       size=args.base_size, device=args.device, p_uncond=args.p_uncond,
                       progress=progress_printer("pretrain", args.pretrain_steps), stop_at=stop_at[PRETRAIN_SHARE])
     accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
     base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
             "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
-    if args.distill_steps and (limit is None or time.perf_counter() < stop_at[DISTILL_SHARE]):
+    if args.distill_steps and (stop_at[DISTILL_SHARE] is None or time.perf_counter() < stop_at[DISTILL_SHARE]):
         base["distilled"] = {
             "path": str(distilled),
             "pretrain": pretrain(steps=args.distill_steps, batch_size=args.pretrain_batch, lr=args.distill_lr,
