@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
     pretrain.add_argument("--steps", type=int, default=None,
                           help="default: the shipped base's of --base-size (small 20000 steps, about 38 min on one "
-                               "core; medium 7000, about an hour; large 20000); with --init 20000")
+                               "core; medium 7000, about an hour, which the shipped medium base continues 2000 steps "
+                               "with --p-uncond 0.1 --lr 5e-4; large 20000); with --init 20000")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=32)
     _add_base_size(pretrain, "the architecture")

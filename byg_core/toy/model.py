@@ -75,9 +75,13 @@ TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
 # the sampler's step count (10-100) changed nothing.
 PRETRAIN_STEPS = 20000
 # The shipped medium base, toy_base_medium.safetensors (not the demo's: 3.5x the CPU time per step): 7000 steps at
-# batch 32 (about an hour on one core). The supervised reference on it passes 0.9 clean edits at the bench's budget
-# with its tuned settings (docs/toy_bench.md, issue 17 part 2); `byg bench --base-size medium` benches on it.
+# batch 32 (about an hour on one core; `byg toy pretrain --base-size medium`), then continued with a tenth of the
+# captions dropped (SHIPPED_MEDIUM_CONTINUATION: `byg toy pretrain --init THAT --steps 2000 --lr 5e-4 --p-uncond 0.1`,
+# 18 min), so that it also has the unconditional velocity classifier-free guidance needs: guided at 8 its samples
+# read back right 0.95, and the supervised reference on it passes 0.9 clean edits at the bench's budget with its
+# tuned settings (docs/toy_bench.md, issue 17 part 2); `byg bench --base-size medium` benches on it.
 SHIPPED_PRETRAIN_STEPS = {"small": PRETRAIN_STEPS, "medium": 7000}
+SHIPPED_MEDIUM_CONTINUATION = dict(steps=2000, lr=5e-4, p_uncond=0.1)
 PRETRAIN_LR = 2e-3  # peak; linear warm-up, then cosine decay to a tenth (_learning_rate)
 
 Progress = Callable[[int, dict], None]
