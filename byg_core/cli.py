@@ -210,7 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
                            ("--n-train", args.n_train), ("--edit-steps", args.edit_steps),
-                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2)],
+                           ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2),
+                           *[("--baseline-guidance", w) for w in args.baseline_guidance or ()]],
                  shares=[("--adam-beta2", args.adam_beta2)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
@@ -225,7 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
-              lora_targets=args.lora_targets, adam_beta2=args.adam_beta2,
+              lora_targets=args.lora_targets, adam_beta2=args.adam_beta2, baseline_guidance=args.baseline_guidance,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -388,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--edit-steps", type=int, default=None,
                        help="sampler steps of every method's edits of the held-out tuples (default: the bench's 20); "
                             "results.json records it")
+    bench.add_argument("--baseline-guidance", type=float, nargs=2, default=None, metavar=("SRC", "TGT"),
+                       help="classifier-free guidance of the zero-shot baselines against the empty prompt: FlowEdit's "
+                            "source and target velocities, SDEdit's target (default: 1 1, unguided; FlowEdit's paper "
+                            "samples FLUX at 1.5 5.5); needs a base pretrained with --p-uncond, as the shipped medium "
+                            "one; results.json records it")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets: small and medium ship; large is made "
                           "by `byg toy pretrain --base-size large`)")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")

@@ -2,7 +2,8 @@
 
 ``edit`` integrates the flow ODE of ``G_edit(y_t, t, c, x)`` from noise with the backbone's
 diffusers scheduler (Euler for FLUX, UniPC for Wan, as the paper's inference does).
-``sdedit`` and ``flowedit`` use only the frozen base ``G_t2i`` and two captions.
+``sdedit`` and ``flowedit`` use only the frozen base ``G_t2i`` and two captions, each caption's velocity
+optionally with classifier-free guidance (``guided_velocity``), as their papers sample.
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def edit(
         )
 
 
+def guided_velocity(
+    backbone: EditBackbone, y: torch.Tensor, t: torch.Tensor, text: TextCond, uncond: TextCond | None, w: float
+) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): v_u + w (v_c - v_u), v_u the velocity under the empty prompt
+    ``uncond`` (a base trained with dropped captions has one); w = 1 is v_c alone and needs no ``uncond``."""
+    v_c = backbone.velocity(y, t, text)
+    if w == 1.0:
+        return v_c
+    if uncond is None:
+        raise ValueError(f"classifier-free guidance {w:g} needs the empty prompt's conditioning (uncond)")
+    v_u = backbone.velocity(y, t, as_batch(uncond, y.shape[0]))
+    return v_u + w * (v_c - v_u)
+
+
 def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float, latent_shape: Sequence[int]) -> list[float]:
     """The backbone scheduler's t grid for ``steps`` steps, cut to start at ``t_start`` (SDEdit/FlowEdit)."""
     sigmas = [float(s) for s in backbone.schedule(steps, latent_shape).sigmas]
@@ -102,14 +117,18 @@ def sdedit(
     strength: float = 0.6,
     steps: int = 20,
     seed: int = 0,
+    guidance: float = 1.0,
+    uncond: TextCond | None = None,
 ) -> torch.Tensor:
-    """SDEdit (Meng et al.): noise the source to t = strength, then denoise with the target caption."""
+    """SDEdit (Meng et al.): noise the source to t = strength, then denoise with the target caption (at
+    classifier-free ``guidance`` against ``uncond``, the empty prompt's conditioning, when it is not 1)."""
     p_tgt = as_batch(p_tgt, x.shape[0])
     grid = _sigma_grid(backbone, steps, strength, x.shape)
     y = noise(x, initial_noise(x.shape, seed, x.device, x.dtype), torch.full((x.shape[0],), grid[0], device=x.device))
     with base_model(adapters):
         for s, s_next in zip(grid[:-1], grid[1:]):
-            y = y + (s_next - s) * backbone.velocity(y, torch.full((x.shape[0],), s, device=x.device), p_tgt)
+            t = torch.full((x.shape[0],), s, device=x.device)
+            y = y + (s_next - s) * guided_velocity(backbone, y, t, p_tgt, uncond, guidance)
     return y
 
 
@@ -124,10 +143,15 @@ def flowedit(
     t_max: float = 0.8,
     n_avg: int = 1,
     seed: int = 0,
+    src_guidance: float = 1.0,
+    tgt_guidance: float = 1.0,
+    uncond: TextCond | None = None,
 ) -> torch.Tensor:
     """FlowEdit (Kulikov et al.): inversion-free, integrates v(z_tgt, p_tgt) - v(z_src, p_src) from x.
 
     z_src = (1 - t) x + t eps,  z_tgt = z_fe + z_src - x,  z_fe <- z_fe + (t_next - t) * mean(v_delta).
+    Each velocity at its own classifier-free guidance against ``uncond`` (the paper's FLUX setting: source 1.5,
+    target 5.5; 1 and 1: unguided).
     """
     batch = x.shape[0]
     p_src, p_tgt = as_batch(p_src, batch), as_batch(p_tgt, batch)
@@ -142,7 +166,8 @@ def flowedit(
                 eps = initial_noise(x.shape, int(generator.integers(2**31)), x.device, x.dtype)
                 z_src = noise(x, eps, t)
                 z_tgt = z_fe + z_src - x
-                v_delta += backbone.velocity(z_tgt, t, p_tgt) - backbone.velocity(z_src, t, p_src)
+                v_delta += (guided_velocity(backbone, z_tgt, t, p_tgt, uncond, tgt_guidance)
+                            - guided_velocity(backbone, z_src, t, p_src, uncond, src_guidance))
             z_fe = z_fe + (s_next - s) * v_delta / n_avg
     return z_fe
 

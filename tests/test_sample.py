@@ -1,9 +1,11 @@
 """Inference: the ODE solver's time convention, seeding, and the two zero-shot baselines."""
 
+import pytest
 import torch
 
 from byg_core.adapters import BASE, EMA, Adapters, LoraSpec
-from byg_core.sample import edit, flowedit, integrate, sdedit
+from byg_core.objective import noise
+from byg_core.sample import _sigma_grid, as_batch, edit, flowedit, guided_velocity, initial_noise, integrate, sdedit
 
 
 def test_integrating_the_straight_flow_lands_on_the_data(flux_backbone):
@@ -44,3 +46,48 @@ def test_sdedit_at_zero_strength_keeps_the_source_and_at_full_strength_ignores_i
     far = sdedit(flux_backbone, None, x, p, strength=1.0, steps=6, seed=4)
     other = sdedit(flux_backbone, None, -x, p, strength=1.0, steps=6, seed=4)
     assert torch.allclose(far, other, atol=1e-5)
+
+
+def test_guided_velocity_is_classifier_free_guidance_against_the_empty_prompt(flux_backbone):
+    torch.manual_seed(0)
+    y, t = torch.randn(2, 3, 8, 8), torch.tensor([0.7, 0.3])
+    c = flux_backbone.encode_text(["a red circle on a blue background", "a green square on a red background"])
+    empty = flux_backbone.encode_text([""])
+    v_c, v_u = flux_backbone.velocity(y, t, c), flux_backbone.velocity(y, t, as_batch(empty, 2))
+    assert not torch.allclose(v_u, v_c, atol=1e-4)  # the empty prompt's velocity is another one
+    assert torch.allclose(guided_velocity(flux_backbone, y, t, c, empty, 4.0), v_u + 4.0 * (v_c - v_u), atol=1e-6)
+    assert torch.equal(guided_velocity(flux_backbone, y, t, c, None, 1.0), v_c)  # w = 1: no empty prompt needed
+    with pytest.raises(ValueError, match="guidance 4 needs the empty prompt"):
+        guided_velocity(flux_backbone, y, t, c, None, 4.0)
+
+
+def test_guided_sdedit_denoises_along_the_guided_velocity(flux_backbone):
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    p, empty = flux_backbone.encode_text(["a green circle on a blue background"]), flux_backbone.encode_text([""])
+    got = sdedit(flux_backbone, None, x, p, strength=0.6, steps=6, seed=3, guidance=5.5, uncond=empty)
+    grid = _sigma_grid(flux_backbone, 6, 0.6, x.shape)
+    y = noise(x, initial_noise(x.shape, 3, x.device, x.dtype), torch.full((2,), grid[0]))
+    for s, s_next in zip(grid[:-1], grid[1:]):  # Euler on v_u + w (v_c - v_u)
+        t = torch.full((2,), s)
+        v_c, v_u = flux_backbone.velocity(y, t, as_batch(p, 2)), flux_backbone.velocity(y, t, as_batch(empty, 2))
+        y = y + (s_next - s) * (v_u + 5.5 * (v_c - v_u))
+    assert len(grid) > 2 and torch.allclose(got, y, atol=1e-5)
+    unguided = sdedit(flux_backbone, None, x, p, strength=0.6, steps=6, seed=3)
+    assert torch.equal(sdedit(flux_backbone, None, x, p, strength=0.6, steps=6, seed=3, uncond=empty), unguided)
+    assert not torch.allclose(got, unguided, atol=1e-4)
+
+
+def test_guided_flowedit_keeps_the_source_at_equal_prompts_and_guidance_and_edits_otherwise(flux_backbone):
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    p = flux_backbone.encode_text(["a red circle on a blue background"])
+    q = flux_backbone.encode_text(["a green circle on a blue background"])
+    empty = flux_backbone.encode_text([""])
+    same = flowedit(flux_backbone, None, x, p, p, steps=6, src_guidance=3.0, tgt_guidance=3.0, uncond=empty)
+    assert torch.allclose(same, x, atol=1e-6)
+    # at equal prompts, unequal guidance is an edit: the target velocity is pushed further from the empty prompt's
+    assert not torch.allclose(flowedit(flux_backbone, None, x, p, p, steps=6, src_guidance=1.5, tgt_guidance=5.5,
+                                       uncond=empty), x, atol=1e-4)
+    unguided = flowedit(flux_backbone, None, x, p, q, steps=6)
+    assert torch.equal(flowedit(flux_backbone, None, x, p, q, steps=6, uncond=empty), unguided)
+    assert not torch.allclose(flowedit(flux_backbone, None, x, p, q, steps=6, src_guidance=1.5, tgt_guidance=5.5,
+                                       uncond=empty), unguided, atol=1e-4)

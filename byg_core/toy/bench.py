@@ -36,7 +36,7 @@ from ..safefiles import write_text_atomic
 from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
 from .metrics import RATE_KEYS, aggregate_seeds, evaluate_edit
-from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone
+from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional
 from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tuples
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
@@ -84,6 +84,11 @@ class ToySettings:
     # worse: docs/toy_bench.md)
     shift: float = PRESETS["toy"]["shift"]  # one value for the bench, the demo and the "toy" preset
     edit_steps: int = 20
+    # classifier-free guidance of the zero-shot baselines against the empty prompt (sample.guided_velocity): FlowEdit's
+    # source and target velocities, SDEdit's target. 1, 1: unguided, the only choice on a base pretrained without
+    # dropped captions (the small one); FlowEdit's paper samples FLUX at source 1.5, target 5.5
+    baseline_src_guidance: float = 1.0
+    baseline_tgt_guidance: float = 1.0
     n_train: int = 1024
     n_eval: int = 96  # held-out tuples per split (seen, unseen colour pairs), as many of each edit family
     seed: int = 0  # training: tuples, LoRA init, batches
@@ -108,6 +113,9 @@ class ToySettings:
         for name in ("edit_steps", "n_train", "n_eval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("baseline_src_guidance", "baseline_tgt_guidance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
@@ -274,11 +282,15 @@ def run_methods(
 
     base, seeds = Adapters(backbone, _spec(backbone, settings)), settings.noise_seeds
     sources = render_batch([t.source for t in eval_tuples])
+    src_w, tgt_w = settings.baseline_src_guidance, settings.baseline_tgt_guidance
+    uncond = None if src_w == tgt_w == 1.0 else backbone.encode_text([""])
     timed("identity", lambda: (sources.expand(len(seeds), *sources.shape), []))  # the same output for every seed
     timed("sdedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: sdedit(
-        backbone, base, b.x, b.p_tgt, strength=0.6, steps=settings.edit_steps, seed=seed), seeds), []))
+        backbone, base, b.x, b.p_tgt, strength=0.6, steps=settings.edit_steps, seed=seed, guidance=tgt_w,
+        uncond=uncond), seeds), []))
     timed("flowedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: flowedit(
-        backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=seed), seeds), []))
+        backbone, base, b.x, b.p_src, b.p_tgt, steps=settings.edit_steps, seed=seed, src_guidance=src_w,
+        tgt_guidance=tgt_w, uncond=uncond), seeds), []))
     for name, overrides in _trained_methods(settings, suite).items():
         timed(name, trained(name, **overrides))
     return results, eval_tuples
@@ -420,12 +432,25 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
     return dataclasses.replace(settings, steps=steps, warmup_identity_steps=warmup, seed=seed)
 
 
+def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
+    """Guided baselines need the unconditional velocity, which only a base pretrained with dropped captions has."""
+    guided = (settings.baseline_src_guidance, settings.baseline_tgt_guidance) != (1.0, 1.0)
+    if guided and {"sdedit", "flowedit"} & set(methods) and not has_unconditional(base):
+        raise ValueError(
+            f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
+            f"{base} was pretrained without dropped captions, so it has no unconditional velocity to guide against; "
+            "leave --baseline-guidance at 1 1, or bench a base pretrained with --p-uncond (the shipped medium one: "
+            "--base-size medium)"
+        )
+
+
 def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: int = 0, device: str | None = None,
               base: str | Path | None = None, methods: Sequence[str] | None = None,
               settings: ToySettings | None = None, lr: float | None = None, lr_scheduler: str | None = None,
               batch_size: int | None = None, edit_steps: int | None = None,
               loraplus_lr_ratio: float | None = None, n_train: int | None = None,
-              lora_targets: str | None = None, adam_beta2: float | None = None) -> dict:
+              lora_targets: str | None = None, adam_beta2: float | None = None,
+              baseline_guidance: tuple[float, float] | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
@@ -433,7 +458,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     ``lr``, ``lr_scheduler``, ``loraplus_lr_ratio``, ``adam_beta2``, ``batch_size``, ``n_train`` and ``lora_targets``
     replace its learning rate, its schedule, its LoRA+ ratio, AdamW's second-moment decay, its tuples per step, its
     distinct training tuples and the layers its LoRA wraps for every trained method;
-    ``edit_steps`` every method's sampler steps on the held-out tuples.
+    ``edit_steps`` every method's sampler steps on the held-out tuples; ``baseline_guidance`` (source, target) the
+    zero-shot baselines' classifier-free guidance (a base pretrained with dropped captions only).
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
@@ -442,7 +468,12 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
                                    adam_beta2=adam_beta2 or settings.adam_beta2,
                                    batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
                                    lora_targets=lora_targets or settings.lora_targets,
-                                   edit_steps=edit_steps or settings.edit_steps).validate()
+                                   edit_steps=edit_steps or settings.edit_steps)
+    if baseline_guidance is not None:
+        settings = dataclasses.replace(settings, baseline_src_guidance=baseline_guidance[0],
+                                       baseline_tgt_guidance=baseline_guidance[1])
+    settings.validate()
+    check_guidance(settings, base or DEFAULT_TOY_WEIGHTS, suite_methods(settings, suite, methods))
     start = time.perf_counter()
     backbone = load_base(base, device)
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)

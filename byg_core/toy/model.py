@@ -27,7 +27,7 @@ from diffusers import FluxTransformer2DModel
 from byg_core.backbones.flux import FluxBackbone
 from byg_core.objective import noise, one_step_prediction, supervised_edit_loss
 from byg_core.safefiles import load_checked, meta_json, save_atomic
-from byg_core.sample import initial_noise, integrate
+from byg_core.sample import guided_velocity, initial_noise, integrate
 from byg_core.timesteps import TIMESTEP_SAMPLERS
 from byg_core.toy.codec import ToyCodec
 from byg_core.toy.metrics import read_scene
@@ -101,6 +101,12 @@ def base_weights(size: str = "small") -> Path:
     for "medium"; "large" is made by `byg toy pretrain --base-size large`, on a GPU)."""
     toy_flux_config(size)  # refuses an unknown size
     return DEFAULT_TOY_WEIGHTS if size == "small" else DEFAULT_TOY_WEIGHTS.with_name(f"toy_base_{size}.safetensors")
+
+
+def has_unconditional(weights: str | os.PathLike) -> bool:
+    """Whether the base in ``weights`` was last trained with dropped captions (``pretrain(p_uncond > 0)``), so that it
+    has the unconditional velocity classifier-free guidance needs."""
+    return bool(meta_json(load_checked(weights, "toy base model")[1], "pretrain", weights).get("p_uncond"))
 
 
 def _build(config: dict, text_config: dict, positions: str, seed: int) -> FluxBackbone:
@@ -225,7 +231,7 @@ def pretrain(
         size, started = before.get("size", "small"), dict(init=str(init), init_pretrain=before)
     teacher = None
     if distill_guidance != 1.0:
-        if init is None or not before.get("p_uncond"):
+        if init is None or not has_unconditional(init):
             raise ValueError(
                 f"guidance distillation needs a teacher with an unconditional velocity: give --init a base "
                 f"pretrained with --p-uncond > 0 ({init or 'no --init given'} was not)"
@@ -287,15 +293,8 @@ def _velocity_fn(backbone: FluxBackbone, prompts: Sequence[str], guidance: float
     """The base's velocity under ``prompts``; with ``guidance`` w != 1 classifier-free guidance
     v_u + w (v_c - v_u) against the empty prompt (Ho & Salimans; needs a base pretrained with p_uncond > 0)."""
     text = backbone.encode_text(list(prompts))
-    if guidance == 1.0:
-        return lambda y, t: backbone.velocity(y, t, text)
-    empty = backbone.encode_text([""] * len(prompts))
-
-    def guided(y, t):
-        v_u = backbone.velocity(y, t, empty)
-        return v_u + guidance * (backbone.velocity(y, t, text) - v_u)
-
-    return guided
+    empty = None if guidance == 1.0 else backbone.encode_text([""])
+    return lambda y, t: guided_velocity(backbone, y, t, text, empty, guidance)
 
 
 @torch.no_grad()

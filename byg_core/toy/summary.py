@@ -32,24 +32,37 @@ PAPER_DIRECTIONS = {
 }
 
 
+GUIDED_BASELINES = {"sdedit", "flowedit"}  # the methods the settings below change
+BASELINE_GUIDANCE = ("settings.baseline_src_guidance", "settings.baseline_tgt_guidance")
+
+
 def _comparable(report: dict) -> dict:
     """What must match for two runs' figures to be averaged: the held-out set, the base, every setting but the seed."""
     # a setting added since a run was made is the default it ran with (adam_beta2, lora_targets, ...)
     defaults = {f.name: f.default for f in dataclasses.fields(ToySettings) if f.name not in report["settings"]}
     settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
+    if not GUIDED_BASELINES & set(report["methods"]):  # a run without them: their guidance changed none of its figures
+        settings = {k: v for k, v in settings.items() if k not in BASELINE_GUIDANCE}
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
+
+
+def _differing(key: dict, other: dict) -> list[str]:
+    """The ``_comparable`` keys two runs differ in; the baselines' guidance only where both ran a baseline it changes."""
+    return [k for k in {**key, **other} if key.get(k) != other.get(k)
+            and (k not in BASELINE_GUIDANCE or (k in key and k in other))]
 
 
 def settings_differ(key: dict, other: dict) -> list[str]:
     """What two settings' runs differ in (``_comparable``'s keys), each as 'name: this vs other'."""
-    return [f"{k}: {key.get(k)} vs {other.get(k)}" for k in {**key, **other} if key.get(k) != other.get(k)]
+    return [f"{k}: {key.get(k)} vs {other.get(k)}" for k in _differing(key, other)]
 
 
 def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], dict]:
     """method -> training seed -> its figures, from each folder's results.json, and what the runs share
     (``_comparable``); refuses runs that do not compare."""
     runs: dict[str, dict[int, dict]] = {}
-    first: tuple[Path, dict] | None = None
+    shared: dict = {}  # what the runs so far share, and which run each entry came from
+    origin: dict[str, Path] = {}
     for folder in map(Path, folders):
         path = folder / "results.json"
         if not path.is_file():
@@ -62,20 +75,21 @@ def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], 
             raise ValueError(f"{path}: written by an older byg without each tuple's outcomes (per_tuple), which the "
                              "paired comparison needs; run `byg bench` into a new folder again")
         key = _comparable(report)
-        if first is None:
-            first = (path, key)
-        differ = settings_differ(key, first[1])
+        differ = _differing(key, shared) if shared else []
         if differ:
-            raise ValueError(f"{path} and {first[0]} differ in {'; '.join(differ)}: only runs that differ in the "
-                             "training seed alone can be combined")
+            where = " and ".join(sorted({str(origin[k]) for k in differ if k in origin}))
+            raise ValueError(f"{path} and {where} differ in {'; '.join(settings_differ(key, shared))}: only runs that "
+                             "differ in the training seed alone can be combined")
+        origin.update({k: path for k in key if k not in shared})
+        shared = {**key, **shared}
         seed = report["settings"]["seed"]
         for method, figures in report["methods"].items():
             if seed in runs.setdefault(method, {}):
                 raise ValueError(f"{path}: {method} at training seed {seed} is in two of the runs; pass one of them")
             runs[method][seed] = figures
-    if first is None:
+    if not shared:
         raise ValueError("no runs given: pass the `byg bench --out` folders to combine")
-    return runs, first[1]
+    return runs, shared
 
 
 def _per_tuple(by_seed: dict[int, dict], key: str) -> list[float]:

@@ -285,3 +285,29 @@ def test_a_repeated_or_stopped_bench_demo_or_pretraining_never_overwrites_what_a
     shipped = base_weights("small")
     with pytest.raises(SystemExit, match=f"{shipped.name} already exists"):
         byg(["toy", "pretrain", "--steps", "1"])
+
+
+def test_guided_baselines_run_on_a_base_with_an_unconditional_velocity_and_are_refused_on_one_without(tmp_path, capsys):
+    from byg_core.cli import main as byg
+    from byg_core.toy.model import has_unconditional
+
+    assert not has_unconditional(base_weights("small")) and has_unconditional(base_weights("medium"))
+    common = ["bench", "--smoke", "--methods", "sdedit,flowedit", "--device", "cpu"]
+    guided = ["--baseline-guidance", "1.5", "5.5"]
+    assert byg([*common, *guided, "--out", str(tmp_path / "small")]) == 2  # the shipped small base: no p_uncond
+    err = capsys.readouterr().err
+    assert "--baseline-guidance 1.5 5.5" in err and "toy_base.safetensors" in err and "--p-uncond" in err
+    assert not (tmp_path / "small").exists()
+    assert byg([*common, "--baseline-guidance", "0", "5", "--out", str(tmp_path / "zero")]) == 2
+    assert "--baseline-guidance must be > 0, got 0.0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert byg(["bench", "--smoke", "--methods", "identity", *guided, "--out", str(tmp_path / "none")]) == 0  # nothing guided
+    reports = {}
+    for name, options in (("unguided", []), ("guided", guided)):
+        assert byg([*common, "--base-size", "medium", *options, "--out", str(tmp_path / name)]) == 0
+        reports[name] = json.loads((tmp_path / name / "results.json").read_text())
+    settings = reports["guided"]["settings"]
+    assert (settings["baseline_src_guidance"], settings["baseline_tgt_guidance"]) == (1.5, 5.5)
+    assert (reports["unguided"]["settings"]["baseline_src_guidance"],
+            reports["unguided"]["settings"]["baseline_tgt_guidance"]) == (1.0, 1.0)
+    for method in ("sdedit", "flowedit"):  # the same tuples and noise, other velocities: other edits
+        assert reports["guided"]["methods"][method]["pixel_error"] != reports["unguided"]["methods"][method]["pixel_error"]

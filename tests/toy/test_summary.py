@@ -86,6 +86,26 @@ def test_a_run_made_before_a_setting_existed_combines_with_one_at_its_default(ru
     assert "differ in settings.adam_beta2" in capsys.readouterr().err
 
 
+def test_the_baselines_guidance_only_counts_for_runs_with_a_baseline_it_changes(runs, tmp_path, capsys):
+    """ByG's seeds combine with a run of the guided baselines (its guidance changed none of ByG's figures); two runs of
+    a baseline at different guidance do not."""
+    report = json.loads((runs / "identity" / "results.json").read_text())
+    assert (report["settings"]["baseline_src_guidance"], report["settings"]["baseline_tgt_guidance"]) == (1.0, 1.0)
+    flowedit = {**report, "methods": {"flowedit": report["methods"]["identity"]}}
+    for name, guidance, seed in (("guided", 5.5, 0), ("unguided", 1.0, 1)):
+        (tmp_path / name).mkdir()
+        settings = {**report["settings"], "baseline_src_guidance": 1.5 if guidance != 1 else 1.0,
+                    "baseline_tgt_guidance": guidance, "seed": seed}
+        (tmp_path / name / "results.json").write_text(json.dumps({**flowedit, "settings": settings}))
+    out = tmp_path / "combined"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "guided"), "--out", str(out)]) == 0
+    assert set(json.loads((out / "summary.json").read_text())["methods"]) == {"byg", "no_cycle", "flowedit"}
+    assert byg(["bench", "combine", "--runs", str(tmp_path / "guided"), str(tmp_path / "unguided"),
+                "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "settings.baseline_src_guidance: 1.0 vs 1.5" in err and "settings.baseline_tgt_guidance: 1.0 vs 5.5" in err
+
+
 def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
     def entry(change, low, high):
         return {"against_byg": {"edit_success": {"change": change, "ci": [low, high]},
