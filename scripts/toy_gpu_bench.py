@@ -35,7 +35,9 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    trained method (ByG, the supervised reference, the six Table-4 rows) and seed, --jobs at a time on the one
    device (the toy model is far too small to fill a GPU, so separate processes overlap), and the zero-shot
    baselines (identity, SDEdit, FlowEdit) once: they train nothing and the held-out set is the same for every
-   training seed; the supervised reference on the distilled base for each training seed (on the CPU the
+   training seed; SDEdit and FlowEdit once more at classifier-free guidance, --baseline-guidance (source 1.5,
+   target 5.5: FlowEdit's paper's FLUX setting; the base has an unconditional velocity from its dropped captions);
+   the supervised reference on the distilled base for each training seed (on the CPU the
    small base's distilled copy lowered the reference's clean edits, 0.556 -> 0.391 at seed 0); and, unless
    --reference-lr 0, the supervised reference on the base at its own best schedule for each training seed
    (--reference-lr 1e-2 decayed by --reference-lr-scheduler cosine: on the CPU +0.074 clean over three seeds on the
@@ -59,7 +61,8 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    grid.png are under OUT/baselines/ and OUT/seed<S>/<method>/, its log beside them (log.txt). The summary is
    ``byg bench combine``'s (``byg_core.toy.summary``): runs made elsewhere are read the same way. The
    reference on the distilled base is summarised apart (OUT/distilled/seed<S>/supervised; ``distilled`` in
-   summary.json): runs on two bases are not averaged together; so is the reference at its own schedule
+   summary.json): runs on two bases are not averaged together; so are the guided baselines (OUT/guided/baselines,
+   ``guided_baselines``), and the reference at its own schedule
    (OUT/tuned/seed<S>/supervised, ``tuned_reference``; at other lengths OUT/tuned_<N>/seed<S>/supervised,
    ``tuned_reference["methods_at_steps"]["<N>"]``). Each is also paired tuple by tuple (``byg bench combine
    --against``): the distilled base's reference against the suite's reference on the base
@@ -128,6 +131,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="captions dropped in pretraining, so the base can also be read with guidance")
     p.add_argument("--guidance", type=float, default=6.0,
                    help="classifier-free guidance scale of the second sample-accuracy reading (1: none)")
+    p.add_argument("--baseline-guidance", type=float, nargs=2, default=[1.5, 5.5], metavar=("SRC", "TGT"),
+                   help="SDEdit and FlowEdit also run at this classifier-free guidance, summarised apart (1 1: not; "
+                        "FlowEdit's paper's FLUX setting by default; needs --p-uncond > 0)")
     p.add_argument("--distill-steps", type=int, default=2000,
                    help="guidance-distillation steps at --guidance after pretraining (0: none)")
     p.add_argument("--distill-lr", type=float, default=5e-4)
@@ -187,12 +193,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                                ("--time-limit", args.time_limit), ("--loraplus-lr-ratio", args.loraplus_lr_ratio),
                                ("--reference-loraplus-lr-ratio", args.reference_loraplus_lr_ratio),
                                ("--reference-adam-beta2", args.reference_adam_beta2),
-                               *(("--reference-steps", steps) for steps in args.reference_steps or [])],
+                               *(("--reference-steps", steps) for steps in args.reference_steps or []),
+                               *(("--baseline-guidance", w) for w in args.baseline_guidance)],
                      not_negative=[("--distill-steps", args.distill_steps), ("--reference-lr", args.reference_lr),
                                    ("--reference-edit-steps", args.reference_edit_steps),
                                    *(("--seeds", seed) for seed in args.seeds)],
                      shares=[("--p-uncond", args.p_uncond), ("--reference-adam-beta2", args.reference_adam_beta2)])
         check_device(args.device)
+        if guided_baselines(args) and not args.p_uncond:
+            raise ValueError(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)} needs a base "
+                             "with an unconditional velocity, but --p-uncond is 0: pass --baseline-guidance 1 1")
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -257,6 +267,11 @@ def make_base(args: argparse.Namespace, start: float) -> dict:
     return base
 
 
+def guided_baselines(args: argparse.Namespace) -> bool:
+    """Whether the baselines also run guided (--baseline-guidance other than 1 1)."""
+    return tuple(args.baseline_guidance) != (1.0, 1.0)
+
+
 def tuned_part(args: argparse.Namespace, steps: int) -> str:
     """The folder of the reference at its own schedule and ``steps`` steps: tuned at the suite's steps."""
     return "tuned" if steps == args.suite_steps else f"tuned_{steps}"
@@ -264,7 +279,7 @@ def tuned_part(args: argparse.Namespace, steps: int) -> str:
 
 def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
     """name -> (command, output folder), in the order they start: the supervised reference at its own schedule once
-    per length and training seed (the longest first), the baselines once, each trained method once per training
+    per length and training seed (the longest first), the baselines once (and guided once), each trained method once per training
     seed, then the reference on the distilled base once per training seed."""
     trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
 
@@ -297,6 +312,9 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     jobs = {name: job for steps in sorted(args.reference_steps, reverse=True) for name, job in tuned(steps).items()}
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
+    if guided_baselines(args):
+        jobs["guided/baselines"] = ([*common, "--methods", "sdedit,flowedit", "--baseline-guidance",
+                                     *map(str, args.baseline_guidance)], args.out / "guided" / "baselines")
     for seed in args.seeds:
         for method in trained:
             folder = args.out / f"seed{seed}" / method
@@ -403,10 +421,10 @@ def main(argv=None) -> int:
     records = run_jobs(jobs, args.jobs, deadline)
     done = {name: folder for name, (_, folder) in jobs.items() if records[name]["status"] == DONE}
     unfinished = {name: record["status"] for name, record in records.items() if record["status"] != DONE}
-    parts = ("distilled", *(tuned_part(args, steps) for steps in args.reference_steps))
+    parts = ("distilled", "guided", *(tuned_part(args, steps) for steps in args.reference_steps))
     apart = {part: [folder for name, folder in done.items() if name.startswith(f"{part}/")] for part in parts}
     summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
-    distilled = summarise_done(apart["distilled"])
+    distilled, guided_methods = summarise_done(apart["distilled"]), summarise_done(apart["guided"])
     tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
     # paired over the same held-out tuples: the distilled base's reference against the base's (the suite's settings),
     # and the reference at its own schedule at each longer length against it at the suite's steps
@@ -418,6 +436,8 @@ def main(argv=None) -> int:
     finished = {name: records[name]["seconds"] for name in done}
     text = (f"Toy bench on the {args.base_size} base, training seeds {args.seeds}, device {args.device}:\n\n"
             + (summary_text(summary) if summary else "(no run of the suite finished)")
+            + ("\n\nThe zero-shot baselines at classifier-free guidance source {:g}, target {:g}:\n\n".format(
+                *args.baseline_guidance) + table(guided_methods) if guided_methods else "")
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
                + table(distilled) if distilled else "")
             + ("\n\nIts change from the reference on the base (the suite's runs), paired over the same held-out tuples:"
@@ -441,6 +461,7 @@ def main(argv=None) -> int:
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
          "distilled_against_base": distilled_change,
+         "guided_baselines": {"guidance": list(args.baseline_guidance), "methods": guided_methods},
          "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "loraplus_lr_ratio": args.reference_loraplus_lr_ratio, "n_train": args.reference_n_train,

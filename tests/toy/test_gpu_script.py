@@ -59,6 +59,13 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert change["clean_edit"]["change"] == pytest.approx(
         summary["distilled"]["supervised"]["clean_edit"] - sum(r["clean_edit"] for r in suite) / 2)
     assert "Its change from the reference on the base (the suite's runs), paired" in printed
+    # the baselines once more at FlowEdit's paper's guidance, summarised apart (the base has dropped captions)
+    assert summary["guided_baselines"]["guidance"] == [1.5, 5.5]
+    assert set(summary["guided_baselines"]["methods"]) == {"sdedit", "flowedit"}
+    guided = json.loads((tmp_path / "guided" / "baselines" / "results.json").read_text())
+    assert (guided["settings"]["baseline_src_guidance"], guided["settings"]["baseline_tgt_guidance"]) == (1.5, 5.5)
+    assert summary["guided_baselines"]["methods"]["flowedit"]["clean_edit"] == guided["methods"]["flowedit"]["clean_edit"]
+    assert "The zero-shot baselines at classifier-free guidance source 1.5, target 5.5:" in printed
     # the reference at its own schedule: its runs really trained at it, summarised apart from the suite's own
     tuned = summary["tuned_reference"]
     assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
@@ -137,7 +144,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
                                                 "--batch-size", "96", "--edit-steps", "3"]), base)
     # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule at the
     # suite's steps and at three times them: those first, the longest jobs
-    assert len(jobs) == 1 + 8 * 3 + 3 + 3 + 3
+    assert len(jobs) == 1 + 1 + 8 * 3 + 3 + 3 + 3
     assert list(jobs)[:3] == [f"tuned_3600/seed{s}/supervised" for s in (0, 1, 2)]
     assert [command[command.index("--steps") + 1] for name, (command, _) in jobs.items() if "--steps" in command] == \
         ["3600"] * 3 + ["1200"] * 3
@@ -148,12 +155,13 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     # the reference at its own settings edits with its own sampler steps; 0: the suite's
     suite_edits = script.bench_jobs(script.parse_args(["--edit-steps", "8"]), base)
     assert {name.split("/")[0]: command[command.index("--edit-steps") + 1] for name, (command, _) in suite_edits.items()} \
-        == {"tuned_3600": "3", "tuned": "3", "baselines": "8", "seed0": "8", "seed1": "8", "seed2": "8", "distilled": "8"}
+        == {"tuned_3600": "3", "tuned": "3", "baselines": "8", "guided": "8", "seed0": "8", "seed1": "8", "seed2": "8",
+            "distilled": "8"}
     # LoRA+: its ratio for every bench, and the reference at its own settings its own
     plus = script.bench_jobs(script.parse_args(["--loraplus-lr-ratio", "2", "--reference-loraplus-lr-ratio", "4"]), base)
     assert {name.split("/")[0]: command[command.index("--loraplus-lr-ratio") + 1] for name, (command, _) in plus.items()} \
-        == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "seed0": "2.0", "seed1": "2.0", "seed2": "2.0",
-            "distilled": "2.0"}
+        == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "guided": "2.0", "seed0": "2.0", "seed1": "2.0",
+            "seed2": "2.0", "distilled": "2.0"}
     # AdamW's beta2: the reference at its own settings its own, every other bench torch's
     betas = script.bench_jobs(script.parse_args(["--reference-adam-beta2", "0.9"]), base)
     assert {name.split("/")[0]: command[command.index("--adam-beta2") + 1] for name, (command, _) in betas.items()
@@ -161,8 +169,8 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     # distinct training tuples: the reference at its own settings a tuple per sample, every other bench its --n-train
     tuples = script.bench_jobs(script.parse_args(["--n-train", "2048"]), base)
     assert {name.split("/")[0]: command[command.index("--n-train") + 1] for name, (command, _) in tuples.items()} \
-        == {"tuned_3600": "38400", "tuned": "38400", "baselines": "2048", "seed0": "2048", "seed1": "2048",
-            "seed2": "2048", "distilled": "2048"}
+        == {"tuned_3600": "38400", "tuned": "38400", "baselines": "2048", "guided": "2048", "seed0": "2048",
+            "seed1": "2048", "seed2": "2048", "distilled": "2048"}
     same = script.bench_jobs(script.parse_args(["--edit-steps", "8", "--reference-edit-steps", "0"]), base)
     assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
@@ -175,6 +183,9 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     assert {name.split("/")[0] for name in only if name.startswith("tuned")} == {"tuned", "tuned_2400"}
     without = script.bench_jobs(script.parse_args(["--reference-lr", "0"]), base)
     assert not any(name.startswith("tuned") for name in without)
+    guided = script.bench_jobs(script.parse_args(["--baseline-guidance", "3.5", "13.5"]), base)["guided/baselines"][0]
+    assert guided[guided.index("--methods"):] == ["--methods", "sdedit,flowedit", "--baseline-guidance", "3.5", "13.5"]
+    assert "guided/baselines" not in script.bench_jobs(script.parse_args(["--baseline-guidance", "1", "1"]), base)
     # --overwrite: the script's own folders were checked once, so every bench may replace its folder
     replacing = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--overwrite"]), base).values()
     assert all("--overwrite" in command for command, _ in replacing)
@@ -190,6 +201,8 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
     (["--p-uncond", "1"], "--p-uncond must be in [0, 1), got 1.0"),
     (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
+    (["--baseline-guidance", "1.5", "0"], "--baseline-guidance must be > 0, got 0.0"),
+    (["--p-uncond", "0"], "--baseline-guidance 1.5 5.5 needs a base with an unconditional velocity, but --p-uncond is 0"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
     (["--reference-adam-beta2", "1"], "--reference-adam-beta2 must be in [0, 1), got 1.0"),
