@@ -408,10 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="toy-world utilities")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     pretrain = toy_sub.add_parser("pretrain", help="pretrain the toy text-to-image base model")
+    from .toy.model import PRETRAIN_STEPS, SHIPPED_MEDIUM_CONTINUATION, SHIPPED_PRETRAIN_STEPS
+
+    then = SHIPPED_MEDIUM_CONTINUATION
     pretrain.add_argument("--steps", type=int, default=None,
-                          help="default: the shipped base's of --base-size (small 20000 steps, about 38 min on one "
-                               "core; medium 7000, about an hour, which the shipped medium base continues 2000 steps "
-                               "with --p-uncond 0.1 --lr 5e-4; large 20000); with --init 20000")
+                          help=f"default: the shipped base's of --base-size (small {SHIPPED_PRETRAIN_STEPS['small']} "
+                               f"steps, about 38 min on one core; medium {SHIPPED_PRETRAIN_STEPS['medium']}, about an "
+                               f"hour, which the shipped medium base continues {then['steps']} steps with --p-uncond "
+                               f"{then['p_uncond']:g} --lr {then['lr']:g}; large {PRETRAIN_STEPS}); with --init "
+                               f"{PRETRAIN_STEPS}")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=32)
     _add_base_size(pretrain, "the architecture")
