@@ -102,7 +102,7 @@ sys.path.insert(0, str(ROOT))
 from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
-from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
+from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
 from byg_core.toy.summary import against, against_table, collect, family_table, summarise, summary_text, table  # noqa: E402
 
@@ -313,7 +313,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
     if guided_baselines(args):
-        jobs["guided/baselines"] = ([*common, "--methods", "sdedit,flowedit", "--baseline-guidance",
+        jobs["guided/baselines"] = ([*common, "--methods", ",".join(GUIDED_BASELINES), "--baseline-guidance",
                                      *map(str, args.baseline_guidance)], args.out / "guided" / "baselines")
     for seed in args.seeds:
         for method in trained:

@@ -41,6 +41,7 @@ from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tu
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
 BASELINES = ("identity", "sdedit", "flowedit")
+GUIDED_BASELINES = ("sdedit", "flowedit")  # the baselines ToySettings.baseline_*_guidance changes
 CACHE_REUSE = (2, 4, 8)  # the rollout reuse K the cache suite compares with K = 1 (the exact algorithm)
 LORA_TARGETS = ("default", "all-linear")  # ToySettings.lora_targets: the backbone's defaults, or every linear layer
 SAME_TIME_AS = "same_time_as"  # a cache-suite override: train for the wall time another method's training took
@@ -435,7 +436,7 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
     """Guided baselines need the unconditional velocity, which only a base pretrained with dropped captions has."""
     guided = (settings.baseline_src_guidance, settings.baseline_tgt_guidance) != (1.0, 1.0)
-    if guided and {"sdedit", "flowedit"} & set(methods) and not has_unconditional(base):
+    if guided and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(base):
         raise ValueError(
             f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
             f"{base} was pretrained without dropped captions, so it has no unconditional velocity to guide against; "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..safefiles import write_text_atomic
-from .bench import ABLATIONS, ToySettings, _rate
+from .bench import ABLATIONS, GUIDED_BASELINES, ToySettings, _rate
 from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
 
@@ -32,7 +32,6 @@ PAPER_DIRECTIONS = {
 }
 
 
-GUIDED_BASELINES = {"sdedit", "flowedit"}  # the methods the settings below change
 BASELINE_GUIDANCE = ("settings.baseline_src_guidance", "settings.baseline_tgt_guidance")
 
 
@@ -41,7 +40,7 @@ def _comparable(report: dict) -> dict:
     # a setting added since a run was made is the default it ran with (adam_beta2, lora_targets, ...)
     defaults = {f.name: f.default for f in dataclasses.fields(ToySettings) if f.name not in report["settings"]}
     settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
-    if not GUIDED_BASELINES & set(report["methods"]):  # a run without them: their guidance changed none of its figures
+    if not set(GUIDED_BASELINES) & set(report["methods"]):  # then their guidance changed none of its figures
         settings = {k: v for k, v in settings.items() if k not in BASELINE_GUIDANCE}
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
 
