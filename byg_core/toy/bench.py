@@ -380,9 +380,14 @@ def criteria_table(results: dict[str, MethodResult]) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(results: dict[str, MethodResult]) -> str:
-    """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria."""
+def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> str:
+    """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
+    baselines' guidance when they ran guided."""
+    guidance = (settings.baseline_src_guidance, settings.baseline_tgt_guidance)
+    guided = [m for m in GUIDED_BASELINES if m in results] if guidance != (1.0, 1.0) else []
     return (markdown_table(results)
+            + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {guidance[0]:g}, target "
+               f"{guidance[1]:g} (SDEdit: the target's)." if guided else "")
             + "\n\nBy edit family (clean edit / edit success / preservation):\n\n" + family_table(results)
             + "\n\nBy noise seed:\n\n" + seeds_table(results)
             + "\n\nPreservation criteria (share of edits keeping each):\n\n" + criteria_table(results) + "\n")
@@ -408,7 +413,7 @@ def write_report(out: Path, results: dict[str, MethodResult], settings: ToySetti
     report = {"methods": methods, "held_out": held_out_info(settings, tuples),
               "settings": dataclasses.asdict(settings), **extra}
     write_text_atomic(out / "results.json", json.dumps(report, indent=2))
-    write_text_atomic(out / "results.md", report_markdown(results))
+    write_text_atomic(out / "results.md", report_markdown(results, settings))
     picks = list(range(0, len(tuples), max(1, len(tuples) // 8)))[:8]
     truth = render_batch([tuples[i].target for i in picks])
     sources = render_batch([tuples[i].source for i in picks])
@@ -482,7 +487,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
         "suite": suite, "complete": True, "total_seconds": time.perf_counter() - start,
         "base": str(base or DEFAULT_TOY_WEIGHTS), "device": str(backbone.device),
         "environment": environment(backbone.device)})
-    print(report_markdown(results), end="")
+    print(report_markdown(results, settings), end="")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")
     return json.loads((out / "results.json").read_text())
 

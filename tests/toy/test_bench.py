@@ -309,5 +309,8 @@ def test_guided_baselines_run_on_a_base_with_an_unconditional_velocity_and_are_r
     assert (settings["baseline_src_guidance"], settings["baseline_tgt_guidance"]) == (1.5, 5.5)
     assert (reports["unguided"]["settings"]["baseline_src_guidance"],
             reports["unguided"]["settings"]["baseline_tgt_guidance"]) == (1.0, 1.0)
+    results_md = {name: (tmp_path / name / "results.md").read_text() for name in reports}
+    assert "sdedit and flowedit at classifier-free guidance source 1.5, target 5.5" in results_md["guided"]
+    assert "classifier-free guidance" not in results_md["unguided"]
     for method in ("sdedit", "flowedit"):  # the same tuples and noise, other velocities: other edits
         assert reports["guided"]["methods"][method]["pixel_error"] != reports["unguided"]["methods"][method]["pixel_error"]
