@@ -124,6 +124,11 @@ class ToySettings:
             raise ValueError("noise_seeds must name at least one seed")
         return self
 
+    @property
+    def guides_baselines(self) -> bool:
+        """Whether the baselines run guided (``baseline_src_guidance`` / ``_tgt_guidance`` other than 1, 1)."""
+        return (self.baseline_src_guidance, self.baseline_tgt_guidance) != (1.0, 1.0)
+
     def objective(self, **switches: bool) -> ObjectiveConfig:
         """The objective at these settings; ``switches`` turn off components (the ablations)."""
         return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id, **switches)
@@ -284,7 +289,7 @@ def run_methods(
     base, seeds = Adapters(backbone, _spec(backbone, settings)), settings.noise_seeds
     sources = render_batch([t.source for t in eval_tuples])
     src_w, tgt_w = settings.baseline_src_guidance, settings.baseline_tgt_guidance
-    uncond = None if src_w == tgt_w == 1.0 else backbone.encode_text([""])
+    uncond = backbone.encode_text([""]) if settings.guides_baselines else None
     timed("identity", lambda: (sources.expand(len(seeds), *sources.shape), []))  # the same output for every seed
     timed("sdedit", lambda: (edit_seeds(backbone, eval_data, lambda b, seed: sdedit(
         backbone, base, b.x, b.p_tgt, strength=0.6, steps=settings.edit_steps, seed=seed, guidance=tgt_w,
@@ -383,11 +388,10 @@ def criteria_table(results: dict[str, MethodResult]) -> str:
 def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> str:
     """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
     baselines' guidance when they ran guided."""
-    guidance = (settings.baseline_src_guidance, settings.baseline_tgt_guidance)
-    guided = [m for m in GUIDED_BASELINES if m in results] if guidance != (1.0, 1.0) else []
+    guided = [m for m in GUIDED_BASELINES if m in results] if settings.guides_baselines else []
     return (markdown_table(results)
-            + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {guidance[0]:g}, target "
-               f"{guidance[1]:g} (SDEdit: the target's)." if guided else "")
+            + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
+               f"target {settings.baseline_tgt_guidance:g} (SDEdit: the target's)." if guided else "")
             + "\n\nBy edit family (clean edit / edit success / preservation):\n\n" + family_table(results)
             + "\n\nBy noise seed:\n\n" + seeds_table(results)
             + "\n\nPreservation criteria (share of edits keeping each):\n\n" + criteria_table(results) + "\n")
@@ -440,8 +444,7 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
     """Guided baselines need the unconditional velocity, which only a base pretrained with dropped captions has."""
-    guided = (settings.baseline_src_guidance, settings.baseline_tgt_guidance) != (1.0, 1.0)
-    if guided and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(base):
+    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(base):
         raise ValueError(
             f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
             f"{base} was pretrained without dropped captions, so it has no unconditional velocity to guide against; "
