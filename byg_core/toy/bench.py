@@ -36,7 +36,7 @@ from ..safefiles import write_text_atomic
 from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
 from .metrics import RATE_KEYS, aggregate_seeds, evaluate_edit
-from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional
+from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional, pretrain_record
 from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tuples
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
@@ -444,7 +444,7 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
     """Guided baselines need the unconditional velocity, which only a base pretrained with dropped captions has."""
-    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(base):
+    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(pretrain_record(base)):
         raise ValueError(
             f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
             f"{base} was pretrained without dropped captions, so it has no unconditional velocity to guide against; "

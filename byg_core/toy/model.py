@@ -103,10 +103,15 @@ def base_weights(size: str = "small") -> Path:
     return DEFAULT_TOY_WEIGHTS if size == "small" else DEFAULT_TOY_WEIGHTS.with_name(f"toy_base_{size}.safetensors")
 
 
-def has_unconditional(weights: str | os.PathLike) -> bool:
-    """Whether the base in ``weights`` was last trained with dropped captions (``pretrain(p_uncond > 0)``), so that it
-    has the unconditional velocity classifier-free guidance needs."""
-    return bool(meta_json(load_checked(weights, "toy base model")[1], "pretrain", weights).get("p_uncond"))
+def pretrain_record(weights: str | os.PathLike) -> dict:
+    """How the base in ``weights`` was trained: its metadata's ``pretrain`` entry (``pretrain``'s report)."""
+    return meta_json(load_checked(weights, "toy base model")[1], "pretrain", weights)
+
+
+def has_unconditional(record: dict) -> bool:
+    """Whether a base whose ``pretrain_record`` is ``record`` was last trained with dropped captions
+    (``pretrain(p_uncond > 0)``), so that it has the unconditional velocity classifier-free guidance needs."""
+    return bool(record.get("p_uncond"))
 
 
 def _build(config: dict, text_config: dict, positions: str, seed: int) -> FluxBackbone:
@@ -227,11 +232,11 @@ def pretrain(
     else:
         backbone = build_toy_backbone(init)
         backbone.transformer.requires_grad_(True)
-        before = meta_json(load_checked(init, "toy base model")[1], "pretrain", init)
+        before = pretrain_record(init)
         size, started = before.get("size", "small"), dict(init=str(init), init_pretrain=before)
     teacher = None
     if distill_guidance != 1.0:
-        if init is None or not has_unconditional(init):
+        if init is None or not has_unconditional(before):
             raise ValueError(
                 f"guidance distillation needs a teacher with an unconditional velocity: give --init a base "
                 f"pretrained with --p-uncond > 0 ({init or 'no --init given'} was not)"

@@ -289,9 +289,10 @@ def test_a_repeated_or_stopped_bench_demo_or_pretraining_never_overwrites_what_a
 
 def test_guided_baselines_run_on_a_base_with_an_unconditional_velocity_and_are_refused_on_one_without(tmp_path, capsys):
     from byg_core.cli import main as byg
-    from byg_core.toy.model import has_unconditional
+    from byg_core.toy.model import has_unconditional, pretrain_record
 
-    assert not has_unconditional(base_weights("small")) and has_unconditional(base_weights("medium"))
+    assert not has_unconditional(pretrain_record(base_weights("small")))
+    assert has_unconditional(pretrain_record(base_weights("medium")))
     common = ["bench", "--smoke", "--methods", "sdedit,flowedit", "--device", "cpu"]
     guided = ["--baseline-guidance", "1.5", "5.5"]
     assert byg([*common, *guided, "--out", str(tmp_path / "small")]) == 2  # the shipped small base: no p_uncond
