@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     then = SHIPPED_MEDIUM_CONTINUATION
     pretrain.add_argument("--steps", type=int, default=None,
                           help=f"default: the shipped base's of --base-size (small {SHIPPED_PRETRAIN_STEPS['small']} "
-                               f"steps, about 38 min on one core; medium {SHIPPED_PRETRAIN_STEPS['medium']}, about an "
+                               f"steps, about 33-38 min on one core; medium {SHIPPED_PRETRAIN_STEPS['medium']}, about an "
                                f"hour, which the shipped medium base continues {then['steps']} steps with --p-uncond "
                                f"{then['p_uncond']:g} --lr {then['lr']:g}; large {PRETRAIN_STEPS}); with --init "
                                f"{PRETRAIN_STEPS}")

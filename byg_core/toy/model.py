@@ -69,7 +69,7 @@ TOY_FLUX_CONFIG: dict = dict(
 # "medium" 128 wide, 3 + 3 blocks (2.6M parameters); "large" 256 wide, 4 + 4 blocks (13.8M).
 BASE_SIZES: dict[str, tuple[int, int]] = {"small": (64, 2), "medium": (128, 3), "large": (256, 4)}
 TOY_TEXT_CONFIG: dict = dict(dim=64, pooled_dim=64, max_length=16, seed=0)
-# The shipped base: 20000 steps at batch 32 (38 min on one CPU core). Pretraining length is what made it
+# The shipped base: 20000 steps at batch 32 (33-38 min on one CPU core). Pretraining length is what made it
 # draw better on a CPU budget (docs/toy_bench.md, issue 17 probes): shape kinds read back right 0.37 (900
 # steps), 0.59 (7000), 0.78 (20000); the medium base (5.6x the compute per step) drew 0.78 at 7000 steps;
 # the sampler's step count (10-100) changed nothing.
