@@ -211,7 +211,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_ranges(positive=[("--steps", args.steps), ("--lr", args.lr), ("--batch-size", args.batch_size),
                            ("--n-train", args.n_train), ("--edit-steps", args.edit_steps),
                            ("--loraplus-lr-ratio", args.loraplus_lr_ratio), ("--adam-beta2", args.adam_beta2),
-                           *[("--baseline-guidance", w) for w in args.baseline_guidance or ()]],
+                           *[("--baseline-guidance", w) for w in args.baseline_guidance or ()],
+                           ("--prior-guidance", args.prior_guidance)],
                  shares=[("--adam-beta2", args.adam_beta2)])
     if args.lr_scheduler is not None and args.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
@@ -227,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
               lora_targets=args.lora_targets, adam_beta2=args.adam_beta2, baseline_guidance=args.baseline_guidance,
-              settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
+              prior_guidance=args.prior_guidance, settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
 
@@ -394,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "source and target velocities, SDEdit's target (default: 1 1, unguided; FlowEdit's paper "
                             "samples FLUX at 1.5 5.5); needs a base pretrained with --p-uncond, as the shipped medium "
                             "one; results.json records it")
+    bench.add_argument("--prior-guidance", type=float, default=None, metavar="W",
+                       help="classifier-free guidance of the frozen base's velocities in ByG's prior (section 4.2), "
+                            "against the empty prompt (default: 1, unguided); needs a base pretrained with --p-uncond, "
+                            "as the shipped medium one; results.json records it")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets: small and medium ship; large is made "
                           "by `byg toy pretrain --base-size large`)")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")

@@ -216,7 +216,8 @@ class CachedEdits:
     def __len__(self) -> int:
         return len(self.records)
 
-    def batch(self, backbone: EditBackbone, index: Sequence[int]) -> EditBatch:
+    def batch(self, backbone: EditBackbone, index: Sequence[int], uncond: bool = False) -> EditBatch:
+        """The tuples ``index`` as a batch; ``uncond``: with the empty prompt's conditioning (a guided prior's)."""
         rows = [self.records[i] for i in index]
         return EditBatch(
             x=self.x[list(index)].to(backbone.device),
@@ -225,6 +226,7 @@ class CachedEdits:
             c=backbone.encode_text([r.instruction for r in rows]),
             c_bar=backbone.encode_text([r.reverse_instruction for r in rows]),
             y=None if self.y is None else self.y[list(index)].to(backbone.device),
+            uncond=backbone.encode_text([""] * len(rows)) if uncond else None,
         )
 
 
@@ -252,6 +254,7 @@ def cache(
         raise ValueError(f"sources differ in size {sorted(shapes)}; set a training resolution so all are resized alike")
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
+    backbone.encode_text([""])  # a guided prior's empty prompt (ObjectiveConfig.prior_guidance)
     backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
     return CachedEdits(torch.cat(latents), list(dataset.records))
 

@@ -43,6 +43,11 @@ def supervised_edit_loss(v: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) ->
     return F.mse_loss(v, velocity_target(x, eps))
 
 
+def classifier_free_guidance(v_c: torch.Tensor, v_u: torch.Tensor, w: float) -> torch.Tensor:
+    """v_u + w (v_c - v_u): the velocity under a prompt at guidance w, v_u the empty prompt's (Ho & Salimans 2022)."""
+    return v_u + w * (v_c - v_u)
+
+
 def directional_loss(v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor) -> torch.Tensor:
     """1 - cos(v_pred - v_src, v_tgt - v_src) over each sample's flattened velocity (Eq. 2)."""
     cos = F.cosine_similarity((v_pred - v_src).flatten(1), (v_tgt - v_src).flatten(1), dim=1, eps=1e-8)
@@ -92,6 +97,10 @@ class ObjectiveConfig:
     bootstrap: bool = True  # off: the forward pass is fed the noised source x_t, not y_t
     regularization: bool = True  # off: no prior loss at all (the editor collapses to identity)
     identity_steps: bool = True  # off: no random identity-only steps (the trainer reads this)
+    # w of the base's velocities in the prior (4.2), classifier-free against the empty prompt (needs a base that
+    # has the unconditional velocity); 1: unguided. The paper's FLUX.1-dev base is guidance-distilled, so its prior's
+    # velocities are guided (at the embedded 3.5); a base without distillation (the toy, Wan2.2) has this instead
+    prior_guidance: float = 1.0
 
     def validate(self) -> None:
         for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
@@ -99,6 +108,8 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rollout_steps < 1:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        if not self.prior_guidance > 0:
+            raise ValueError(f"prior_guidance must be > 0, got {self.prior_guidance}")
 
 
 @dataclass
@@ -125,6 +136,7 @@ class EditBatch:
     c: TextCond
     c_bar: TextCond
     y: torch.Tensor | None = None  # true edited latents: only the supervised reference has them
+    uncond: TextCond | None = None  # the empty prompt's, one per tuple: only a guided prior needs it
 
 
 def identity_step(G: Generators, batch: EditBatch, t: torch.Tensor, eps: torch.Tensor) -> StepLosses:
@@ -180,8 +192,17 @@ def byg_step(
     # prompts swapped (4.3)
     queries = [(y_t, batch.p_src), (y_t, batch.p_tgt)] if cfg.regularization else []
     queries += [(x_t, batch.p_tgt), (x_t, batch.p_src)] if cfg.regularization and cfg.cycle else []
+    guided = bool(queries) and cfg.prior_guidance != 1.0
+    if guided:  # and the empty prompt's at each noised input, for the guided prior
+        if batch.uncond is None:
+            raise ValueError(f"prior_guidance {cfg.prior_guidance:g} needs the empty prompt's conditioning "
+                             "(EditBatch.uncond)")
+        queries += [(y, batch.uncond) for y, _ in queries[::2]]
     with record_function("byg.base"):
         v_base = G.t2i_many(queries, t)
+    if guided:
+        n = len(queries) * 2 // 3
+        v_base = [classifier_free_guidance(v, v_base[n + i // 2], cfg.prior_guidance) for i, v in enumerate(v_base[:n])]
 
     def reverse_pass(y_hyb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L_cycle and L_prior_rev of the reverse pass G_edit(x_t, t, c_bar, y_hyb) (4.3)."""

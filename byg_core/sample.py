@@ -17,7 +17,7 @@ import torch
 
 from .adapters import BASE, EMA, Adapters
 from .backbones.base import EditBackbone, TextCond
-from .objective import noise
+from .objective import classifier_free_guidance, noise
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -98,8 +98,7 @@ def guided_velocity(
         return v_c
     if uncond is None:
         raise ValueError(f"classifier-free guidance {w:g} needs the empty prompt's conditioning (uncond)")
-    v_u = backbone.velocity(y, t, as_batch(uncond, y.shape[0]))
-    return v_u + w * (v_c - v_u)
+    return classifier_free_guidance(v_c, backbone.velocity(y, t, as_batch(uncond, y.shape[0])), w)
 
 
 def _sigma_grid(backbone: EditBackbone, steps: int, t_start: float, latent_shape: Sequence[int]) -> list[float]:

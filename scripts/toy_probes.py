@@ -265,8 +265,7 @@ def score(args: argparse.Namespace) -> None:
                     v_c = backbone.velocity(y, t, b.c, source=b.x)
                     if w == 1.0:
                         return v_c
-                    v_bar = backbone.velocity(y, t, b.c_bar, source=b.x)
-                    return v_bar + w * (v_c - v_bar)
+                    return objective.classifier_free_guidance(v_c, backbone.velocity(y, t, b.c_bar, source=b.x), w)
                 with adapters.use(EMA):
                     eps = initial_noise(b.x.shape, seed, b.x.device, b.x.dtype)
                     return integrate(backbone.schedule(steps, b.x.shape), velocity, eps).latents

@@ -71,7 +71,11 @@ def test_cache_encodes_sources_and_prompts_once(tmp_path, flux_backbone):
     assert cached.x.shape == (2, 3, 8, 8) and cached.x.min() >= -1
     flux_backbone.release_text_encoder()  # everything needed is cached now
     batch = cached.batch(flux_backbone, [1, 0])
-    assert batch.c.tokens.shape[0] == 2
+    assert batch.c.tokens.shape[0] == 2 and batch.uncond is None
+    # and the empty prompt, which a guided prior (ObjectiveConfig.prior_guidance) asks for with each batch
+    guided = cached.batch(flux_backbone, [1, 0], uncond=True)
+    assert guided.uncond.tokens.shape[0] == 2
+    assert torch.equal(guided.uncond.tokens[0], flux_backbone.encode_text([""]).tokens[0])
 
 
 def test_a_source_the_model_cannot_take_names_the_file(tmp_path, flux_backbone):

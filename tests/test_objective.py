@@ -259,3 +259,32 @@ def test_a_step_switches_adapters_twice_for_the_rollout_and_twice_for_the_base(s
     eps = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(1))
     byg_step(G, batch, torch.tensor([0.3, 0.8]), eps, ObjectiveConfig(rollout_steps=10))
     assert switches == ["ema", STUDENT, "base", STUDENT]
+
+
+def test_a_guided_prior_takes_each_base_velocity_at_classifier_free_guidance_against_the_empty_prompt(setup):
+    """prior_guidance w: every base velocity of the prior (4.2) is v_u + w (v_c - v_u) at its own noised input."""
+    from byg_core.adapters import BASE
+    from byg_core.sample import guided_velocity
+
+    G, adapters, batch = setup
+    uncond = G.backbone.encode_text(["", ""])
+    guided = dataclasses.replace(batch, uncond=uncond)
+
+    class GuidedBase(Generators):  # the base answering each query guided, one query at a time
+        def t2i_many(self, queries, t):
+            with self.adapters.use(BASE):
+                return [guided_velocity(self.backbone, y, t, p, uncond, 3.0) for y, p in queries]
+
+    plain = step_terms(G, batch)
+    assert step_terms(G, guided, prior_guidance=1.0) == plain  # w = 1: the uncond is not used
+    terms = step_terms(G, guided, prior_guidance=3.0)
+    expected = step_terms(GuidedBase(G.backbone, adapters), batch)
+    for key in ("prior_fwd", "prior_rev"):
+        assert terms[key] == pytest.approx(expected[key], rel=1e-4)
+        assert abs(terms[key] - plain[key]) > 1e-3
+    for key in ("cycle", "identity"):  # guidance touches the prior alone
+        assert terms[key] == pytest.approx(plain[key], rel=1e-5)
+    with pytest.raises(ValueError, match="prior_guidance 3 needs the empty prompt"):
+        step_terms(G, batch, prior_guidance=3.0)
+    with pytest.raises(ValueError, match="prior_guidance must be > 0"):
+        ObjectiveConfig(prior_guidance=0).validate()

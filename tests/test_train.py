@@ -259,6 +259,22 @@ def test_config_loads_from_toml_with_an_objective_table(tmp_path):
         TrainConfig.from_toml(path)
 
 
+def test_a_toml_guided_prior_trains_on_the_empty_prompt_and_changes_the_prior_alone(tmp_path):
+    path = tmp_path / "run.toml"
+    history = {}
+    for w in (1.0, 3.0):
+        path.write_text(f'output_dir = "{(tmp_path / str(w)).as_posix()}"\nsteps = 3\nbatch_size = 2\nrank = 4\n'
+                        f'warmup_identity_steps = 0\nidentity_prob = 0.0\ncheckpoint_every = 0\nseed = 5\n'
+                        f'[objective]\nrollout_steps = 2\nprior_guidance = {w}\n')
+        cfg = TrainConfig.from_toml(path)
+        assert cfg.objective.prior_guidance == w
+        history[w] = Trainer(cfg, make_flux_backbone(), tiny_data()).run().history
+    # the first step: the same weights, batch and noise; only the prior's base velocities differ
+    first = {w: h[0] for w, h in history.items()}
+    assert first[3.0]["cycle"] == pytest.approx(first[1.0]["cycle"], rel=1e-5)
+    assert abs(first[3.0]["prior_fwd"] - first[1.0]["prior_fwd"]) > 1e-3
+
+
 def test_gradient_checkpointing_changes_no_gradient_and_keeps_lora_ones(tmp_path, monkeypatch):
     """Non-reentrant checkpointing: same LoRA weights after training as without it, blocks really recomputed."""
     import torch.utils.checkpoint

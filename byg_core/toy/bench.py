@@ -90,6 +90,8 @@ class ToySettings:
     # dropped captions (the small one); FlowEdit's paper samples FLUX at source 1.5, target 5.5
     baseline_src_guidance: float = 1.0
     baseline_tgt_guidance: float = 1.0
+    # classifier-free guidance of the base's velocities in ByG's prior (ObjectiveConfig.prior_guidance); 1: unguided
+    prior_guidance: float = 1.0
     n_train: int = 1024
     n_eval: int = 96  # held-out tuples per split (seen, unseen colour pairs), as many of each edit family
     seed: int = 0  # training: tuples, LoRA init, batches
@@ -131,7 +133,8 @@ class ToySettings:
 
     def objective(self, **switches: bool) -> ObjectiveConfig:
         """The objective at these settings; ``switches`` turn off components (the ablations)."""
-        return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id, **switches)
+        return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id,
+                               prior_guidance=self.prior_guidance, **switches)
 
 
 @dataclass
@@ -387,11 +390,14 @@ def criteria_table(results: dict[str, MethodResult]) -> str:
 
 def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> str:
     """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
-    baselines' guidance when they ran guided."""
+    baselines' guidance when they ran guided, and the ByG prior's."""
     guided = [m for m in GUIDED_BASELINES if m in results] if settings.guides_baselines else []
+    prior = [m for m in results if m not in ("supervised", *BASELINES)] if settings.prior_guidance != 1.0 else []
     return (markdown_table(results)
             + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
                f"target {settings.baseline_tgt_guidance:g} (SDEdit: the target's)." if guided else "")
+            + (f"\n\n{', '.join(prior)}: the prior's base velocities at classifier-free guidance "
+               f"{settings.prior_guidance:g}." if prior else "")
             + "\n\nBy edit family (clean edit / edit success / preservation):\n\n" + family_table(results)
             + "\n\nBy noise seed:\n\n" + seeds_table(results)
             + "\n\nPreservation criteria (share of edits keeping each):\n\n" + criteria_table(results) + "\n")
@@ -443,7 +449,15 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
 
 
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
-    """Guided baselines need the unconditional velocity, which only a base pretrained with dropped captions has."""
+    """Guided baselines and a guided prior need the unconditional velocity, which only a base pretrained with dropped
+    captions has."""
+    if settings.prior_guidance != 1.0 and set(methods) - {"supervised", *BASELINES} \
+            and not has_unconditional(pretrain_record(base)):
+        raise ValueError(
+            f"--prior-guidance {settings.prior_guidance:g}: the base {base} was pretrained without dropped captions, "
+            "so it has no unconditional velocity to guide its prior against; leave --prior-guidance at 1, or bench a "
+            "base pretrained with --p-uncond (the shipped medium one: --base-size medium)"
+        )
     if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(pretrain_record(base)):
         raise ValueError(
             f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
@@ -459,7 +473,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               batch_size: int | None = None, edit_steps: int | None = None,
               loraplus_lr_ratio: float | None = None, n_train: int | None = None,
               lora_targets: str | None = None, adam_beta2: float | None = None,
-              baseline_guidance: tuple[float, float] | None = None) -> dict:
+              baseline_guidance: tuple[float, float] | None = None, prior_guidance: float | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
@@ -468,7 +482,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     replace its learning rate, its schedule, its LoRA+ ratio, AdamW's second-moment decay, its tuples per step, its
     distinct training tuples and the layers its LoRA wraps for every trained method;
     ``edit_steps`` every method's sampler steps on the held-out tuples; ``baseline_guidance`` (source, target) the
-    zero-shot baselines' classifier-free guidance (a base pretrained with dropped captions only).
+    zero-shot baselines' classifier-free guidance and ``prior_guidance`` that of ByG's prior (each a base pretrained
+    with dropped captions only).
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
@@ -477,7 +492,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
                                    adam_beta2=adam_beta2 or settings.adam_beta2,
                                    batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
                                    lora_targets=lora_targets or settings.lora_targets,
-                                   edit_steps=edit_steps or settings.edit_steps)
+                                   edit_steps=edit_steps or settings.edit_steps,
+                                   prior_guidance=prior_guidance or settings.prior_guidance)
     if baseline_guidance is not None:
         settings = dataclasses.replace(settings, baseline_src_guidance=baseline_guidance[0],
                                        baseline_tgt_guidance=baseline_guidance[1])

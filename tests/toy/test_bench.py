@@ -1,5 +1,6 @@
 """The toy bench's short version: a few tens of ByG steps make a measurably better editor."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,16 @@ from byg_core.adapters import STUDENT, Adapters
 from byg_core.data import CachedEdits
 from byg_core.objective import ObjectiveConfig
 from byg_core.sample import edit
-from byg_core.toy.bench import ToySettings, _spec, cached_tuples, edit_with, run_demo, score
+from byg_core.toy.bench import (
+    SMOKE_SETTINGS,
+    ToySettings,
+    _spec,
+    cached_tuples,
+    check_guidance,
+    edit_with,
+    run_demo,
+    score,
+)
 from byg_core.toy.model import base_weights, build_toy_backbone
 from byg_core.toy.world import sample_tuples
 from byg_core.train import Trainer
@@ -315,3 +325,21 @@ def test_guided_baselines_run_on_a_base_with_an_unconditional_velocity_and_are_r
     assert "classifier-free guidance" not in results_md["unguided"]
     for method in ("sdedit", "flowedit"):  # the same tuples and noise, other velocities: other edits
         assert reports["guided"]["methods"][method]["pixel_error"] != reports["unguided"]["methods"][method]["pixel_error"]
+
+
+def test_a_guided_prior_runs_on_a_base_with_an_unconditional_velocity_and_is_refused_on_one_without(tmp_path, capsys):
+    from byg_core.cli import main as byg
+
+    common = ["bench", "--smoke", "--device", "cpu", "--prior-guidance", "4"]
+    assert byg([*common, "--methods", "byg", "--out", str(tmp_path / "small")]) == 2  # the small base: no p_uncond
+    err = capsys.readouterr().err
+    assert "--prior-guidance 4" in err and "toy_base.safetensors" in err and "--p-uncond" in err
+    assert not (tmp_path / "small").exists()
+    assert byg([*common, "--methods", "byg", "--prior-guidance", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "--prior-guidance must be > 0, got 0.0" in capsys.readouterr().err
+    # the methods without ByG's prior run on any base
+    check_guidance(dataclasses.replace(SMOKE_SETTINGS, prior_guidance=4.0), base_weights("small"),
+                   ["supervised", "identity", "sdedit", "flowedit"])
+    assert byg([*common, "--base-size", "medium", "--methods", "byg", "--out", str(tmp_path / "medium")]) == 0
+    assert json.loads((tmp_path / "medium" / "results.json").read_text())["settings"]["prior_guidance"] == 4.0
+    assert "byg: the prior's base velocities at classifier-free guidance 4." in (tmp_path / "medium" / "results.md").read_text()
