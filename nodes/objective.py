@@ -25,6 +25,12 @@ SWITCHES = {
     "identity_steps": "Off: no random identity-only steps after the warm-up (ablation).",
 }
 
+PRIOR_GUIDANCE = (
+    "Classifier-free guidance w of the frozen base's velocities in the prior, v_u + w (v_c - v_u) against the empty "
+    "prompt (paper 4.2); 1 = unguided. FLUX.1-dev is guidance-distilled, so its prior is guided already: keep 1. "
+    "Above 1 only for a base that learnt the empty prompt (Wan2.2; the toy medium base)."
+)
+
 
 class DirectionalPriorLoss:
     DESCRIPTION = (
@@ -57,6 +63,8 @@ class DirectionalPriorLoss:
             "tgt_caption": I.text("", "Caption of the image as it should become (the map's p_tgt).", multiline=True),
             "t": I.number(0.5, 0.01, 1.0, 0.01, "Noise level of the map's y_t (1 = pure noise, 0 = the image)."),
             "seed": I.seed("Seed of the noise in the map's y_t."),
+            # last, so that a workflow saved before it keeps its other widgets' values in place
+            "prior_guidance": I.number(d.prior_guidance, 0.01, 100.0, 0.01, PRIOR_GUIDANCE),
         }
         return {"required": required, "optional": optional}
 
