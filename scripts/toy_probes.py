@@ -34,6 +34,11 @@
       all three, with 95% intervals (issue 17, part 2). Every base draws the same captions from the same noise, so
       each base after the first also gets its change in "all three right" paired caption by caption against the
       first's (``metrics.paired_change``): docs/toy_bench.md's paired base figures are `--n 1024`.
+  .venv/bin/python scripts/toy_probes.py prior BASE [BASE ...] [--n 576] [--t 0.3 0.5 0.7] [--guidance 1 4]
+      does a base's directional prior point at the edit? ``model.directional_prior_check`` of each base at each
+      noise level t and classifier-free guidance (``ObjectiveConfig.prior_guidance``; a base pretrained with
+      --p-uncond): how often the one-step prediction under the target caption reads the target, under the source
+      caption the source, by family, and the cosine of their difference with the true edit.
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
           [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
       a trained editor under other sampling: each LoRA edits held-out tuples (from --noise-seeds, 0 by default) with each sampler step
@@ -70,7 +75,7 @@ from byg_core.sample import edit, initial_noise, integrate
 from byg_core.toy import bench
 from byg_core.toy.metrics import (
     PRESERVE_IOU, clean_edit_ceiling, mask_iou, paired_change, read_scene, right_pixels, wilson_interval)
-from byg_core.toy.model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, evaluate_base
+from byg_core.toy.model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, directional_prior_check, evaluate_base
 from byg_core.toy.world import FAMILIES, render_batch, sample_tuples
 from byg_core.train import Callbacks, Trainer
 
@@ -226,6 +231,16 @@ def base(args: argparse.Namespace) -> None:
                   f"{paired} | {time.time() - start:.0f} s", flush=True)
 
 
+def prior(args: argparse.Namespace) -> None:
+    for path in args.base:
+        backbone = build_toy_backbone(path)
+        for t, guidance in [(t, g) for t in args.t for g in args.guidance]:
+            r = directional_prior_check(backbone, n=args.n, t=t, guidance=guidance)
+            families = {f: round(v["tgt_reads_target"], 2) for f, v in r["by_family"].items()}
+            print(f"{path} | t {t} | guidance {guidance} | n {args.n} | source reads {r['src_reads_source']:.3f} | "
+                  f"target reads {r['tgt_reads_target']:.3f} {families} | cosine {r['cosine']:.3f}", flush=True)
+
+
 def _report(name: str, tuples: list, out: torch.Tensor, report: dict | None = None) -> str:
     """Clean edit, edit success, preservation, wrong pixels per image and clean edits by family of pixels
     (N, 3, H, W) from one noise seed or (seeds, N, 3, H, W) from several (``report``: their ``bench.score``)."""
@@ -341,6 +356,12 @@ def main() -> None:
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     p.add_argument("--sampler-shift", type=float, nargs="+", default=[1.0])
     p.set_defaults(run=base)
+    p = sub.add_parser("prior")
+    p.add_argument("base", nargs="+")
+    p.add_argument("--n", type=int, default=576)
+    p.add_argument("--t", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    p.set_defaults(run=prior)
     p = sub.add_parser("score")
     p.add_argument("lora", nargs="+")
     p.add_argument("--edit-steps", type=int, nargs="+", default=[bench.BENCH_SETTINGS.edit_steps])

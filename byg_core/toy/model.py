@@ -336,14 +336,18 @@ def evaluate_base(
 
 
 @torch.no_grad()
-def directional_prior_check(backbone: FluxBackbone, n: int = 64, seed: int = 0, t: float = 0.5) -> dict:
+def directional_prior_check(
+    backbone: FluxBackbone, n: int = 64, seed: int = 0, t: float = 0.5, guidance: float = 1.0
+) -> dict:
     """Does ``G_t2i(y_t, t, p_tgt) - G_t2i(y_t, t, p_src)`` point toward the edit? (paper 4.2)
 
     On the noised source y_t = (1 - t) x_src + t eps, the one-step predictions
     ``y_t - t v`` under the source and the target caption are read back. Reports how often
     the edited attribute reads as the source value under p_src and as the target value
     under p_tgt, and the mean cosine between the prediction difference ``-t (v_tgt - v_src)``
-    and the true edit ``x_tgt - x_src``.
+    and the true edit ``x_tgt - x_src``. ``guidance``: each velocity at classifier-free guidance
+    (``ObjectiveConfig.prior_guidance``; see ``_velocity_fn``): the reads change, the cosine does not
+    (the difference of two guided velocities is w times the unguided one's).
     """
     tuples = sample_tuples(n, seed, exclude_combos=())
     x_src = backbone.codec.encode(render_batch([tp.source for tp in tuples], TOY_RESOLUTION)).to(backbone.device)
@@ -351,8 +355,8 @@ def directional_prior_check(backbone: FluxBackbone, n: int = 64, seed: int = 0, 
     eps = initial_noise(x_src.shape, seed, backbone.device, backbone.dtype)
     t_vec = torch.full((n,), t, device=backbone.device)
     y_t = noise(x_src, eps, t_vec)
-    v_src = _velocity_fn(backbone, [tp.src_caption for tp in tuples])(y_t, t_vec)
-    v_tgt = _velocity_fn(backbone, [tp.tgt_caption for tp in tuples])(y_t, t_vec)
+    v_src = _velocity_fn(backbone, [tp.src_caption for tp in tuples], guidance)(y_t, t_vec)
+    v_tgt = _velocity_fn(backbone, [tp.tgt_caption for tp in tuples], guidance)(y_t, t_vec)
     reads = {}
     for name, v in (("src", v_src), ("tgt", v_tgt)):
         reads[name] = [read_scene(img) for img in backbone.decode_latents(one_step_prediction(y_t, t_vec, v)).cpu()]
@@ -367,7 +371,7 @@ def directional_prior_check(backbone: FluxBackbone, n: int = 64, seed: int = 0, 
             tgt_reads_target=sum(tgt_ok[i] for i in idx) / len(idx), cosine=float(cos[idx].mean()), n=len(idx)
         )
     return dict(
-        t=t, n=n,
+        t=t, n=n, guidance=guidance,
         src_reads_source=sum(src_ok) / n,
         tgt_reads_target=sum(tgt_ok) / n,
         cosine=float(cos.mean()),

@@ -45,6 +45,10 @@ def test_base_velocity_points_from_source_caption_to_target_caption(base):
     report = directional_prior_check(base, n=24, seed=5, t=0.5)
     assert report["src_reads_source"] >= 0.8, report
     assert report["cosine"] > 0.3, report
+    # guided (a guided prior, ObjectiveConfig.prior_guidance), each prediction moves; their difference only scales
+    guided = directional_prior_check(base, n=24, seed=5, t=0.5, guidance=4.0)
+    assert guided["cosine"] == pytest.approx(report["cosine"], abs=1e-4)
+    assert guided["tgt_reads_target"] > report["tgt_reads_target"] + 0.1  # 0.62 against 0.33 (n = 24)
 
 
 def test_file_config_is_the_one_used(base):
