@@ -192,17 +192,18 @@ def byg_step(
     # prompts swapped (4.3)
     queries = [(y_t, batch.p_src), (y_t, batch.p_tgt)] if cfg.regularization else []
     queries += [(x_t, batch.p_tgt), (x_t, batch.p_src)] if cfg.regularization and cfg.cycle else []
-    guided = bool(queries) and cfg.prior_guidance != 1.0
-    if guided:  # and the empty prompt's at each noised input, for the guided prior
+    pairs = len(queries)
+    guided = pairs > 0 and cfg.prior_guidance != 1.0
+    if guided:  # and the empty prompt's at each noised input (y_t, x_t), for the guided prior
         if batch.uncond is None:
             raise ValueError(f"prior_guidance {cfg.prior_guidance:g} needs the empty prompt's conditioning "
                              "(EditBatch.uncond)")
         queries += [(y, batch.uncond) for y, _ in queries[::2]]
     with record_function("byg.base"):
         v_base = G.t2i_many(queries, t)
-    if guided:
-        n = len(queries) * 2 // 3
-        v_base = [classifier_free_guidance(v, v_base[n + i // 2], cfg.prior_guidance) for i, v in enumerate(v_base[:n])]
+    if guided:  # query i's input is query (2 * (i // 2))'s, whose empty-prompt velocity is v_base[pairs + i // 2]
+        v_base = [classifier_free_guidance(v, v_base[pairs + i // 2], cfg.prior_guidance)
+                  for i, v in enumerate(v_base[:pairs])]
 
     def reverse_pass(y_hyb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L_cycle and L_prior_rev of the reverse pass G_edit(x_t, t, c_bar, y_hyb) (4.3)."""
