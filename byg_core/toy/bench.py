@@ -392,7 +392,7 @@ def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> 
     """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
     baselines' guidance when they ran guided, and the ByG prior's."""
     guided = [m for m in GUIDED_BASELINES if m in results] if settings.guides_baselines else []
-    prior = [m for m in results if m not in ("supervised", *BASELINES)] if settings.prior_guidance != 1.0 else []
+    prior = prior_methods(list(results)) if settings.prior_guidance != 1.0 else []
     return (markdown_table(results)
             + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
                f"target {settings.baseline_tgt_guidance:g} (SDEdit: the target's)." if guided else "")
@@ -448,22 +448,26 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
     return dataclasses.replace(settings, steps=steps, warmup_identity_steps=warmup, seed=seed)
 
 
+def prior_methods(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` that train with ByG's prior (ByG, its ablations, its cached variants): the ones
+    ``ToySettings.prior_guidance`` changes."""
+    return [m for m in methods if m != "supervised" and m not in BASELINES]
+
+
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
     """Guided baselines and a guided prior need the unconditional velocity, which only a base pretrained with dropped
     captions has."""
-    if settings.prior_guidance != 1.0 and set(methods) - {"supervised", *BASELINES} \
-            and not has_unconditional(pretrain_record(base)):
+    asks = []  # (the flag as given, its unguided value)
+    if settings.prior_guidance != 1.0 and prior_methods(methods):
+        asks.append((f"--prior-guidance {settings.prior_guidance:g}", "1"))
+    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods):
+        asks.append((f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}", "1 1"))
+    if asks and not has_unconditional(pretrain_record(base)):
+        leave = ", ".join(f"{flag.split()[0]} at {unguided}" for flag, unguided in asks)
         raise ValueError(
-            f"--prior-guidance {settings.prior_guidance:g}: the base {base} was pretrained without dropped captions, "
-            "so it has no unconditional velocity to guide its prior against; leave --prior-guidance at 1, or bench a "
-            "base pretrained with --p-uncond (the shipped medium one: --base-size medium)"
-        )
-    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods) and not has_unconditional(pretrain_record(base)):
-        raise ValueError(
-            f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}: the base "
-            f"{base} was pretrained without dropped captions, so it has no unconditional velocity to guide against; "
-            "leave --baseline-guidance at 1 1, or bench a base pretrained with --p-uncond (the shipped medium one: "
-            "--base-size medium)"
+            f"{' and '.join(flag for flag, _ in asks)}: the base {base} was pretrained without dropped captions, so it "
+            f"has no unconditional velocity to guide against; leave {leave}, or bench a base pretrained with "
+            "--p-uncond (the shipped medium one: --base-size medium)"
         )
 
 
