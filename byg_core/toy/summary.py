@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..safefiles import write_text_atomic
-from .bench import ABLATIONS, GUIDED_BASELINES, ToySettings, _rate
+from .bench import ABLATIONS, GUIDED_BASELINES, ToySettings, _rate, prior_methods
 from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
 
@@ -33,6 +33,10 @@ PAPER_DIRECTIONS = {
 
 
 BASELINE_GUIDANCE = ("settings.baseline_src_guidance", "settings.baseline_tgt_guidance")
+# settings that change some methods' figures alone, each with those of a run's methods it changes: a run without one
+# of them does not record the setting, so it combines with runs at any value of it
+CHANGES_ONLY = {**{key: lambda methods: set(GUIDED_BASELINES) & set(methods) for key in BASELINE_GUIDANCE},
+                "settings.prior_guidance": prior_methods}
 
 
 def _comparable(report: dict) -> dict:
@@ -40,15 +44,14 @@ def _comparable(report: dict) -> dict:
     # a setting added since a run was made is the default it ran with (adam_beta2, lora_targets, ...)
     defaults = {f.name: f.default for f in dataclasses.fields(ToySettings) if f.name not in report["settings"]}
     settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
-    if not set(GUIDED_BASELINES) & set(report["methods"]):  # then their guidance changed none of its figures
-        settings = {k: v for k, v in settings.items() if k not in BASELINE_GUIDANCE}
+    settings = {k: v for k, v in settings.items() if k not in CHANGES_ONLY or CHANGES_ONLY[k](list(report["methods"]))}
     return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
 
 
 def _differing(key: dict, other: dict) -> list[str]:
-    """The ``_comparable`` keys two runs differ in; the baselines' guidance only where both ran a baseline it changes."""
+    """The ``_comparable`` keys two runs differ in; a ``CHANGES_ONLY`` setting only where both ran a method it changes."""
     return [k for k in {**key, **other} if key.get(k) != other.get(k)
-            and (k not in BASELINE_GUIDANCE or (k in key and k in other))]
+            and (k not in CHANGES_ONLY or (k in key and k in other))]
 
 
 def settings_differ(key: dict, other: dict) -> list[str]:

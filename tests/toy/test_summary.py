@@ -106,6 +106,23 @@ def test_the_baselines_guidance_only_counts_for_runs_with_a_baseline_it_changes(
     assert "settings.baseline_src_guidance: 1.0 vs 1.5" in err and "settings.baseline_tgt_guidance: 1.0 vs 5.5" in err
 
 
+def test_the_prior_guidance_only_counts_for_runs_with_a_method_that_trains_with_the_prior(runs, tmp_path, capsys):
+    """A supervised run recorded at another prior guidance combines with ByG's seeds (the prior changed none of its
+    figures); ByG at two prior guidances does not."""
+    report = json.loads((runs / "seed1" / "results.json").read_text())
+    assert report["settings"]["prior_guidance"] == 1.0
+    for name, methods in (("supervised", {"supervised": report["methods"]["byg"]}), ("guided", report["methods"])):
+        (tmp_path / name).mkdir()
+        settings = {**report["settings"], "prior_guidance": 4.0}
+        (tmp_path / name / "results.json").write_text(json.dumps({**report, "methods": methods, "settings": settings}))
+    out = tmp_path / "combined"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "supervised"), "--out", str(out)]) == 0
+    assert set(json.loads((out / "summary.json").read_text())["methods"]) == {"byg", "no_cycle", "supervised"}
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "guided"),
+                "--out", str(tmp_path / "no")]) == 2
+    assert "differ in settings.prior_guidance: 4.0 vs 1.0" in capsys.readouterr().err
+
+
 def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
     def entry(change, low, high):
         return {"against_byg": {"edit_success": {"change": change, "ci": [low, high]},
