@@ -38,7 +38,9 @@
       does a base's directional prior point at the edit? ``model.directional_prior_check`` of each base at each
       noise level t and classifier-free guidance (``ObjectiveConfig.prior_guidance``; a base pretrained with
       --p-uncond): how often the one-step prediction under the target caption reads the target, under the source
-      caption the source, by family, and the cosine of their difference with the true edit.
+      caption the source, by family, and the cosine of their difference with the true edit; and by family how much
+      more the prior (and its directional term alone) costs an editor that keeps the source than one that makes the
+      true edit (> 0: the prior pulls toward the edit).
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
           [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
       a trained editor under other sampling: each LoRA edits held-out tuples (from --noise-seeds, 0 by default) with each sampler step
@@ -237,8 +239,10 @@ def prior(args: argparse.Namespace) -> None:
         for t, guidance in [(t, g) for t in args.t for g in args.guidance]:
             r = directional_prior_check(backbone, n=args.n, t=t, guidance=guidance)
             families = {f: round(v["tgt_reads_target"], 2) for f, v in r["by_family"].items()}
+            margins = {f: (round(v["prior_margin"], 3), round(v["directional_margin"], 3)) for f, v in r["by_family"].items()}
             print(f"{path} | t {t} | guidance {guidance} | n {args.n} | source reads {r['src_reads_source']:.3f} | "
-                  f"target reads {r['tgt_reads_target']:.3f} {families} | cosine {r['cosine']:.3f}", flush=True)
+                  f"target reads {r['tgt_reads_target']:.3f} {families} | cosine {r['cosine']:.3f} | "
+                  f"prior margin, directional margin {margins}", flush=True)
 
 
 def _report(name: str, tuples: list, out: torch.Tensor, report: dict | None = None) -> str:

@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 
 from byg_core.backbones.flux import FluxBackbone
-from byg_core.objective import noise, one_step_prediction, supervised_edit_loss
+from byg_core.objective import (
+    ObjectiveConfig,
+    directional_loss,
+    directional_prior_loss,
+    noise,
+    one_step_prediction,
+    supervised_edit_loss,
+    velocity_target,
+)
 from byg_core.safefiles import load_checked, meta_json, save_atomic
 from byg_core.sample import guided_velocity, initial_noise, integrate
 from byg_core.timesteps import TIMESTEP_SAMPLERS
@@ -337,7 +345,8 @@ def evaluate_base(
 
 @torch.no_grad()
 def directional_prior_check(
-    backbone: FluxBackbone, n: int = 64, seed: int = 0, t: float = 0.5, guidance: float = 1.0
+    backbone: FluxBackbone, n: int = 64, seed: int = 0, t: float = 0.5, guidance: float = 1.0,
+    alpha: float = ObjectiveConfig.alpha,
 ) -> dict:
     """Does ``G_t2i(y_t, t, p_tgt) - G_t2i(y_t, t, p_src)`` point toward the edit? (paper 4.2)
 
@@ -348,6 +357,12 @@ def directional_prior_check(
     and the true edit ``x_tgt - x_src``. ``guidance``: each velocity at classifier-free guidance
     (``ObjectiveConfig.prior_guidance``; see ``_velocity_fn``): the reads change, the cosine does not
     (the difference of two guided velocities is w times the unguided one's).
+
+    Per family, ``prior_margin``: how much more the prior (``directional_prior_loss`` at ``alpha``) costs an editor
+    that keeps the source (its one-step prediction x_src) than one that makes the true edit (x_tgt), at this y_t (an
+    identity editor's pseudo-target, as after the identity warm-up); > 0: the prior pulls toward the edit.
+    ``directional_margin``: the same for the directional term alone. Guidance moves v_src, the directional term's
+    reference point, so these change with it.
     """
     tuples = sample_tuples(n, seed, exclude_combos=())
     x_src = backbone.codec.encode(render_batch([tp.source for tp in tuples], TOY_RESOLUTION)).to(backbone.device)
@@ -364,11 +379,18 @@ def directional_prior_check(
     src_ok = [getattr(r, f) == getattr(tp.source, f) for r, f, tp in zip(reads["src"], fields, tuples)]
     tgt_ok = [getattr(r, f) == getattr(tp.target, f) for r, f, tp in zip(reads["tgt"], fields, tuples)]
     cos = torch.nn.functional.cosine_similarity((-t * (v_tgt - v_src)).flatten(1), (x_tgt - x_src).flatten(1), dim=1)
+    v_keep, v_edit = velocity_target(x_src, eps), (y_t - x_tgt) / t  # one-step predictions x_src, x_tgt
     by_family = {}
     for family in sorted(set(tp.family for tp in tuples)):
         idx = [i for i, tp in enumerate(tuples) if tp.family == family]
+
+        def margin(loss: Callable[[torch.Tensor], torch.Tensor]) -> float:
+            return float(loss(v_keep[idx]) - loss(v_edit[idx]))
+
         by_family[family] = dict(
-            tgt_reads_target=sum(tgt_ok[i] for i in idx) / len(idx), cosine=float(cos[idx].mean()), n=len(idx)
+            tgt_reads_target=sum(tgt_ok[i] for i in idx) / len(idx), cosine=float(cos[idx].mean()), n=len(idx),
+            prior_margin=margin(lambda v: directional_prior_loss(v, v_src[idx], v_tgt[idx], alpha)),
+            directional_margin=margin(lambda v: directional_loss(v, v_src[idx], v_tgt[idx])),
         )
     return dict(
         t=t, n=n, guidance=guidance,

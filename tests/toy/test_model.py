@@ -49,6 +49,11 @@ def test_base_velocity_points_from_source_caption_to_target_caption(base):
     guided = directional_prior_check(base, n=24, seed=5, t=0.5, guidance=4.0)
     assert guided["cosine"] == pytest.approx(report["cosine"], abs=1e-4)
     assert guided["tgt_reads_target"] > report["tgt_reads_target"] + 0.1  # 0.62 against 0.33 (n = 24)
+    # the prior costs an editor that keeps the source more than one that makes the true edit, in every family; guided,
+    # its reference point v_src moves and the shape-kind margin all but vanishes (0.36 -> 0.07 here; docs/toy_bench.md)
+    for family, figures in report["by_family"].items():
+        assert figures["prior_margin"] > 0.2 and figures["directional_margin"] > 0.2, (family, figures)
+    assert guided["by_family"]["shape_kind"]["prior_margin"] < report["by_family"]["shape_kind"]["prior_margin"] / 3
 
 
 def test_file_config_is_the_one_used(base):
