@@ -391,7 +391,7 @@ def criteria_table(results: dict[str, MethodResult]) -> str:
 def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> str:
     """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
     baselines' guidance when they ran guided, and the ByG prior's."""
-    guided = [m for m in GUIDED_BASELINES if m in results] if settings.guides_baselines else []
+    guided = guided_baseline_methods(list(results)) if settings.guides_baselines else []
     prior = prior_methods(list(results)) if settings.prior_guidance != 1.0 else []
     return (markdown_table(results)
             + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
@@ -448,6 +448,11 @@ def with_steps(settings: ToySettings, steps: int | None, seed: int) -> ToySettin
     return dataclasses.replace(settings, steps=steps, warmup_identity_steps=warmup, seed=seed)
 
 
+def guided_baseline_methods(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` that ``ToySettings.baseline_*_guidance`` changes, in ``GUIDED_BASELINES``' order."""
+    return [m for m in GUIDED_BASELINES if m in methods]
+
+
 def prior_methods(methods: Sequence[str]) -> list[str]:
     """Those of ``methods`` that train with ByG's prior (ByG, its ablations, its cached variants): the ones
     ``ToySettings.prior_guidance`` changes."""
@@ -460,7 +465,7 @@ def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[st
     asks = []  # (the flag as given, its unguided value)
     if settings.prior_guidance != 1.0 and prior_methods(methods):
         asks.append((f"--prior-guidance {settings.prior_guidance:g}", "1"))
-    if settings.guides_baselines and set(GUIDED_BASELINES) & set(methods):
+    if settings.guides_baselines and guided_baseline_methods(methods):
         asks.append((f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}", "1 1"))
     if asks and not has_unconditional(pretrain_record(base)):
         leave = ", ".join(f"{flag.split()[0]} at {unguided}" for flag, unguided in asks)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..safefiles import write_text_atomic
-from .bench import ABLATIONS, GUIDED_BASELINES, ToySettings, _rate, prior_methods
+from .bench import ABLATIONS, ToySettings, _rate, guided_baseline_methods, prior_methods
 from .metrics import RATE_KEYS, paired_change, wilson_interval
 from .world import FAMILIES
 
@@ -35,8 +35,7 @@ PAPER_DIRECTIONS = {
 BASELINE_GUIDANCE = ("settings.baseline_src_guidance", "settings.baseline_tgt_guidance")
 # settings that change some methods' figures alone, each with those of a run's methods it changes: a run without one
 # of them does not record the setting, so it combines with runs at any value of it
-CHANGES_ONLY = {**{key: lambda methods: set(GUIDED_BASELINES) & set(methods) for key in BASELINE_GUIDANCE},
-                "settings.prior_guidance": prior_methods}
+CHANGES_ONLY = {**{key: guided_baseline_methods for key in BASELINE_GUIDANCE}, "settings.prior_guidance": prior_methods}
 
 
 def _comparable(report: dict) -> dict:
