@@ -228,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
               edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
               lora_targets=args.lora_targets, adam_beta2=args.adam_beta2, baseline_guidance=args.baseline_guidance,
-              prior_guidance=args.prior_guidance,
+              prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms,
               settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
 
@@ -301,6 +301,8 @@ def cmd_toy_dataset(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .objective import PRIOR_GUIDANCE_TERMS
+
     parser = argparse.ArgumentParser(prog="byg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -400,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classifier-free guidance of the frozen base's velocities in ByG's prior (section 4.2), "
                             "against the empty prompt (default: 1, unguided); needs a base pretrained with --p-uncond, "
                             "as the shipped medium one; results.json records it")
+    bench.add_argument("--prior-guidance-terms", choices=PRIOR_GUIDANCE_TERMS, default=None,
+                       help="which of the prior's base velocities --prior-guidance guides: all (default; v_src and "
+                            "v_tgt in both terms, as the paper's distilled FLUX.1-dev) or anchor (only the MSE "
+                            "anchor's v_tgt: the directional term keeps the unguided reference; not the paper's); "
+                            "results.json records it")
     _add_base_size(bench, "the toy base: its default file (byg_core/toy/assets: small and medium ship; large is made "
                           "by `byg toy pretrain --base-size large`)")
     bench.add_argument("--base", default=None, help="a toy base file (overrides --base-size)")

@@ -176,7 +176,10 @@ class TrainConfig:
         objective = _build(ObjectiveConfig, values.pop("objective", {}), f"{source} [objective]")
         config = _build(cls, values, source)
         config.objective = objective
-        return config.validate()
+        try:
+            return config.validate()
+        except ValueError as error:  # a value of the right type but out of range: name the file it came from
+            raise ValueError(f"{source}: {error}") from error
 
     @classmethod
     def for_preset(cls, preset: str, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":

@@ -55,10 +55,12 @@ def directional_loss(v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Ten
 
 
 def directional_prior_loss(
-    v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor, alpha: float, directional: bool = True
+    v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor, alpha: float, directional: bool = True,
+    v_anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); MSE only without the directional term."""
-    mse = F.mse_loss(v_pred, v_tgt)
+    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); MSE only without the directional term.
+    ``v_anchor``: the anchor's velocity where it is not v_tgt (``ObjectiveConfig.prior_guidance_terms`` "anchor")."""
+    mse = F.mse_loss(v_pred, v_tgt if v_anchor is None else v_anchor)
     if not directional:
         return mse
     return directional_loss(v_pred, v_src, v_tgt) + alpha * mse
@@ -82,6 +84,9 @@ def total_loss(
     return lambda_cycle * l_cycle + lambda_prior * (l_prior_fwd + l_prior_rev) + lambda_id * l_id
 
 
+PRIOR_GUIDANCE_TERMS = ("all", "anchor")  # ObjectiveConfig.prior_guidance_terms
+
+
 @dataclass
 class ObjectiveConfig:
     """Loss weights and the switches of the paper's ablations (Table 4)."""
@@ -101,6 +106,10 @@ class ObjectiveConfig:
     # has the unconditional velocity); 1: unguided. The paper's FLUX.1-dev base is guidance-distilled, so its prior's
     # velocities are guided (at the embedded 3.5); a base without distillation (the toy, Wan2.2) has this instead
     prior_guidance: float = 1.0
+    # which of the prior's base velocities prior_guidance guides: "all" (v_src and v_tgt, in both terms, as the
+    # paper's distilled base does) or "anchor" (only the MSE anchor's v_tgt; the directional term reads the unguided
+    # v_src, v_tgt, so guidance does not move its reference point: not the paper's, docs/toy_bench.md, stop 54)
+    prior_guidance_terms: str = "all"
 
     def validate(self) -> None:
         for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
@@ -110,6 +119,9 @@ class ObjectiveConfig:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
         if not self.prior_guidance > 0:
             raise ValueError(f"prior_guidance must be > 0, got {self.prior_guidance}")
+        if self.prior_guidance_terms not in PRIOR_GUIDANCE_TERMS:
+            raise ValueError(f"prior_guidance_terms must be one of {', '.join(PRIOR_GUIDANCE_TERMS)}, "
+                             f"got {self.prior_guidance_terms!r}")
 
 
 @dataclass
@@ -201,9 +213,11 @@ def byg_step(
         queries += [(y, batch.uncond) for y, _ in queries[::2]]
     with record_function("byg.base"):
         v_base = G.t2i_many(queries, t)
+    v_anchor = v_base  # the MSE anchor's velocities: guided, with the directional term's or alone
     if guided:  # query i's input is query (2 * (i // 2))'s, whose empty-prompt velocity is v_base[pairs + i // 2]
-        v_base = [classifier_free_guidance(v, v_base[pairs + i // 2], cfg.prior_guidance)
-                  for i, v in enumerate(v_base[:pairs])]
+        v_anchor = [classifier_free_guidance(v, v_base[pairs + i // 2], cfg.prior_guidance)
+                    for i, v in enumerate(v_base[:pairs])]
+        v_base = v_base[:pairs] if cfg.prior_guidance_terms == "anchor" else v_anchor
 
     def reverse_pass(y_hyb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L_cycle and L_prior_rev of the reverse pass G_edit(x_t, t, c_bar, y_hyb) (4.3)."""
@@ -211,8 +225,8 @@ def byg_step(
         # (a step's peak went from 2.2x to 3.1x a supervised step's) with no gain in time (byg bench speed, CPU)
         with record_function("byg.reverse"):
             v_rev = G.edit(x_t, t, batch.c_bar, y_hyb)
-        prior_rev = directional_prior_loss(v_rev, v_base[2], v_base[3], cfg.alpha, cfg.directional) \
-            if cfg.regularization else zero
+        prior_rev = directional_prior_loss(v_rev, v_base[2], v_base[3], cfg.alpha, cfg.directional,
+                                           v_anchor[3]) if cfg.regularization else zero
         return supervised_edit_loss(v_rev, x, eps), prior_rev
 
     # Staged backward: with routing, y_hyb has the value sg(y_0) (Eq. 4), known before the forward pass, so the
@@ -234,7 +248,8 @@ def byg_step(
     y_hat = one_step_prediction(y_t, t, v_fwd)
     terms["prior_fwd"] = zero
     if cfg.regularization:
-        terms["prior_fwd"] = directional_prior_loss(v_fwd, v_base[0], v_base[1], cfg.alpha, cfg.directional)
+        terms["prior_fwd"] = directional_prior_loss(v_fwd, v_base[0], v_base[1], cfg.alpha, cfg.directional,
+                                                    v_anchor[1])
     if cfg.cycle and not staged:
         terms["cycle"], terms["prior_rev"] = reverse_pass(
             route_gradients(rollout.y_0, y_hat) if cfg.gradient_routing else y_hat)

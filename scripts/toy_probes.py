@@ -35,12 +35,14 @@
       each base after the first also gets its change in "all three right" paired caption by caption against the
       first's (``metrics.paired_change``): docs/toy_bench.md's paired base figures are `--n 1024`.
   .venv/bin/python scripts/toy_probes.py prior BASE [BASE ...] [--n 576] [--t 0.3 0.5 0.7] [--guidance 1 4]
+          [--terms all|anchor]
       does a base's directional prior point at the edit? ``model.directional_prior_check`` of each base at each
       noise level t and classifier-free guidance (``ObjectiveConfig.prior_guidance``; a base pretrained with
       --p-uncond): how often the one-step prediction under the target caption reads the target, under the source
       caption the source, by family, and the cosine of their difference with the true edit; and by family how much
       more the prior (and its directional term alone) costs an editor that keeps the source than one that makes the
-      true edit (> 0: the prior pulls toward the edit).
+      true edit (> 0: the prior pulls toward the edit); --terms anchor guides only the MSE anchor's v_tgt
+      (``ObjectiveConfig.prior_guidance_terms``).
   .venv/bin/python scripts/toy_probes.py score LORA [LORA ...] [--edit-steps 20] [--guidance 1 1.5 2] [--n-eval N]
           [--base FILE] [--eval-seed S] [--noise-seeds 0 1 2] [--out FILE]
       a trained editor under other sampling: each LoRA edits held-out tuples (from --noise-seeds, 0 by default) with each sampler step
@@ -237,10 +239,10 @@ def prior(args: argparse.Namespace) -> None:
     for path in args.base:
         backbone = build_toy_backbone(path)
         for t, guidance in [(t, g) for t in args.t for g in args.guidance]:
-            r = directional_prior_check(backbone, n=args.n, t=t, guidance=guidance)
+            r = directional_prior_check(backbone, n=args.n, t=t, guidance=guidance, terms=args.terms)
             families = {f: round(v["tgt_reads_target"], 2) for f, v in r["by_family"].items()}
             margins = {f: (round(v["prior_margin"], 3), round(v["directional_margin"], 3)) for f, v in r["by_family"].items()}
-            print(f"{path} | t {t} | guidance {guidance} | n {args.n} | source reads {r['src_reads_source']:.3f} | "
+            print(f"{path} | t {t} | guidance {guidance} ({args.terms}) | n {args.n} | source reads {r['src_reads_source']:.3f} | "
                   f"target reads {r['tgt_reads_target']:.3f} {families} | cosine {r['cosine']:.3f} | "
                   f"prior margin, directional margin {margins}", flush=True)
 
@@ -365,6 +367,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=576)
     p.add_argument("--t", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    p.add_argument("--terms", choices=objective.PRIOR_GUIDANCE_TERMS, default="all",
+                   help="which of the prior's velocities the guidance guides (ObjectiveConfig.prior_guidance_terms)")
     p.set_defaults(run=prior)
     p = sub.add_parser("score")
     p.add_argument("lora", nargs="+")

@@ -288,3 +288,24 @@ def test_a_guided_prior_takes_each_base_velocity_at_classifier_free_guidance_aga
         step_terms(G, batch, prior_guidance=3.0)
     with pytest.raises(ValueError, match="prior_guidance must be > 0"):
         ObjectiveConfig(prior_guidance=0).validate()
+
+
+def test_a_prior_guided_on_its_anchor_alone_keeps_the_directional_term_unguided(setup):
+    """prior_guidance_terms "anchor": L_dir reads the unguided v_src, v_tgt; alpha ||v_pred - v_tgt||^2 the guided v_tgt."""
+    G, _, batch = setup
+    guided = dataclasses.replace(batch, uncond=G.backbone.encode_text(["", ""]))
+
+    def prior(**switches):
+        terms = step_terms(G, guided, **switches)
+        return torch.tensor([terms["prior_fwd"], terms["prior_rev"]])
+
+    w, alpha = dict(prior_guidance=3.0), ObjectiveConfig.alpha
+    mse_plain, mse_guided = prior(directional=False), prior(directional=False, **w)
+    expected = prior() - alpha * mse_plain + alpha * mse_guided  # the unguided L_dir, the guided anchor
+    anchored = prior(prior_guidance_terms="anchor", **w)
+    assert torch.allclose(anchored, expected, rtol=1e-4)
+    assert (anchored - prior(**w)).abs().min() > 1e-3 and (anchored - prior()).abs().min() > 1e-4
+    cycle = step_terms(G, guided, prior_guidance_terms="anchor", **w)["cycle"]
+    assert cycle == pytest.approx(step_terms(G, guided)["cycle"], rel=1e-5)
+    with pytest.raises(ValueError, match="prior_guidance_terms must be one of all, anchor, got 'both'"):
+        ObjectiveConfig(prior_guidance_terms="both").validate()

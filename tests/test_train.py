@@ -1,5 +1,6 @@
 """The trainer: loss goes down on a fixed batch, resume is exact, bad configs are refused."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -255,24 +256,29 @@ def test_config_loads_from_toml_with_an_objective_table(tmp_path):
     cfg = TrainConfig.from_toml(path)
     assert (cfg.steps, cfg.lr, cfg.objective.alpha, cfg.objective.cycle) == (12, 1e-4, 0.5, False)
     path.write_text('[objective]\nalpha = -1\n')
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: alpha must be >= 0"):
+        TrainConfig.from_toml(path)
+    path.write_text('[objective]\nprior_guidance_terms = "both"\n')
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: prior_guidance_terms must be one of all, anchor"):
         TrainConfig.from_toml(path)
 
 
 def test_a_toml_guided_prior_trains_on_the_empty_prompt_and_changes_the_prior_alone(tmp_path):
     path = tmp_path / "run.toml"
     history = {}
-    for w in (1.0, 3.0):
-        path.write_text(f'output_dir = "{(tmp_path / str(w)).as_posix()}"\nsteps = 3\nbatch_size = 2\nrank = 4\n'
-                        f'warmup_identity_steps = 0\nidentity_prob = 0.0\ncheckpoint_every = 0\nseed = 5\n'
-                        f'[objective]\nrollout_steps = 2\nprior_guidance = {w}\n')
+    for w, terms in ((1.0, "all"), (3.0, "all"), (3.0, "anchor")):
+        path.write_text(f'output_dir = "{(tmp_path / f"{w}{terms}").as_posix()}"\nsteps = 3\nbatch_size = 2\n'
+                        f'rank = 4\nwarmup_identity_steps = 0\nidentity_prob = 0.0\ncheckpoint_every = 0\nseed = 5\n'
+                        f'[objective]\nrollout_steps = 2\nprior_guidance = {w}\nprior_guidance_terms = "{terms}"\n')
         cfg = TrainConfig.from_toml(path)
-        assert cfg.objective.prior_guidance == w
-        history[w] = Trainer(cfg, make_flux_backbone(), tiny_data()).run().history
+        assert (cfg.objective.prior_guidance, cfg.objective.prior_guidance_terms) == (w, terms)
+        history[w, terms] = Trainer(cfg, make_flux_backbone(), tiny_data()).run().history
     # the first step: the same weights, batch and noise; only the prior's base velocities differ
-    first = {w: h[0] for w, h in history.items()}
-    assert first[3.0]["cycle"] == pytest.approx(first[1.0]["cycle"], rel=1e-5)
-    assert abs(first[3.0]["prior_fwd"] - first[1.0]["prior_fwd"]) > 1e-3
+    first = {key: h[0] for key, h in history.items()}
+    for guided in ((3.0, "all"), (3.0, "anchor")):
+        assert first[guided]["cycle"] == pytest.approx(first[1.0, "all"]["cycle"], rel=1e-5)
+        assert abs(first[guided]["prior_fwd"] - first[1.0, "all"]["prior_fwd"]) > 1e-4
+    assert abs(first[3.0, "anchor"]["prior_fwd"] - first[3.0, "all"]["prior_fwd"]) > 1e-4
 
 
 def test_gradient_checkpointing_changes_no_gradient_and_keeps_lora_ones(tmp_path, monkeypatch):

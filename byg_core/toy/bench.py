@@ -92,6 +92,8 @@ class ToySettings:
     baseline_tgt_guidance: float = 1.0
     # classifier-free guidance of the base's velocities in ByG's prior (ObjectiveConfig.prior_guidance); 1: unguided
     prior_guidance: float = 1.0
+    # which of the prior's velocities it guides (ObjectiveConfig.prior_guidance_terms): all, or the anchor's alone
+    prior_guidance_terms: str = "all"
     n_train: int = 1024
     n_eval: int = 96  # held-out tuples per split (seen, unseen colour pairs), as many of each edit family
     seed: int = 0  # training: tuples, LoRA init, batches
@@ -120,6 +122,9 @@ class ToySettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
+        if self.prior_guidance_terms != "all" and self.prior_guidance == 1.0:
+            raise ValueError(f"prior_guidance_terms {self.prior_guidance_terms!r} guides nothing at prior_guidance 1; "
+                             "give the guidance too (--prior-guidance W)")
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
         if not self.noise_seeds:
@@ -134,7 +139,8 @@ class ToySettings:
     def objective(self, **switches: bool) -> ObjectiveConfig:
         """The objective at these settings; ``switches`` turn off components (the ablations)."""
         return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id,
-                               prior_guidance=self.prior_guidance, **switches)
+                               prior_guidance=self.prior_guidance, prior_guidance_terms=self.prior_guidance_terms,
+                               **switches)
 
 
 @dataclass
@@ -397,7 +403,9 @@ def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> 
             + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
                f"target {settings.baseline_tgt_guidance:g} (SDEdit: the target's)." if guided else "")
             + (f"\n\n{', '.join(prior)}: the prior's base velocities at classifier-free guidance "
-               f"{settings.prior_guidance:g}." if prior else "")
+               f"{settings.prior_guidance:g}" + (" (the MSE anchor's v_tgt alone; the directional term's unguided)"
+                                                 if settings.prior_guidance_terms == "anchor" else "") + "."
+               if prior else "")
             + "\n\nBy edit family (clean edit / edit success / preservation):\n\n" + family_table(results)
             + "\n\nBy noise seed:\n\n" + seeds_table(results)
             + "\n\nPreservation criteria (share of edits keeping each):\n\n" + criteria_table(results) + "\n")
@@ -482,7 +490,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               batch_size: int | None = None, edit_steps: int | None = None,
               loraplus_lr_ratio: float | None = None, n_train: int | None = None,
               lora_targets: str | None = None, adam_beta2: float | None = None,
-              baseline_guidance: tuple[float, float] | None = None, prior_guidance: float | None = None) -> dict:
+              baseline_guidance: tuple[float, float] | None = None, prior_guidance: float | None = None,
+              prior_guidance_terms: str | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
@@ -492,7 +501,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     distinct training tuples and the layers its LoRA wraps for every trained method;
     ``edit_steps`` every method's sampler steps on the held-out tuples; ``baseline_guidance`` (source, target) the
     zero-shot baselines' classifier-free guidance and ``prior_guidance`` that of ByG's prior (each a base pretrained
-    with dropped captions only).
+    with dropped captions only), ``prior_guidance_terms`` which of the prior's velocities that guides.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
@@ -502,7 +511,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
                                    batch_size=batch_size or settings.batch_size, n_train=n_train or settings.n_train,
                                    lora_targets=lora_targets or settings.lora_targets,
                                    edit_steps=edit_steps or settings.edit_steps,
-                                   prior_guidance=prior_guidance or settings.prior_guidance)
+                                   prior_guidance=prior_guidance or settings.prior_guidance,
+                                   prior_guidance_terms=prior_guidance_terms or settings.prior_guidance_terms)
     if baseline_guidance is not None:
         settings = dataclasses.replace(settings, baseline_src_guidance=baseline_guidance[0],
                                        baseline_tgt_guidance=baseline_guidance[1])

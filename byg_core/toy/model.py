@@ -346,7 +346,7 @@ def evaluate_base(
 @torch.no_grad()
 def directional_prior_check(
     backbone: FluxBackbone, n: int = 64, seed: int = 0, t: float = 0.5, guidance: float = 1.0,
-    alpha: float = ObjectiveConfig.alpha,
+    alpha: float = ObjectiveConfig.alpha, terms: str = ObjectiveConfig.prior_guidance_terms,
 ) -> dict:
     """Does ``G_t2i(y_t, t, p_tgt) - G_t2i(y_t, t, p_src)`` point toward the edit? (paper 4.2)
 
@@ -362,7 +362,8 @@ def directional_prior_check(
     that keeps the source (its one-step prediction x_src) than one that makes the true edit (x_tgt), at this y_t (an
     identity editor's pseudo-target, as after the identity warm-up); > 0: the prior pulls toward the edit.
     ``directional_margin``: the same for the directional term alone. Guidance moves v_src, the directional term's
-    reference point, so these change with it.
+    reference point, so these change with it; ``terms`` "anchor" (``ObjectiveConfig.prior_guidance_terms``) guides
+    the MSE anchor's v_tgt alone, the directional term reading the unguided pair.
     """
     tuples = sample_tuples(n, seed, exclude_combos=())
     x_src = backbone.codec.encode(render_batch([tp.source for tp in tuples], TOY_RESOLUTION)).to(backbone.device)
@@ -372,6 +373,10 @@ def directional_prior_check(
     y_t = noise(x_src, eps, t_vec)
     v_src = _velocity_fn(backbone, [tp.src_caption for tp in tuples], guidance)(y_t, t_vec)
     v_tgt = _velocity_fn(backbone, [tp.tgt_caption for tp in tuples], guidance)(y_t, t_vec)
+    v_dir = (v_src, v_tgt)  # the directional term's pair
+    if terms == "anchor" and guidance != 1.0:
+        v_dir = tuple(_velocity_fn(backbone, [getattr(tp, k) for tp in tuples])(y_t, t_vec)
+                      for k in ("src_caption", "tgt_caption"))
     reads = {}
     for name, v in (("src", v_src), ("tgt", v_tgt)):
         reads[name] = [read_scene(img) for img in backbone.decode_latents(one_step_prediction(y_t, t_vec, v)).cpu()]
@@ -389,11 +394,12 @@ def directional_prior_check(
 
         by_family[family] = dict(
             tgt_reads_target=sum(tgt_ok[i] for i in idx) / len(idx), cosine=float(cos[idx].mean()), n=len(idx),
-            prior_margin=margin(lambda v: directional_prior_loss(v, v_src[idx], v_tgt[idx], alpha)),
-            directional_margin=margin(lambda v: directional_loss(v, v_src[idx], v_tgt[idx])),
+            prior_margin=margin(lambda v: directional_prior_loss(v, v_dir[0][idx], v_dir[1][idx], alpha,
+                                                                 v_anchor=v_tgt[idx])),
+            directional_margin=margin(lambda v: directional_loss(v, v_dir[0][idx], v_dir[1][idx])),
         )
     return dict(
-        t=t, n=n, guidance=guidance,
+        t=t, n=n, guidance=guidance, terms=terms,
         src_reads_source=sum(src_ok) / n,
         tgt_reads_target=sum(tgt_ok) / n,
         cosine=float(cos.mean()),

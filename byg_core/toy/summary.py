@@ -35,7 +35,8 @@ PAPER_DIRECTIONS = {
 BASELINE_GUIDANCE = ("settings.baseline_src_guidance", "settings.baseline_tgt_guidance")
 # settings that change some methods' figures alone, each with those of a run's methods it changes: a run without one
 # of them does not record the setting, so it combines with runs at any value of it
-CHANGES_ONLY = {**{key: guided_baseline_methods for key in BASELINE_GUIDANCE}, "settings.prior_guidance": prior_methods}
+CHANGES_ONLY = {**{key: guided_baseline_methods for key in BASELINE_GUIDANCE},
+                **{key: prior_methods for key in ("settings.prior_guidance", "settings.prior_guidance_terms")}}
 
 
 def _comparable(report: dict) -> dict:

@@ -337,6 +337,11 @@ def test_a_guided_prior_runs_on_a_base_with_an_unconditional_velocity_and_is_ref
     assert not (tmp_path / "small").exists()
     assert byg([*common, "--methods", "byg", "--prior-guidance", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "--prior-guidance must be > 0, got 0.0" in capsys.readouterr().err
+    # guiding the anchor alone with no guidance is a mistake, named before anything runs
+    assert byg(["bench", "--smoke", "--device", "cpu", "--methods", "byg", "--prior-guidance-terms", "anchor",
+                "--base-size", "medium", "--out", str(tmp_path / "nothing")]) == 2
+    assert "prior_guidance_terms 'anchor' guides nothing at prior_guidance 1" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()
     # the methods without ByG's prior run on any base
     check_guidance(dataclasses.replace(SMOKE_SETTINGS, prior_guidance=4.0), base_weights("small"),
                    ["supervised", "identity", "sdedit", "flowedit"])

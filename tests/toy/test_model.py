@@ -54,6 +54,13 @@ def test_base_velocity_points_from_source_caption_to_target_caption(base):
     for family, figures in report["by_family"].items():
         assert figures["prior_margin"] > 0.2 and figures["directional_margin"] > 0.2, (family, figures)
     assert guided["by_family"]["shape_kind"]["prior_margin"] < report["by_family"]["shape_kind"]["prior_margin"] / 3
+    # guiding the anchor alone (ObjectiveConfig.prior_guidance_terms) keeps the directional term's margins unguided
+    anchor = directional_prior_check(base, n=24, seed=5, t=0.5, guidance=4.0, terms="anchor")
+    for family, figures in anchor["by_family"].items():
+        assert figures["directional_margin"] == pytest.approx(report["by_family"][family]["directional_margin"],
+                                                              abs=1e-5)
+        assert figures["prior_margin"] != pytest.approx(report["by_family"][family]["prior_margin"], abs=1e-3)
+    assert anchor["by_family"]["shape_kind"]["prior_margin"] > guided["by_family"]["shape_kind"]["prior_margin"] + 0.1
 
 
 def test_file_config_is_the_one_used(base):

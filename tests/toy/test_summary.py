@@ -121,6 +121,13 @@ def test_the_prior_guidance_only_counts_for_runs_with_a_method_that_trains_with_
     assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "guided"),
                 "--out", str(tmp_path / "no")]) == 2
     assert "differ in settings.prior_guidance: 4.0 vs 1.0" in capsys.readouterr().err
+    # nor ByG at the same guidance of other velocities (a run made before the setting existed guided them all)
+    settings = {**report["settings"], "prior_guidance": 4.0, "prior_guidance_terms": "anchor"}
+    (tmp_path / "anchor").mkdir()
+    (tmp_path / "anchor" / "results.json").write_text(json.dumps({**report, "settings": settings}))
+    assert byg(["bench", "combine", "--runs", str(tmp_path / "guided"), str(tmp_path / "anchor"),
+                "--out", str(tmp_path / "no")]) == 2
+    assert "differ in settings.prior_guidance_terms: anchor vs all" in capsys.readouterr().err
 
 
 def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
