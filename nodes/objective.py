@@ -30,6 +30,11 @@ PRIOR_GUIDANCE = (
     "prompt (paper 4.2); 1 = unguided. FLUX.1-dev is guidance-distilled, so its prior is guided already: keep 1. "
     "Above 1 only for a base that learnt the empty prompt (Wan2.2; the toy medium base)."
 )
+PRIOR_GUIDANCE_TERMS_TIP = (
+    "Which of the prior's base velocities prior_guidance guides: all (v_src and v_tgt in both terms, as the paper's "
+    "distilled FLUX.1-dev) or anchor (only the MSE anchor's v_tgt; the direction term keeps the unguided reference). "
+    "Nothing to choose at prior_guidance 1."
+)
 
 
 class DirectionalPriorLoss:
@@ -50,7 +55,7 @@ class DirectionalPriorLoss:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from byg_core.objective import ObjectiveConfig
+        from byg_core.objective import PRIOR_GUIDANCE_TERMS, ObjectiveConfig
 
         d = ObjectiveConfig()
         required = {name: I.number(getattr(d, name), 0.0, 100.0, 0.01, tip) for name, tip in WEIGHTS.items()}
@@ -63,8 +68,9 @@ class DirectionalPriorLoss:
             "tgt_caption": I.text("", "Caption of the image as it should become (the map's p_tgt).", multiline=True),
             "t": I.number(0.5, 0.01, 1.0, 0.01, "Noise level of the map's y_t (1 = pure noise, 0 = the image)."),
             "seed": I.seed("Seed of the noise in the map's y_t."),
-            # last, so that a workflow saved before it keeps its other widgets' values in place
+            # last (the newest last), so that a workflow saved before them keeps its other widgets' values in place
             "prior_guidance": I.number(d.prior_guidance, 0.01, 100.0, 0.01, PRIOR_GUIDANCE),
+            "prior_guidance_terms": I.choice(list(PRIOR_GUIDANCE_TERMS), PRIOR_GUIDANCE_TERMS_TIP, d.prior_guidance_terms),
         }
         return {"required": required, "optional": optional}
 

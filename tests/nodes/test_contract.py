@@ -74,9 +74,11 @@ def test_objective_widgets_cover_every_objective_field(nodes):
 
     fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
     inputs = nodes["DirectionalPriorLoss"].INPUT_TYPES()
-    # the one added later is the last input, so that a workflow saved before it keeps its widgets' values in place
-    assert fields == set(inputs["required"]) | {"prior_guidance"}
-    assert list(inputs["optional"])[-1] == "prior_guidance"
+    # those added later are the last inputs, in the order added, so that a workflow saved before them keeps its
+    # widgets' values in place
+    later = ["prior_guidance", "prior_guidance_terms"]
+    assert fields == set(inputs["required"]) | set(later)
+    assert list(inputs["optional"])[-len(later):] == later
 
 
 def test_importing_the_pack_needs_no_comfyui_and_loads_nothing_heavy():
