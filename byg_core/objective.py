@@ -122,6 +122,9 @@ class ObjectiveConfig:
         if self.prior_guidance_terms not in PRIOR_GUIDANCE_TERMS:
             raise ValueError(f"prior_guidance_terms must be one of {', '.join(PRIOR_GUIDANCE_TERMS)}, "
                              f"got {self.prior_guidance_terms!r}")
+        if self.prior_guidance_terms != "all" and self.prior_guidance == 1.0:
+            raise ValueError(f"prior_guidance_terms {self.prior_guidance_terms!r} guides nothing at prior_guidance 1; "
+                             "give the guidance too (prior_guidance, --prior-guidance W), or leave the terms at 'all'")
 
 
 @dataclass

@@ -309,3 +309,5 @@ def test_a_prior_guided_on_its_anchor_alone_keeps_the_directional_term_unguided(
     assert cycle == pytest.approx(step_terms(G, guided)["cycle"], rel=1e-5)
     with pytest.raises(ValueError, match="prior_guidance_terms must be one of all, anchor, got 'both'"):
         ObjectiveConfig(prior_guidance_terms="both").validate()
+    with pytest.raises(ValueError, match="prior_guidance_terms 'anchor' guides nothing at prior_guidance 1"):
+        ObjectiveConfig(prior_guidance_terms="anchor").validate()

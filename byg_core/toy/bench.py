@@ -122,9 +122,6 @@ class ToySettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
-        if self.prior_guidance_terms != "all" and self.prior_guidance == 1.0:
-            raise ValueError(f"prior_guidance_terms {self.prior_guidance_terms!r} guides nothing at prior_guidance 1; "
-                             "give the guidance too (--prior-guidance W)")
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
         if not self.noise_seeds:
