@@ -4,7 +4,7 @@
         [--pretrain-batch B] [--distill-steps N] [--seeds 0 1 2] [--jobs J] [--steps N] [--batch-size B]
         [--edit-steps N] [--n-train N] [--lora-targets T] [--lr LR] [--lr-scheduler cosine] [--reference-lr LR]
         [--reference-lr-scheduler S] [--reference-steps N [N ...]] [--reference-edit-steps N] [--reference-n-train N]
-        [--reference-lora-targets T]
+        [--reference-lora-targets T] [--prior-guidance W] [--prior-guidance-terms all|anchor]
         [--device cuda] [--time-limit SECONDS] [--overwrite]
     .venv/bin/python scripts/toy_gpu_bench.py --tiny --out /tmp/gpu_bench_tiny   # every step, < 1 min on a CPU
     bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # on the device tool's GPU machine (that script says how)
@@ -37,6 +37,10 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    baselines (identity, SDEdit, FlowEdit) once: they train nothing and the held-out set is the same for every
    training seed; SDEdit and FlowEdit once more at classifier-free guidance, --baseline-guidance (source 1.5,
    target 5.5: FlowEdit's paper's FLUX setting; the base has an unconditional velocity from its dropped captions);
+   ByG once more per training seed with its prior's base velocities guided at --prior-guidance (``byg bench
+   --prior-guidance``; 4 by default, the velocities --prior-guidance-terms names: all by default, as the paper's
+   distilled FLUX.1-dev; 1: not run): on the CPU the medium base's ByG at 4 made 0.631 clean edits over two seeds
+   against 0.370 unguided, and lost its shape-kind edits (docs/toy_bench.md);
    the supervised reference on the distilled base for each training seed (on the CPU the
    small base's distilled copy lowered the reference's clean edits, 0.556 -> 0.391 at seed 0); and, unless
    --reference-lr 0, the supervised reference on the base at its own best schedule for each training seed
@@ -66,13 +70,14 @@ estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
    (OUT/tuned/seed<S>/supervised, ``tuned_reference``; at other lengths OUT/tuned_<N>/seed<S>/supervised,
    ``tuned_reference["methods_at_steps"]["<N>"]``). Each is also paired tuple by tuple (``byg bench combine
    --against``): the distilled base's reference against the suite's reference on the base
-   (``distilled_against_base``), and the reference at each longer length against it at the suite's steps
-   (``tuned_reference["changes_at_steps"]["<N>"]``).
+   (``distilled_against_base``), ByG with the guided prior against the suite's ByG (OUT/prior_guided/seed<S>/byg,
+   ``prior_guided``: its ``methods`` and ``against_byg``), and the reference at each longer length against it at the
+   suite's steps (``tuned_reference["changes_at_steps"]["<N>"]``).
 
 --time-limit SECONDS bounds the whole run's wall time (the device tool stops a command at 10 minutes and lends 15
 minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
 The jobs start in this order: the reference at its own schedule (the longest first), the baselines, the suite
-seed by seed, the reference on the distilled base; so what a limit cuts is the last of these. The summary is
+seed by seed, ByG with the guided prior, the reference on the distilled base; so what a limit cuts is the last of these. The summary is
 written either way: it covers the jobs that finished and lists the others (``unfinished`` in summary.json, each
 job's status and wall time under ``jobs``); the exit status is 1 when a job failed or did not finish (a failed
 job's last log lines are printed as it ends; the others go on).
@@ -101,6 +106,7 @@ sys.path.insert(0, str(ROOT))
 
 from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
+from byg_core.objective import PRIOR_GUIDANCE_TERMS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
@@ -134,6 +140,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-guidance", type=float, nargs=2, default=[1.5, 5.5], metavar=("SRC", "TGT"),
                    help="SDEdit and FlowEdit also run at this classifier-free guidance, summarised apart (1 1: not; "
                         "FlowEdit's paper's FLUX setting by default; needs --p-uncond > 0)")
+    p.add_argument("--prior-guidance", type=float, default=4.0, metavar="W",
+                   help="ByG also runs with its prior's base velocities at this classifier-free guidance, summarised "
+                        "apart and paired against the suite's ByG (1: not; on the CPU 4 lifted the medium base's ByG "
+                        "from 0.370 clean edits to 0.631; needs --p-uncond > 0)")
+    p.add_argument("--prior-guidance-terms", choices=PRIOR_GUIDANCE_TERMS, default="all",
+                   help="which of the prior's velocities --prior-guidance guides (byg bench --prior-guidance-terms)")
     p.add_argument("--distill-steps", type=int, default=2000,
                    help="guidance-distillation steps at --guidance after pretraining (0: none)")
     p.add_argument("--distill-lr", type=float, default=5e-4)
@@ -191,6 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                ("--edit-steps", args.edit_steps), ("--lr", args.lr),
                                ("--guidance", args.guidance), ("--distill-lr", args.distill_lr),
                                ("--time-limit", args.time_limit), ("--loraplus-lr-ratio", args.loraplus_lr_ratio),
+                               ("--prior-guidance", args.prior_guidance),
                                ("--reference-loraplus-lr-ratio", args.reference_loraplus_lr_ratio),
                                ("--reference-adam-beta2", args.reference_adam_beta2),
                                *(("--reference-steps", steps) for steps in args.reference_steps or []),
@@ -200,9 +213,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    *(("--seeds", seed) for seed in args.seeds)],
                      shares=[("--p-uncond", args.p_uncond), ("--reference-adam-beta2", args.reference_adam_beta2)])
         check_device(args.device)
-        if guided_baselines(args) and not args.p_uncond:
-            raise ValueError(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)} needs a base "
-                             "with an unconditional velocity, but --p-uncond is 0: pass --baseline-guidance 1 1")
+        # (what asks for the unconditional velocity, what leaves it out)
+        guided = ([(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)}",
+                    "--baseline-guidance 1 1")] if guided_baselines(args) else []) + \
+                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if guided_prior(args) else [])
+        if guided and not args.p_uncond:
+            raise ValueError(f"{' and '.join(ask for ask, _ in guided)} need{'s' if len(guided) == 1 else ''} a base "
+                             "with an unconditional velocity, but --p-uncond is 0: pass "
+                             + " and ".join(leave for _, leave in guided))
+        if args.prior_guidance_terms == "anchor" and not guided_prior(args):
+            raise ValueError("--prior-guidance-terms anchor guides the prior's anchor at --prior-guidance, which is 1 "
+                             "(unguided): pass a --prior-guidance other than 1")
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -272,6 +293,11 @@ def guided_baselines(args: argparse.Namespace) -> bool:
     return tuple(args.baseline_guidance) != (1.0, 1.0)
 
 
+def guided_prior(args: argparse.Namespace) -> bool:
+    """Whether ByG also runs with its prior guided (--prior-guidance other than 1)."""
+    return args.prior_guidance != 1.0
+
+
 def tuned_part(args: argparse.Namespace, steps: int) -> str:
     """The folder of the reference at its own schedule and ``steps`` steps: tuned at the suite's steps."""
     return "tuned" if steps == args.suite_steps else f"tuned_{steps}"
@@ -280,7 +306,8 @@ def tuned_part(args: argparse.Namespace, steps: int) -> str:
 def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str], Path]]:
     """name -> (command, output folder), in the order they start: the supervised reference at its own schedule once
     per length and training seed (the longest first), the baselines once (and guided once), each trained method once per training
-    seed, then the reference on the distilled base once per training seed."""
+    seed, ByG with the guided prior once per training seed, then the reference on the distilled base once per training
+    seed."""
     trained = TINY_METHODS if args.tiny else [m for m in suite_methods(BENCH_SETTINGS, "ablations") if m not in BASELINES]
 
     def bench(on: Path, lr: float | None = args.lr, lr_scheduler: str | None = args.lr_scheduler,
@@ -319,6 +346,11 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
         for method in trained:
             folder = args.out / f"seed{seed}" / method
             jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
+    if guided_prior(args):
+        for seed in args.seeds:
+            jobs[f"prior_guided/seed{seed}/byg"] = (
+                [*common, "--methods", "byg", "--seed", str(seed), "--prior-guidance", str(args.prior_guidance),
+                 "--prior-guidance-terms", args.prior_guidance_terms], args.out / "prior_guided" / f"seed{seed}" / "byg")
     if args.distill_steps:
         distilled = bench(base_files(args)[1])
         for seed in args.seeds:
@@ -421,7 +453,7 @@ def main(argv=None) -> int:
     records = run_jobs(jobs, args.jobs, deadline)
     done = {name: folder for name, (_, folder) in jobs.items() if records[name]["status"] == DONE}
     unfinished = {name: record["status"] for name, record in records.items() if record["status"] != DONE}
-    parts = ("distilled", "guided", *(tuned_part(args, steps) for steps in args.reference_steps))
+    parts = ("distilled", "guided", "prior_guided", *(tuned_part(args, steps) for steps in args.reference_steps))
     apart = {part: [folder for name, folder in done.items() if name.startswith(f"{part}/")] for part in parts}
     summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
     distilled, guided_methods = summarise_done(apart["distilled"]), summarise_done(apart["guided"])
@@ -430,6 +462,9 @@ def main(argv=None) -> int:
     # and the reference at its own schedule at each longer length against it at the suite's steps
     on_base = [folder for name, folder in done.items() if name.split("/")[0] not in parts and name.endswith("/supervised")]
     distilled_change = paired_done(apart["distilled"], on_base)
+    prior_guided = summarise_done(apart["prior_guided"])
+    prior_change = paired_done(apart["prior_guided"], [folder for name, folder in done.items()
+                                                       if name.split("/")[0] not in parts and name.endswith("/byg")])
     at_suite = apart.get(tuned_part(args, args.suite_steps), [])
     tuned_change = {steps: paired_done(apart[tuned_part(args, steps)], at_suite)
                     for steps in args.reference_steps if steps != args.suite_steps}
@@ -438,6 +473,10 @@ def main(argv=None) -> int:
             + (summary_text(summary) if summary else "(no run of the suite finished)")
             + ("\n\nThe zero-shot baselines at classifier-free guidance source {:g}, target {:g}:\n\n".format(
                 *args.baseline_guidance) + table(guided_methods) if guided_methods else "")
+            + (f"\n\nByG with its prior guided at {args.prior_guidance:g} ({args.prior_guidance_terms} of its base "
+               "velocities):\n\n" + table(prior_guided) + "\n\n" + family_table(prior_guided) if prior_guided else "")
+            + ("\n\nIts change from ByG with the prior unguided (the suite's runs), paired over the same held-out "
+               "tuples:\n\n" + against_table(prior_change) if prior_change else "")
             + (f"\n\nThe supervised reference on the base distilled at guidance {args.guidance:g}:\n\n"
                + table(distilled) if distilled else "")
             + ("\n\nIts change from the reference on the base (the suite's runs), paired over the same held-out tuples:"
@@ -462,6 +501,8 @@ def main(argv=None) -> int:
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
          "distilled_against_base": distilled_change,
          "guided_baselines": {"guidance": list(args.baseline_guidance), "methods": guided_methods},
+         "prior_guided": {"guidance": args.prior_guidance, "terms": args.prior_guidance_terms, "methods": prior_guided,
+                          "against_byg": prior_change},
          "tuned_reference": args.reference_steps and {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "loraplus_lr_ratio": args.reference_loraplus_lr_ratio, "n_train": args.reference_n_train,

@@ -66,6 +66,20 @@ def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_p
     assert (guided["settings"]["baseline_src_guidance"], guided["settings"]["baseline_tgt_guidance"]) == (1.5, 5.5)
     assert summary["guided_baselines"]["methods"]["flowedit"]["clean_edit"] == guided["methods"]["flowedit"]["clean_edit"]
     assert "The zero-shot baselines at classifier-free guidance source 1.5, target 5.5:" in printed
+    # ByG once more per seed with its prior guided (the base has dropped captions), apart, paired against the suite's
+    prior = summary["prior_guided"]
+    assert (prior["guidance"], prior["terms"], set(prior["methods"])) == (4.0, "all", {"byg"})
+    assert prior["methods"]["byg"]["training_seeds"] == [0, 1]
+    guided_byg = [json.loads((tmp_path / "prior_guided" / f"seed{s}" / "byg" / "results.json").read_text()) for s in (0, 1)]
+    assert [(r["settings"]["prior_guidance"], r["settings"]["prior_guidance_terms"], r["settings"]["seed"])
+            for r in guided_byg] == [(4.0, "all", 0), (4.0, "all", 1)]
+    suite_byg = [json.loads((tmp_path / f"seed{s}" / "byg" / "results.json").read_text()) for s in (0, 1)]
+    assert {r["settings"]["prior_guidance"] for r in suite_byg} == {1.0}  # the suite's ByG stays unguided
+    assert prior["against_byg"]["byg"]["edit_success"]["change"] == pytest.approx(
+        sum(r["methods"]["byg"]["edit_success"] for r in guided_byg) / 2
+        - sum(r["methods"]["byg"]["edit_success"] for r in suite_byg) / 2)
+    assert "ByG with its prior guided at 4 (all of its base velocities):" in printed
+    assert "Its change from ByG with the prior unguided (the suite's runs), paired" in printed
     # the reference at its own schedule: its runs really trained at it, summarised apart from the suite's own
     tuned = summary["tuned_reference"]
     assert (tuned["lr"], tuned["lr_scheduler"], set(tuned["methods"])) == (1e-2, "cosine", {"supervised"})
@@ -142,9 +156,19 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     base = tmp_path / "base.safetensors"
     jobs = script.bench_jobs(script.parse_args(["--out", str(tmp_path), "--lr", "0.01", "--lr-scheduler", "cosine",
                                                 "--batch-size", "96", "--edit-steps", "3"]), base)
-    # baselines, 8 trained methods x 3 seeds, the reference on the distilled base and at its own schedule at the
-    # suite's steps and at three times them: those first, the longest jobs
-    assert len(jobs) == 1 + 1 + 8 * 3 + 3 + 3 + 3
+    # baselines (and guided), 8 trained methods x 3 seeds, ByG with the guided prior, the reference on the distilled
+    # base and at its own schedule at the suite's steps and at three times them: those first, the longest jobs
+    assert len(jobs) == 1 + 1 + 8 * 3 + 3 + 3 + 3 + 3
+    assert [name for name in jobs if name.startswith("prior_guided/")] == [f"prior_guided/seed{s}/byg" for s in (0, 1, 2)]
+    assert list(jobs).index("prior_guided/seed0/byg") > list(jobs).index("seed2/no_identity_steps")
+    prior = jobs["prior_guided/seed1/byg"][0]
+    assert prior[prior.index("--methods"):] == ["--methods", "byg", "--seed", "1", "--prior-guidance", "4.0",
+                                                "--prior-guidance-terms", "all"]
+    assert all("--prior-guidance" not in command for name, (command, _) in jobs.items() if name.split("/")[0] != "prior_guided")
+    anchor = script.bench_jobs(script.parse_args(["--prior-guidance", "2", "--prior-guidance-terms", "anchor"]), base)
+    assert anchor["prior_guided/seed0/byg"][0][-4:] == ["--prior-guidance", "2.0", "--prior-guidance-terms", "anchor"]
+    assert not any(name.startswith("prior_guided") for name in script.bench_jobs(
+        script.parse_args(["--prior-guidance", "1"]), base))
     assert list(jobs)[:3] == [f"tuned_3600/seed{s}/supervised" for s in (0, 1, 2)]
     assert [command[command.index("--steps") + 1] for name, (command, _) in jobs.items() if "--steps" in command] == \
         ["3600"] * 3 + ["1200"] * 3
@@ -156,12 +180,12 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     suite_edits = script.bench_jobs(script.parse_args(["--edit-steps", "8"]), base)
     assert {name.split("/")[0]: command[command.index("--edit-steps") + 1] for name, (command, _) in suite_edits.items()} \
         == {"tuned_3600": "3", "tuned": "3", "baselines": "8", "guided": "8", "seed0": "8", "seed1": "8", "seed2": "8",
-            "distilled": "8"}
+            "prior_guided": "8", "distilled": "8"}
     # LoRA+: its ratio for every bench, and the reference at its own settings its own
     plus = script.bench_jobs(script.parse_args(["--loraplus-lr-ratio", "2", "--reference-loraplus-lr-ratio", "4"]), base)
     assert {name.split("/")[0]: command[command.index("--loraplus-lr-ratio") + 1] for name, (command, _) in plus.items()} \
         == {"tuned_3600": "4.0", "tuned": "4.0", "baselines": "2.0", "guided": "2.0", "seed0": "2.0", "seed1": "2.0",
-            "seed2": "2.0", "distilled": "2.0"}
+            "seed2": "2.0", "prior_guided": "2.0", "distilled": "2.0"}
     # AdamW's beta2: the reference at its own settings its own, every other bench torch's
     betas = script.bench_jobs(script.parse_args(["--reference-adam-beta2", "0.9"]), base)
     assert {name.split("/")[0]: command[command.index("--adam-beta2") + 1] for name, (command, _) in betas.items()
@@ -170,7 +194,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     tuples = script.bench_jobs(script.parse_args(["--n-train", "2048"]), base)
     assert {name.split("/")[0]: command[command.index("--n-train") + 1] for name, (command, _) in tuples.items()} \
         == {"tuned_3600": "38400", "tuned": "38400", "baselines": "2048", "guided": "2048", "seed0": "2048",
-            "seed1": "2048", "seed2": "2048", "distilled": "2048"}
+            "seed1": "2048", "seed2": "2048", "prior_guided": "2048", "distilled": "2048"}
     same = script.bench_jobs(script.parse_args(["--edit-steps", "8", "--reference-edit-steps", "0"]), base)
     assert all(command[command.index("--edit-steps") + 1] == "8" for command, _ in same.values())
     default = script.bench_jobs(script.parse_args([]), base)
@@ -202,7 +226,14 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--p-uncond", "1"], "--p-uncond must be in [0, 1), got 1.0"),
     (["--guidance", "0"], "--guidance must be > 0, got 0.0"),
     (["--baseline-guidance", "1.5", "0"], "--baseline-guidance must be > 0, got 0.0"),
-    (["--p-uncond", "0"], "--baseline-guidance 1.5 5.5 needs a base with an unconditional velocity, but --p-uncond is 0"),
+    (["--p-uncond", "0"], "--baseline-guidance 1.5 5.5 and --prior-guidance 4 need a base with an unconditional "
+                          "velocity, but --p-uncond is 0: pass --baseline-guidance 1 1 and --prior-guidance 1"),
+    (["--p-uncond", "0", "--baseline-guidance", "1", "1"], "--prior-guidance 4 needs a base with an unconditional "
+                                                            "velocity, but --p-uncond is 0: pass --prior-guidance 1"),
+    (["--prior-guidance", "0"], "--prior-guidance must be > 0, got 0.0"),
+    (["--prior-guidance", "1", "--prior-guidance-terms", "anchor"], "--prior-guidance-terms anchor guides the prior's "
+                                                                      "anchor at --prior-guidance, which is 1"),
+    (["--prior-guidance-terms", "none"], "--prior-guidance-terms: invalid choice: 'none'"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
     (["--reference-adam-beta2", "1"], "--reference-adam-beta2 must be in [0, 1), got 1.0"),
@@ -221,6 +252,8 @@ def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags,
     # 0 where it means "not" or "the suite's" stays allowed
     args = script.parse_args(["--device", "cpu", "--reference-lr", "0", "--reference-edit-steps", "0", "--distill-steps", "0"])
     assert (args.reference_steps, args.distill_steps) == ([], 0)
+    # a base without dropped captions benches with neither guidance asked of it
+    assert script.parse_args(["--p-uncond", "0", "--baseline-guidance", "1", "1", "--prior-guidance", "1"]).p_uncond == 0
 
 
 @pytest.mark.parametrize("flags, named", [
