@@ -18,8 +18,9 @@ about N), so the bench jobs always keep half the time and a summary is written.
 
 What it does, in order, printing the wall time of each phase (sized for about 8 minutes on one H100/H200;
 not yet run on one, so the first run's timings are what to size the next by; the distillation, the three
-runs on the distilled base and the six of the reference at its own schedule are about a third of it by
-estimate, and --distill-steps 0 and --reference-lr 0 leave them out):
+runs on the distilled base, the three of ByG with the guided prior and the six of the reference at its own schedule
+are about two fifths of it by estimate, and --distill-steps 0, --prior-guidance 1 and --reference-lr 0 leave them
+out):
 
 1. pretrains the toy base of --base-size (``byg toy pretrain``'s ``model.pretrain``, 10% of captions dropped:
    --p-uncond) on --device into OUT/toy_base_<size>.safetensors and prints its sample accuracy
