@@ -78,8 +78,8 @@ out):
 --time-limit SECONDS bounds the whole run's wall time (the device tool stops a command at 10 minutes and lends 15
 minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
 The jobs start in this order: the reference at its own schedule (the longest first), the baselines, the suite
-seed by seed, ByG with the guided prior, the reference on the distilled base; so what a limit cuts is the last of these. The summary is
-written either way: it covers the jobs that finished and lists the others (``unfinished`` in summary.json, each
+seed by seed, ByG with the guided prior, the reference on the distilled base; so what a limit cuts is the last of
+these. The summary is written either way: it covers the jobs that finished and lists the others (``unfinished`` in summary.json, each
 job's status and wall time under ``jobs``); the exit status is 1 when a job failed or did not finish (a failed
 job's last log lines are printed as it ends; the others go on).
 
