@@ -107,7 +107,7 @@ sys.path.insert(0, str(ROOT))
 
 from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
-from byg_core.objective import PRIOR_GUIDANCE_TERMS  # noqa: E402
+from byg_core.objective import PRIOR_GUIDANCE_TERMS, ObjectiveConfig  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
 from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
@@ -222,9 +222,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"{' and '.join(ask for ask, _ in guided)} need{'s' if len(guided) == 1 else ''} a base "
                              "with an unconditional velocity, but --p-uncond is 0: pass "
                              + " and ".join(leave for _, leave in guided))
-        if args.prior_guidance_terms == "anchor" and not guided_prior(args):
-            raise ValueError("--prior-guidance-terms anchor guides the prior's anchor at --prior-guidance, which is 1 "
-                             "(unguided): pass a --prior-guidance other than 1")
+        # the objective's own check ("anchor" at 1 guides nothing), here before the base's pretraining
+        ObjectiveConfig(prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms).validate()
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -459,13 +458,17 @@ def main(argv=None) -> int:
     summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
     distilled, guided_methods = summarise_done(apart["distilled"]), summarise_done(apart["guided"])
     tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
+    def suite_runs(method: str) -> list[Path]:
+        """The finished suite runs of ``method`` (not those summarised apart)."""
+        return [folder for name, folder in done.items() if name.split("/")[0] not in parts and name.endswith(f"/{method}")]
+
     # paired over the same held-out tuples: the distilled base's reference against the base's (the suite's settings),
-    # and the reference at its own schedule at each longer length against it at the suite's steps
-    on_base = [folder for name, folder in done.items() if name.split("/")[0] not in parts and name.endswith("/supervised")]
-    distilled_change = paired_done(apart["distilled"], on_base)
+    # ByG with the guided prior against the suite's ByG, and the reference at its own schedule at each longer length
+    # against it at the suite's steps
+
+    distilled_change = paired_done(apart["distilled"], suite_runs("supervised"))
     prior_guided = summarise_done(apart["prior_guided"])
-    prior_change = paired_done(apart["prior_guided"], [folder for name, folder in done.items()
-                                                       if name.split("/")[0] not in parts and name.endswith("/byg")])
+    prior_change = paired_done(apart["prior_guided"], suite_runs("byg"))
     at_suite = apart.get(tuned_part(args, args.suite_steps), [])
     tuned_change = {steps: paired_done(apart[tuned_part(args, steps)], at_suite)
                     for steps in args.reference_steps if steps != args.suite_steps}

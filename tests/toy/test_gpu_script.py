@@ -231,8 +231,9 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--p-uncond", "0", "--baseline-guidance", "1", "1"], "--prior-guidance 4 needs a base with an unconditional "
                                                             "velocity, but --p-uncond is 0: pass --prior-guidance 1"),
     (["--prior-guidance", "0"], "--prior-guidance must be > 0, got 0.0"),
-    (["--prior-guidance", "1", "--prior-guidance-terms", "anchor"], "--prior-guidance-terms anchor guides the prior's "
-                                                                      "anchor at --prior-guidance, which is 1"),
+    (["--prior-guidance", "1", "--prior-guidance-terms", "anchor"], "prior_guidance_terms 'anchor' guides nothing at "
+                                                                      "prior_guidance 1; give the guidance too "
+                                                                      "(prior_guidance, --prior-guidance W)"),
     (["--prior-guidance-terms", "none"], "--prior-guidance-terms: invalid choice: 'none'"),
     (["--distill-lr", "-0.001"], "--distill-lr must be > 0, got -0.001"),
     (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
