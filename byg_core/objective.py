@@ -111,6 +111,11 @@ class ObjectiveConfig:
     # v_src, v_tgt, so guidance does not move its reference point: not the paper's, docs/toy_bench.md, stop 54)
     prior_guidance_terms: str = "all"
 
+    @property
+    def guides_prior(self) -> bool:
+        """Whether the prior's velocities are guided (``prior_guidance`` other than 1)."""
+        return self.prior_guidance != 1.0
+
     def validate(self) -> None:
         for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
             if getattr(self, name) < 0:
@@ -122,7 +127,7 @@ class ObjectiveConfig:
         if self.prior_guidance_terms not in PRIOR_GUIDANCE_TERMS:
             raise ValueError(f"prior_guidance_terms must be one of {', '.join(PRIOR_GUIDANCE_TERMS)}, "
                              f"got {self.prior_guidance_terms!r}")
-        if self.prior_guidance_terms != "all" and self.prior_guidance == 1.0:
+        if self.prior_guidance_terms != "all" and not self.guides_prior:
             raise ValueError(f"prior_guidance_terms {self.prior_guidance_terms!r} guides nothing at prior_guidance 1; "
                              "give the guidance too (prior_guidance, --prior-guidance W), or leave the terms at 'all'")
 
@@ -208,7 +213,7 @@ def byg_step(
     queries = [(y_t, batch.p_src), (y_t, batch.p_tgt)] if cfg.regularization else []
     queries += [(x_t, batch.p_tgt), (x_t, batch.p_src)] if cfg.regularization and cfg.cycle else []
     pairs = len(queries)
-    guided = pairs > 0 and cfg.prior_guidance != 1.0
+    guided = pairs > 0 and cfg.guides_prior
     if guided:  # and the empty prompt's at each noised input (y_t, x_t), for the guided prior
         if batch.uncond is None:
             raise ValueError(f"prior_guidance {cfg.prior_guidance:g} needs the empty prompt's conditioning "

@@ -156,7 +156,7 @@ class Trainer:
     def train_step(self) -> StepLosses:
         g = self._generator()
         index = torch.randint(len(self.data), (self.cfg.batch_size,), generator=g).tolist()
-        batch = self.data.batch(self.backbone, index, uncond=self.cfg.objective.prior_guidance != 1.0)
+        batch = self.data.batch(self.backbone, index, uncond=self.cfg.objective.guides_prior)
         t = self._timesteps(self.cfg.batch_size, g).to(batch.x.device)
         eps = torch.randn(batch.x.shape, generator=g).to(batch.x)
         identity = self.is_identity_step(float(torch.rand((), generator=g)))

@@ -90,6 +90,7 @@ two seeds: a check that the script works, its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -107,9 +108,10 @@ sys.path.insert(0, str(ROOT))
 
 from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
-from byg_core.objective import PRIOR_GUIDANCE_TERMS, ObjectiveConfig  # noqa: E402
+from byg_core.objective import PRIOR_GUIDANCE_TERMS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
-from byg_core.toy.bench import BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS, suite_methods  # noqa: E402
+from byg_core.toy.bench import (BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS,  # noqa: E402
+                                 ToySettings, suite_methods)
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
 from byg_core.toy.summary import against, against_table, collect, family_table, summarise, summary_text, table  # noqa: E402
 
@@ -216,14 +218,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_device(args.device)
         # (what asks for the unconditional velocity, what leaves it out)
         guided = ([(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)}",
-                    "--baseline-guidance 1 1")] if guided_baselines(args) else []) + \
-                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if guided_prior(args) else [])
+                    "--baseline-guidance 1 1")] if guidance(args).guides_baselines else []) + \
+                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if guidance(args).guides_prior else [])
         if guided and not args.p_uncond:
             raise ValueError(f"{' and '.join(ask for ask, _ in guided)} need{'s' if len(guided) == 1 else ''} a base "
                              "with an unconditional velocity, but --p-uncond is 0: pass "
                              + " and ".join(leave for _, leave in guided))
         # the objective's own check ("anchor" at 1 guides nothing), here before the base's pretraining
-        ObjectiveConfig(prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms).validate()
+        guidance(args).objective().validate()
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -288,14 +290,12 @@ def make_base(args: argparse.Namespace, start: float) -> dict:
     return base
 
 
-def guided_baselines(args: argparse.Namespace) -> bool:
-    """Whether the baselines also run guided (--baseline-guidance other than 1 1)."""
-    return tuple(args.baseline_guidance) != (1.0, 1.0)
-
-
-def guided_prior(args: argparse.Namespace) -> bool:
-    """Whether ByG also runs with its prior guided (--prior-guidance other than 1)."""
-    return args.prior_guidance != 1.0
+def guidance(args: argparse.Namespace) -> ToySettings:
+    """The bench's settings with the guidance flags: their ``guides_baselines`` and ``guides_prior`` say whether the
+    baselines and ByG also run guided (--baseline-guidance other than 1 1, --prior-guidance other than 1)."""
+    src, tgt = args.baseline_guidance
+    return dataclasses.replace(BENCH_SETTINGS, baseline_src_guidance=src, baseline_tgt_guidance=tgt,
+                               prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms)
 
 
 def tuned_part(args: argparse.Namespace, steps: int) -> str:
@@ -339,14 +339,14 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     jobs = {name: job for steps in sorted(args.reference_steps, reverse=True) for name, job in tuned(steps).items()}
     common = bench(base)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
-    if guided_baselines(args):
+    if guidance(args).guides_baselines:
         jobs["guided/baselines"] = ([*common, "--methods", ",".join(GUIDED_BASELINES), "--baseline-guidance",
                                      *map(str, args.baseline_guidance)], args.out / "guided" / "baselines")
     for seed in args.seeds:
         for method in trained:
             folder = args.out / f"seed{seed}" / method
             jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
-    if guided_prior(args):
+    if guidance(args).guides_prior:
         for seed in args.seeds:
             jobs[f"prior_guided/seed{seed}/byg"] = (
                 [*common, "--methods", "byg", "--seed", str(seed), "--prior-guidance", str(args.prior_guidance),

@@ -133,6 +133,11 @@ class ToySettings:
         """Whether the baselines run guided (``baseline_src_guidance`` / ``_tgt_guidance`` other than 1, 1)."""
         return (self.baseline_src_guidance, self.baseline_tgt_guidance) != (1.0, 1.0)
 
+    @property
+    def guides_prior(self) -> bool:
+        """Whether ByG's prior runs guided (``prior_guidance`` other than 1)."""
+        return self.objective().guides_prior
+
     def objective(self, **switches: bool) -> ObjectiveConfig:
         """The objective at these settings; ``switches`` turn off components (the ablations)."""
         return ObjectiveConfig(rollout_steps=self.rollout_steps, lambda_id=self.lambda_id,
@@ -395,7 +400,7 @@ def report_markdown(results: dict[str, MethodResult], settings: ToySettings) -> 
     """results.md: the rates with their intervals, by family, by noise seed, then the preservation criteria; and the
     baselines' guidance when they ran guided, and the ByG prior's."""
     guided = guided_baseline_methods(list(results)) if settings.guides_baselines else []
-    prior = prior_methods(list(results)) if settings.prior_guidance != 1.0 else []
+    prior = prior_methods(list(results)) if settings.guides_prior else []
     return (markdown_table(results)
             + (f"\n\n{' and '.join(guided)} at classifier-free guidance source {settings.baseline_src_guidance:g}, "
                f"target {settings.baseline_tgt_guidance:g} (SDEdit: the target's)." if guided else "")
@@ -468,7 +473,7 @@ def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[st
     """Guided baselines and a guided prior need the unconditional velocity, which only a base pretrained with dropped
     captions has."""
     asks = []  # (the flag as given, its unguided value)
-    if settings.prior_guidance != 1.0 and prior_methods(methods):
+    if settings.guides_prior and prior_methods(methods):
         asks.append((f"--prior-guidance {settings.prior_guidance:g}", "1"))
     if settings.guides_baselines and guided_baseline_methods(methods):
         asks.append((f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}", "1 1"))
