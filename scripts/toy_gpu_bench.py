@@ -79,9 +79,9 @@ out):
 minutes in all): past it no phase (the distillation) or bench job starts, and the jobs still running are stopped.
 The jobs start in this order: the reference at its own schedule (the longest first), the baselines, the suite
 seed by seed, ByG with the guided prior, the reference on the distilled base; so what a limit cuts is the last of
-these. The summary is written either way: it covers the jobs that finished and lists the others (``unfinished`` in summary.json, each
-job's status and wall time under ``jobs``); the exit status is 1 when a job failed or did not finish (a failed
-job's last log lines are printed as it ends; the others go on).
+these. The summary is written either way: it covers the jobs that finished and lists the others (``unfinished`` in
+summary.json, each job's status and wall time under ``jobs``); the exit status is 1 when a job failed or did not
+finish (a failed job's last log lines are printed as it ends; the others go on).
 
 --tiny runs the same steps with a few pretraining steps, ``byg bench --smoke`` and three trained methods on
 two seeds: a check that the script works, its figures mean nothing.
@@ -216,16 +216,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    *(("--seeds", seed) for seed in args.seeds)],
                      shares=[("--p-uncond", args.p_uncond), ("--reference-adam-beta2", args.reference_adam_beta2)])
         check_device(args.device)
+        asked = guidance(args)
         # (what asks for the unconditional velocity, what leaves it out)
         guided = ([(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)}",
-                    "--baseline-guidance 1 1")] if guidance(args).guides_baselines else []) + \
-                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if guidance(args).guides_prior else [])
+                    "--baseline-guidance 1 1")] if asked.guides_baselines else []) + \
+                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if asked.guides_prior else [])
         if guided and not args.p_uncond:
             raise ValueError(f"{' and '.join(ask for ask, _ in guided)} need{'s' if len(guided) == 1 else ''} a base "
                              "with an unconditional velocity, but --p-uncond is 0: pass "
                              + " and ".join(leave for _, leave in guided))
         # the objective's own check ("anchor" at 1 guides nothing), here before the base's pretraining
-        guidance(args).objective().validate()
+        asked.objective().validate()
     except ValueError as error:
         p.error(str(error))
     if args.tiny:
@@ -337,16 +338,16 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
     # the reference at its own schedule first (the issue's >= 0.9 is asked of it), the longest of them first: with a
     # time limit, what starts first is what finishes
     jobs = {name: job for steps in sorted(args.reference_steps, reverse=True) for name, job in tuned(steps).items()}
-    common = bench(base)
+    common, asked = bench(base), guidance(args)
     jobs["baselines"] = ([*common, "--methods", ",".join(BASELINES)], args.out / "baselines")
-    if guidance(args).guides_baselines:
+    if asked.guides_baselines:
         jobs["guided/baselines"] = ([*common, "--methods", ",".join(GUIDED_BASELINES), "--baseline-guidance",
                                      *map(str, args.baseline_guidance)], args.out / "guided" / "baselines")
     for seed in args.seeds:
         for method in trained:
             folder = args.out / f"seed{seed}" / method
             jobs[f"seed{seed}/{method}"] = ([*common, "--methods", method, "--seed", str(seed)], folder)
-    if guidance(args).guides_prior:
+    if asked.guides_prior:
         for seed in args.seeds:
             jobs[f"prior_guided/seed{seed}/byg"] = (
                 [*common, "--methods", "byg", "--seed", str(seed), "--prior-guidance", str(args.prior_guidance),
@@ -455,17 +456,18 @@ def main(argv=None) -> int:
     unfinished = {name: record["status"] for name, record in records.items() if record["status"] != DONE}
     parts = ("distilled", "guided", "prior_guided", *(tuned_part(args, steps) for steps in args.reference_steps))
     apart = {part: [folder for name, folder in done.items() if name.startswith(f"{part}/")] for part in parts}
-    summary = summarise_done([folder for name, folder in done.items() if name.split("/")[0] not in parts])
+    suite = {name: folder for name, folder in done.items() if name.split("/")[0] not in parts}  # not summarised apart
+    summary = summarise_done(list(suite.values()))
     distilled, guided_methods = summarise_done(apart["distilled"]), summarise_done(apart["guided"])
     tuned = {steps: summarise_done(apart[tuned_part(args, steps)]) for steps in args.reference_steps}
+
     def suite_runs(method: str) -> list[Path]:
-        """The finished suite runs of ``method`` (not those summarised apart)."""
-        return [folder for name, folder in done.items() if name.split("/")[0] not in parts and name.endswith(f"/{method}")]
+        """The finished suite runs of ``method``."""
+        return [folder for name, folder in suite.items() if name.endswith(f"/{method}")]
 
     # paired over the same held-out tuples: the distilled base's reference against the base's (the suite's settings),
     # ByG with the guided prior against the suite's ByG, and the reference at its own schedule at each longer length
     # against it at the suite's steps
-
     distilled_change = paired_done(apart["distilled"], suite_runs("supervised"))
     prior_guided = summarise_done(apart["prior_guided"])
     prior_change = paired_done(apart["prior_guided"], suite_runs("byg"))
