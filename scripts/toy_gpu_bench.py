@@ -111,7 +111,7 @@ from byg_core.config import LR_SCHEDULERS  # noqa: E402
 from byg_core.objective import PRIOR_GUIDANCE_TERMS  # noqa: E402
 from byg_core.safefiles import write_text_atomic  # noqa: E402
 from byg_core.toy.bench import (BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS,  # noqa: E402
-                                 ToySettings, suite_methods)
+                                 ToySettings, guidance_asks, suite_methods)
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
 from byg_core.toy.summary import against, against_table, collect, family_table, summarise, summary_text, table  # noqa: E402
 
@@ -217,10 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      shares=[("--p-uncond", args.p_uncond), ("--reference-adam-beta2", args.reference_adam_beta2)])
         check_device(args.device)
         asked = guidance(args)
-        # (what asks for the unconditional velocity, what leaves it out)
-        guided = ([(f"--baseline-guidance {' '.join(f'{w:g}' for w in args.baseline_guidance)}",
-                    "--baseline-guidance 1 1")] if asked.guides_baselines else []) + \
-                 ([(f"--prior-guidance {args.prior_guidance:g}", "--prior-guidance 1")] if asked.guides_prior else [])
+        guided = guidance_asks(asked, suite_methods(asked, "ablations"))
         if guided and not args.p_uncond:
             raise ValueError(f"{' and '.join(ask for ask, _ in guided)} need{'s' if len(guided) == 1 else ''} a base "
                              "with an unconditional velocity, but --p-uncond is 0: pass "

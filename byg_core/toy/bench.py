@@ -469,20 +469,27 @@ def prior_methods(methods: Sequence[str]) -> list[str]:
     return [m for m in methods if m != "supervised" and m not in BASELINES]
 
 
+def guidance_asks(settings: ToySettings, methods: Sequence[str]) -> list[tuple[str, str]]:
+    """What of ``settings`` asks the base for its unconditional velocity when ``methods`` run: (the flag as given, the
+    same flag unguided) for the zero-shot baselines' guidance, then the prior's."""
+    asks = []
+    if settings.guides_baselines and guided_baseline_methods(methods):
+        asks.append((f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}",
+                     "--baseline-guidance 1 1"))
+    if settings.guides_prior and prior_methods(methods):
+        asks.append((f"--prior-guidance {settings.prior_guidance:g}", "--prior-guidance 1"))
+    return asks
+
+
 def check_guidance(settings: ToySettings, base: str | Path, methods: Sequence[str]) -> None:
     """Guided baselines and a guided prior need the unconditional velocity, which only a base pretrained with dropped
     captions has."""
-    asks = []  # (the flag as given, its unguided value)
-    if settings.guides_prior and prior_methods(methods):
-        asks.append((f"--prior-guidance {settings.prior_guidance:g}", "1"))
-    if settings.guides_baselines and guided_baseline_methods(methods):
-        asks.append((f"--baseline-guidance {settings.baseline_src_guidance:g} {settings.baseline_tgt_guidance:g}", "1 1"))
+    asks = guidance_asks(settings, methods)
     if asks and not has_unconditional(pretrain_record(base)):
-        leave = ", ".join(f"{flag.split()[0]} at {unguided}" for flag, unguided in asks)
         raise ValueError(
-            f"{' and '.join(flag for flag, _ in asks)}: the base {base} was pretrained without dropped captions, so it "
-            f"has no unconditional velocity to guide against; leave {leave}, or bench a base pretrained with "
-            "--p-uncond (the shipped medium one: --base-size medium)"
+            f"{' and '.join(ask for ask, _ in asks)}: the base {base} was pretrained without dropped captions, so it "
+            f"has no unconditional velocity to guide against; pass {' and '.join(leave for _, leave in asks)}, or "
+            "bench a base pretrained with --p-uncond (the shipped medium one: --base-size medium)"
         )
 
 
