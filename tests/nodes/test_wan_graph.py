@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from byg_core.backbones.wan import SentencePieceTokenizer, WanTextEncoder
+from byg_core.loading import shipped_config
 from byg_core.wan_vae import WanVAECodec
 from helpers import FAST_OBJECTIVE, WAN_HEADS, WAN_PARTS, tiny_wan_parts, tiny_wan_transformer, write_wan_files
 
@@ -74,7 +75,10 @@ def test_the_hosts_clip_and_vae_give_what_the_files_give(submodule, comfy_wan):
     variant, _, clip, vae, encoder, parts = comfy_wan
     name = {"ti2v-5b": "wan2.2-ti2v-5b", "t2v-a14b": "wan2.2-t2v-a14b"}[variant]
     shipped = model.host_codec(name, vae)
-    # the tiny VAE's own statistics stand in for the shipped ones (those are the real 48 / 16 channels')
+    config = shipped_config(name, "vae")  # the real 48 / 16 channels' statistics, as the model takes them
+    torch.testing.assert_close(shipped.shift, torch.tensor(config["latents_mean"]), rtol=0, atol=0)
+    torch.testing.assert_close(shipped.scale, 1 / torch.tensor(config["latents_std"]))
+    # the tiny VAE's own statistics stand in for the shipped ones
     shipped.shift = torch.tensor(parts["vae"].config.latents_mean)
     shipped.scale = 1 / torch.tensor(parts["vae"].config.latents_std)
     ours = WanVAECodec(parts["vae"])
