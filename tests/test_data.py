@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from byg_core.data import EditDataset, cache, write_dataset
+from byg_core.data import EditDataset, cache, load_media, write_dataset
 
 ROW = {
     "src_caption": "a red circle on a blue background",
@@ -67,11 +67,19 @@ def test_an_empty_dataset_is_refused(tmp_path):
 
 
 def test_cache_encodes_sources_and_prompts_once(tmp_path, flux_backbone):
-    cached = cache(EditDataset.from_folder(make(tmp_path)), flux_backbone)
-    assert cached.x.shape == (2, 3, 8, 8) and cached.x.min() >= -1
+    rows = [ROW, {**ROW, "instruction": "change the circle's colour to blue"}]
+    dataset = EditDataset.from_folder(write_dataset(tmp_path, rows, [torch.rand(3, 8, 8) for _ in rows]))
+    cached = cache(dataset, flux_backbone)
+    # each source encoded as the backbone encodes that file, in the dataset's order
+    want = torch.cat([flux_backbone.encode_pixels(load_media(r.media).unsqueeze(0)) for r in dataset.records])
+    assert cached.x.shape == (2, 3, 8, 8) and not torch.equal(cached.x[0], cached.x[1])
+    torch.testing.assert_close(cached.x, want, rtol=0, atol=0)
+    want_c = flux_backbone.encode_text([rows[1]["instruction"], rows[0]["instruction"]]).tokens
     flux_backbone.release_text_encoder()  # everything needed is cached now
     batch = cached.batch(flux_backbone, [1, 0])
-    assert batch.c.tokens.shape[0] == 2 and batch.uncond is None
+    torch.testing.assert_close(batch.x, want[[1, 0]], rtol=0, atol=0)
+    torch.testing.assert_close(batch.c.tokens, want_c, rtol=0, atol=0)
+    assert batch.uncond is None
     # and the empty prompt, which a guided prior (ObjectiveConfig.prior_guidance) asks for with each batch
     guided = cached.batch(flux_backbone, [1, 0], uncond=True)
     assert guided.uncond.tokens.shape[0] == 2
