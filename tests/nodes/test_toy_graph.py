@@ -86,7 +86,7 @@ def test_the_learning_rate_schedule_widgets_reach_the_run_and_older_prompts_keep
 def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
     """Running a LoRA branch never leaks into a branch holding the same backbone without it (values.py)."""
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
-                  **train_inputs(steps=2, preview_every=0))
+                  **train_inputs(steps=2, preview_every=0, learning_rate=1e-2, ema_decay=0.0))
     (with_lora,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
     (weak,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=0.0, lora=lora)
     assert with_lora.backbone is graph.model.backbone and graph.model.lora is None
@@ -97,6 +97,7 @@ def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
 
     base_before = sample(graph.model)
     edited = sample(with_lora)
+    assert (edited - base_before).abs().max() > 1e-2  # the LoRA shows, so a leak of it would show too
     torch.testing.assert_close(sample(graph.model), base_before)
     torch.testing.assert_close(sample(weak), base_before)  # strength 0 is the base model
     torch.testing.assert_close(sample(with_lora), edited)
