@@ -7,6 +7,9 @@ import torch
 
 from byg_core import cli
 from byg_core.data import load_image, load_media
+from byg_core.loading import load_backbone
+from byg_core.lora_io import load_lora
+from byg_core.sample import edit
 from byg_core.toy.video import write_video_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -47,7 +50,15 @@ def test_edit_a_video_folder_with_a_wan_lora(tmp_path):
     assert cli.main(["edit", "--model", "toy-wan-5b", "--lora", str(lora), "--image", str(video),
                      "--out", str(tmp_path / "edited"), "--instruction", "change the background colour to red",
                      "--steps", "2"]) == 0
-    assert load_media(tmp_path / "edited").shape == load_media(video).shape
+    written = load_media(tmp_path / "edited")
+    assert written.shape == load_media(video).shape
+    # the frames the library's edit gives for that folder, in order, as 8-bit frames
+    backbone = load_backbone("toy-wan-5b")
+    result = edit(backbone, load_lora([lora], backbone), backbone.encode_pixels(load_media(video).unsqueeze(0)),
+                  backbone.encode_text(["change the background colour to red"]), steps=2, seed=0)
+    want = backbone.decode_latents(result.latents)[0]
+    torch.testing.assert_close(written, want, rtol=0, atol=1 / 255 + 1e-6)
+    assert not torch.equal(written, load_media(video))
 
 
 def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
