@@ -32,6 +32,15 @@ def save_folder(parts, folder):
     return folder
 
 
+def flux_pipeline(parts, scheduler=None):
+    """diffusers' FluxPipeline over the tiny parts: what the files must encode and sample as."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    return FluxPipeline(scheduler=scheduler or FlowMatchEulerDiscreteScheduler(), vae=parts["vae"], text_encoder=parts["clip_l"],
+                        tokenizer=parts["tokenizer"], text_encoder_2=parts["t5"], tokenizer_2=parts["tokenizer_2"],
+                        transformer=parts["transformer"])
+
+
 def test_the_vae_file_loads_to_the_same_vae_and_encodes_as_flux_kontext_does(parts, files):
     from diffusers import FluxKontextPipeline
 
@@ -49,16 +58,13 @@ def test_the_vae_file_loads_to_the_same_vae_and_encodes_as_flux_kontext_does(par
 
 
 def test_the_text_files_encode_as_flux_pipeline_encodes_a_prompt(parts, files):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from byg_core.loading import load_flux_tokenizers
 
     configs = tiny_configs(parts)
     clip_tok, t5_tok = load_flux_tokenizers(files["tokenizers"])
     ours = FluxTextEncoder(load_clip_l(files["clip_l"], configs["clip_l"]), clip_tok,
                            load_t5_xxl(files["t5"], configs["t5"]), t5_tok)([PROMPT])
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=parts["vae"], text_encoder=parts["clip_l"],
-                        tokenizer=parts["tokenizer"], text_encoder_2=parts["t5"], tokenizer_2=parts["tokenizer_2"],
-                        transformer=parts["transformer"])
+    pipe = flux_pipeline(parts)
     with torch.no_grad():
         tokens, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=512)
     assert ours.tokens.shape == (1, 512, 32) and ours.pooled.shape == (1, 32)
@@ -93,7 +99,20 @@ def test_flux1_dev_from_single_files_trains_and_edits(parts, files, tmp_path):
 def test_flux1_dev_from_a_diffusers_folder(parts, tmp_path):
     backbone = load_backbone("flux1-dev", folder=save_folder(parts, tmp_path / "FLUX.1-dev"))
     cond = backbone.encode_text([PROMPT])
+    # every part is the saved one: the text as FluxPipeline encodes it, the VAE's latents, the transformer's weights
+    pipe = flux_pipeline(parts)
+    pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=512)
+        torch.testing.assert_close(backbone.encode_pixels(pixels), FluxVAECodec(parts["vae"]).encode(pixels),
+                                   rtol=0, atol=0)
     assert cond.tokens.shape == (1, 512, 32)
+    torch.testing.assert_close(cond.tokens, tokens, rtol=0, atol=0)
+    torch.testing.assert_close(cond.pooled, pooled, rtol=0, atol=0)
+    saved = parts["transformer"].state_dict()
+    loaded = backbone.transformer.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def test_missing_files_and_tokenizers_say_what_to_give(parts, files, tmp_path):
@@ -113,13 +132,12 @@ def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, no_network
 @pytest.mark.parametrize("size, steps", [(64, 20), (128, 28)])
 def test_the_editor_samples_on_flux_pipelines_schedule(parts, files, size, steps):
     """FLUX.1-dev's resolution-dependent shift: the sigmas FluxPipeline steps through for this size and steps."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from byg_core.loading import shipped_config
 
     backbone = load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts))
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(shipped_config("flux1-dev", "scheduler"))
-    pipe = FluxPipeline(scheduler=scheduler, vae=parts["vae"], text_encoder=parts["clip_l"], tokenizer=parts["tokenizer"],
-                        text_encoder_2=parts["t5"], tokenizer_2=parts["tokenizer_2"], transformer=parts["transformer"])
+    pipe = flux_pipeline(parts, scheduler)
     seen = []
     pipe(PROMPT, height=size, width=size, num_inference_steps=steps, output_type="latent", max_sequence_length=16,
          callback_on_step_end=lambda p, i, t, kw: seen.append(p.scheduler.sigmas.clone()) or {})
