@@ -92,6 +92,9 @@ def native_keys(path):
 def test_trainer_run_writes_native_lora_files_that_load_back_identically(tmp_path, variant):
     backbone = build_toy_wan_backbone(variant)
     trainer = Trainer(video_config(tmp_path), backbone, toy_videos(tmp_path / "data", backbone))
+    with torch.no_grad():  # every expert's LoRA acts (three steps at shift 12 may never draw the low-noise t)
+        for param in trainer.adapters.parameters(STUDENT, matrices="B"):
+            param.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))
     result = trainer.run()
     assert result.steps_done == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     names = {"transformer": "byg_lora", "transformer_2": "byg_lora_low_noise"}
@@ -111,12 +114,12 @@ def test_trainer_run_writes_native_lora_files_that_load_back_identically(tmp_pat
     with trainer.adapters.use(STUDENT):  # use_ema = false: the student is what was saved
         trained = backbone.velocity(y, t, batch.c, source=batch.x)
     fresh = build_toy_wan_backbone(variant)
-    loaded = load_lora(result.lora_paths, fresh)
+    loaded = load_lora(result.lora_paths[:1], fresh)
     with loaded.use(EMA):
         assert torch.equal(fresh.velocity(y, t, fresh.encode_text([r.instruction for r in trainer.data.records[:2]]),
                                           source=batch.x), trained)
-    with loaded.use("base"):
-        assert (fresh.velocity(y, t, batch.c, source=batch.x) - trained).abs().max() > 1e-4
+    with loaded.use("base"):  # each sample, so each expert's LoRA
+        assert ((fresh.velocity(y, t, batch.c, source=batch.x) - trained).flatten(1).abs().amax(1) > 1e-4).all()
 
 
 def test_video_edit_runs_unipc_through_both_experts(tmp_path):
