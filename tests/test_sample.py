@@ -1,5 +1,6 @@
 """Inference: the ODE solver's time convention, seeding, and the two zero-shot baselines."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,30 @@ def test_guided_sdedit_denoises_along_the_guided_velocity(flux_backbone):
     unguided = sdedit(flux_backbone, None, x, p, strength=0.6, steps=6, seed=3)
     assert torch.equal(sdedit(flux_backbone, None, x, p, strength=0.6, steps=6, seed=3, uncond=empty), unguided)
     assert not torch.allclose(got, unguided, atol=1e-4)
+
+
+def test_flowedit_steps_along_the_target_velocity_at_z_tgt_minus_the_source_velocity_at_z_src(flux_backbone):
+    """FlowEdit's Algorithm 1 written out: at equal prompts any loop returns x, so the loop itself is checked here."""
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    p = flux_backbone.encode_text(["a red circle on a blue background"])
+    q = flux_backbone.encode_text(["a green circle on a blue background"])
+    empty = flux_backbone.encode_text([""])
+    got = flowedit(flux_backbone, None, x, p, q, steps=6, n_avg=2, seed=4, src_guidance=1.5, tgt_guidance=5.5,
+                   uncond=empty)
+    rng, z_fe = np.random.default_rng(4), x.clone()
+    grid = _sigma_grid(flux_backbone, 6, 0.8, x.shape)
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        t, v_delta = torch.full((2,), s), 0
+        for _ in range(2):  # n_avg noise draws
+            z_src = noise(x, initial_noise(x.shape, int(rng.integers(2**31)), x.device, x.dtype), t)
+            z_tgt = z_fe + z_src - x
+            v_u_tgt, v_u_src = (flux_backbone.velocity(z, t, as_batch(empty, 2)) for z in (z_tgt, z_src))
+            v_tgt = v_u_tgt + 5.5 * (flux_backbone.velocity(z_tgt, t, as_batch(q, 2)) - v_u_tgt)
+            v_src = v_u_src + 1.5 * (flux_backbone.velocity(z_src, t, as_batch(p, 2)) - v_u_src)
+            v_delta = v_delta + v_tgt - v_src
+        z_fe = z_fe + (s_next - s) * v_delta / 2
+    assert len(grid) > 2 and torch.allclose(got, z_fe, atol=1e-5)
+    assert not torch.allclose(got, x, atol=1e-3)
 
 
 def test_guided_flowedit_keeps_the_source_at_equal_prompts_and_guidance_and_edits_otherwise(flux_backbone):
