@@ -114,7 +114,7 @@ def test_trainer_run_writes_native_lora_files_that_load_back_identically(tmp_pat
     with trainer.adapters.use(STUDENT):  # use_ema = false: the student is what was saved
         trained = backbone.velocity(y, t, batch.c, source=batch.x)
     fresh = build_toy_wan_backbone(variant)
-    loaded = load_lora(result.lora_paths[:1], fresh)
+    loaded = load_lora(result.lora_paths, fresh)
     with loaded.use(EMA):
         assert torch.equal(fresh.velocity(y, t, fresh.encode_text([r.instruction for r in trainer.data.records[:2]]),
                                           source=batch.x), trained)
