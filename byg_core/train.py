@@ -187,11 +187,17 @@ class Trainer:
         return losses
 
     def _sync_and_clip(self) -> None:
-        """Average student gradients over processes (no DDP wrapper: one module plays three roles)."""
-        params = [p for p in self.adapters.parameters(STUDENT) if p.grad is not None]
+        """Average student gradients over processes (no DDP wrapper: one module plays three roles). A parameter
+        one process left without a gradient (a two-expert Wan whose t there all fell on the other expert) counts
+        as zero there, so each tensor is averaged with its own counterpart; one no process touched keeps none."""
+        params = self.adapters.parameters(STUDENT)
         if self.accelerator.num_processes > 1:
-            for p in params:
-                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            touched = torch.tensor([float(p.grad is not None) for p in params], device=self.accelerator.device)
+            for p, anywhere in zip(params, self.accelerator.reduce(touched, reduction="sum").tolist()):
+                if anywhere:
+                    grad = torch.zeros_like(p) if p.grad is None else p.grad
+                    p.grad = self.accelerator.reduce(grad, reduction="mean")
+        params = [p for p in params if p.grad is not None]
         if self.cfg.grad_clip > 0 and params:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
 

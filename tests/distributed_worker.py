@@ -1,4 +1,10 @@
-"""Run under ``accelerate launch``: a few toy training steps, then every rank writes its LoRA."""
+"""Run under ``torchrun`` / ``accelerate launch``: a few training steps, then every rank writes its LoRA and its
+own losses (``rank<i>_losses.safetensors``).
+
+``toy`` (the default): the toy image model. ``toy-wan-a14b``: the two-expert Wan at shift 1, where the two ranks'
+first batches fall on different experts; each rank also writes its first step's gradients before and after they
+are averaged (``rank<i>_grads.safetensors``: ``local.<n>`` / ``synced.<n>`` for the n-th student tensor that has one).
+"""
 
 import sys
 from pathlib import Path
@@ -15,12 +21,33 @@ from byg_core.train import Trainer
 
 torch.set_num_threads(1)
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-cfg = TrainConfig(model="toy", data=str(data_dir), output_dir=str(out), steps=3, batch_size=2, rank=4, lr=1e-2,
-                  warmup_identity_steps=1, checkpoint_every=0, objective=ObjectiveConfig(rollout_steps=2))
-backbone = load_backbone("toy")
+model = sys.argv[3] if len(sys.argv) > 3 else "toy"
+if model == "toy":
+    cfg = TrainConfig(model="toy", data=str(data_dir), output_dir=str(out), steps=3, batch_size=2, rank=4, lr=1e-2,
+                      warmup_identity_steps=1, checkpoint_every=0, objective=ObjectiveConfig(rollout_steps=2))
+else:
+    cfg = TrainConfig.for_video(dict(model=model, data=str(data_dir), output_dir=str(out), steps=2, batch_size=1,
+                                     rank=4, lr=1e-2, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
+                                     seed=2, shift=1.0, grad_clip=0.0))
+    cfg.objective.rollout_steps = 2
+backbone = load_backbone(model)
 trainer = Trainer(cfg, backbone, cache(EditDataset.from_folder(data_dir), backbone))
-trainer.run()
 rank = trainer.accelerator.process_index
-state = {k.replace("/", "|"): v.contiguous() for k, v in trainer.adapters.state_dict(STUDENT).items()}
 out.mkdir(parents=True, exist_ok=True)  # only the main process makes the run folder, maybe after this rank ends
+if model != "toy":
+    sync = trainer._sync_and_clip
+
+    def sync_and_record():
+        params, grads = trainer.adapters.parameters(STUDENT), {}
+        if trainer.step == 0:
+            grads = {f"local.{n}": p.grad.clone() for n, p in enumerate(params) if p.grad is not None}
+        sync()
+        if trainer.step == 0:
+            grads |= {f"synced.{n}": p.grad.contiguous() for n, p in enumerate(params) if p.grad is not None}
+            save_file(grads, out / f"rank{rank}_grads.safetensors")
+
+    trainer._sync_and_clip = sync_and_record
+trainer.run()
+state = {k.replace("/", "|"): v.contiguous() for k, v in trainer.adapters.state_dict(STUDENT).items()}
 save_file(state, out / f"rank{rank}.safetensors")
+save_file({"loss": torch.tensor([h["loss"] for h in trainer.history])}, out / f"rank{rank}_losses.safetensors")

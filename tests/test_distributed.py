@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from byg_core.toy.dataset import write_toy_dataset
+from byg_core.toy.video import write_video_dataset
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -24,15 +25,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_the_same_weights(tmp_path):
-    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+def train_on_two_processes(data, run, model="toy"):
+    """The worker under torchrun with two processes; each rank's files (``<name>`` -> [rank 0's, rank 1's])."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(WORKER), str(tmp_path / "data"), str(tmp_path / "run")]
+               "--master_port", str(free_port()), str(WORKER), str(data), str(run), model]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (load_file(tmp_path / "run" / f"rank{i}.safetensors") for i in (0, 1))
+    names = {path.name.removeprefix("rank0") for path in run.glob("rank0*.safetensors")}
+    return {name: [load_file(run / f"rank{i}{name}") for i in (0, 1)] for name in names}
+
+
+def test_two_processes_end_with_the_same_weights(tmp_path):
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    files = train_on_two_processes(tmp_path / "data", tmp_path / "run")
+    rank0, rank1 = files[".safetensors"]
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_B" in k)
+    losses = [f["loss"] for f in files["_losses.safetensors"]]
+    assert not torch.equal(*losses)  # each rank trained on its own batches, so the same weights are the average's
     assert (tmp_path / "run" / "byg_lora.safetensors").is_file()
+
+
+def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_experts(tmp_path):
+    """Two-expert Wan: a rank whose t all fell on one expert has no gradient for the other; it counts as zero there,
+    so each tensor is averaged with its own counterpart on the other rank, never with the other expert's."""
+    write_video_dataset(tmp_path / "data", 4, seed=0)
+    files = train_on_two_processes(tmp_path / "data", tmp_path / "run", "toy-wan-a14b")
+    grads = files["_grads.safetensors"]
+    touched = [{int(k.split(".")[1]) for k in g if k.startswith("local.")} for g in grads]
+    assert touched[0] and touched[1] and touched[0] != touched[1]  # the case at hand: the ranks' experts differ
+    for n in touched[0] | touched[1]:
+        local = [g.get(f"local.{n}") for g in grads]
+        want = sum(torch.zeros_like(next(x for x in local if x is not None)) if x is None else x for x in local) / 2
+        for g in grads:
+            torch.testing.assert_close(g[f"synced.{n}"], want, rtol=1e-6, atol=1e-9)
+    assert all({int(k.split(".")[1]) for k in g if k.startswith("synced.")} == touched[0] | touched[1] for g in grads)
+    rank0, rank1 = files[".safetensors"]
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
