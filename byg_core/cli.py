@@ -14,6 +14,7 @@ Several GPUs: ``accelerate launch -m byg_core.cli train CONFIG.toml``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .loading import NEEDS_FILES, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache
-    from .train import Callbacks, ResumeMismatch, Trainer, existing_run, write_history
+    from .train import Callbacks, ResumeMismatch, Trainer, existing_run, processes, write_history
 
     import tomllib
 
@@ -77,14 +78,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
+    state = processes()  # under `accelerate launch`: one process writes what they share, and reports
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
-    if cfg.text_cache_dir:
-        backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cfg.model))
-    data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames, cfg.frame_stride)
+    # a disk text cache is written by the main process while the others wait, then read by them
+    with state.main_process_first() if cfg.text_cache_dir else contextlib.nullcontext():
+        if cfg.text_cache_dir:
+            backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cfg.model))
+        data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames,
+                     cfg.frame_stride)
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
-    trainer = Trainer(cfg, backbone, data, Callbacks(on_step=Progress(cfg.steps, every=cfg.log_every)))
-    print(estimate(trainer).describe(), file=sys.stderr)
+    progress = Progress(cfg.steps, every=cfg.log_every) if state.is_main_process else None
+    trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress))
+    if state.is_main_process:
+        print(estimate(trainer).describe(), file=sys.stderr)
     done = existing_run(cfg.output_dir)
     if done is not None and not args.resume:
         raise SystemExit(
@@ -93,14 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.resume:
         try:
-            print(f"resumed at step {trainer.resume()}", file=sys.stderr)
+            step = trainer.resume()
+            if state.is_main_process:
+                print(f"resumed at step {step}", file=sys.stderr)
         except ResumeMismatch as error:
             raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     result = trainer.run()
-    write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
-    for path in result.lora_paths:
-        print(f"LoRA: {path}")
-    print(f"checkpoint: {result.checkpoint} (step {result.steps_done})")
+    if state.is_main_process:  # the checkpoint's history and files; another process's losses are its own batches'
+        write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
+        for path in result.lora_paths:
+            print(f"LoRA: {path}")
+        print(f"checkpoint: {result.checkpoint} (step {result.steps_done})")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .backbones.base import TextCond
-from .safefiles import save_atomic
+from .safefiles import save_atomic, write_text_atomic
 
 SHARD = 256  # prompts per file
 INDEX = "index.json"
@@ -73,6 +73,4 @@ class DiskTextCache(MutableMapping):
         self.shards += 1
         self.pending = {}
         index = {"model": self.model, "shards": self.shards, "prompts": self.where}
-        partial = self.folder / f".{INDEX}.partial"
-        partial.write_text(json.dumps(index))
-        os.replace(partial, self.folder / INDEX)
+        write_text_atomic(self.folder / INDEX, json.dumps(index))

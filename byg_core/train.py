@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.utils.checkpoint
 from torch.profiler import record_function
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError, safe_open
 
@@ -337,6 +337,12 @@ def existing_run(output_dir: str | Path) -> int | None:
 def _no_accelerator() -> bool:
     """accelerate runs several CPU processes (gloo) only when told the run is on the CPU."""
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
+def processes() -> PartialState:
+    """The processes ``accelerate launch`` started (one without it), known before a Trainer exists: what they
+    share (a disk text cache, the run folder's reports) is written by the main process alone."""
+    return PartialState(cpu=_no_accelerator())
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> Path:

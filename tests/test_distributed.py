@@ -64,3 +64,31 @@ def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_expe
     assert all({int(k.split(".")[1]) for k in g if k.startswith("synced.")} == touched[0] | touched[1] for g in grads)
     rank0, rank1 = files[".safetensors"]
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
+def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_losses(tmp_path):
+    """`byg train` as `accelerate launch --multi_gpu` runs it: one process encodes the prompts into the disk text
+    cache while the others wait and read it, and losses.jsonl is the main process's, the checkpoint's history."""
+    import json
+
+    from safetensors import safe_open
+
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    overrides = [f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", f"text_cache_dir={tmp_path / 'text'}",
+                 "steps=3", "rank=4", "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "byg_core.cli", "train",
+               str(Path(__file__).resolve().parents[1] / "examples" / "toy.toml"),
+               *[arg for pair in overrides for arg in ("--set", pair)]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("LoRA: ") == 1 and done.stdout.count("checkpoint: ") == 1  # the main process reports
+    index = json.loads((tmp_path / "text" / "index.json").read_text())
+    assert index["shards"] == 1 and len(index["prompts"]) > 8  # written once, not once per process
+    with safe_open(str(tmp_path / "run" / "checkpoint.safetensors"), "pt") as handle:
+        history = json.loads(handle.metadata()["byg.history"])
+    written = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert written == history and len(written) == 3
+
