@@ -76,9 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(values, args.config or "--set")
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
+    state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
-    state = processes()  # under `accelerate launch`: one process writes what they share, and reports
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
     # a disk text cache is written by the main process while the others wait, then read by them
