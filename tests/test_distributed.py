@@ -66,24 +66,31 @@ def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_expe
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
 
+def byg_train_on_two_processes(data, run, *settings, resume=False):
+    """`byg train examples/toy.toml` as `accelerate launch --multi_gpu` runs it, on two CPU processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    overrides = [f"data={data}", f"output_dir={run}", "rank=4", "batch_size=2", "warmup_identity_steps=1",
+                 "objective.rollout_steps=2", *settings]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "byg_core.cli", "train",
+               str(Path(__file__).resolve().parents[1] / "examples" / "toy.toml"),
+               *[arg for pair in overrides for arg in ("--set", pair)], *(["--resume"] if resume else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_losses(tmp_path):
-    """`byg train` as `accelerate launch --multi_gpu` runs it: one process encodes the prompts into the disk text
-    cache while the others wait and read it, and losses.jsonl is the main process's, the checkpoint's history."""
+    """One process encodes the prompts into the disk text cache while the others wait and read it, and
+    losses.jsonl is the main process's, the checkpoint's history."""
     import json
 
     from safetensors import safe_open
 
     write_toy_dataset(tmp_path / "data", n=8, seed=0)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    overrides = [f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", f"text_cache_dir={tmp_path / 'text'}",
-                 "steps=3", "rank=4", "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "byg_core.cli", "train",
-               str(Path(__file__).resolve().parents[1] / "examples" / "toy.toml"),
-               *[arg for pair in overrides for arg in ("--set", pair)]]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = byg_train_on_two_processes(tmp_path / "data", tmp_path / "run", f"text_cache_dir={tmp_path / 'text'}",
+                                      "steps=3")
     assert done.stdout.count("LoRA: ") == 1 and done.stdout.count("checkpoint: ") == 1  # the main process reports
     index = json.loads((tmp_path / "text" / "index.json").read_text())
     assert index["shards"] == 1 and len(index["prompts"]) > 8  # written once, not once per process
@@ -91,4 +98,17 @@ def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_l
         history = json.loads(handle.metadata()["byg.history"])
     written = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
     assert written == history and len(written) == 3
+
+
+def test_a_two_process_run_resumed_ends_where_the_uninterrupted_one_does(tmp_path):
+    """Resuming restores every process's state from the main process's checkpoint: step, optimizer, each
+    process's own batches (seeded by step and process), so the stop costs nothing."""
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    byg_train_on_two_processes(tmp_path / "data", tmp_path / "whole", "steps=4")
+    byg_train_on_two_processes(tmp_path / "data", tmp_path / "stopped", "steps=2")
+    done = byg_train_on_two_processes(tmp_path / "data", tmp_path / "stopped", "steps=4", resume=True)
+    assert done.stderr.count("resumed at step 2") == 1
+    whole, resumed = (load_file(tmp_path / run / "byg_toy_lora.safetensors") for run in ("whole", "stopped"))
+    assert whole.keys() == resumed.keys() and any(v.abs().sum() > 0 for k, v in whole.items() if "lora_B" in k)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
