@@ -70,18 +70,19 @@ class Adapters:
                 inject_adapter_in_model(config, transformer, adapter_name=EMA)
             transformer._byg_lora_spec = spec
         self._layers = self._find_layers()
-        self._adapters_in_fp32_over_fp8()
+        self._adapters_in_fp32()
         self.reset(seed)
         self.active = STUDENT
         self._activate(STUDENT)
 
-    def _adapters_in_fp32_over_fp8(self) -> None:
-        """peft gives a new adapter its base layer's dtype; over fp8-stored weights that is an untrainable fp8
-        adapter, so those adapters are made fp32 (the base stays fp8, upcast per layer as it runs)."""
+    def _adapters_in_fp32(self) -> None:
+        """peft gives a new adapter its base layer's dtype: over fp8-stored weights an untrainable fp8 adapter, over
+        bf16 ones a bf16 adapter whose AdamW steps and EMA updates below half a bf16 step are lost. So every adapter
+        is made fp32 (the base keeps its dtype; peft casts each layer's input to the adapter's dtype)."""
         for layer in self._layers.values():
             for role in (STUDENT, EMA):
                 for part in (layer.lora_A[role], layer.lora_B[role]):
-                    if part.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                    if part.weight.dtype != torch.float32:
                         part.to(torch.float32)
 
     @staticmethod

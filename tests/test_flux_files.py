@@ -209,6 +209,30 @@ def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
     assert block.attn.to_q.base_layer.weight.dtype == torch.float8_e4m3fn  # the base stays fp8 under the LoRA
 
 
+def test_bf16_weights_train_an_fp32_lora_whose_small_updates_and_ema_are_kept(parts, files):
+    """peft would give the adapters the base's bf16: AdamW steps and EMA moves below half a bf16 step were lost."""
+    from byg_core.adapters import EMA, STUDENT, Adapters, LoraSpec
+
+    stored = load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts), dtype="bfloat16")
+    block = stored.transformer.transformer_blocks[0]
+    assert block.attn.to_q.weight.dtype == torch.bfloat16
+    adapters = Adapters(stored, LoraSpec(2, 2.0, tuple(stored.lora_target_modules())))
+    assert all(p.dtype == torch.float32 for role in (STUDENT, EMA) for p in adapters.parameters(role))
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with adapters.use(STUDENT):
+        v = stored.velocity(x, torch.tensor([0.6]), stored.encode_text([PROMPT]), source=x)
+        v.float().square().mean().backward()
+    assert v.dtype == torch.bfloat16 and block.attn.to_q.base_layer.weight.dtype == torch.bfloat16
+    assert any(float(p.grad.abs().sum()) > 0 for p in adapters.parameters(STUDENT))
+    with torch.no_grad():  # the EMA moves 1e-6 here; one bf16 step at 0.02 is 1.2e-4
+        for p in adapters.parameters(STUDENT):
+            p.fill_(0.0201)
+        for p in adapters.parameters(EMA):
+            p.fill_(0.02)
+    adapters.ema_update(0.99)
+    assert all(torch.allclose(p, torch.full_like(p, 0.020001), rtol=0, atol=1e-8) for p in adapters.parameters(EMA))
+
+
 def test_the_device_check_runs_on_a_tiny_config(tmp_path):
     """scripts/device_check.py (for a GPU; full-size FLUX.1-dev and Wan2.2 from the shipped configs) runs its code
     on CPU, on both suites."""
