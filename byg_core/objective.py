@@ -18,14 +18,15 @@ from .bootstrap import Rollout, bootstrap_rollout
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (B,) time over a (B, ...) latent."""
-    return t.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+    """Broadcast a (B,) time over a (B, ...) latent, in fp32: a bf16 t is 1.0 at 0.999 and 0.898 at 0.9, so the
+    blends below are computed in fp32 and given the latent's dtype after."""
+    return t.view(-1, *([1] * (like.ndim - 1))).float()
 
 
 def noise(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t) x + t eps (section 3)."""
     t = _per_sample(t, x)
-    return (1 - t) * x + t * eps
+    return ((1 - t) * x + t * eps).to(x.dtype)
 
 
 def velocity_target(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def velocity_target(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def one_step_prediction(y_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """y_hat = y_t - t v (Algorithm 1, line 15)."""
-    return y_t - _per_sample(t, y_t) * v
+    return (y_t - _per_sample(t, y_t) * v).to(y_t.dtype)
 
 
 def supervised_edit_loss(v: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

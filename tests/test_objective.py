@@ -29,6 +29,20 @@ def test_time_convention_t1_is_noise_t0_is_data():
     assert torch.allclose(one_step_prediction(noise(x, eps, t), t, eps - x), x, atol=1e-6)
 
 
+def test_bf16_latents_are_noised_and_predicted_at_the_fp32_t():
+    """On bf16 latents t stays fp32 (a bf16 0.999 is 1.0, 0.9 is 0.898): each blend is the fp32 one, rounded once."""
+    x, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    x16, eps16, t = x.bfloat16(), eps.bfloat16(), torch.tensor([0.999, 0.9])
+    x_t = noise(x16, eps16, t)
+    want = (1 - t.view(-1, 1, 1, 1)) * x16.float() + t.view(-1, 1, 1, 1) * eps16.float()
+    assert x_t.dtype == torch.bfloat16 and torch.equal(x_t, want.bfloat16())
+    assert not torch.equal(x_t[0], eps16[0])  # 0.999 is not pure noise
+    v16 = (eps - x).bfloat16()
+    y_hat = one_step_prediction(x_t, t, v16)
+    assert y_hat.dtype == torch.bfloat16
+    assert torch.equal(y_hat, (x_t.float() - t.view(-1, 1, 1, 1) * v16.float()).bfloat16())
+
+
 def test_route_gradients_has_value_of_clean_and_gradient_of_one_step():
     clean = torch.randn(2, 3, requires_grad=True)
     one_step = torch.randn(2, 3, requires_grad=True)
