@@ -41,7 +41,7 @@ def one_step_prediction(y_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> 
 
 def supervised_edit_loss(v: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """||u_t - G(y_t, t, c, x)||^2 with u_t = eps - y (Eq. 1; also Eq. 3 and the identity loss)."""
-    return F.mse_loss(v, velocity_target(x, eps))
+    return F.mse_loss(v.float(), velocity_target(x, eps).float())  # in fp32 over bf16 velocities
 
 
 def classifier_free_guidance(v_c: torch.Tensor, v_u: torch.Tensor, w: float) -> torch.Tensor:
@@ -51,7 +51,8 @@ def classifier_free_guidance(v_c: torch.Tensor, v_u: torch.Tensor, w: float) -> 
 
 def directional_loss(v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor) -> torch.Tensor:
     """1 - cos(v_pred - v_src, v_tgt - v_src) over each sample's flattened velocity (Eq. 2)."""
-    cos = F.cosine_similarity((v_pred - v_src).flatten(1), (v_tgt - v_src).flatten(1), dim=1, eps=1e-8)
+    d_pred, d_tgt = (v_pred.float() - v_src.float()).flatten(1), (v_tgt.float() - v_src.float()).flatten(1)
+    cos = F.cosine_similarity(d_pred, d_tgt, dim=1, eps=1e-8)  # in fp32: a bf16 1 - cos moves in steps of 0.004
     return (1 - cos).mean()
 
 
@@ -61,7 +62,7 @@ def directional_prior_loss(
 ) -> torch.Tensor:
     """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); MSE only without the directional term.
     ``v_anchor``: the anchor's velocity where it is not v_tgt (``ObjectiveConfig.prior_guidance_terms`` "anchor")."""
-    mse = F.mse_loss(v_pred, v_tgt if v_anchor is None else v_anchor)
+    mse = F.mse_loss(v_pred.float(), (v_tgt if v_anchor is None else v_anchor).float())
     if not directional:
         return mse
     return directional_loss(v_pred, v_src, v_tgt) + alpha * mse

@@ -41,6 +41,13 @@ def test_bf16_latents_are_noised_and_predicted_at_the_fp32_t():
     y_hat = one_step_prediction(x_t, t, v16)
     assert y_hat.dtype == torch.bfloat16
     assert torch.equal(y_hat, (x_t.float() - t.view(-1, 1, 1, 1) * v16.float()).bfloat16())
+    # and the losses of bf16 velocities are the fp32 losses of the same values
+    v_pred, v_src, v_tgt = (torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(i)).bfloat16()
+                            for i in range(3))
+    fp32 = [v.float() for v in (v_pred, v_src, v_tgt)]
+    for got, want in ((directional_prior_loss(v_pred, v_src, v_tgt, 0.1), directional_prior_loss(*fp32, 0.1)),
+                      (directional_loss(v_pred, v_src, v_tgt), directional_loss(*fp32))):
+        assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
 def test_route_gradients_has_value_of_clean_and_gradient_of_one_step():
