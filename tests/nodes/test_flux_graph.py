@@ -84,6 +84,7 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
                   warmup_identity_steps=1, preview_every=0, ema_decay=-1)
     config = lora.files[0].metadata["byg.config"]
     assert config["model"] == "flux1-dev" and config["lr"] == 3e-4  # the paper's image values (B.1)
+    assert config["gradient_checkpointing"]  # the preset's: no GPU holds FLUX.1-dev's activations without it
     assert (host.root / "loras" / "flux_test.safetensors").is_file()
     (edited_model,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
     image = torch.rand(1, 16, 16, 3)
