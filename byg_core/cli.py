@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .backbones.base import default_device
+
 
 class Progress:
     """A one-line progress bar on stderr: step, rate and the latest loss terms."""
@@ -81,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     backbone = load_backbone(cfg.model, **cfg.model_files)
     dataset = EditDataset.from_folder(cfg.data)
+    backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # a disk text cache is written by the main process while the others wait, then read by them
     with state.main_process_first() if cfg.text_cache_dir else contextlib.nullcontext():
         if cfg.text_cache_dir:
@@ -137,9 +140,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .video_io import save_pixels
 
     check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride)])
+    check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
-    backbone = load_backbone(model, **files)
+    backbone = load_backbone(model, **files).to(args.device)  # the transformer, text encoder and VAE
     adapters = load_lora(args.lora, backbone, strength=args.strength)
     pixels, fps = load_pixels(args.image, args.frames, args.stride)
     x = backbone.encode_pixels(pixels)
@@ -331,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the edited PNG; for a video source a video file (.mp4 .mov .mkv .m4v .webm, H.264 or "
                            "VP9 at the source's frame rate) or else a folder of PNG frames")
     edit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    edit.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when there is one)")
     edit.add_argument("--frames", type=int, default=None,
                       help="video sources: frames to edit, 4k+1 (default: the longest 4k+1 count, at most 81)")
     edit.add_argument("--stride", type=int, default=1, help="video sources: take every Nth frame from the first")
@@ -370,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rank", type=int, default=16, help="speed: LoRA rank")
     bench.add_argument("--storage", choices=["bf16", "fp8"], default="bf16", help="speed: FLUX weight storage")
     bench.add_argument("--repeats", type=int, default=3, help="speed: timed steps per method, interleaved")
-    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    bench.add_argument("--device", default=default_device(),
                        help="cuda or cpu (default: cuda when there is one)")
     bench.add_argument("--suite", choices=["main", "ablations", "cache"], default="main",
                        help="main: ByG, the supervised reference, baselines; ablations: + the paper's Table 4; cache: ByG "
@@ -443,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=32)
     _add_base_size(pretrain, "the architecture")
-    pretrain.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    pretrain.add_argument("--device", default=default_device(),
                           help="cuda or cpu (default: cuda when there is one)")
     pretrain.add_argument("--out", default=None,
                           help="default: the size's file in byg_core/toy/assets (the shipped base for small and "

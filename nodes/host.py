@@ -120,6 +120,16 @@ def _model_management():
     return model_management
 
 
+def torch_device():
+    """The device ComfyUI runs models on (its --cpu, --directml, ... choice); without the host, the GPU if any."""
+    host = _model_management()
+    if host is None:
+        from byg_core.backbones.base import default_device
+
+        return default_device()
+    return host.get_torch_device()
+
+
 def interrupted() -> bool:
     """Whether the user pressed ComfyUI's Cancel (polled, the flag stays set)."""
     host = _model_management()

@@ -86,7 +86,9 @@ class BYGModelLoader:
             try:
                 if options:  # refused before a byte is read when the weights cannot fit the GPU
                     check_weights_fit(model, options.get("storage"), options["dtype"], gpu_bytes())
-                _SHARED[key] = load_backbone(model, **options)
+                # the transformer (and a toy's own text encoder and codec) on ComfyUI's device; its CLIP and VAE
+                # stay where ComfyUI places them
+                _SHARED[key] = load_backbone(model, **options).to(host.torch_device())
             except (FileNotFoundError, ValueError) as error:
                 raise ValueError(f"BYGModelLoader: cannot load model {model!r}: {error}") from error
         return (BygModel(model, _SHARED[key]),)

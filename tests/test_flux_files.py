@@ -233,6 +233,18 @@ def test_bf16_weights_train_an_fp32_lora_whose_small_updates_and_ema_are_kept(pa
     assert all(torch.allclose(p, torch.full_like(p, 0.020001), rtol=0, atol=1e-8) for p in adapters.parameters(EMA))
 
 
+def test_the_backbone_moves_with_its_text_encoders_and_vae(parts, files):
+    """``EditBackbone.to``: every torch part of FLUX.1 (the meta device stands in for a GPU); without the
+    transformer, as ``byg train`` encodes a dataset before the trainer moves it."""
+    backbone = load_backbone("flux1-dev", **files, axes_dims_rope=AXES, configs=tiny_configs(parts))
+    encoders = [backbone.text_encoder.clip, backbone.text_encoder.t5, backbone.codec.vae]
+    backbone.to("meta", transformers=False)
+    assert all(p.device.type == "meta" for part in encoders for p in part.parameters())
+    assert backbone.device.type == "cpu"
+    assert backbone.to("meta") is backbone and backbone.device.type == "meta"
+    assert all(p.device.type == "meta" for p in backbone.transformer.parameters())
+
+
 def test_the_device_check_runs_on_a_tiny_config(tmp_path):
     """scripts/device_check.py (for a GPU; full-size FLUX.1-dev and Wan2.2 from the shipped configs) runs its code
     on CPU, on both suites."""

@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 
+def default_device() -> str:
+    """Where a model runs unless told otherwise: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class PixelShapeError(ValueError):
     """Pixels a backbone cannot take; ``dimensions`` says which of "frames", "height", "width" are off,
     so a host can say how to fix them (resize for height and width, pick other frames for frames)."""
@@ -138,6 +143,17 @@ class EditBackbone(ABC):
     @property
     def device(self) -> torch.device:
         return next(next(iter(self.transformers.values())).parameters()).device
+
+    def to(self, device: str | torch.device, transformers: bool = True) -> "EditBackbone":
+        """Put the transformers (unless ``transformers`` is False: a dataset's prompts and sources are encoded
+        first, then the trainer moves them) and the torch modules of the text encoder and codec on ``device``;
+        a host's CLIP and VAE (ComfyUI's, behind nodes/host.py) are left where their host places them."""
+        parts = [*self.transformers.values()] if transformers else []
+        for owner in (self.text_encoder, self.codec):
+            parts += [part for part in vars(owner).values() if isinstance(part, torch.nn.Module)] if owner else []
+        for part in parts:
+            part.to(device)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:

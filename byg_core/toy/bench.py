@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..adapters import EMA, STUDENT, Adapters, LoraSpec, all_linear_targets
+from ..backbones.base import default_device
 from ..backbones.flux import FluxBackbone
 from ..config import PRESETS, TrainConfig
 from ..data import CachedEdits, EditRecord
@@ -227,11 +228,6 @@ def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: 
     trainer.train_seconds = time.perf_counter() - start
     edited = edit_held_out(backbone, trainer.adapters, eval_data, settings, EMA if cfg.use_ema else STUDENT)
     return trainer, edited, history
-
-
-def default_device() -> str:
-    """Where the Trainer would train by itself: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_base(base: str | Path | None = None, device: str | None = None) -> FluxBackbone:

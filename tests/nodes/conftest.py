@@ -47,6 +47,7 @@ class HostState:
     interrupt_flag: bool = False
     updates: list = field(default_factory=list)  # every progress value the server would send
     previews: int = 0  # preview images the server would send
+    device: str = "cpu"  # model_management.get_torch_device()
 
 
 def _stand_ins(state: HostState) -> dict[str, types.ModuleType]:
@@ -83,6 +84,7 @@ def _stand_ins(state: HostState) -> dict[str, types.ModuleType]:
             raise InterruptProcessingException()
 
     management.processing_interrupted = processing_interrupted
+    management.get_torch_device = lambda: torch.device(state.device)
     management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
 
     def hook(value, total, preview, node_id=None):  # main.py's hook: raise on Cancel, else send progress

@@ -83,6 +83,15 @@ def test_the_learning_rate_schedule_widgets_reach_the_run_and_older_prompts_keep
                                                                                       ("constant", 0, 1e-3)]
 
 
+def test_the_model_loader_puts_the_model_on_comfyuis_device(run, submodule, host, toy_model_name, monkeypatch):
+    """ComfyUI picks the device (model_management.get_torch_device: the GPU, or --cpu); the loader puts the model
+    there, so an edit with a loaded LoRA does not run on the CPU beside an idle GPU."""
+    monkeypatch.setattr(submodule("nodes.model"), "_SHARED", {})
+    host.device = "meta"  # a device nothing else moves anything to
+    (model,) = run("BYGModelLoader", model=toy_model_name, diffusion_model="(none)")
+    assert model.backbone.device.type == "meta"
+
+
 def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
     """Running a LoRA branch never leaks into a branch holding the same backbone without it (values.py)."""
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,

@@ -12,7 +12,7 @@ import torch
 
 from byg_core.cli import main as byg
 from byg_core.safefiles import load_checked
-from byg_core.toy.bench import default_device
+from byg_core.backbones.base import default_device
 
 ROOT = Path(__file__).resolve().parents[2]
 
