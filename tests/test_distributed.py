@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from byg_core.toy.dataset import write_toy_dataset
 from byg_core.toy.video import write_video_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
@@ -25,14 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_on_two_processes(data, run, model="toy"):
-    """The worker under torchrun with two processes; each rank's files (``<name>`` -> [rank 0's, rank 1's])."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def torchrun(*args):
+    """``args`` (a script and its arguments, or ``-m`` and a module's) under torchrun with two CPU processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(WORKER), str(data), str(run), model]
+               "--master_port", str(free_port()), *map(str, args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def train_on_two_processes(data, run, model="toy"):
+    """The worker on two processes; each rank's files (``<name>`` -> [rank 0's, rank 1's])."""
+    torchrun(WORKER, data, run, model)
     names = {path.name.removeprefix("rank0") for path in run.glob("rank0*.safetensors")}
     return {name: [load_file(run / f"rank{i}{name}") for i in (0, 1)] for name in names}
 
@@ -68,17 +74,10 @@ def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_expe
 
 def byg_train_on_two_processes(data, run, *settings, resume=False):
     """`byg train examples/toy.toml` as `accelerate launch --multi_gpu` runs it, on two CPU processes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     overrides = [f"data={data}", f"output_dir={run}", "rank=4", "batch_size=2", "warmup_identity_steps=1",
                  "objective.rollout_steps=2", *settings]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "byg_core.cli", "train",
-               str(Path(__file__).resolve().parents[1] / "examples" / "toy.toml"),
-               *[arg for pair in overrides for arg in ("--set", pair)], *(["--resume"] if resume else [])]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return torchrun("-m", "byg_core.cli", "train", ROOT / "examples" / "toy.toml",
+                    *[arg for pair in overrides for arg in ("--set", pair)], *(["--resume"] if resume else []))
 
 
 def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_losses(tmp_path):
