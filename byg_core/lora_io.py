@@ -119,13 +119,27 @@ def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 
                 f"LoRA file {lora.path} has rank {lora.spec.rank} (alpha {lora.spec.alpha}); the model's adapters "
                 f"have rank {adapters.spec.rank} (alpha {adapters.spec.alpha}): load it onto a model without a LoRA"
             )
+    check_one_file_per_expert(files, list(adapters.backbone.transformers))
     state = {k: v for lora in files for k, v in lora.tensors.items()}
-    loaded = {lora.expert for lora in files}
     for role in (STUDENT, EMA):
-        # an expert with no file keeps a zero LoRA (e.g. only A14B's high-noise expert was trained)
-        untouched = {k: torch.zeros_like(v) for k, v in adapters.state_dict(role).items() if k.split("/", 1)[0] not in loaded}
-        adapters.load_state_dict(role, {**untouched, **state})
+        adapters.load_state_dict(role, state)
     adapters.set_strength(strength)
+
+
+def check_one_file_per_expert(files: list[LoraFile], experts: list[str]) -> None:
+    """A two-expert model takes its pair whole: training writes both files (an expert it did not train holds a
+    LoRA that changes nothing), so a missing or doubled expert is a file mix-up, never half a LoRA on purpose."""
+    given = [lora.expert for lora in files]
+    names = ", ".join(str(lora.path) for lora in files)
+    twice = sorted({e for e in given if given.count(e) > 1})
+    if twice:
+        raise ValueError(f"LoRA files {names}: each holds expert {twice[0]!r}; give one file per expert")
+    missing = [e for e in experts if e not in given]
+    if missing:
+        pair = " and ".join(f"<name>_{EXPERT_SUFFIX.get(e, e)}" for e in experts)
+        raise ValueError(
+            f"LoRA file(s) {names} hold no LoRA for expert {missing[0]!r}: give both files the training wrote ({pair})"
+        )
 
 
 def load_lora(paths: list[str | os.PathLike], backbone: EditBackbone, strength: float = 1.0) -> Adapters:

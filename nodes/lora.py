@@ -47,7 +47,7 @@ class BYGLoRALoader:
 
     @staticmethod
     def _read(model, lora_name) -> BygLora:
-        from byg_core.lora_io import read_lora, sibling_paths
+        from byg_core.lora_io import check_one_file_per_expert, read_lora, sibling_paths
 
         if lora_name == NONE:
             raise ValueError("BYGLoRALoader: pick a lora_name or connect a LoRA to the lora input")
@@ -56,4 +56,8 @@ class BYGLoRALoader:
             files = tuple(read_lora(p, model.backbone) for p in sibling_paths(host.lora_path(lora_name), model.backbone))
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"BYGLoRALoader: {error}. Pick a LoRA trained on a {model.family} model.") from error
+        try:
+            check_one_file_per_expert(list(files), list(model.backbone.transformers))
+        except ValueError as error:
+            raise ValueError(f"BYGLoRALoader: widget 'lora_name' ({lora_name}): {error}, unrenamed, in the loras folder") from error
         return BygLora(lora_name, files[0].family, files)

@@ -181,3 +181,15 @@ def test_either_file_of_an_expert_pair_names_both(tmp_path):
     assert sibling_paths(high, backbone) == [high, low] == sibling_paths(low, backbone)
     single = build_toy_wan_backbone("ti2v-5b")
     assert sibling_paths(high, single) == [high]
+
+
+def test_one_file_of_an_expert_pair_or_one_file_twice_is_refused_not_loaded_as_half_a_lora(tmp_path):
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())))
+    high, low = save_lora(tmp_path / "pair.safetensors", backbone, adapters)
+    with pytest.raises(ValueError, match=r"pair_high_noise.safetensors hold no LoRA for expert 'transformer_2'.*"
+                                         r"<name>_high_noise and <name>_low_noise"):
+        load_lora([high], build_toy_wan_backbone("t2v-a14b"))
+    with pytest.raises(ValueError, match=r"each holds expert 'transformer'; give one file per expert"):
+        load_lora([high, high], build_toy_wan_backbone("t2v-a14b"))
+    assert set(load_lora([low, high], build_toy_wan_backbone("t2v-a14b")).state_dict(EMA)) == set(adapters.state_dict(EMA))
