@@ -175,14 +175,31 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
 
 
 def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
-    """The base model to edit with: --model, else the model (and its files) the LoRA was trained on."""
+    """The base model to edit with: --model, else the model the LoRA was trained on; its files: the LoRA's
+    (as trained, when the model is that one) with --model-file's on top."""
+    from .loading import NEEDS_FILES
     from .safefiles import load_checked, meta_json
 
-    if args.model:
-        return args.model, {}
     _, metadata = load_checked(args.lora[0], "LoRA file")
     config = meta_json(metadata, "byg.config", args.lora[0])
-    return config.get("model", "toy"), config.get("model_files", {})
+    trained_on = config.get("model", "toy")
+    model = args.model or trained_on
+    given = dict(_parse_model_file(text) for text in args.model_file or [])
+    files = {**(config.get("model_files", {}) if model == trained_on else {}), **given}
+    if model in NEEDS_FILES and not files:
+        raise SystemExit(
+            f"{args.lora[0]} names no files for its model {model} (a LoRA trained in ComfyUI or given --model): "
+            "name them as a training TOML's [model_files] does, e.g. --model-file transformer=flux1-dev.safetensors "
+            "--model-file vae=ae.safetensors ..., or --model-file folder=<a local diffusers folder>"
+        )
+    return model, files
+
+
+def _parse_model_file(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value:
+        raise SystemExit(f"--model-file expects key=value (a [model_files] field, e.g. vae=ae.safetensors), got {text!r}")
+    return key.strip(), value
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -341,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--stride", type=int, default=1, help="video sources: take every Nth frame from the first")
     edit.add_argument("--model", default=None,
                       help="base model (default: the model and files the LoRA was trained on, from its metadata)")
+    edit.add_argument("--model-file", action="append", metavar="KEY=VALUE",
+                      help="the base model's files as a training TOML's [model_files] names them, e.g. "
+                           "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "
+                           "ComfyUI, which records none)")
     edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")

@@ -148,6 +148,11 @@ def test_the_editor_samples_on_flux_pipelines_schedule(parts, files, size, steps
 
 
 def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     from byg_core import cli
     from byg_core.toy.dataset import write_toy_dataset
 
@@ -163,6 +168,18 @@ def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys
     assert cli.main(["edit", "--lora", str(lora), "--image", str(data / "00000.png"), "--instruction", PROMPT,
                      "--out", str(out), "--steps", "2"]) == 0  # the model and its files come from the LoRA
     assert out.is_file()
+    # a LoRA trained in ComfyUI records its model but no files: refused until --model-file names them
+    with safe_open(str(lora), "pt") as f:
+        metadata = f.metadata()
+    config = json.loads(metadata["byg.config"])
+    del config["model_files"]
+    from_comfy = tmp_path / "from_comfy.safetensors"
+    save_file(load_file(str(lora)), str(from_comfy), {**metadata, "byg.config": json.dumps(config)})
+    edit = ["edit", "--lora", str(from_comfy), "--image", str(data / "00000.png"), "--instruction", PROMPT, "--steps", "2"]
+    with pytest.raises(SystemExit, match=r"from_comfy.safetensors names no files for its model flux1-dev .*--model-file"):
+        cli.main([*edit, "--out", str(tmp_path / "refused.png")])
+    assert cli.main([*edit, "--out", str(tmp_path / "given.png"), "--model-file", f"folder={folder}"]) == 0
+    assert (tmp_path / "given.png").read_bytes() == out.read_bytes()
 
 
 def test_the_flux_example_has_the_papers_settings():
