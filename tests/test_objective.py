@@ -16,6 +16,7 @@ from byg_core.objective import (
     noise,
     one_step_prediction,
     route_gradients,
+    supervised_edit_loss,
     total_loss,
 )
 
@@ -332,3 +333,22 @@ def test_a_prior_guided_on_its_anchor_alone_keeps_the_directional_term_unguided(
         ObjectiveConfig(prior_guidance_terms="both").validate()
     with pytest.raises(ValueError, match="prior_guidance_terms 'anchor' guides nothing at prior_guidance 1"):
         ObjectiveConfig(prior_guidance_terms="anchor").validate()
+
+
+def test_identity_step_is_G_edit_of_x_t_under_c_bar_conditioned_on_x(flux_backbone):  # paper 4.3, Algorithm 1
+    adapters = Adapters(flux_backbone, LoraSpec(4, 4.0, tuple(flux_backbone.lora_target_modules())))
+    with torch.no_grad():
+        for p in adapters.parameters(STUDENT):
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    G = Generators(flux_backbone, adapters)
+
+    def enc(s):
+        return flux_backbone.encode_text([s, s])
+
+    batch = EditBatch(x=torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)), p_src=enc("a"),
+                      p_tgt=enc("b"), c=enc("make it green"), c_bar=enc("make it red"))
+    t, eps = torch.tensor([0.3, 0.8]), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    got = identity_step(G, batch, t, eps).total
+    x_t = noise(batch.x, eps, t)
+    torch.testing.assert_close(got, supervised_edit_loss(G.edit(x_t, t, batch.c_bar, batch.x), batch.x, eps))
+    assert not torch.allclose(got, supervised_edit_loss(G.edit(x_t, t, batch.c, batch.x), batch.x, eps))

@@ -356,3 +356,25 @@ def test_an_accelerator_that_rescales_losses_is_refused(tmp_path):
     with pytest.raises(ValueError, match="gradient accumulation"):
         Trainer(config(tmp_path), make_flux_backbone(), tiny_data(),
                 accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2))
+
+
+def test_each_training_step_moves_the_ema_toward_the_new_student(tmp_path):  # Algorithm 1, last line
+    trainer = Trainer(config(tmp_path, steps=1, warmup_identity_steps=0, identity_prob=0.0, ema_decay=0.9),
+                      make_flux_backbone(), tiny_data())
+    before = [p.detach().clone() for p in trainer.adapters.parameters(EMA)]
+    trainer.train_step()
+    for old, student, ema in zip(before, trainer.adapters.parameters(STUDENT), trainer.adapters.parameters(EMA)):
+        torch.testing.assert_close(ema, 0.9 * old + 0.1 * student.detach())
+    assert any(not torch.equal(old, ema) for old, ema in zip(before, trainer.adapters.parameters(EMA)))
+
+
+def test_the_video_trainer_bootstraps_from_the_student_on_shift_12_logit_normal_t(tmp_path):  # paper B.2, C.1
+    from byg_core.timesteps import shift_time
+
+    cfg = TrainConfig.for_video(dict(output_dir=str(tmp_path), steps=1, batch_size=2, rank=4, checkpoint_every=0))
+    trainer = Trainer(cfg, make_flux_backbone(), tiny_data())
+    assert trainer.G.use_ema is False
+    t = trainer._timesteps(20000, torch.Generator().manual_seed(0))
+    # logit-normal's median 0.5 and 10% quantile sigmoid(-1.2816), each shifted by 12 (uniform's would be 0.571)
+    for q, plain in ((0.5, 0.5), (0.1, torch.sigmoid(torch.tensor(-1.2816)).item())):
+        assert abs(float(t.quantile(q)) - float(shift_time(torch.tensor(plain), 12.0))) < 0.01
