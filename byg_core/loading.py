@@ -115,7 +115,9 @@ def load_flux_transformer(
         folder = _part_folder(path, "transformer")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no config.json: give a FLUX.1 diffusers folder or a .safetensors file")
-        return FluxTransformer2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).requires_grad_(False)
+        model = FluxTransformer2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        refuse_other_flux1(model.config, folder)
+        return model.requires_grad_(False)
     state = read_state_dict(path, "FLUX.1 model file")
     kind = identify(state)
     if kind != "flux-diffusers":
@@ -124,6 +126,7 @@ def load_flux_transformer(
         state = bfl_to_diffusers(state)
     axes = list(axes_dims_rope or shipped_config("flux1-dev", "transformer")["axes_dims_rope"])
     config = flux_config_from_weights(state, axes)
+    refuse_other_flux1(config, path)
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config(config)
     result = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
@@ -133,6 +136,19 @@ def load_flux_transformer(
             f"{result.unexpected_keys[:3]}; the file may be truncated or of another FLUX variant"
         )
     return model.eval().requires_grad_(False)
+
+
+def refuse_other_flux1(config, path: str | Path) -> None:
+    """FLUX.1-dev (or Kontext dev) only: schnell has no guidance embedder (timestep-distilled, another schedule),
+    Fill / Depth / Canny take their condition as extra input channels; either would train a LoRA labelled dev."""
+    config = dict(config)
+    if not config["guidance_embeds"]:
+        raise ValueError(f"{path} is a FLUX.1 model without a guidance embedder (FLUX.1-schnell): ByG trains on "
+                         "FLUX.1-dev; pick flux1-dev.safetensors (or an fp8 variant)")
+    if config["in_channels"] != (config.get("out_channels") or config["in_channels"]):
+        raise ValueError(f"{path} is a FLUX.1 model taking {config['in_channels']} input channels for "
+                         f"{config['out_channels']} out (FLUX.1 Fill, Depth or Canny): ByG trains on FLUX.1-dev; "
+                         "pick flux1-dev.safetensors (or an fp8 variant)")
 
 
 # kept at compute precision under fp8 storage: norms and the layers into and out of the model (diffusers'

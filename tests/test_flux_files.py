@@ -200,6 +200,27 @@ def test_a_wrong_model_file_option_names_the_options():
         load_backbone("flux1-dev", unet="x.safetensors")
 
 
+@pytest.mark.parametrize("variant, named", [
+    (dict(guidance_embeds=False), r"without a guidance embedder \(FLUX.1-schnell\)"),
+    (dict(in_channels=384, out_channels=64), r"taking 384 input channels for 64 out \(FLUX.1 Fill, Depth or Canny\)"),
+])
+def test_other_flux1_models_are_refused_not_trained_as_dev(variant, named, tmp_path):
+    from helpers import FLUX_HEADS, diffusers_to_bfl
+    from safetensors.torch import save_file
+    from diffusers import FluxTransformer2DModel
+    from byg_core.loading import load_flux_transformer
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(**(TINY_FLUX | {"in_channels": 64} | FLUX_HEADS | variant))
+    path = tmp_path / "flux1-other.safetensors"
+    save_file(diffusers_to_bfl({k: v.contiguous() for k, v in model.state_dict().items()}), path)
+    with pytest.raises(ValueError, match=rf"flux1-other.safetensors is a FLUX.1 model {named}: ByG trains on FLUX.1-dev"):
+        load_flux_transformer(path)
+    model.save_pretrained(tmp_path / "folder" / "transformer")
+    with pytest.raises(ValueError, match=named):
+        load_flux_transformer(tmp_path / "folder")
+
+
 def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
     from byg_core.adapters import STUDENT, Adapters, LoraSpec
 
