@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .loading import NEEDS_FILES, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache
-    from .train import Callbacks, ResumeMismatch, Trainer, existing_run, processes, write_history
+    from .train import Callbacks, ResumeMismatch, Trainer, processes, write_history
 
     import tomllib
 
@@ -78,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(values, args.config or "--set")
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
+    _refuse_to_overwrite_run(cfg, args.resume)  # before the model loads: a refusal costs nothing
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
@@ -95,12 +96,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
-    done = existing_run(cfg.output_dir)
-    if done is not None and not args.resume:
-        raise SystemExit(
-            f"{cfg.output_dir} already holds a run (checkpoint at step {done}); nothing was overwritten. "
-            "Continue it with --resume, or set another output_dir (--set output_dir=...) to start a new run."
-        )
     if args.resume:
         try:
             step = trainer.resume()
@@ -193,6 +188,27 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
             "--model-file vae=ae.safetensors ..., or --model-file folder=<a local diffusers folder>"
         )
     return model, files
+
+
+def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
+    """A fresh run never replaces a run's checkpoint, nor its finished LoRA where the checkpoint was deleted."""
+    from .train import existing_lora, existing_run
+
+    if resume:
+        return
+    done = existing_run(cfg.output_dir)
+    if done is not None:
+        raise SystemExit(
+            f"{cfg.output_dir} already holds a run (checkpoint at step {done}); nothing was overwritten. "
+            "Continue it with --resume, or set another output_dir (--set output_dir=...) to start a new run."
+        )
+    finished = existing_lora(cfg.output_dir, cfg.save_name)
+    if finished:
+        raise SystemExit(
+            f"{cfg.output_dir} already holds the LoRA {', '.join(p.name for p in finished)} (its checkpoint is gone, "
+            "so it cannot be continued); nothing was overwritten. Set another output_dir or save_name "
+            "(--set save_name=...) to start a new run."
+        )
 
 
 def _parse_model_file(text: str) -> tuple[str, str]:

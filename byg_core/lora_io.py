@@ -10,12 +10,14 @@ Metadata records family, rank, alpha, position scheme, targets and the training 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from .adapters import EMA, STUDENT, Adapters, LoraSpec
 from .backbones.base import EditBackbone
@@ -54,6 +56,34 @@ def sibling_paths(path: str | os.PathLike, backbone: EditBackbone) -> list[Path]
             base = path.with_name(path.stem[: -len(suffix)] + path.suffix)
             return [p for p in expert_paths(base, experts).values() if p.is_file()]
     return [path]
+
+
+def finished_lora(path: str | os.PathLike, experts: list[str]) -> list[Path]:
+    """The files of a LoRA already at ``path`` (each expert's), [] where there is none."""
+    return [p for p in expert_paths(path, experts).values() if p.is_file()]
+
+
+def set_aside(path: str | os.PathLike, experts: list[str]) -> list[Path]:
+    """Move a finished LoRA at ``path`` to ``<stem>_step<K>`` (K: the steps its metadata records; ``_2``... where
+    that is taken), as a stopped run names its LoRA, so a longer run resumed under the same name never replaces it;
+    the moved files' new paths."""
+    path = Path(path)
+    existing = finished_lora(path, experts)
+    if not existing:
+        return []
+    with safe_open(str(existing[0]), framework="pt") as handle:
+        config = json.loads((handle.metadata() or {}).get("byg.config", "{}"))
+    stem = f"{path.stem}_step{config.get('steps', 'earlier')}"
+    for n in range(1, 10_000):
+        aside = expert_paths(path.with_name(f"{stem}{f'_{n}' if n > 1 else ''}{path.suffix}"), experts)
+        if not any(p.exists() for p in aside.values()):
+            break
+    moved = []
+    for expert, current in expert_paths(path, experts).items():
+        if current.is_file():
+            os.replace(current, aside[expert])
+            moved.append(aside[expert])
+    return moved
 
 
 def save_lora(

@@ -25,7 +25,7 @@ from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
 from .data import CachedEdits
-from .lora_io import save_lora
+from .lora_io import finished_lora, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, save_atomic, write_text_atomic
 from .sample import edit
@@ -60,6 +60,7 @@ class TrainResult:
     lora_paths: list[Path]
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    set_aside: list[Path] = field(default_factory=list)  # an earlier finished LoRA of this name, renamed _step<K>
 
 
 class Trainer:
@@ -203,7 +204,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> TrainResult:
-        stopped = False
+        stopped, start = False, self.step
         while self.step < self.cfg.steps:
             if self.callbacks.should_stop and self.callbacks.should_stop():
                 stopped = True
@@ -221,7 +222,11 @@ class Trainer:
             if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.callbacks.on_preview:
                 self.callbacks.on_preview(self.step, self.preview())
         checkpoint = self.save_checkpoint()
-        return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history)
+        written = finished_lora(self._lora_path(), list(self.backbone.transformers))
+        if self.step == start and written:  # nothing trained (a finished run resumed): its LoRA stays as it was
+            return TrainResult(self.step, stopped, written, checkpoint, self.history)
+        aside = set_aside(self._lora_path(), list(self.backbone.transformers)) if self.accelerator.is_main_process else []
+        return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history, aside)
 
     def _flush(self) -> dict[str, float]:
         """Move the losses of the steps since the last flush into ``history`` as floats, in one device read;
@@ -251,9 +256,12 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return []
         role = EMA if self.cfg.use_ema else STUDENT
-        name = self.cfg.save_name if self.step >= self.cfg.steps else f"{self.cfg.save_name}_step{self.step}"
         config = self.cfg.to_dict() | {"steps": self.step, "lr_decay_steps": self.cfg.lr_decay_steps or self.cfg.steps}
-        return save_lora(self.output_dir / f"{name}.safetensors", self.backbone, self.adapters, role=role, config=config)
+        return save_lora(self._lora_path(), self.backbone, self.adapters, role=role, config=config)
+
+    def _lora_path(self) -> Path:
+        name = self.cfg.save_name if self.step >= self.cfg.steps else f"{self.cfg.save_name}_step{self.step}"
+        return self.output_dir / f"{name}.safetensors"
 
     # --- checkpoints ----------------------------------------------------------------
     @property
@@ -332,6 +340,13 @@ def existing_run(output_dir: str | Path) -> int | None:
             return int((handle.metadata() or {}).get("byg.step", -1))
     except (SafetensorError, OSError, ValueError):
         return -1
+
+
+def existing_lora(output_dir: str | Path, save_name: str) -> list[Path]:
+    """The finished LoRA files named ``save_name`` in ``output_dir`` (one model's or a two-expert pair's), so a fresh
+    run can refuse them where their checkpoint was deleted."""
+    path = Path(output_dir) / f"{save_name}.safetensors"
+    return sorted({*finished_lora(path, ["transformer"]), *finished_lora(path, ["transformer", "transformer_2"])})
 
 
 def _no_accelerator() -> bool:

@@ -128,6 +128,7 @@ class CycleTrainer:
         if resume:
             _resume(trainer, name)
         result = trainer.run()
+        host.install_loras(result.set_aside)  # a longer run resumed under this name keeps the earlier LoRA as _step<K>
         installed = host.install_loras(result.lora_paths)
         progress.raise_if_interrupted()
         lora = BygLora(name, model.family, tuple(read_lora(path, model.backbone) for path in installed))

@@ -8,7 +8,7 @@ import torch
 from byg_core import cli
 from byg_core.data import load_image, load_media
 from byg_core.loading import load_backbone
-from byg_core.lora_io import load_lora
+from byg_core.lora_io import load_lora, read_lora
 from byg_core.sample import edit
 from byg_core.toy.video import write_video_dataset
 
@@ -30,8 +30,19 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"already holds a run \(checkpoint at step 2\).*--resume"):
         cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "seed=1"])
     assert lora.read_bytes() == finished  # a repeated fresh run overwrote nothing
+    # resuming the finished run with a setting changed trains nothing and rewrites nothing (its metadata stays true)
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "lr=0.5", "--resume"]) == 0
+    assert lora.read_bytes() == finished
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=3", "--resume"]) == 0
     assert "resumed at step 2" in capsys.readouterr().err
+    # the longer run takes the name; the 2-step LoRA is kept, renamed as a stopped run at step 2 names its LoRA
+    assert (tmp_path / "run" / "byg_toy_lora_step2.safetensors").read_bytes() == finished
+    assert lora.read_bytes() != finished and read_lora(lora, load_backbone("toy")).metadata["byg.config"]["steps"] == 3
+    (tmp_path / "run" / "checkpoint.safetensors").unlink()  # deleted to save space: the LoRA is still finished work
+    longer = lora.read_bytes()
+    with pytest.raises(SystemExit, match=r"already holds the LoRA byg_toy_lora.safetensors \(its checkpoint is gone"):
+        cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides])
+    assert lora.read_bytes() == longer
     source = tmp_path / "data" / "00000.png"
     out = tmp_path / "edited.png"
     assert cli.main(["edit", "--lora", str(lora), "--image", str(source), "--out", str(out),

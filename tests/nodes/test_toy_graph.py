@@ -133,6 +133,12 @@ def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host):
     assert host.updates == [3, 4, 4, 5]  # steps 3..5 on the same bar, the preview at 4
     assert host.previews == 1
     assert len(lora.files) == 1
+    finished = (host.root / "loras" / "toy_test.safetensors").read_bytes()
+    run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+        **train_inputs(steps=6, resume=True, preview_every=0))
+    # the 5-step LoRA is kept beside the 6-step one, as a stopped run at step 5 would name it
+    assert (host.root / "loras" / "toy_test_step5.safetensors").read_bytes() == finished
+    assert read_lora(host.root / "loras" / "toy_test.safetensors", graph.model.backbone).metadata["byg.config"]["steps"] == 6
 
 
 def test_the_host_conditions_reproduce_the_failure_the_fix_removes(nodes, graph, executor):
