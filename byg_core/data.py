@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .backbones.base import EditBackbone
 from .objective import EditBatch
@@ -81,7 +81,7 @@ class EditDataset:
         if not index.is_file():
             raise FileNotFoundError(f"{index} not found: a dataset is a folder with images and an edits.jsonl")
         records, rejected = [], []
-        for number, text in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, text in enumerate(read_jsonl_text(index).splitlines(), start=1):
             if not text.strip():
                 continue
             try:
@@ -97,6 +97,17 @@ class EditDataset:
         return cls(root, records, rejected)
 
 
+def read_jsonl_text(index: Path) -> str:
+    """edits.jsonl as text: UTF-8, with or without the byte-order mark Windows editors write."""
+    raw = index.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DatasetError(f"{index}:{line}: not UTF-8 text (byte {raw[error.start]:#x}); save the file as UTF-8", []) \
+            from error
+
+
 def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
     """Validate one line's object (fields, media file, self-contained reverse instruction)."""
     if not isinstance(obj, dict):
@@ -104,9 +115,9 @@ def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
     media_keys = [k for k in MEDIA_FIELDS if k in obj]
     if len(media_keys) != 1:
         raise ValueError("give exactly one of 'image' or 'video'")
-    for name in TEXT_FIELDS:
+    for name in (media_keys[0], *TEXT_FIELDS):
         if not isinstance(obj.get(name), str) or not obj[name].strip():
-            raise ValueError(f"missing or empty field '{name}'")
+            raise ValueError(f"missing or empty field '{name}'" + (" (a file name, as text)" if name in MEDIA_FIELDS else ""))
     if NON_SELF_CONTAINED.search(obj["reverse_instruction"]):
         raise ValueError(
             f"reverse_instruction {obj['reverse_instruction']!r} refers to an original state "
@@ -165,11 +176,14 @@ def frame_paths(folder: Path) -> list[Path]:
 def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(3, H, W) in [0, 1]; resized (centre-cropped to the aspect first) when ``size`` is given."""
     with Image.open(path) as image:
-        return image_tensor(image, size)
+        # upright as a viewer shows it: a phone photo stores its pixels sideways with an EXIF orientation tag
+        return image_tensor(ImageOps.exif_transpose(image), size)
 
 
 def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
     """A PIL image (a file's or a video frame's) as (3, H, W) in [0, 1], fitted to ``size`` if given."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit greyscale: convert("RGB") would clip it to white
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
     image = image.convert("RGB")
     if size is not None and image.size != (size[1], size[0]):
         image = _fit(image, size)

@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from byg_core.data import EditDataset, cache, load_media, write_dataset
+from byg_core.data import EditDataset, cache, load_image, load_media, write_dataset
 
 ROW = {
     "src_caption": "a red circle on a blue background",
@@ -39,6 +40,8 @@ def test_a_written_dataset_reads_back(tmp_path):
         ({**ROW, "image": "00000.png", "reverse_instruction": "Restore the original colour"}, "restore/revert/undo"),
         ({k: v for k, v in ROW.items()}, "exactly one of 'image' or 'video'"),
         ("{not json", "Expecting property name"),
+        ({**ROW, "image": None}, r"missing or empty field 'image' \(a file name, as text\)"),  # had raised TypeError
+        ({**ROW, "image": ""}, "missing or empty field 'image'"),  # had read the dataset folder as video frames
     ],
 )
 def test_bad_lines_name_the_file_line_and_reason(tmp_path, obj, message):
@@ -156,3 +159,32 @@ def test_a_dataset_writer_never_writes_into_a_folder_holding_other_files(tmp_pat
     frames = load_media(clip)
     (clip / ".00002.png.k1x2.partial.png").write_bytes((clip / "00002.png").read_bytes()[:40])
     assert torch.equal(load_media(clip), frames) and frames.shape[1] == 5
+
+
+def test_a_phone_photo_loads_upright_and_16_bit_greyscale_keeps_its_tones(tmp_path):
+    from PIL import Image, ImageOps
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)  # stored 64 wide, 32 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view, as phones write portrait photos
+    Image.fromarray(pixels).save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    loaded = load_image(tmp_path / "portrait.jpg")
+    assert loaded.shape == (3, 64, 32)  # as a viewer (and ComfyUI's LoadImage) shows it
+    with Image.open(tmp_path / "portrait.jpg") as image:
+        upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.float32) / 255
+    assert torch.equal(loaded, torch.from_numpy(upright).permute(2, 0, 1))
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    grey = load_image(tmp_path / "grey16.png")
+    assert grey.shape == (3, 8, 64) and abs(float(grey.mean()) - 0.5) < 0.01 and float(grey.min()) == 0
+
+
+def test_a_byte_order_mark_is_read_and_a_file_not_in_utf8_is_named_with_its_line(tmp_path):
+    root = make(tmp_path)
+    text = (root / "edits.jsonl").read_bytes()
+    (root / "edits.jsonl").write_bytes(b"\xef\xbb\xbf" + text)  # as Windows editors save "UTF-8 with BOM"
+    assert len(EditDataset.from_folder(root)) == 2
+    (root / "edits.jsonl").write_bytes(text + json.dumps({**ROW, "image": "00000.png", "src_caption": "café"}, ensure_ascii=False)
+                                      .encode("cp1252") + b"\n")
+    with pytest.raises(ValueError, match=r"edits.jsonl:3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        EditDataset.from_folder(root, strict=False)
