@@ -59,16 +59,14 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
+    from .config import TrainConfig, read_toml
     from .data import EditDataset, cache
     from .loading import NEEDS_FILES, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache
     from .train import Callbacks, ResumeMismatch, Trainer, processes, write_history
 
-    import tomllib
-
-    values = tomllib.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    values = read_toml(args.config) if args.config else {}
     for key, value in map(_parse_override, args.set or []):
         table = values
         *parents, leaf = key.split(".")

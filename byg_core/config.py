@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,11 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         """Build from plain values (a TOML table); unknown or mistyped keys name the field."""
         values = dict(values)
-        objective = _build(ObjectiveConfig, values.pop("objective", {}), f"{source} [objective]")
+        objective = values.pop("objective", {})
+        if not isinstance(objective, dict):
+            raise ValueError(f"{source}: 'objective' must be a table ([objective] in TOML, its fields below it), "
+                             f"got {objective!r}")
+        objective = _build(ObjectiveConfig, objective, f"{source} [objective]")
         config = _build(cls, values, source)
         config.objective = objective
         try:
@@ -197,14 +203,20 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path} is not valid TOML: {error}") from None
-        return cls.from_dict(values, str(path))
+        return cls.from_dict(read_toml(path), str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; an error names the file (UTF-8, a byte-order mark allowed)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}") from None
 
 
 def _build(cls, values: dict[str, Any], source: str):
@@ -212,18 +224,37 @@ def _build(cls, values: dict[str, Any], source: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
     for name, value in values.items():
-        _check_type(name, value, getattr(cls(), name), source)
+        if not _matches(value, hints[name]):
+            raise ValueError(f"{source}: field '{name}' must be {_describe(hints[name])}, got {value!r}")
     return cls(**values)
 
 
-def _check_type(name: str, value: Any, default: Any, source: str) -> None:
-    """Refuse a value whose type cannot stand for the field's default (ints pass for floats)."""
-    if default is None or value is None:
-        return
-    expected = float if isinstance(default, float) else type(default)
-    ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
-    if isinstance(value, bool) and expected is not bool:
-        ok = False
-    if not ok:
-        raise ValueError(f"{source}: field '{name}' must be {expected.__name__}, got {value!r}")
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a TOML value can stand for a field of type ``hint`` (ints pass for floats, bools for nothing else)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:  # [model_files]: its loader checks the values (paths, dtypes, lists)
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    """A field type as a user reads it: "float or nothing (leave it out)", "list of int"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        named = [_describe(arg) for arg in args if arg is not type(None)]
+        return " or ".join(named) + (" (or left out)" if type(None) in args else "")
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return "a table ([name] in TOML)"
+    return getattr(hint, "__name__", str(hint))

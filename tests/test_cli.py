@@ -1,5 +1,6 @@
 """`byg` as a user runs it: make a dataset, train, resume, edit an image and a video."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,24 @@ def test_edit_a_video_folder_with_a_wan_lora(tmp_path):
 def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("steps = -3\n")
+    assert cli.main(["train", str(bad)]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, named", [
+    (b"steps = 3\nrank = \n", r"bad.toml is not valid TOML: .*line 2"),  # had named no file
+    ("steps = 3\ncaption = 'caf\u00e9'\n".encode("cp1252"), r"bad.toml is not UTF-8 text"),
+    (b'lora_alpha = "8"\n', r"bad.toml: field 'lora_alpha' must be float \(or left out\), got '8'"),  # had raised TypeError
+    (b"resolution = 512\n", r"field 'resolution' must be a list of int \(or left out\), got 512"),
+    (b"objective = 1\n", r"'objective' must be a table \(\[objective\] in TOML"),
+    (b"text_cache_dir = 5\n", r"field 'text_cache_dir' must be str \(or left out\), got 5"),
+])
+def test_a_config_file_error_names_the_file_and_field(tmp_path, capsys, text, named):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(text)
+    assert cli.main(["train", str(bad)]) == 2
+    assert re.search(named, capsys.readouterr().err)
+    bad.write_bytes(b"\xef\xbb\xbfsteps = 0\n")  # a byte-order mark is read past: the value is what is refused
     assert cli.main(["train", str(bad)]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
 
