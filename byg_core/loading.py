@@ -92,6 +92,16 @@ def shipped_config(model: str, part: str) -> dict:
     return {k: v for k, v in json.loads((folder / name).read_text(encoding="utf-8")).items() if not k.startswith("_")}
 
 
+def from_folder(cls, folder: Path, **options):
+    """``cls.from_pretrained`` on a local diffusers / transformers folder: its .safetensors weights only (a folder
+    holding only pickled .bin weights is refused, never unpickled), never the network."""
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
+    except OSError as error:
+        raise FileNotFoundError(f"{folder} holds no .safetensors weights for {cls.__name__} ({error}); nothing is "
+                                "unpickled: give a folder with .safetensors files, or the model's single file") from error
+
+
 def _part_folder(path: Path, part: str) -> Path:
     """A diffusers folder's ``part/`` (``transformer``, ``vae``, ...), or ``path`` itself when it is that part."""
     return path / part if (path / part).is_dir() else path
@@ -115,7 +125,7 @@ def load_flux_transformer(
         folder = _part_folder(path, "transformer")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no config.json: give a FLUX.1 diffusers folder or a .safetensors file")
-        model = FluxTransformer2DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        model = from_folder(FluxTransformer2DModel, folder, torch_dtype=dtype)
         refuse_other_flux1(model.config, folder)
         return model.requires_grad_(False)
     state = read_state_dict(path, "FLUX.1 model file")
@@ -177,7 +187,7 @@ def load_flux_vae(path: str | Path, config: dict | None = None):
     path = Path(path)
     if path.is_dir():
         folder = _part_folder(path, "vae")
-        return AutoencoderKL.from_pretrained(folder, local_files_only=True).requires_grad_(False)
+        return from_folder(AutoencoderKL, folder).requires_grad_(False)
     state = read_state_dict(path, "FLUX.1 VAE file")
     refuse_unless(identify(state), "flux-vae", path, "pick ae.safetensors from the vae folder")
     config = config or shipped_config("flux1-dev", "vae")
@@ -195,7 +205,7 @@ def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: d
     a single file's config is ``config`` or ``model_name``'s shipped one."""
     if path.is_dir():
         folder = _part_folder(path, part)
-        return cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
+        return from_folder(cls, folder, torch_dtype=dtype).eval().requires_grad_(False)
     state = read_state_dict(path, f"{what} file")
     refuse_unless(identify(state), kind, path, f"pick {what} from the text_encoders folder")
     model = cls(cls.config_class(**(config or shipped_config(model_name, part))))
@@ -342,7 +352,7 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
         folder = _part_folder(path, part)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no config.json: give a {model} diffusers folder or a .safetensors file")
-        return WanTransformer3DModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).requires_grad_(False)
+        return from_folder(WanTransformer3DModel, folder, torch_dtype=dtype).requires_grad_(False)
     state = read_state_dict(path, f"{model} {part} file")
     found = identify(state)
     if found in ("wan-ti2v-5b", "wan-14b") and found != kind:

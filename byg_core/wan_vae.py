@@ -197,7 +197,7 @@ def _build(state: dict[str, torch.Tensor], config: dict, path: Path, dtype: torc
 def _load_folder(path: Path, expected: str | None, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan
 
-    from .loading import _part_folder
+    from .loading import _part_folder, from_folder
 
     folder = _part_folder(path, "vae")
     config_file = folder / "config.json"
@@ -207,7 +207,7 @@ def _load_folder(path: Path, expected: str | None, dtype: torch.dtype):
                          f"(e.g. Wan2.2-TI2V-5B-Diffusers) or a .safetensors file; {PICK_ANY}")
     kind = "wan2.2-vae" if config.get("is_residual") else "wan2.1-vae"
     _refuse_other_vae(kind, expected, config.get("z_dim", 16), folder)
-    vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+    vae = from_folder(AutoencoderKLWan, folder, torch_dtype=dtype)
     return vae.eval().requires_grad_(False)
 
 

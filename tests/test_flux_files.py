@@ -302,3 +302,15 @@ def test_the_device_check_runs_on_a_tiny_config(tmp_path):
     for row in rows:
         assert row["byg_s"] > row["supervised_s"] > 0 and row["edit_20_steps_s"] > 0
         assert row["flop_ratio"] > 3 and row["byg_peak_mib"] > 0 and row["cache_k"] == 4 and row["time_ratio_cache"] > 0
+
+
+def test_a_folder_of_pickled_weights_is_refused_never_unpickled(parts, tmp_path, monkeypatch):
+    def unpickle(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    parts["vae"].save_pretrained(tmp_path / "FLUX.1-dev" / "vae", safe_serialization=False)  # diffusion_pytorch_model.bin
+    assert not list((tmp_path / "FLUX.1-dev" / "vae").glob("*.safetensors"))
+    monkeypatch.setattr(torch, "load", unpickle)
+    with pytest.raises(FileNotFoundError, match=r"FLUX.1-dev/vae holds no .safetensors weights for AutoencoderKL .*"
+                                                r"nothing is unpickled"):
+        load_flux_vae(tmp_path / "FLUX.1-dev")
