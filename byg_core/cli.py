@@ -154,6 +154,8 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
     source, out = Path(args.image), Path(args.out)
     if not source.exists():
         raise FileNotFoundError(f"--image {source} does not exist")
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the source itself: the edit would replace the frames it reads; pick another --out")
     if not args.overwrite:
         refuse_to_overwrite([out], "Pick another --out")
     if is_video(source) and out.suffix.lower() in IMAGE_SUFFIXES:
@@ -161,8 +163,8 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
             f"--image {source} is a video but --out {out} names an image: give a video file "
             f"({' '.join(WRITE_SUFFIXES)}) or a folder for PNG frames"
         )
-    if not is_video(source) and out.suffix.lower() in WRITE_SUFFIXES:
-        raise ValueError(f"--image {source} is an image but --out {out} names a video: give a .png")
+    if not is_video(source) and out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--image {source} is an image but --out {out} names no image file: give a .png")
     if not is_video(source) and (args.frames is not None or args.stride != 1):
         raise ValueError(f"--frames and --stride pick a video's frames, but --image {source} is an image")
 

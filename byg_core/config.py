@@ -119,6 +119,10 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> "TrainConfig":
+        name = self.save_name
+        if not name.strip() or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"save_name must be a plain file name like 'byg_lora' (the LoRA is written into "
+                             f"output_dir), got {name!r}")
         positive = ("steps", "batch_size", "rank", "rollout_reuse")
         for name in positive:
             if getattr(self, name) < 1:

@@ -12,6 +12,7 @@ from byg_core.loading import load_backbone
 from byg_core.lora_io import load_lora, read_lora
 from byg_core.sample import edit
 from byg_core.toy.video import write_video_dataset
+from byg_core.video_io import save_pixels
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -52,7 +53,7 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     assert not torch.equal(load_image(out), load_image(source))
 
 
-def test_edit_a_video_folder_with_a_wan_lora(tmp_path):
+def test_edit_a_video_folder_with_a_wan_lora(tmp_path, capsys):
     write_video_dataset(tmp_path / "data", 2, seed=0)
     overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=1", "rank=4",
                      "warmup_identity_steps=1", "objective.rollout_steps=2")
@@ -64,6 +65,15 @@ def test_edit_a_video_folder_with_a_wan_lora(tmp_path):
                      "--steps", "2"]) == 0
     written = load_media(tmp_path / "edited")
     assert written.shape == load_media(video).shape
+    frames = {p.name: p.read_bytes() for p in video.iterdir()}
+    edit_args = ["edit", "--model", "toy-wan-5b", "--lora", str(lora), "--instruction", "x", "--steps", "2"]
+    assert cli.main([*edit_args, "--image", str(video), "--out", str(video), "--overwrite"]) == 2  # had overwritten
+    assert "is the source itself: the edit would replace the frames it reads" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in video.iterdir()} == frames
+    image = tmp_path / "still.png"
+    save_pixels(torch.rand(1, 3, 16, 16), image)
+    assert cli.main([*edit_args, "--image", str(image), "--out", str(tmp_path / "edited_still")]) == 2
+    assert re.search(r"is an image but --out .*edited_still names no image file: give a .png", capsys.readouterr().err)
     # the frames the library's edit gives for that folder, in order, as 8-bit frames
     backbone = load_backbone("toy-wan-5b")
     result = edit(backbone, load_lora([lora], backbone), backbone.encode_pixels(load_media(video).unsqueeze(0)),
@@ -78,6 +88,9 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     bad.write_text("steps = -3\n")
     assert cli.main(["train", str(bad)]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+    bad.write_text('save_name = "../../elsewhere/x"\n')  # had written the LoRA outside output_dir
+    assert cli.main(["train", str(bad)]) == 2
+    assert "save_name must be a plain file name like 'byg_lora'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, named", [
