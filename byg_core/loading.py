@@ -206,18 +206,26 @@ def _load_text_model(cls, path: Path, part: str, kind: str, what: str, config: d
     if path.is_dir():
         folder = _part_folder(path, part)
         return from_folder(cls, folder, torch_dtype=dtype).eval().requires_grad_(False)
+    from accelerate import init_empty_weights
+
     state = read_state_dict(path, f"{what} file")
     refuse_unless(identify(state), kind, path, f"pick {what} from the text_encoders folder")
-    model = cls(cls.config_class(**(config or shipped_config(model_name, part))))
+    with init_empty_weights():  # no random full-size copy (T5-XXL: 19 GB in fp32) beside the file's weights
+        model = cls(cls.config_class(**(config or shipped_config(model_name, part))))
     model_keys = set(model.state_dict())
     state = _match_prefix(state, model_keys, "text_model.")
+    # at from_pretrained's precisions: T5's wo stays fp32 under fp16 (where it overflows), as transformers keeps it
+    keep = [*(model._keep_in_fp32_modules or [] if dtype == torch.float16 else []),
+            *(model._keep_in_fp32_modules_strict or [] if dtype in (torch.float16, torch.bfloat16) else [])]
+    for key in list(state):  # one tensor at a time: the file's copy of each is freed as it is cast
+        state[key] = state[key].to(precision_of(key, keep, dtype))
     if "shared.weight" in state and "encoder.embed_tokens.weight" in model_keys:
         state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])  # T5 files hold the tied table once
-    result = model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if "position_ids" not in k]  # older CLIP files carry no position_ids
     if missing:
         raise ValueError(f"{path} does not fill {what}: missing {missing[:3]}; the file may be truncated")
-    return model.to(dtype).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def _match_prefix(state: dict, model_keys: set[str], prefix: str) -> dict:
@@ -477,14 +485,14 @@ def load_wan(
     given = {"transformer": transformer, "transformer_2": transformer_2}
     if len(parts) == 2 and folder is None:
         check_expert_pair(need(transformer, "transformer"), need(transformer_2, "transformer_2"))
-    experts = {part: load_wan_transformer(need(given[part], part), model, part, torch_dtype, configs.get("transformer"))
-               for part in parts}
+    experts = {}
+    for part in parts:  # each stored in fp8 before the next is read: host RAM holds one expert at full precision
+        experts[part] = load_wan_transformer(need(given[part], part), model, part, torch_dtype, configs.get("transformer"))
+        if storage is not None:
+            store_in_fp8(experts[part], storage, torch_dtype, WAN_FP8_SKIP)
     if len(parts) == 2 and _same_weights(experts["transformer"], experts["transformer_2"]):
         raise ValueError(f"{need(transformer, 'transformer')} and {need(transformer_2, 'transformer_2')} hold the same "
                          "weights: one expert was given twice; A14B needs the high-noise and the low-noise expert")
-    if storage is not None:
-        for expert in experts.values():
-            store_in_fp8(expert, storage, torch_dtype, WAN_FP8_SKIP)
     if codec is None:
         codec = WanVAECodec(load_wan_vae(need(vae, "vae"), expected=vae_kind, config=configs.get("vae"),
                                          dtype=torch_dtype))

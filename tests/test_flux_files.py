@@ -72,6 +72,24 @@ def test_the_text_files_encode_as_flux_pipeline_encodes_a_prompt(parts, files):
     torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_text_files_load_at_from_pretrained_precisions_without_a_random_model_first(parts, files, tmp_path, dtype,
+                                                                                   monkeypatch):
+    from transformers import T5EncoderModel
+
+    built_on = []
+    reset = torch.nn.Linear.reset_parameters
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters",
+                        lambda self: (built_on.append(self.weight.device.type), reset(self))[1])
+    single = load_t5_xxl(files["t5"], tiny_configs(parts)["t5"], dtype)
+    assert set(built_on) == {"meta"}  # a full-size T5-XXL built on the CPU first is 19 GB of random fp32
+    parts["t5"].save_pretrained(tmp_path / "t5")
+    folder = T5EncoderModel.from_pretrained(tmp_path / "t5", torch_dtype=dtype)
+    want = {k: v.dtype for k, v in folder.state_dict().items()}
+    assert {k: v.dtype for k, v in single.state_dict().items()} == want  # under fp16 T5's wo stays fp32, as it does there
+    assert (want["encoder.block.0.layer.1.DenseReluDense.wo.weight"] == torch.float32) == (dtype == torch.float16)
+
+
 def test_flux1_dev_from_single_files_trains_and_edits(parts, files, tmp_path):
     from byg_core.config import TrainConfig
     from byg_core.data import CachedEdits, EditRecord

@@ -335,3 +335,25 @@ def test_the_wan_examples_have_the_papers_video_settings(name, model):
     assert cfg.resolution == [320, 576] and (cfg.frames - 1) % 4 == 0 and cfg.gradient_checkpointing
     assert set(cfg.model_files) <= set(inspect.signature(LOADERS[model]).parameters)
     assert ("transformer_2" in cfg.model_files) == (model == "wan2.2-t2v-a14b")
+
+
+def test_a14b_stores_each_expert_in_fp8_before_reading_the_next(tmp_path, monkeypatch):
+    """Host RAM: both 14B experts at bf16 are 57 GB; the first is in fp8 before the second file is read."""
+    from byg_core import loading
+    from helpers import tiny_wan_parts, wan_configs, write_wan_files
+
+    parts = tiny_wan_parts("t2v-a14b", seed=6)
+    files = write_wan_files(tmp_path, "t2v-a14b", parts)
+    read, seen = loading.load_wan_transformer, []
+
+    def spy(path, model, part, *args, **kwargs):
+        seen.append(sorted({str(p.dtype) for m in spied for n, p in m.named_parameters() if n.startswith("blocks.")}))
+        spied.append(read(path, model, part, *args, **kwargs))
+        return spied[-1]
+
+    spied = []
+    monkeypatch.setattr(loading, "load_wan_transformer", spy)
+    backbone = loading.load_backbone("wan2.2-t2v-a14b", **files, configs=wan_configs(parts), dtype="bfloat16",
+                                     storage="float8_e4m3fn")
+    assert seen[0] == [] and "torch.float8_e4m3fn" in seen[1]  # the first expert's linears are fp8 at the second read
+    assert {str(p.dtype) for p in backbone.transformers["transformer_2"].blocks.parameters()} >= {"torch.float8_e4m3fn"}
