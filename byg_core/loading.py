@@ -254,20 +254,24 @@ def load_t5_xxl(path: str | Path, config: dict | None = None, dtype: torch.dtype
                             dtype)
 
 
+# where the two tokenizers sit: a FLUX.1-dev diffusers folder, or a ComfyUI installation (the ones it ships)
+FLUX_TOKENIZER_LAYOUTS = {
+    "a FLUX.1-dev diffusers folder": ("tokenizer", "tokenizer_2"),
+    "a ComfyUI folder": ("comfy/sd1_tokenizer", "comfy/text_encoders/t5_tokenizer"),
+}
+
+
 def load_flux_tokenizers(folder: str | Path):
-    """CLIP-L's and T5's tokenizers from a local FLUX.1 diffusers folder (``tokenizer/``, ``tokenizer_2/``)."""
+    """CLIP-L's and T5's tokenizers from a local FLUX.1 diffusers folder (``tokenizer/``, ``tokenizer_2/``) or the
+    ComfyUI folder a user of ComfyUI's single files has (``comfy/sd1_tokenizer``, ``comfy/text_encoders/t5_tokenizer``)."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    tokenizers = []
-    for part in ("tokenizer", "tokenizer_2"):
-        if not (folder / part).is_dir():
-            raise FileNotFoundError(
-                f"{folder / part} does not exist: the tokenizers come from a local FLUX.1-dev diffusers folder "
-                "(its tokenizer/ and tokenizer_2/ folders); name that folder as 'tokenizers'"
-            )
-        tokenizers.append(AutoTokenizer.from_pretrained(folder / part, local_files_only=True))
-    return tuple(tokenizers)
+    for parts in FLUX_TOKENIZER_LAYOUTS.values():
+        if all((folder / part).is_dir() for part in parts):
+            return tuple(AutoTokenizer.from_pretrained(folder / part, local_files_only=True) for part in parts)
+    layouts = "; or ".join(f"{name} ({' and '.join(p + '/' for p in parts)})" for name, parts in FLUX_TOKENIZER_LAYOUTS.items())
+    raise FileNotFoundError(f"{folder} holds no FLUX.1 tokenizers: name as 'tokenizers' {layouts}")
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

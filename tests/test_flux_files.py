@@ -136,10 +136,26 @@ def test_flux1_dev_from_a_diffusers_folder(parts, tmp_path):
 def test_missing_files_and_tokenizers_say_what_to_give(parts, files, tmp_path):
     with pytest.raises(ValueError, match="flux1-dev needs 'vae' .* or 'folder'"):
         load_backbone("flux1-dev", transformer=files["transformer"], axes_dims_rope=AXES)
-    with pytest.raises(FileNotFoundError, match=r"tokenizer does not exist: the tokenizers come from a local FLUX.1-dev"):
+    with pytest.raises(FileNotFoundError, match=r"holds no FLUX.1 tokenizers: name as 'tokenizers' a FLUX.1-dev diffusers "
+                                                r"folder \(tokenizer/ and tokenizer_2/\); or a ComfyUI folder"):
         load_backbone("flux1-dev", **(files | {"tokenizers": tmp_path}), axes_dims_rope=AXES, configs=tiny_configs(parts))
     with pytest.raises(ValueError, match=r"ae.safetensors is the FLUX.1 VAE .*, not the CLIP-L text encoder"):
         load_clip_l(files["vae"])
+
+
+def test_comfyuis_own_tokenizers_serve_a_user_with_comfyuis_files_only(parts, files, tmp_path):
+    """A ComfyUI user has no diffusers folder; ComfyUI ships both tokenizers (its CLIP one says 8192 tokens)."""
+    comfy = tmp_path / "ComfyUI"
+    parts["tokenizer"].save_pretrained(comfy / "comfy" / "sd1_tokenizer")
+    config = comfy / "comfy" / "sd1_tokenizer" / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length": 77', '"model_max_length": 8192'))
+    assert '"model_max_length": 8192' in config.read_text()
+    parts["tokenizer_2"].save_pretrained(comfy / "comfy" / "text_encoders" / "t5_tokenizer")
+    options = dict(axes_dims_rope=AXES, configs=tiny_configs(parts))
+    from_comfy = load_backbone("flux1-dev", **(files | {"tokenizers": comfy}), **options).encode_text([PROMPT])
+    from_diffusers = load_backbone("flux1-dev", **files, **options).encode_text([PROMPT])
+    torch.testing.assert_close(from_comfy.tokens, from_diffusers.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(from_comfy.pooled, from_diffusers.pooled, rtol=0, atol=0)
 
 
 def test_assembling_flux_never_opens_a_socket(parts, files, tmp_path, no_network):

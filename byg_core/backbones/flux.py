@@ -208,8 +208,10 @@ class FluxTextEncoder:
         self.max_sequence_length = max_sequence_length
 
     def __call__(self, prompts: Sequence[str]) -> TextCond:
-        clip_ids = self.clip_tokenizer(list(prompts), padding="max_length", max_length=self.clip_tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt").input_ids
+        # CLIP's 77 positions (ComfyUI's copy of the tokenizer says 8192, so its own length is not used)
+        clip_ids = self.clip_tokenizer(list(prompts), padding="max_length",
+                                       max_length=self.clip.config.max_position_embeddings, truncation=True,
+                                       return_tensors="pt").input_ids
         t5_ids = self.t5_tokenizer(list(prompts), padding="max_length", max_length=self.max_sequence_length,
                                    truncation=True, return_tensors="pt").input_ids
         pooled = self.clip(clip_ids.to(self.clip.device), output_hidden_states=False).pooler_output
