@@ -76,9 +76,9 @@ STORAGE_BYTES = {"float8_e4m3fn": 1, "float8_e5m2": 1, "bfloat16": 2, "float16":
 HEADROOM = 1.15  # LoRA, optimizer state, activations and the CUDA context on top of the weights, at the least
 
 
-def transformer_parameters(model: str) -> int:
-    """Parameters of every transformer (both A14B experts) of a model with shipped configs, counted on the meta
-    device from those configs (no weights read)."""
+def transformer_bytes(model: str, storage: str | None, dtype: str) -> int:
+    """Bytes every transformer (both A14B experts) of a model with shipped configs takes as its loader stores it:
+    built on the meta device from those configs (no weights read), fp8 where ``storage`` casts it."""
     from accelerate import init_empty_weights
 
     from .loading import CONFIGS, shipped_config
@@ -87,11 +87,21 @@ def transformer_parameters(model: str) -> int:
     for part in ("transformer", "transformer_2"):
         if not (CONFIGS / model / part).is_dir():
             continue
-        config = shipped_config(model, part)
         with init_empty_weights():
-            module = _transformer_class(model).from_config(config)
-        total += sum(p.numel() for p in module.parameters())
+            module = _transformer_class(model).from_config(shipped_config(model, part))
+        total += stored_bytes(module, model.startswith("wan"), storage, dtype)
     return total
+
+
+def stored_bytes(module, wan: bool, storage: str | None, dtype: str) -> int:
+    """Bytes of ``module``'s weights at ``dtype`` once ``storage`` is applied by the loaders' rule (norms, embedders
+    and the in/out layers stay at ``dtype``: FLUX's adaLN modulation linears alone are 3.3B parameters)."""
+    from .loading import FP8_SKIP, WAN_FP8_SKIP, store_in_fp8, torch_dtype_of
+
+    if storage is not None:
+        store_in_fp8(module, storage, torch_dtype_of(dtype), WAN_FP8_SKIP if wan else FP8_SKIP)
+    return sum(p.numel() * (STORAGE_BYTES[storage] if p.dtype.itemsize == 1 else STORAGE_BYTES[dtype])
+               for p in module.parameters())
 
 
 def _transformer_class(model: str):
@@ -105,7 +115,7 @@ def check_weights_fit(model: str, storage: str | None, dtype: str, device_bytes:
     headroom training needs) exceed ``device_bytes`` (a GPU's memory; None: no limit is known, nothing refused)."""
     from .loading import CONFIGS
 
-    weights = transformer_parameters(model) * STORAGE_BYTES[storage or dtype]
+    weights = transformer_bytes(model, storage, dtype)
     if device_bytes is not None and weights * HEADROOM > device_bytes:
         gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
         fix = "use a GPU with more memory" if storage else "store the weights in fp8 (storage = float8_e4m3fn), or use a GPU with more memory"

@@ -264,6 +264,14 @@ def test_fp8_storage_keeps_weights_in_fp8_and_trains_an_fp32_lora(parts, files):
     block = stored.transformer.transformer_blocks[0]
     assert block.attn.to_q.weight.dtype == torch.float8_e4m3fn and block.ff.net[2].weight.dtype == torch.float8_e4m3fn
     assert stored.transformer.x_embedder.weight.dtype == torch.float32  # kept out of the cast
+    # the fit check's count (built from a config, before loading) is what the loaded model holds
+    from diffusers import FluxTransformer2DModel
+    from byg_core.memory import stored_bytes, transformer_bytes
+
+    held = sum(p.numel() * p.element_size() for p in stored.transformer.parameters())
+    assert stored_bytes(FluxTransformer2DModel.from_config(stored.transformer.config), False, "float8_e4m3fn",
+                        "float32") == held < sum(p.numel() * p.element_size() for p in full.transformer.parameters())
+    assert transformer_bytes("flux1-dev", "float8_e4m3fn", "bfloat16") > 14 * 2**30  # was counted as 11.1 GiB
     x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = full.encode_text([PROMPT])
     t = torch.tensor([0.6])
