@@ -91,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      cfg.frame_stride)
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     progress = Progress(cfg.steps, every=cfg.log_every) if state.is_main_process else None
-    trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress))
+    stop = StopOnCtrlC()
+    trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
     if args.resume:
@@ -101,13 +102,45 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"resumed at step {step}", file=sys.stderr)
         except ResumeMismatch as error:
             raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
-    result = trainer.run()
+    with stop:
+        result = trainer.run()
     if state.is_main_process:  # the checkpoint's history and files; another process's losses are its own batches'
         write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
         for path in result.lora_paths:
             print(f"LoRA: {path}")
         print(f"checkpoint: {result.checkpoint} (step {result.steps_done})")
-    return 0
+        if result.stopped_early:
+            print(f"stopped at step {result.steps_done} of {cfg.steps}: continue with --resume", file=sys.stderr)
+    return 130 if result.stopped_early else 0
+
+
+class StopOnCtrlC:
+    """While training: Ctrl-C stops after the step it falls in, with the checkpoint and a ``_step<N>`` LoRA written
+    (as ComfyUI's Cancel does); a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.seen, self.previous = False, None
+
+    def requested(self) -> bool:
+        return self.seen
+
+    def __enter__(self) -> "StopOnCtrlC":
+        import signal
+
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+        self.seen = True
+        print("\nstopping after this step (the checkpoint and LoRA are written); Ctrl-C again stops at once",
+              file=sys.stderr)
 
 
 def load_pixels(path: str | Path, frames: int | None = None, stride: int = 1) -> tuple[torch.Tensor, float]:

@@ -206,7 +206,7 @@ class Trainer:
     def run(self) -> TrainResult:
         stopped, start = False, self.step
         while self.step < self.cfg.steps:
-            if self.callbacks.should_stop and self.callbacks.should_stop():
+            if self._should_stop():
                 stopped = True
                 break
             losses = self.train_step()
@@ -227,6 +227,15 @@ class Trainer:
             return TrainResult(self.step, stopped, written, checkpoint, self.history)
         aside = set_aside(self._lora_path(), list(self.backbone.transformers)) if self.accelerator.is_main_process else []
         return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history, aside)
+
+    def _should_stop(self) -> bool:
+        """The host's stop (Cancel, Ctrl-C), on every process at the same step once any process sees it: one that
+        stopped alone would leave the others waiting in the next gradient reduce."""
+        stop = bool(self.callbacks.should_stop and self.callbacks.should_stop())
+        if self.accelerator.num_processes > 1:
+            anywhere = self.accelerator.reduce(torch.tensor([float(stop)], device=self.accelerator.device), reduction="sum")
+            stop = bool(anywhere.item() > 0)
+        return stop
 
     def _flush(self) -> dict[str, float]:
         """Move the losses of the steps since the last flush into ``history`` as floats, in one device read;

@@ -1,5 +1,5 @@
 """Run under ``torchrun`` / ``accelerate launch``: a few training steps, then every rank writes its LoRA and its
-own losses (``rank<i>_losses.safetensors``).
+own losses and steps done (``rank<i>_losses.safetensors``); a fourth argument N stops rank 0 alone at step N.
 
 ``toy`` (the default): the toy image model. ``toy-wan-a14b``: the two-expert Wan at shift 1, where the two ranks'
 first batches fall on different experts; each rank also writes its first step's gradients before and after they
@@ -17,11 +17,12 @@ from byg_core.config import TrainConfig
 from byg_core.data import EditDataset, cache
 from byg_core.loading import load_backbone
 from byg_core.objective import ObjectiveConfig
-from byg_core.train import Trainer
+from byg_core.train import Callbacks, Trainer
 
 torch.set_num_threads(1)
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 model = sys.argv[3] if len(sys.argv) > 3 else "toy"
+stop_rank0_at = int(sys.argv[4]) if len(sys.argv) > 4 else None  # as a Ctrl-C that reaches one process only
 if model == "toy":
     cfg = TrainConfig(model="toy", data=str(data_dir), output_dir=str(out), steps=3, batch_size=2, rank=4, lr=1e-2,
                       warmup_identity_steps=1, checkpoint_every=0, objective=ObjectiveConfig(rollout_steps=2))
@@ -31,7 +32,8 @@ else:
                                      seed=2, shift=1.0, grad_clip=0.0))
     cfg.objective.rollout_steps = 2
 backbone = load_backbone(model)
-trainer = Trainer(cfg, backbone, cache(EditDataset.from_folder(data_dir), backbone))
+trainer = Trainer(cfg, backbone, cache(EditDataset.from_folder(data_dir), backbone),
+                  Callbacks(should_stop=lambda: trainer.accelerator.process_index == 0 and trainer.step == stop_rank0_at))
 rank = trainer.accelerator.process_index
 out.mkdir(parents=True, exist_ok=True)  # only the main process makes the run folder, maybe after this rank ends
 if model != "toy":
@@ -50,4 +52,5 @@ if model != "toy":
 trainer.run()
 state = {k.replace("/", "|"): v.contiguous() for k, v in trainer.adapters.state_dict(STUDENT).items()}
 save_file(state, out / f"rank{rank}.safetensors")
-save_file({"loss": torch.tensor([h["loss"] for h in trainer.history])}, out / f"rank{rank}_losses.safetensors")
+save_file({"loss": torch.tensor([h["loss"] for h in trainer.history]), "steps": torch.tensor(trainer.step)},
+          out / f"rank{rank}_losses.safetensors")

@@ -137,3 +137,30 @@ def test_help_lists_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("demo", "train", "edit", "bench", "toy"):
         assert command in text
+
+
+def test_ctrl_c_stops_training_after_its_step_with_the_checkpoint_and_lora_written(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from byg_core.train import Trainer
+
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=4", "rank=4",
+                     "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2")
+    step = Trainer.train_step
+
+    def interrupted_in_step_2(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as the terminal sends it, in the middle of step 2
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_in_step_2)
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 130  # had been a KeyboardInterrupt traceback
+    assert "stopped at step 2 of 4: continue with --resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "byg_toy_lora_step2.safetensors").is_file()
+    assert not (tmp_path / "run" / "byg_toy_lora.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's own again
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--resume"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().err and (tmp_path / "run" / "byg_toy_lora.safetensors").is_file()

@@ -36,9 +36,9 @@ def torchrun(*args):
     return done
 
 
-def train_on_two_processes(data, run, model="toy"):
+def train_on_two_processes(data, run, model="toy", *more):
     """The worker on two processes; each rank's files (``<name>`` -> [rank 0's, rank 1's])."""
-    torchrun(WORKER, data, run, model)
+    torchrun(WORKER, data, run, model, *more)
     names = {path.name.removeprefix("rank0") for path in run.glob("rank0*.safetensors")}
     return {name: [load_file(run / f"rank{i}{name}") for i in (0, 1)] for name in names}
 
@@ -52,6 +52,16 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     losses = [f["loss"] for f in files["_losses.safetensors"]]
     assert not torch.equal(*losses)  # each rank trained on its own batches, so the same weights are the average's
     assert (tmp_path / "run" / "byg_lora.safetensors").is_file()
+
+
+def test_a_stop_one_process_sees_stops_every_process_at_that_step(tmp_path):
+    """Ctrl-C (or a host's cancel) may reach one process: alone it would leave the others in a gradient reduce."""
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    files = train_on_two_processes(tmp_path / "data", tmp_path / "run", "toy", 2)
+    assert [int(f["steps"]) for f in files["_losses.safetensors"]] == [2, 2]
+    rank0, rank1 = files[".safetensors"]
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert (tmp_path / "run" / "byg_lora_step2.safetensors").is_file()
 
 
 def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_experts(tmp_path):
