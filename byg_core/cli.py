@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .backbones.base import default_device
+from .sample import EDIT_STEPS
 
 
 class Progress:
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the base model's files as a training TOML's [model_files] names them, e.g. "
                            "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "
                            "ComfyUI, which records none)")
-    edit.add_argument("--steps", type=int, default=20, help="ODE steps (paper: 20)")
+    edit.add_argument("--steps", type=int, default=EDIT_STEPS, help="ODE steps (paper: 20)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")
     edit.set_defaults(run=cmd_edit)

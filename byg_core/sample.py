@@ -21,6 +21,8 @@ from .objective import classifier_free_guidance, noise
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+EDIT_STEPS = 20  # inference steps (paper B.1): the CLI, the nodes and the training previews edit with them
+
 
 @dataclass
 class EditResult:
@@ -72,7 +74,7 @@ def edit(
     adapters: Adapters,
     x: torch.Tensor,
     c: TextCond,
-    steps: int = 20,
+    steps: int = EDIT_STEPS,
     seed: int = 0,
     role: str = EMA,
     keep_states: bool = False,
@@ -114,7 +116,7 @@ def sdedit(
     x: torch.Tensor,
     p_tgt: TextCond,
     strength: float = 0.6,
-    steps: int = 20,
+    steps: int = EDIT_STEPS,
     seed: int = 0,
     guidance: float = 1.0,
     uncond: TextCond | None = None,
@@ -138,7 +140,7 @@ def flowedit(
     x: torch.Tensor,
     p_src: TextCond,
     p_tgt: TextCond,
-    steps: int = 20,
+    steps: int = EDIT_STEPS,
     t_max: float = 0.8,
     n_avg: int = 1,
     seed: int = 0,

@@ -28,7 +28,7 @@ from .data import CachedEdits
 from .lora_io import finished_lora, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, save_atomic, write_text_atomic
-from .sample import edit
+from .sample import EDIT_STEPS, edit
 from .timesteps import TIMESTEP_SAMPLERS
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -250,8 +250,9 @@ class Trainer:
         self._pending.clear()
         return self.history[-1]
 
-    def preview(self, count: int = 4, steps: int = 10) -> torch.Tensor:
-        """Edit the first ``count`` sources with the current EMA editor; pixels (N, 3, ...)."""
+    def preview(self, count: int = 4, steps: int = EDIT_STEPS) -> torch.Tensor:
+        """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its steps
+        and seed); pixels (N, 3, ...)."""
         batch = self.data.batch(self.backbone, list(range(min(count, len(self.data)))))
         role = EMA if self.cfg.use_ema else STUDENT
         edited = edit(self.backbone, self.adapters, batch.x, batch.c, steps=steps, seed=self.cfg.seed, role=role)

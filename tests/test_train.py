@@ -378,3 +378,15 @@ def test_the_video_trainer_bootstraps_from_the_student_on_shift_12_logit_normal_
     # logit-normal's median 0.5 and 10% quantile sigmoid(-1.2816), each shifted by 12 (uniform's would be 0.571)
     for q, plain in ((0.5, 0.5), (0.1, torch.sigmoid(torch.tensor(-1.2816)).item())):
         assert abs(float(t.quantile(q)) - float(shift_time(torch.tensor(plain), 12.0))) < 0.01
+
+
+def test_training_previews_are_the_edits_made_after_training(tmp_path):
+    """The previews during training are what `byg edit` and the edit nodes give: their 20 steps and the seed."""
+    from byg_core.sample import EDIT_STEPS, edit
+
+    trainer = Trainer(config(tmp_path, steps=1, seed=3), make_flux_backbone(), tiny_data())
+    trainer.run()
+    batch = trainer.data.batch(trainer.backbone, [0, 1])
+    after = edit(trainer.backbone, trainer.adapters, batch.x, batch.c, steps=EDIT_STEPS, seed=3, role=EMA)
+    assert EDIT_STEPS == 20
+    torch.testing.assert_close(trainer.preview(), trainer.backbone.decode_latents(after.latents), rtol=0, atol=0)
