@@ -23,7 +23,6 @@ from typing import Iterable, Sequence
 import torch
 
 from .backbones.base import default_device
-from .sample import EDIT_STEPS
 
 
 class Progress:
@@ -163,9 +162,10 @@ def load_pixels(path: str | Path, frames: int | None = None, stride: int = 1) ->
 def cmd_edit(args: argparse.Namespace) -> int:
     from .lora_io import load_lora
     from .loading import load_backbone
-    from .sample import edit
+    from .sample import EDIT_STEPS, edit
     from .video_io import save_pixels
 
+    args.steps = EDIT_STEPS if args.steps is None else args.steps
     check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride)])
     check_device(args.device)
     _check_edit_paths(args)
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the base model's files as a training TOML's [model_files] names them, e.g. "
                            "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "
                            "ComfyUI, which records none)")
-    edit.add_argument("--steps", type=int, default=EDIT_STEPS, help="ODE steps (paper: 20)")
+    edit.add_argument("--steps", type=int, default=None, help="ODE steps (default: the paper's 20)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")
     edit.set_defaults(run=cmd_edit)
