@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from . import host
@@ -83,4 +84,7 @@ class BYGDataset:
             except ValueError as error:
                 raise ValueError(f"BYGDataset: widget 'frames': {error} (0 takes the longest run)") from error
         data = read_dataset(path, strict, training_size(width, height), "BYGDataset", frames or None, frame_stride)
+        if data.dataset.rejected:  # the shipped workflows leave 'report' unconnected: the server log says it too
+            logging.getLogger("comfyui-byg").warning("BYGDataset %s: %d line(s) skipped (strict is off):\n%s", path,
+                                                     len(data.dataset.rejected), "\n".join(data.dataset.rejected))
         return (data, data.report)

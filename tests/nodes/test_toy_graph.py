@@ -178,7 +178,7 @@ def test_empty_and_missing_datasets(run, host_folders):
         run("BYGDataset", folder=" ", strict=False, width=0, height=0)
 
 
-def test_dataset_report_lists_rejected_lines(run, host_folders):
+def test_dataset_report_lists_rejected_lines(run, host_folders, caplog):
     from byg_core.toy.dataset import write_toy_dataset
 
     root = write_toy_dataset(host_folders / "input" / "mixed", n=3, seed=0)
@@ -189,6 +189,9 @@ def test_dataset_report_lists_rejected_lines(run, host_folders):
     assert len(dataset.dataset) == 3 and dataset.size == (16, 16)
     assert report.splitlines()[0].endswith("2 rejected")
     assert "edits.jsonl:4: reverse_instruction 'undo it'" in report and "edits.jsonl:5: " in report
+    # the shipped workflows leave the report unconnected: the server log names the skipped lines
+    logged = [r.getMessage() for r in caplog.records if r.name == "comfyui-byg" and r.levelname == "WARNING"]
+    assert len(logged) == 1 and "2 line(s) skipped (strict is off)" in logged[0] and "edits.jsonl:5: " in logged[0]
     with pytest.raises(ValueError, match="bad lines"):
         run("BYGDataset", folder=str(root), strict=True, width=0, height=0)
 
