@@ -244,6 +244,20 @@ class CachedEdits:
         )
 
 
+def _size_mismatch(a: tuple[EditRecord, torch.Size], b: tuple[EditRecord, torch.Size]) -> str:
+    """Two sources of one batch-able dataset that differ: what each is, and the setting that makes them alike."""
+    def describe(record, shape):
+        clip = f"{shape[2]} frames of " if len(shape) == 5 else ""
+        return f"{record.media} (edits.jsonl line {record.line}) is {clip}{shape[-1]}x{shape[-2]} px"
+
+    (_, one), (_, other) = a, b
+    if len(one) == len(other) == 5 and one[2] != other[2]:
+        fix = "set frames (a 4k+1 count every clip has, e.g. frames = 9) so every clip gives as many"
+    else:
+        fix = "set a training resolution (resolution = [height, width]; the node's width and height) to resize all alike"
+    return f"sources differ in size: {describe(*a)}, {describe(*b)}; {fix}"
+
+
 def cache(
     dataset: EditDataset,
     backbone: EditBackbone,
@@ -256,16 +270,19 @@ def cache(
     ``frames`` and ``stride`` pick each video's clip (``video_io.sample_frames``); a video too short
     for ``frames`` is refused with its file and line.
     """
-    latents = []
+    latents, first = [], None
     for record in dataset.records:
         try:
             pixels = load_media(record.media, size, frames, stride).unsqueeze(0)
+        except ValueError as error:
+            raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
+        first = first or (record, pixels.shape)
+        if pixels.shape != first[1]:  # found before the rest is encoded
+            raise ValueError(_size_mismatch(first, (record, pixels.shape)))
+        try:
             latents.append(backbone.encode_pixels(pixels).cpu())
         except ValueError as error:
             raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
-    shapes = {tuple(x.shape) for x in latents}
-    if len(shapes) > 1:
-        raise ValueError(f"sources differ in size {sorted(shapes)}; set a training resolution so all are resized alike")
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
     backbone.encode_text([""])  # a guided prior's empty prompt (ObjectiveConfig.prior_guidance)

@@ -188,3 +188,20 @@ def test_a_byte_order_mark_is_read_and_a_file_not_in_utf8_is_named_with_its_line
                                       .encode("cp1252") + b"\n")
     with pytest.raises(ValueError, match=r"edits.jsonl:3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
         EditDataset.from_folder(root, strict=False)
+
+
+def test_sources_of_different_sizes_or_lengths_name_two_files_and_the_setting_that_fixes_them(tmp_path, flux_backbone):
+    from byg_core.toy.video import build_toy_wan_backbone
+    from byg_core.video_io import save_pixels
+
+    images = write_dataset(tmp_path / "images", [ROW] * 3, [torch.rand(3, 8, 8), torch.rand(3, 8, 8), torch.rand(3, 16, 8)])
+    with pytest.raises(ValueError, match=r"sources differ in size: .*00000.png \(edits.jsonl line 1\) is 8x8 px, "
+                                         r".*00002.png \(edits.jsonl line 3\) is 8x16 px; set a training resolution"):
+        cache(EditDataset.from_folder(images), flux_backbone)
+    videos = tmp_path / "videos"
+    for name, count in (("short", 5), ("long", 9)):
+        save_pixels(torch.rand(1, 3, count, 16, 16), videos / name)
+    (videos / "edits.jsonl").write_text("".join(json.dumps({**ROW, "video": n}) + "\n" for n in ("short", "long")))
+    with pytest.raises(ValueError, match=r"short \(edits.jsonl line 1\) is 5 frames of 16x16 px, .*long \(edits.jsonl "
+                                         r"line 2\) is 9 frames of 16x16 px; set frames"):
+        cache(EditDataset.from_folder(videos), build_toy_wan_backbone("ti2v-5b"))
