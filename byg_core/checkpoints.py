@@ -66,9 +66,14 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
-    """Drop ComfyUI's checkpoint prefix when every model key carries it."""
+    """Drop ComfyUI's checkpoint prefix when every model key carries it; from an all-in-one checkpoint (ComfyUI's
+    checkpoints/flux1-dev-fp8.safetensors: model, VAE and text encoders) keep the FLUX.1 or Wan model alone."""
     if state and all(key.startswith(prefix) for key in state if key != SCALED_FP8_MARKER):
         return {key.removeprefix(prefix): value for key, value in state.items()}
+    inner = {key.removeprefix(prefix): value for key, value in state.items()
+             if key.startswith(prefix) or key == SCALED_FP8_MARKER}
+    if inner and identify(inner).startswith(("flux", "wan")):
+        return inner
     return state
 
 

@@ -61,8 +61,11 @@ def write_layout(path, transformer, layout: str):
     state = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     if layout != "diffusers":
         state = diffusers_to_bfl(state)
-    if layout == "comfy_prefix":
+    if layout in ("comfy_prefix", "comfy_checkpoint"):
         state = {f"model.diffusion_model.{k}": v for k, v in state.items()}
+    if layout == "comfy_checkpoint":  # ComfyUI's all-in-one checkpoints/flux1-dev-fp8.safetensors: VAE and encoders too
+        state |= {"first_stage_model.decoder.conv_in.weight": torch.zeros(4, 16, 3, 3),
+                  "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": torch.ones(8)}
     if layout == "fp8":
         state = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}
     if layout == "fp8_scaled":
@@ -82,7 +85,7 @@ def velocity(transformer, seed=0):
         return backbone.velocity(y, torch.tensor([0.7]), text, source=x)
 
 
-@pytest.mark.parametrize("layout", ["bfl", "comfy_prefix", "diffusers"])
+@pytest.mark.parametrize("layout", ["bfl", "comfy_prefix", "comfy_checkpoint", "diffusers"])
 def test_a_tiny_file_in_each_layout_gives_the_models_velocity(tmp_path, layout):
     model = make_flux_backbone(seed=3).transformer
     path = write_layout(tmp_path / "flux1-dev.safetensors", model, layout)
