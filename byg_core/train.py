@@ -32,8 +32,10 @@ from .sample import EDIT_STEPS, edit
 from .timesteps import TIMESTEP_SAMPLERS
 
 CHECKPOINT = "checkpoint.safetensors"
-# fields that must match between a checkpoint and the run resuming it
-RESUME_KEYS = ("model", "rank", "lora_alpha", "target_modules", "seed", "batch_size")
+# fields that must match between a checkpoint and the run resuming it: the model, the LoRA, and what it learns from
+# and how (a run may change its length, lr and cadences)
+RESUME_KEYS = ("model", "rank", "lora_alpha", "target_modules", "seed", "batch_size", "data", "resolution", "frames",
+               "frame_stride", "method", "use_ema", "objective")
 
 
 class ResumeMismatch(ValueError):

@@ -17,7 +17,10 @@ PRESET_WIDGETS = {
     "warmup_identity_steps": "warmup_identity_steps", "ema_decay": "ema_decay",
 }
 # TrainConfig field -> what a node user changes to make a resumed run match its checkpoint
-RESUME_WIDGETS = {"model": "the model loader's 'model'", "rank": "'rank'", "seed": "'seed'", "batch_size": "'batch_size'"}
+RESUME_WIDGETS = {"model": "the model loader's 'model'", "rank": "'rank'", "seed": "'seed'", "batch_size": "'batch_size'",
+                  "data": "BYGDataset's 'folder'", "resolution": "BYGDataset's 'width' and 'height'",
+                  "frames": "BYGDataset's 'frames'", "frame_stride": "BYGDataset's 'frame_stride'",
+                  "objective": "DirectionalPriorLoss's widgets", "method": "'preset'", "use_ema": "'preset'"}
 
 
 def _presets():

@@ -1,5 +1,6 @@
 """The trainer: loss goes down on a fixed batch, resume is exact, bad configs are refused."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -390,3 +391,20 @@ def test_training_previews_are_the_edits_made_after_training(tmp_path):
     after = edit(trainer.backbone, trainer.adapters, batch.x, batch.c, steps=EDIT_STEPS, seed=3, role=EMA)
     assert EDIT_STEPS == 20
     torch.testing.assert_close(trainer.preview(), trainer.backbone.decode_latents(after.latents), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("changed, named", [
+    (dict(data="other_edits"), "data='other_edits'"), (dict(resolution=[16, 16]), "resolution=[16, 16]"),
+    (dict(use_ema=False), "use_ema=False"), (dict(method="supervised"), "method='supervised'"),
+])
+def test_a_run_resumed_on_other_data_or_another_objective_is_refused(tmp_path, changed, named):
+    """Resume is exact: a checkpoint goes on only with what it learnt from and how (its length and lr may change)."""
+    Trainer(config(tmp_path, steps=1), make_flux_backbone(), tiny_data()).run()
+    other = Trainer(config(tmp_path, steps=2, **changed), make_flux_backbone(), tiny_data())
+    with pytest.raises(ValueError, match=rf"this run has {re.escape(named)}"):
+        other.resume()
+    cfg = config(tmp_path, steps=2)
+    cfg.objective = dataclasses.replace(cfg.objective, lambda_prior=5.0)
+    with pytest.raises(ValueError, match="this run has objective="):
+        Trainer(cfg, make_flux_backbone(), tiny_data()).resume()
+    assert Trainer(config(tmp_path, steps=2, lr=5e-3), make_flux_backbone(), tiny_data()).resume() == 1
