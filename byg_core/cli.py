@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import EditDataset, cache
     from .loading import NEEDS_FILES, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
-    from .textcache import DiskTextCache
+    from .textcache import DiskTextCache, cache_key
     from .train import Callbacks, ResumeMismatch, Trainer, processes, write_history
 
     values = read_toml(args.config) if args.config else {}
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # a disk text cache is written by the main process while the others wait, then read by them
     with state.main_process_first() if cfg.text_cache_dir else contextlib.nullcontext():
         if cfg.text_cache_dir:
-            backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cfg.model))
+            backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cache_key(cfg.model, cfg.model_files)))
         data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames,
                      cfg.frame_stride)
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB

@@ -16,22 +16,46 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .backbones.base import TextCond
-from .safefiles import save_atomic, write_text_atomic
+from .safefiles import new_file, save_atomic, write_text_atomic
 
 SHARD = 256  # prompts per file
 INDEX = "index.json"
 
 
+TEXT_FILES = ("folder", "clip_l", "t5", "umt5", "tokenizers", "tokenizer", "dtype")  # [model_files] the states hang on
+
+
+def cache_key(model: str, files: dict) -> str:
+    """What a cache's states depend on: the model, and the text-encoder files (by name and size) and dtype that
+    encoded them, so a T5 file swapped for another (fp8 for fp16) starts another cache rather than reading this one."""
+    def identity(value) -> str:
+        path = Path(str(value))
+        return f"{path.name} ({path.stat().st_size} bytes)" if path.is_file() else str(value)
+
+    return json.dumps([model, {key: identity(files[key]) for key in TEXT_FILES if key in files}])
+
+
 class DiskTextCache(MutableMapping):
-    """prompt -> ``TextCond`` in ``folder``; the index names the model, so another model's cache is never read."""
+    """prompt -> ``TextCond`` in ``folder``; the index names the model (and its text encoder's files), so another
+    model's cache is never read. Runs may share a folder at once: each shard file has a name of its own and is never
+    rewritten, and each run merges its prompts into the index as it finds it (a run's update the other overwrites
+    costs a re-encoding later, never a wrong prompt)."""
 
     def __init__(self, folder: str | os.PathLike, model: str) -> None:
         self.folder, self.model = Path(folder), model
         self.folder.mkdir(parents=True, exist_ok=True)
-        saved = json.loads((self.folder / INDEX).read_text()) if (self.folder / INDEX).is_file() else {}
-        self.shards: int = saved.get("shards", 0) if saved.get("model") == model else 0
-        self.where: dict[str, list] = saved.get("prompts", {}) if saved.get("model") == model else {}
+        self.where: dict[str, list] = self._saved()
         self.pending: dict[str, TextCond] = {}
+
+    def _saved(self) -> dict[str, list]:
+        """The index's prompts for this model, each at [shard file, slot]."""
+        index = self.folder / INDEX
+        saved = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+        if saved.get("model") != self.model:
+            return {}
+        # shards were numbered before they were named: shard n is shard_0000n.safetensors
+        return {p: [f"shard_{s:05d}.safetensors" if isinstance(s, int) else s, slot]
+                for p, (s, slot) in saved.get("prompts", {}).items()}
 
     def __contains__(self, prompt) -> bool:
         return prompt in self.pending or prompt in self.where
@@ -40,7 +64,7 @@ class DiskTextCache(MutableMapping):
         if prompt in self.pending:
             return self.pending[prompt]
         shard, slot = self.where[prompt]
-        with safe_open(self.folder / f"shard_{shard:05d}.safetensors", framework="pt") as handle:
+        with safe_open(self.folder / shard, framework="pt") as handle:
             pooled = f"{slot}.pooled" in handle.keys()
             return TextCond(handle.get_tensor(f"{slot}.tokens"), handle.get_tensor(f"{slot}.pooled") if pooled else None)
 
@@ -68,9 +92,8 @@ class DiskTextCache(MutableMapping):
             tensors[f"{slot}.tokens"] = cond.tokens
             if cond.pooled is not None:
                 tensors[f"{slot}.pooled"] = cond.pooled
-        save_atomic(tensors, self.folder / f"shard_{self.shards:05d}.safetensors", {})
-        self.where |= {prompt: [self.shards, slot] for slot, prompt in enumerate(self.pending)}
-        self.shards += 1
+        shard = new_file(self.folder, "shard_", ".safetensors").name
+        save_atomic(tensors, self.folder / shard, {})
+        self.where = self._saved() | self.where | {prompt: [shard, slot] for slot, prompt in enumerate(self.pending)}
         self.pending = {}
-        index = {"model": self.model, "shards": self.shards, "prompts": self.where}
-        write_text_atomic(self.folder / INDEX, json.dumps(index))
+        write_text_atomic(self.folder / INDEX, json.dumps({"model": self.model, "prompts": self.where}))

@@ -19,8 +19,7 @@ def test_a_disk_cache_gives_the_in_memory_conditioning_and_outlives_the_text_enc
     backbone.use_text_cache(DiskTextCache(tmp_path, "toy"))
     on_disk = backbone.encode_text(PROMPTS)
     backbone.flush_text_cache()
-    assert sorted(p.name for p in tmp_path.glob("shard_*.safetensors")) == ["shard_00000.safetensors",
-                                                                            "shard_00001.safetensors"]
+    assert len(list(tmp_path.glob("shard_*.safetensors"))) == 2
     later = make_flux_backbone()
     later.release_text_encoder()  # a later run reads every prompt from disk
     later.use_text_cache(DiskTextCache(tmp_path, "toy"))
@@ -48,3 +47,30 @@ def test_byg_train_keeps_its_prompts_on_disk_when_asked(tmp_path):
                      f"output_dir={tmp_path / 'run'}", "--set", "steps=1", "--set", "rank=2", "--set", "batch_size=2",
                      "--set", f"text_cache_dir={tmp_path / 'text'}", "--set", "objective.rollout_steps=2"]) == 0
     assert (tmp_path / "text" / "index.json").is_file() and list((tmp_path / "text").glob("shard_*.safetensors"))
+
+
+def test_two_runs_sharing_a_cache_folder_at_once_read_their_own_prompts(tmp_path):
+    """Each had numbered its shard 0 from the index it read: the second overwrote the first's, and the first then
+    read another prompt's states as its own."""
+    first, second = DiskTextCache(tmp_path, "toy"), DiskTextCache(tmp_path, "toy")  # both start from an empty folder
+    first["a red car"] = textcache.TextCond(torch.full((1, 2), 1.0), None)
+    second["a blue boat"] = textcache.TextCond(torch.full((1, 2), 2.0), None)
+    first.flush()
+    second.flush()
+    assert float(first["a red car"].tokens[0, 0]) == 1.0
+    later = DiskTextCache(tmp_path, "toy")
+    assert float(later["a blue boat"].tokens[0, 0]) == 2.0 and "a blue boat" in later
+    assert "a red car" not in later or float(later["a red car"].tokens[0, 0]) == 1.0  # a lost entry is re-encoded
+
+
+def test_a_cache_made_with_other_text_encoder_files_is_not_read(tmp_path):
+    t5, other = tmp_path / "t5xxl_fp16.safetensors", tmp_path / "t5xxl_fp8_e4m3fn.safetensors"
+    t5.write_bytes(b"0" * 16)
+    other.write_bytes(b"0" * 8)
+    cache = DiskTextCache(tmp_path / "text", textcache.cache_key("flux1-dev", {"t5": str(t5), "transformer": "a"}))
+    cache["a prompt"] = textcache.TextCond(torch.ones(1, 2), None)
+    cache.flush()
+    same = textcache.cache_key("flux1-dev", {"t5": str(t5), "transformer": "b"})  # the transformer does not matter
+    assert "a prompt" in DiskTextCache(tmp_path / "text", same)
+    swapped = textcache.cache_key("flux1-dev", {"t5": str(other), "transformer": "a"})
+    assert "a prompt" not in DiskTextCache(tmp_path / "text", swapped)
