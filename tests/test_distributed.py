@@ -102,7 +102,9 @@ def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_l
                                       "steps=3")
     assert done.stdout.count("LoRA: ") == 1 and done.stdout.count("checkpoint: ") == 1  # the main process reports
     index = json.loads((tmp_path / "text" / "index.json").read_text())
-    assert index["shards"] == 1 and len(index["prompts"]) > 8  # written once, not once per process
+    assert len(list((tmp_path / "text").glob("shard_*.safetensors"))) == 1  # written once, not once per process
+    assert len(index["prompts"]) > 8 and {shard for shard, _ in index["prompts"].values()} == {
+        p.name for p in (tmp_path / "text").glob("shard_*.safetensors")}
     with safe_open(str(tmp_path / "run" / "checkpoint.safetensors"), "pt") as handle:
         history = json.loads(handle.metadata()["byg.history"])
     written = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
