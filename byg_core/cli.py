@@ -80,8 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
+    dataset = EditDataset.from_folder(cfg.data)  # a bad line is reported before the model loads
     backbone = load_backbone(cfg.model, **cfg.model_files)
-    dataset = EditDataset.from_folder(cfg.data)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # a disk text cache is written by the main process while the others wait, then read by them
     with state.main_process_first() if cfg.text_cache_dir else contextlib.nullcontext():
@@ -228,6 +228,8 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
     """A fresh run never replaces a run's checkpoint, nor its finished LoRA where the checkpoint was deleted."""
     from .train import existing_lora, existing_run
 
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise SystemExit(f"output_dir {cfg.output_dir} is a file; set output_dir to a folder (--set output_dir=...)")
     if resume:
         return
     done = existing_run(cfg.output_dir)

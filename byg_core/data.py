@@ -137,7 +137,8 @@ def check_media(path: Path) -> None:
             raise ValueError(f"video folder {path} holds no image frames")
         return
     if not path.is_file():
-        raise ValueError(f"file {path} does not exist")
+        hint = "; write paths with / (a \\ is part of the file name here)" if "\\" in str(path) and os.sep == "/" else ""
+        raise ValueError(f"file {path} does not exist{hint}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         from .video_io import read_video  # video_io builds on this module
 

@@ -123,6 +123,9 @@ def save_lora(
 def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
     """Read one LoRA file and map its keys back to this backbone's modules."""
     tensors, raw = load_checked(path, "LoRA file")
+    if "byg.step" in raw and "byg.family" not in raw:
+        raise ValueError(f"{path} is a training checkpoint, not a LoRA: give the LoRA training wrote beside it "
+                         "(<save_name>.safetensors, or <save_name>_step<N>.safetensors for a stopped run)")
     family = meta_json(raw, "byg.family", path)
     if family != backbone.family:
         raise ValueError(f"LoRA file {path} was trained for a {family} model; the model given is {backbone.family}")

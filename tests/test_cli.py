@@ -37,6 +37,10 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     assert lora.read_bytes() == finished
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=3", "--resume"]) == 0
     assert "resumed at step 2" in capsys.readouterr().err
+    edit_checkpoint = ["edit", "--lora", str(tmp_path / "run" / "checkpoint.safetensors"), "--image",
+                       str(tmp_path / "data" / "00000.png"), "--out", str(tmp_path / "x.png"), "--instruction", "x"]
+    assert cli.main(edit_checkpoint) == 2  # had said it "was not written by comfyui-byg"
+    assert "checkpoint.safetensors is a training checkpoint, not a LoRA" in capsys.readouterr().err
     # the longer run takes the name; the 2-step LoRA is kept, renamed as a stopped run at step 2 names its LoRA
     assert (tmp_path / "run" / "byg_toy_lora_step2.safetensors").read_bytes() == finished
     assert lora.read_bytes() != finished and read_lora(lora, load_backbone("toy")).metadata["byg.config"]["steps"] == 3
@@ -91,6 +95,9 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     bad.write_text('save_name = "../../elsewhere/x"\n')  # had written the LoRA outside output_dir
     assert cli.main(["train", str(bad)]) == 2
     assert "save_name must be a plain file name like 'byg_lora'" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit, match=r"output_dir .*taken is a file; set output_dir to a folder"):  # had failed at
+        cli.main(["train", *sets(f"data={tmp_path}", f"output_dir={tmp_path / 'taken'}")])  # the first save
 
 
 @pytest.mark.parametrize("text, named", [

@@ -42,6 +42,7 @@ def test_a_written_dataset_reads_back(tmp_path):
         ("{not json", "Expecting property name"),
         ({**ROW, "image": None}, r"missing or empty field 'image' \(a file name, as text\)"),  # had raised TypeError
         ({**ROW, "image": ""}, "missing or empty field 'image'"),  # had read the dataset folder as video frames
+        ({**ROW, "image": "sub\\00000.png"}, r"does not exist; write paths with /"),  # a Windows path on Linux
     ],
 )
 def test_bad_lines_name_the_file_line_and_reason(tmp_path, obj, message):
