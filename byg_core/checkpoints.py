@@ -173,8 +173,10 @@ def _swap_scale_shift(weight: torch.Tensor) -> torch.Tensor:
 
 
 def bfl_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """FLUX.1 BFL keys -> ``FluxTransformer2DModel`` keys, at any width; every key must map."""
-    left = dict(state)
+    """FLUX.1 BFL keys -> ``FluxTransformer2DModel`` keys, at any width; every key must map. Empties ``state`` as it
+    goes, so each fused qkv / linear1 is freed once split (kept, the model was held twice in host RAM)."""
+    doubles, singles = _block_indices(state, "double_blocks"), _block_indices(state, "single_blocks")
+    left = state
     out: dict[str, torch.Tensor] = {}
 
     def move(source: str, target: str) -> None:
@@ -191,7 +193,7 @@ def bfl_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = f"final_layer.adaLN_modulation.1.{name}"
         if key in left:
             out[f"norm_out.linear.{name}"] = _swap_scale_shift(left.pop(key))
-    for i in _block_indices(state, "double_blocks"):
+    for i in doubles:
         prefix, target = f"double_blocks.{i}.", f"transformer_blocks.{i}."
         for source, name in _BFL_DOUBLE.items():
             move(prefix + source, target + name)
@@ -199,7 +201,7 @@ def bfl_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for suffix in (".weight", ".bias"):
                 for name, part in zip(names, left.pop(prefix + source + suffix).chunk(3, dim=0)):
                     out[target + name + suffix] = part.clone()  # its own storage, as a fresh model's weight has
-    for i in _block_indices(state, "single_blocks"):
+    for i in singles:
         prefix, target = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
         for source, name in _BFL_SINGLE.items():
             move(prefix + source, target + name)

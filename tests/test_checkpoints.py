@@ -34,7 +34,7 @@ def test_every_bfl_key_of_flux1_dev_maps_as_diffusers_maps_it(full_size_state):
 
     bfl = diffusers_to_bfl(full_size_state)
     assert len(bfl) == 780 and "double_blocks.18.img_attn.qkv.weight" in bfl and "single_blocks.37.linear1.weight" in bfl
-    ours = bfl_to_diffusers(bfl)
+    ours = bfl_to_diffusers(dict(bfl))  # it empties what it is given
     theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
     shapes = lambda state: {k: tuple(v.shape) for k, v in state.items()}  # noqa: E731
     assert shapes(ours) == shapes(theirs) == shapes(full_size_state)  # nothing left over, nothing missing
