@@ -388,6 +388,9 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
     check(bool(values) and values[0] == stopped_at + 1 and values[-1] == total,
           f"the step count continues: {values[:1]}..{values[-1:]} after step {stopped_at}")
     check(finished.is_file() and lora_steps(finished) == total, f"{finished.name} now holds {total} steps")
+    kept = loras / f"{save_name}_step{total - extra_steps}.safetensors"
+    check(kept.is_file() and sha256(kept) == before, f"the {total - extra_steps}-step LoRA is kept, byte for byte, "
+          f"as {kept.name}")
 
     print("\n[5] a train-only graph (model, dataset, objective, CycleTrainer), with a cosine learning-rate schedule")
     keep = {k for k, v in image.items() if v["class_type"] in ("BYGModelLoader", "BYGToyDataset", "DirectionalPriorLoss",
