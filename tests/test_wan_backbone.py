@@ -254,7 +254,7 @@ def test_wan_scheduler_uses_our_flow_convention():
 def test_a14b_variant_sets_boundary_shift_and_expert_ranges():
     high, low = tiny_model("t2v-a14b", seed=0), tiny_model("t2v-a14b", seed=1)
     backbone = WanBackbone.from_variant("t2v-a14b", high, transformer_2=low, codec=StandInCodec())
-    assert (backbone.boundary_ratio, backbone.flow_shift, backbone.expand_timesteps) == (0.875, 3.0, False)
+    assert (backbone.boundary_ratio, backbone.flow_shift, backbone.expand_timesteps) == (0.875, 12.0, False)
     assert backbone.expert_range("transformer") == (0.875, 1.0)
     assert backbone.expert_range("transformer_2") == (0.0, 0.875)
     assert WanBackbone(high, codec=StandInCodec()).expert_range("transformer") == (0.0, 1.0)

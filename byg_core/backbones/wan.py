@@ -286,7 +286,7 @@ class WanBackbone(EditBackbone):
         self.text_encoder = text_encoder
         self.expand_timesteps = expand_timesteps  # TI2V-5B: per-token timesteps
         self.positions = positions  # paper B.2 "same"; "offset" is the control
-        self.flow_shift = flow_shift  # Wan2.2's UniPC shift: 5.0 for TI2V-5B, 3.0 for A14B
+        self.flow_shift = flow_shift  # Wan2.2's UniPC shift: 5.0 for TI2V-5B, 12.0 for A14B (its sample_shift)
 
     @classmethod
     def from_variant(cls, variant: str, transformer: nn.Module, **kwargs) -> "WanBackbone":
@@ -315,7 +315,7 @@ class WanBackbone(EditBackbone):
         return (self.boundary_ratio, 1.0) if expert == "transformer" else (0.0, self.boundary_ratio)
 
     def make_scheduler(self) -> UniPCMultistepScheduler:
-        """UniPC as Wan2.2's diffusers pipelines configure it (paper B.2 samples with it)."""
+        """UniPC as Wan2.2 configures it (paper B.2 samples with "the default configuration provided by Wan2.2")."""
         return UniPCMultistepScheduler(
             prediction_type="flow_prediction",
             use_flow_sigmas=True,
@@ -499,7 +499,7 @@ class WanVariant:
     expand_timesteps: bool  # TI2V-5B takes per-token timesteps
     vae_spatial_factor: int  # Wan2.2 VAE 16, Wan2.1 VAE 8
     vae_temporal_factor: int  # 4: frames 4k+1 -> k+1 latent frames
-    flow_shift: float  # UniPC flow_shift of the diffusers pipeline
+    flow_shift: float  # UniPC flow_shift: Wan2.2's own sample_shift (paper B.2: "the default configuration")
 
 
 def _wan_transformer(heads: int, channels: int, ffn_dim: int, layers: int) -> dict:
@@ -540,7 +540,7 @@ WAN22_VARIANTS = {
         expand_timesteps=False,
         vae_spatial_factor=8,
         vae_temporal_factor=4,
-        flow_shift=3.0,
+        flow_shift=12.0,  # Wan2.2's T2V-A14B sample_shift (its own config; diffusers' pipeline config says 3.0)
     ),
 }
 
