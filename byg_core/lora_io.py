@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from .adapters import EMA, STUDENT, Adapters, LoraSpec
 from .backbones.base import EditBackbone
-from .safefiles import load_checked, meta_json, save_atomic
+from .safefiles import load_checked, meta_json, read_metadata, save_atomic
 
 FORMAT_VERSION = 1
 EXPERT_SUFFIX = {"transformer": "high_noise", "transformer_2": "low_noise"}  # Wan2.2 A14B convention
@@ -71,9 +70,11 @@ def set_aside(path: str | os.PathLike, experts: list[str]) -> list[Path]:
     existing = finished_lora(path, experts)
     if not existing:
         return []
-    with safe_open(str(existing[0]), framework="pt") as handle:
-        config = json.loads((handle.metadata() or {}).get("byg.config", "{}"))
-    stem = f"{path.stem}_step{config.get('steps', 'earlier')}"
+    try:
+        steps = json.loads((read_metadata(existing[0]) or {}).get("byg.config", "{}")).get("steps", "_earlier")
+    except json.JSONDecodeError:
+        steps = "_earlier"
+    stem = f"{path.stem}_step{steps}"
     for n in range(1, 10_000):
         aside = expert_paths(path.with_name(f"{stem}{f'_{n}' if n > 1 else ''}{path.suffix}"), experts)
         if not any(p.exists() for p in aside.values()):

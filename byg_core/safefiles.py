@@ -83,6 +83,15 @@ def load_checked(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Te
     return tensors, metadata
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """A safetensors file's metadata alone (no tensor is read); None where the file cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
 def meta_json(metadata: dict[str, str], key: str, path: str | os.PathLike) -> Any:
     """One JSON value from a file's metadata, with an error naming the file and key."""
     if key not in metadata:

@@ -18,7 +18,6 @@ import torch.utils.checkpoint
 from torch.profiler import record_function
 from accelerate import Accelerator, PartialState
 from diffusers.optimization import get_scheduler
-from safetensors import SafetensorError, safe_open
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
 from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
@@ -27,7 +26,7 @@ from .config import TrainConfig
 from .data import CachedEdits
 from .lora_io import finished_lora, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
-from .safefiles import load_checked, meta_json, save_atomic, write_text_atomic
+from .safefiles import load_checked, meta_json, read_metadata, save_atomic, write_text_atomic
 from .sample import EDIT_STEPS, edit
 from .timesteps import TIMESTEP_SAMPLERS
 
@@ -347,11 +346,8 @@ def existing_run(output_dir: str | Path) -> int | None:
     path = Path(output_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return int((handle.metadata() or {}).get("byg.step", -1))
-    except (SafetensorError, OSError, ValueError):
-        return -1
+    metadata = read_metadata(path)
+    return -1 if metadata is None else int(metadata.get("byg.step", -1))
 
 
 def existing_lora(output_dir: str | Path, save_name: str) -> list[Path]:
