@@ -62,6 +62,15 @@ def finished_lora(path: str | os.PathLike, experts: list[str]) -> list[Path]:
     return [p for p in expert_paths(path, experts).values() if p.is_file()]
 
 
+def lora_steps(path: str | os.PathLike) -> int | None:
+    """The steps a LoRA file's training config records (None where it records none)."""
+    try:
+        steps = json.loads((read_metadata(path) or {}).get("byg.config", "{}")).get("steps")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
 def set_aside(path: str | os.PathLike, experts: list[str]) -> list[Path]:
     """Move a finished LoRA at ``path`` to ``<stem>_step<K>`` (K: the steps its metadata records; ``_2``... where
     that is taken), as a stopped run names its LoRA, so a longer run resumed under the same name never replaces it;
@@ -70,11 +79,7 @@ def set_aside(path: str | os.PathLike, experts: list[str]) -> list[Path]:
     existing = finished_lora(path, experts)
     if not existing:
         return []
-    try:
-        steps = json.loads((read_metadata(existing[0]) or {}).get("byg.config", "{}")).get("steps", "_earlier")
-    except json.JSONDecodeError:
-        steps = "_earlier"
-    stem = f"{path.stem}_step{steps}"
+    stem = f"{path.stem}_step{lora_steps(existing[0]) if lora_steps(existing[0]) is not None else '_earlier'}"
     for n in range(1, 10_000):
         aside = expert_paths(path.with_name(f"{stem}{f'_{n}' if n > 1 else ''}{path.suffix}"), experts)
         if not any(p.exists() for p in aside.values()):
@@ -121,12 +126,17 @@ def save_lora(
     return written
 
 
+def refuse_checkpoint(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """A training checkpoint given where a LoRA belongs is named as one."""
+    if "byg.step" in metadata and "byg.family" not in metadata:
+        raise ValueError(f"{path} is a training checkpoint, not a LoRA: give the LoRA training wrote beside it "
+                         "(<save_name>.safetensors, or <save_name>_step<N>.safetensors for a stopped run)")
+
+
 def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
     """Read one LoRA file and map its keys back to this backbone's modules."""
     tensors, raw = load_checked(path, "LoRA file")
-    if "byg.step" in raw and "byg.family" not in raw:
-        raise ValueError(f"{path} is a training checkpoint, not a LoRA: give the LoRA training wrote beside it "
-                         "(<save_name>.safetensors, or <save_name>_step<N>.safetensors for a stopped run)")
+    refuse_checkpoint(path, raw)
     family = meta_json(raw, "byg.family", path)
     if family != backbone.family:
         raise ValueError(f"LoRA file {path} was trained for a {family} model; the model given is {backbone.family}")
@@ -153,18 +163,19 @@ def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 
                 f"LoRA file {lora.path} has rank {lora.spec.rank} (alpha {lora.spec.alpha}); the model's adapters "
                 f"have rank {adapters.spec.rank} (alpha {adapters.spec.alpha}): load it onto a model without a LoRA"
             )
-    check_one_file_per_expert(files, list(adapters.backbone.transformers))
+    check_one_file_per_expert([(lora.path, lora.expert) for lora in files], list(adapters.backbone.transformers))
     state = {k: v for lora in files for k, v in lora.tensors.items()}
     for role in (STUDENT, EMA):
         adapters.load_state_dict(role, state)
     adapters.set_strength(strength)
 
 
-def check_one_file_per_expert(files: list[LoraFile], experts: list[str]) -> None:
-    """A two-expert model takes its pair whole: training writes both files (an expert it did not train holds a
-    LoRA that changes nothing), so a missing or doubled expert is a file mix-up, never half a LoRA on purpose."""
-    given = [lora.expert for lora in files]
-    names = ", ".join(str(lora.path) for lora in files)
+def check_one_file_per_expert(files: list[tuple[Path, str]], experts: list[str]) -> None:
+    """``files``: (path, the expert it holds). A two-expert model takes its pair whole: training writes both files (an
+    expert it did not train holds a LoRA that changes nothing), so a missing or doubled expert is a file mix-up,
+    never half a LoRA on purpose."""
+    given = [expert for _, expert in files]
+    names = ", ".join(str(path) for path, _ in files)
     twice = sorted({e for e in given if given.count(e) > 1})
     if twice:
         raise ValueError(f"LoRA files {names}: each holds expert {twice[0]!r}; give one file per expert")

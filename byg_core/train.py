@@ -24,7 +24,7 @@ from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
 from .data import CachedEdits
-from .lora_io import finished_lora, save_lora, set_aside
+from .lora_io import finished_lora, lora_steps, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, read_metadata, save_atomic, write_text_atomic
 from .sample import EDIT_STEPS, edit
@@ -222,10 +222,11 @@ class Trainer:
                 self.save_checkpoint()
             if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.callbacks.on_preview:
                 self.callbacks.on_preview(self.step, self.preview())
-        checkpoint = self.save_checkpoint()
         written = finished_lora(self._lora_path(), list(self.backbone.transformers))
-        if self.step == start and written:  # nothing trained (a finished run resumed): its LoRA stays as it was
-            return TrainResult(self.step, stopped, written, checkpoint, self.history)
+        if self.step == start and written and lora_steps(written[0]) == self.step:
+            # nothing trained (a finished run resumed): its LoRA and checkpoint stay as they were
+            return TrainResult(self.step, stopped, written, self.checkpoint_path, self.history)
+        checkpoint = self.save_checkpoint()
         aside = set_aside(self._lora_path(), list(self.backbone.transformers)) if self.accelerator.is_main_process else []
         return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history, aside)
 

@@ -57,7 +57,7 @@ class BYGLoRALoader:
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"BYGLoRALoader: {error}. Pick a LoRA trained on a {model.family} model.") from error
         try:
-            check_one_file_per_expert(list(files), list(model.backbone.transformers))
+            check_one_file_per_expert([(f.path, f.expert) for f in files], list(model.backbone.transformers))
         except ValueError as error:
             raise ValueError(f"BYGLoRALoader: widget 'lora_name' ({lora_name}): {error}, unrenamed, in the loras folder") from error
         return BygLora(lora_name, files[0].family, files)

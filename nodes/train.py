@@ -147,7 +147,8 @@ def _config(model, dataset, objective, preset, name, seed, preview_every, widget
 
     values = {
         "model": model.name, "data": str(dataset.dataset.root), "output_dir": str(host.output_dir() / "byg" / name),
-        "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "seed": seed,
+        "save_name": name, "resolution": list(dataset.size) if dataset.size else None, "frames": dataset.frames,
+        "frame_stride": dataset.frame_stride, "seed": seed,
         "objective": dataclasses.asdict(objective), "preview_every": preview_every,
     }
     values |= {PRESET_WIDGETS[k]: v for k, v in widgets.items() if v != DEFAULT} | schedule

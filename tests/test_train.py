@@ -408,3 +408,32 @@ def test_a_run_resumed_on_other_data_or_another_objective_is_refused(tmp_path, c
     with pytest.raises(ValueError, match="this run has objective="):
         Trainer(cfg, make_flux_backbone(), tiny_data()).resume()
     assert Trainer(config(tmp_path, steps=2, lr=5e-3), make_flux_backbone(), tiny_data()).resume() == 1
+
+
+def test_a_longer_resume_killed_after_its_last_checkpoint_still_writes_its_lora_and_keeps_the_earlier(tmp_path):
+    """Killed between the last step's checkpoint and the LoRA (a crash in the last preview, a second Ctrl-C), then
+    resumed: the LoRA at the name is the earlier run's, so it is set aside and this run's is written."""
+    from byg_core.lora_io import lora_steps
+
+    Trainer(config(tmp_path, steps=2, checkpoint_every=1), make_flux_backbone(), tiny_data()).run()
+    finished = (tmp_path / "byg_lora.safetensors").read_bytes()
+
+    def killed_at_4(step, pixels):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    longer = Trainer(config(tmp_path, steps=4, checkpoint_every=1, preview_every=4), make_flux_backbone(), tiny_data(),
+                     Callbacks(on_preview=killed_at_4))
+    longer.resume()
+    with pytest.raises(KeyboardInterrupt):
+        longer.run()
+    again = Trainer(config(tmp_path, steps=4, checkpoint_every=1), make_flux_backbone(), tiny_data())
+    assert again.resume() == 4
+    result = again.run()
+    assert [lora_steps(p) for p in result.lora_paths] == [4]  # had handed back the 2-step LoRA as the finished one
+    assert (tmp_path / "byg_lora_step2.safetensors").read_bytes() == finished
+    checkpoint = (tmp_path / "checkpoint.safetensors").read_bytes()
+    finished_again = Trainer(config(tmp_path, steps=4, lr=0.5), make_flux_backbone(), tiny_data())
+    assert finished_again.resume() == 4
+    finished_again.run()  # trains nothing: the checkpoint keeps the config it was trained with
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == checkpoint

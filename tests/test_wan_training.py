@@ -162,7 +162,7 @@ def test_example_config_has_the_papers_video_options():
     assert cfg.model == "toy-wan-5b" and cfg.objective.rollout_steps == 10
 
 
-def test_cli_trains_the_two_expert_toy_model_from_the_example(tmp_path, capsys):
+def test_cli_trains_the_two_expert_toy_model_from_the_example(tmp_path, capsys, monkeypatch):
     write_video_dataset(tmp_path / "data", 2, seed=0)
     overrides = [f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "model=toy-wan-a14b", "steps=2",
                  "rank=4", "warmup_identity_steps=1", "objective.rollout_steps=2", "log_every=1"]
@@ -170,6 +170,19 @@ def test_cli_trains_the_two_expert_toy_model_from_the_example(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "byg_toy_video_high_noise.safetensors" in printed and "byg_toy_video_low_noise.safetensors" in printed
     assert (tmp_path / "run" / "losses.jsonl").read_text().count("\n") == 2
+    # half the pair, or the checkpoint, given to byg edit: refused before any model loads
+    import byg_core.loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(byg_core.loading, "load_backbone", no_load)
+    video = next(p for p in (tmp_path / "data").iterdir() if p.is_dir())
+    edit = ["edit", "--image", str(video), "--out", str(tmp_path / "edited"), "--instruction", "x", "--lora"]
+    assert cli.main([*edit, str(tmp_path / "run" / "byg_toy_video_high_noise.safetensors")]) == 2
+    assert "hold no LoRA for expert 'transformer_2'" in capsys.readouterr().err
+    assert cli.main([*edit, str(tmp_path / "run" / "checkpoint.safetensors")]) == 2
+    assert "is a training checkpoint, not a LoRA" in capsys.readouterr().err
 
 
 def test_either_file_of_an_expert_pair_names_both(tmp_path):

@@ -119,12 +119,18 @@ def test_wan_graph_trains_on_mp4_clips_and_edits_a_video(run, nodes, comfy_wan, 
                   warmup_identity_steps=1, preview_every=0, ema_decay=-1)
     config = lora.files[0].metadata["byg.config"]
     assert config["model"] == model_name and (config["lr"], config["use_ema"], config["shift"]) == (1e-4, False, 12.0)
+    assert (config["frames"], config["frame_stride"]) == (5, 2)  # the clips it trained on, as the dataset node took them
     assert len(lora.files) == len(names)  # one LoRA file per expert
     if variant == "t2v-a14b":  # a pair renamed apart cannot be found whole: refused, not loaded as half a LoRA
         (host.root / "loras" / "wan_test_high_noise.safetensors").rename(host.root / "loras" / "renamed.safetensors")
         with pytest.raises(ValueError, match=r"widget 'lora_name' \(renamed.safetensors\): .*no LoRA for expert "
                                              r"'transformer_2'.*<name>_low_noise\), unrenamed"):
             run("BYGLoRALoader", model=model, lora_name="renamed.safetensors", strength=1.0)
+    longer, _ = run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=9, frame_stride=1)
+    with pytest.raises(ValueError, match=r"(?s)cannot resume: .*frames=5.*frames=9.*Set BYGDataset's 'frames' back to 5"):
+        run("CycleTrainer", model=model, dataset=longer, objective=objective, preset="auto", steps=3, learning_rate=-1,
+            rank=2, batch_size=2, seed=0, save_name="wan_test", resume=True, warmup_identity_steps=1, preview_every=0,
+            ema_decay=-1)
     (edited_model,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
     frames = torch.rand(5, 32, 32, 3)  # what stock GetVideoComponents gives: (frames, H, W, C)
     (edited,) = run("BYGVideoEdit", model=edited_model, frames=frames, instruction=PROMPT, steps=2, seed=0, guidance=0.0)
