@@ -303,7 +303,10 @@ class Trainer:
         tensors, raw = load_checked(path, "checkpoint")
         saved = meta_json(raw, "byg.config", path)
         for key in RESUME_KEYS:
-            if saved.get(key) != self.cfg.to_dict()[key]:
+            was, now = saved.get(key), self.cfg.to_dict()[key]
+            if key == "data" and was is not None and now is not None:  # one folder however written: data/, ./data
+                was, now = Path(was), Path(now)
+            if was != now:
                 raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}

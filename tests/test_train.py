@@ -408,6 +408,8 @@ def test_a_run_resumed_on_other_data_or_another_objective_is_refused(tmp_path, c
     with pytest.raises(ValueError, match="this run has objective="):
         Trainer(cfg, make_flux_backbone(), tiny_data()).resume()
     assert Trainer(config(tmp_path, steps=2, lr=5e-3), make_flux_backbone(), tiny_data()).resume() == 1
+    Trainer(config(tmp_path / "d", steps=1, data="edits"), make_flux_backbone(), tiny_data()).run()
+    assert Trainer(config(tmp_path / "d", steps=2, data="./edits/"), make_flux_backbone(), tiny_data()).resume() == 1
 
 
 def test_a_longer_resume_killed_after_its_last_checkpoint_still_writes_its_lora_and_keeps_the_earlier(tmp_path):
