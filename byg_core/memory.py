@@ -95,13 +95,16 @@ def transformer_bytes(model: str, storage: str | None, dtype: str) -> int:
 
 def stored_bytes(module, wan: bool, storage: str | None, dtype: str) -> int:
     """Bytes of ``module``'s weights at ``dtype`` once ``storage`` is applied by the loaders' rule (norms, embedders
-    and the in/out layers stay at ``dtype``: FLUX's adaLN modulation linears alone are 3.3B parameters)."""
-    from .loading import FP8_SKIP, WAN_FP8_SKIP, store_in_fp8, torch_dtype_of
+    and the in/out layers stay at ``dtype``: FLUX's adaLN modulation linears alone are 3.3B parameters; what the
+    model keeps in fp32, as its loader does, at 4 bytes)."""
+    from .loading import FP8_SKIP, WAN_FP8_SKIP, precision_of, store_in_fp8, torch_dtype_of
 
     if storage is not None:
         store_in_fp8(module, storage, torch_dtype_of(dtype), WAN_FP8_SKIP if wan else FP8_SKIP)
-    return sum(p.numel() * (STORAGE_BYTES[storage] if p.dtype.itemsize == 1 else STORAGE_BYTES[dtype])
-               for p in module.parameters())
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    return sum(p.numel() * (STORAGE_BYTES[storage] if p.dtype.itemsize == 1 else
+                            precision_of(name, keep, torch_dtype_of(dtype)).itemsize)
+               for name, p in module.named_parameters())
 
 
 def _transformer_class(model: str):
