@@ -210,7 +210,7 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
     from .lora_io import EXPERT_SUFFIX, check_one_file_per_expert, refuse_checkpoint
     from .safefiles import meta_json, read_metadata
 
-    named = []  # refused before any model loads: a checkpoint for a LoRA, half an A14B pair
+    named, metadatas = [], []  # refused before any model loads: a checkpoint for a LoRA, half an A14B pair
     for path in map(Path, args.lora):
         metadata = read_metadata(path) if path.is_file() else None
         if metadata is None:
@@ -218,10 +218,11 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
                                     f"--lora {path} does not exist")
         refuse_checkpoint(path, metadata)
         named.append((path, meta_json(metadata, "byg.expert", path)))
+        metadatas.append(metadata)
     if any(expert == "transformer_2" or path.stem.endswith(tuple(f"_{s}" for s in EXPERT_SUFFIX.values()))
            for path, expert in named):
         check_one_file_per_expert(named, list(EXPERT_SUFFIX))  # a two-expert Wan's pair
-    config = meta_json(read_metadata(args.lora[0]), "byg.config", args.lora[0])
+    config = meta_json(metadatas[0], "byg.config", args.lora[0])
     trained_on = config.get("model", "toy")
     model = args.model or trained_on
     given = dict(_parse_model_file(text) for text in args.model_file or [])

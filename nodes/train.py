@@ -105,7 +105,7 @@ class CycleTrainer:
         from byg_core.memory import estimate
         from byg_core.train import Callbacks, Trainer
 
-        name = _check_save_name(save_name)
+        name = _save_name(save_name)
         if model.lora is not None:
             raise ValueError(
                 f"CycleTrainer trains a new LoRA on the base model, but this model carries LoRA {model.lora.name!r}: "
@@ -193,11 +193,9 @@ def _resume(trainer, name: str) -> None:
         ) from error
 
 
-def _check_save_name(save_name: str) -> str:
-    name = save_name.strip().removesuffix(".safetensors")
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"CycleTrainer: save_name must be a plain file name like 'byg_lora', got {save_name!r}")
-    return name
+def _save_name(save_name: str) -> str:
+    """The widget as the LoRA's name (TrainConfig.validate refuses one that is not a plain file name)."""
+    return save_name.strip().removesuffix(".safetensors")
 
 
 def _loss_curve(history):

@@ -240,6 +240,12 @@ def test_trainer_refuses_a_model_that_carries_a_lora(run, graph):
         run("CycleTrainer", model=carrying, dataset=graph.dataset, objective=graph.objective, **train_inputs())
 
 
+def test_a_save_name_that_is_a_path_is_refused(run, graph):
+    with pytest.raises(ValueError, match=r"CycleTrainer: save_name must be a plain file name like 'byg_lora'"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(save_name="../elsewhere"))
+
+
 def test_lora_loader_needs_a_lora(run, graph):
     with pytest.raises(ValueError, match="pick a lora_name or connect"):
         run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0)
