@@ -2,6 +2,8 @@
 through the code path real files take to the model it was written from, the full-size configs have the real
 parameter counts and key layout, UMT5 encodes prompts as WanPipeline does, and wrong files are refused by name."""
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -364,3 +366,39 @@ def test_a14b_stores_each_expert_in_fp8_before_reading_the_next(tmp_path, monkey
     expert = backbone.transformers["transformer"]
     held = sum(p.numel() * p.element_size() for p in expert.parameters())
     assert stored_bytes(WanTransformer3DModel.from_config(expert.config), True, "float8_e4m3fn", "bfloat16") == held
+
+
+@pytest.mark.parametrize("model,storage", [("wan2.2-ti2v-5b", None), ("wan2.2-t2v-a14b", "float8_e4m3fn")])
+def test_a_bf16_model_edits_and_trains_without_autocast_as_the_nodes_load_it_on_a_gpu(model, storage, tmp_path):
+    """The nodes load Wan in bfloat16 on CUDA and train without autocast; Wan keeps its modulation tables in fp32,
+    so the compute dtype is not its first parameter's: latents stay fp32 (as WanPipeline keeps them), each expert
+    gets its input in bf16, and an edit matches the same model's fp32-input forward pass to bf16 precision."""
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.config import TrainConfig
+    from byg_core.data import EditDataset, cache
+    from byg_core.loading import load_backbone
+    from byg_core.sample import edit
+    from byg_core.toy.video import write_video_dataset
+    from byg_core.train import Trainer
+    from helpers import tiny_wan_parts, wan_configs, write_wan_files
+
+    variant = VARIANT_OF[model]
+    parts = tiny_wan_parts(variant, seed=4)
+    files = write_wan_files(tmp_path / "files", variant, parts)
+    backbone = load_backbone(model, **files, configs=wan_configs(parts), dtype="bfloat16", storage=storage)
+    assert backbone.dtype == torch.bfloat16 and backbone.latent_dtype == torch.float32
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0))
+    x, c = backbone.encode_pixels(video), backbone.encode_text([PROMPT])
+    assert x.dtype == torch.float32
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())), seed=0)
+    out = edit(backbone, adapters, x, c, steps=2).latents
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    write_video_dataset(tmp_path / "data", 2, seed=0, frames=5, size=32)
+    data = cache(EditDataset.from_folder(tmp_path / "data"), backbone)
+    cfg = TrainConfig.for_preset("wan", dict(output_dir=str(tmp_path / "run"), steps=1, batch_size=1, rank=4,
+                                             warmup_identity_steps=0, checkpoint_every=0, mixed_precision="no"))
+    cfg.objective.rollout_steps = 2
+    trainer = Trainer(cfg, backbone, data)
+    losses = trainer.train_step()
+    assert losses.kind == "byg" and all(map(math.isfinite, losses.as_floats().values()))
+    assert torch.isfinite(trainer.preview(count=1, steps=2)).all()

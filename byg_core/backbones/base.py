@@ -157,7 +157,15 @@ class EditBackbone(ABC):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(next(iter(self.transformers.values())).parameters()).dtype
+        """The transformers' compute dtype: diffusers' ``ModelMixin.dtype``, which skips the tables a model keeps in
+        fp32 (Wan's ``scale_shift_table`` is its first parameter) and reads layerwise casting's compute dtype."""
+        model = next(iter(self.transformers.values()))
+        return model.dtype if isinstance(getattr(model, "dtype", None), torch.dtype) else next(model.parameters()).dtype
+
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype latents are kept (and sampled) in: the compute dtype unless a backbone keeps them wider."""
+        return self.dtype
 
     def encode_text(self, prompts: Sequence[str]) -> TextCond:
         """Text conditioning for ``prompts``, each prompt encoded once and cached."""
@@ -190,7 +198,7 @@ class EditBackbone(ABC):
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         self.check_pixels(pixels.shape)
         with torch.no_grad():
-            return self.codec.encode(pixels.to(self.device)).to(self.dtype)
+            return self.codec.encode(pixels.to(self.device)).to(self.latent_dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -303,6 +303,11 @@ class WanBackbone(EditBackbone):
     def transformers(self) -> dict[str, nn.Module]:
         return self._transformers
 
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """float32 whatever the model's dtype: WanPipeline keeps its latents in fp32 and casts the model's input."""
+        return torch.float32
+
     def expert_for(self, t: float) -> str:
         """High-noise ``transformer`` for ``t >= boundary_ratio``, else ``transformer_2`` (diffusers)."""
         if self.boundary_ratio is None or t >= self.boundary_ratio:
@@ -356,16 +361,20 @@ class WanBackbone(EditBackbone):
     def expert_velocity(
         self, name: str, latents: torch.Tensor, t: torch.Tensor, text: TextCond, source: torch.Tensor | None
     ) -> torch.Tensor:
-        """Velocity from one named expert, whatever the timesteps (no routing)."""
-        return edit_forward(
-            self._transformers[name],
-            latents,
+        """Velocity from one named expert, whatever the timesteps (no routing); its input is cast to the expert's
+        compute dtype and its output back to the latents' (WanPipeline: ``latents.to(transformer_dtype)``)."""
+        model = self._transformers[name]
+        dtype = model.dtype
+        v = edit_forward(
+            model,
+            latents.to(dtype),
             t * NUM_TRAIN_TIMESTEPS,
-            text.tokens,
-            source,
+            text.tokens.to(dtype),
+            None if source is None else source.to(dtype),
             self.positions,
             self.expand_timesteps,
         )
+        return v.to(latents.dtype)
 
     def lora_target_modules(self) -> list[str]:
         """Self- and cross-attention and FFN linears of every block (musubi-tuner's targets)."""
