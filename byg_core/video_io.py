@@ -110,14 +110,16 @@ def read_video(
     """A clip by ``sample_frames``' rule: (3, F, H, W) float in [0, 1], and its frame rate.
 
     The rate is the file's divided by ``stride``, so the clip plays at the source's speed.
-    ``size=(H, W)`` centre-crops and resizes every frame as images are.
+    Frames are turned upright by the file's display rotation (a phone's portrait clip), as players
+    and ComfyUI's LoadVideo show them. ``size=(H, W)`` centre-crops and resizes every frame as images
+    are, each as it is decoded, so a long 4K clip is never held at full size.
     """
     path = Path(path)
     _check_rule(frames, stride)
     wanted = frames if frames is not None else max_frames
-    kept, total, fps = _decode(path, limit=(wanted - 1) * stride + 1, stride=stride)
+    kept, total, fps = _decode(path, limit=(wanted - 1) * stride + 1, stride=stride, size=size)
     index = sample_frames(total, frames, stride, max_frames, path)
-    return torch.stack([image_tensor(kept[i // stride], size) for i in index], dim=1), fps / stride
+    return torch.stack([kept[i // stride] for i in index], dim=1), fps / stride
 
 
 def pyav():
@@ -127,8 +129,15 @@ def pyav():
     return av
 
 
-def _decode(path: Path, limit: int, stride: int) -> tuple[list[Image.Image], int, float]:
-    """Every ``stride``-th of the first ``limit`` frames, how many frames were decoded, and the file's rate."""
+def upright(frame) -> Image.Image:
+    """A decoded frame as a player shows it: turned by its display rotation (degrees counter-clockwise)."""
+    image = frame.to_image()
+    return image.rotate(frame.rotation, expand=True) if frame.rotation % 360 else image
+
+
+def _decode(path: Path, limit: int, stride: int, size: tuple[int, int] | None) -> tuple[list[torch.Tensor], int, float]:
+    """Every ``stride``-th of the first ``limit`` frames as (3, H, W) pixels fitted to ``size``, how many frames
+    were decoded, and the file's rate."""
     if not path.is_file():
         raise FileNotFoundError(f"video file {path} does not exist")
     pyav()  # said as itself, not as a broken file below
@@ -141,17 +150,27 @@ def _decode(path: Path, limit: int, stride: int) -> tuple[list[Image.Image], int
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 if total % stride == 0:
-                    kept.append(frame.to_image())
+                    kept.append(image_tensor(upright(frame), size))
+                    if kept[-1].shape != kept[0].shape:
+                        raise _SizeChange(f"frame {total} is {kept[-1].shape[2]}x{kept[-1].shape[1]} where frame 0 "
+                                          f"is {kept[0].shape[2]}x{kept[0].shape[1]} (width x height); give a size "
+                                          "(resolution) to fit every frame to, or re-encode it at one size")
                 total += 1
                 if total == limit:  # decode no further than the clip needs
                     break
             rate = stream.average_rate or stream.guessed_rate
-    except Exception as error:  # FFmpeg and PyAV raise many types for a broken file
+    except _SizeChange as error:
+        raise ValueError(f"{path}: {error}") from None
+    except (av.FFmpegError, ValueError) as error:  # a broken file (not, say, a MemoryError: that is not the file's)
         reason = getattr(error, "strerror", None) or error  # FFmpeg's errors repeat the path
         raise ValueError(f"cannot decode {path}: {reason}; use a complete copy or re-encode it") from error
     if total == 0:
         raise ValueError(f"cannot decode {path}: it holds no video frame")
     return kept, total, float(rate) if rate else DEFAULT_FPS
+
+
+class _SizeChange(Exception):
+    """The frames of one file change size (said with the file's name, not as a broken file)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,11 +207,19 @@ def write_video(path: str | Path, video: torch.Tensor, fps: float = DEFAULT_FPS,
     with atomic_path(path, keep_suffix=True) as partial, av.open(str(partial), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        _tag_colours(stream.codec_context)
         _set_quality(stream, codec, crf, width * height * float(rate))
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode(None))  # flush the encoder's delayed frames
     return path
+
+
+def _tag_colours(context) -> None:
+    """Say how the pixels were made YUV (swscale's default: BT.601 matrix, limited range) so that players and
+    readers that assume BT.709 for an untagged file (most, for HD) convert them back with the same matrix."""
+    context.colorspace, context.color_range = 6, 1  # AVCOL_SPC_SMPTE170M (BT.601), AVCOL_RANGE_MPEG
+    context.color_primaries, context.color_trc = 1, 1  # BT.709 primaries and transfer: sRGB's
 
 
 def _set_quality(stream, codec: str, crf: int, pixels_per_second: float) -> None:

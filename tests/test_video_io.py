@@ -187,3 +187,61 @@ def test_the_toy_video_dataset_as_mp4_clips_reads_like_its_frame_folders(tmp_pat
         framed, decoded = load_media(a.media), load_media(b.media)
         assert framed.shape == decoded.shape == (3, 5, 32, 32)
         assert (framed - decoded).abs().mean() < 0.03  # H.264 at crf 17: flat colours within a few levels
+
+
+def _encoded(path, frames, rotation=None, container=None):
+    """Write ``frames`` (a list of (H, W, 3) uint8 arrays) with H.264, tagging a display rotation if given."""
+    import numpy as np
+
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=16)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if rotation is not None:
+            if not hasattr(stream, "set_display_rotation"):
+                pytest.skip("this PyAV cannot write a display rotation")
+            stream.set_display_rotation(rotation)
+        for array in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_a_phone_clip_reads_upright_as_its_display_rotation_shows_it(tmp_path, rotation):
+    """A portrait phone clip is stored landscape with a display rotation; players and ComfyUI's LoadVideo turn it
+    (counter-clockwise), and so must training data and `byg edit`, or a clip trains sideways."""
+    import numpy as np
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (255, 0, 0)  # left half red, right half black, as stored
+    path = _encoded(tmp_path / "phone.mp4", [stored] * 5, rotation)
+    video, _ = read_video(path)
+    shown = np.rot90(stored, k=rotation // 90)  # counter-clockwise, as ComfyUI's LoadVideo turns it
+    assert video.shape == (3, 5, *shown.shape[:2])
+    red = video[0, 0] > 0.5
+    assert (red == torch.from_numpy(shown[..., 0].copy() > 127)).float().mean() > 0.95
+
+
+def test_a_clip_whose_frames_change_size_is_refused_naming_the_file_or_fits_a_given_size(tmp_path):
+    import numpy as np
+
+    first = _encoded(tmp_path / "a.ts", [np.full((32, 32, 3), 100, np.uint8)] * 5, container="mpegts")
+    second = _encoded(tmp_path / "b.ts", [np.full((32, 48, 3), 100, np.uint8)] * 8, container="mpegts")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())  # concatenated segments, as a recording leaves them
+    with pytest.raises(ValueError, match=r"joined.ts: frame \d+ is 48x32 where frame 0 is 32x32 .*give a size"):
+        read_video(joined)
+    assert read_video(joined, size=(32, 32))[0].shape == (3, 13, 32, 32)
+
+
+def test_a_written_clip_says_which_colour_matrix_made_it_and_reads_back_its_colours(tmp_path):
+    """An untagged H.264 file leaves the matrix to the player, and most assume BT.709 for it: a red (200, 40, 40)
+    then shows as (212, 54, 36). The file says BT.601 (swscale's), so players and this reader agree."""
+    red = torch.tensor([200, 40, 40]).float().div(255).view(3, 1, 1, 1).expand(3, 5, 32, 32).contiguous()
+    path = write_video(tmp_path / "red.mp4", red, crf=0)
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        assert (int(context.colorspace), int(context.color_range)) == (6, 1)  # SMPTE 170M (BT.601), limited range
+    video, _ = read_video(path)
+    assert ((video[:, :, 16, 16] * 255).round() - torch.tensor([[200.0], [40.0], [40.0]])).abs().max() <= 2
