@@ -354,6 +354,29 @@ def existing_run(output_dir: str | Path) -> int | None:
     return -1 if metadata is None else int(metadata.get("byg.step", -1))
 
 
+# fields that change where a run writes and what it shows, never what it trains
+BOOKKEEPING_KEYS = ("output_dir", "text_cache_dir", "checkpoint_every", "preview_every", "log_every")
+
+
+def same_finished_run(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.output_dir`` holds this very run, finished: its checkpoint is at ``cfg.steps``, was made with
+    ``cfg`` in every field but ``BOOKKEEPING_KEYS``, and its LoRA is there. Asked for again (a host re-running an
+    unchanged graph, after a restart or an edit elsewhere in it), such a run is returned as it is, not refused."""
+    path = Path(cfg.output_dir) / CHECKPOINT
+    metadata = read_metadata(path) if path.is_file() else None
+    if not metadata or metadata.get("byg.step") != str(cfg.steps) or "byg.config" not in metadata:
+        return False
+    saved, now = json.loads(metadata["byg.config"]), cfg.to_dict()
+    for key in (k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS):
+        was, wanted = saved.get(key), now.get(key)
+        if key == "data" and was is not None and wanted is not None:  # one folder however written
+            was, wanted = Path(was), Path(wanted)
+        if was != wanted:
+            return False
+    written = existing_lora(cfg.output_dir, cfg.save_name)
+    return bool(written) and all(lora_steps(path) == cfg.steps for path in written)
+
+
 def existing_lora(output_dir: str | Path, save_name: str) -> list[Path]:
     """The finished LoRA files named ``save_name`` in ``output_dir`` (one model's or a two-expert pair's), so a fresh
     run can refuse them where their checkpoint was deleted."""

@@ -12,6 +12,7 @@ videos (B, 3, F, H, W).
 
 from __future__ import annotations
 
+import filecmp
 import functools
 import os
 import shutil
@@ -105,8 +106,9 @@ def install_loras(paths: list[Path]) -> list[Path]:
     installed = []
     for path in paths:
         target = target_dir / Path(path).name
-        with atomic_path(target) as partial:
-            shutil.copyfile(path, partial)
+        if not (target.is_file() and filecmp.cmp(path, target, shallow=False)):  # a finished run asked again
+            with atomic_path(target) as partial:
+                shutil.copyfile(path, partial)
         installed.append(target)
     return installed
 

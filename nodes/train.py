@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from . import host
 from . import inputs as I
@@ -68,7 +69,7 @@ class CycleTrainer:
                 "steps": I.integer(DEFAULT, DEFAULT, 1_000_000, _preset_tip(
                     "steps", "Total training steps; a resumed run counts the steps already done (the paper trains "
                     "30k and sees editing after ~1k).")),
-                "learning_rate": I.number(DEFAULT, DEFAULT, 1.0, 1e-5, _preset_tip(
+                "learning_rate": I.number(DEFAULT, DEFAULT, 1.0, 1e-6, _preset_tip(
                     "learning_rate", "AdamW learning rate (paper: 3e-4 images, 1e-4 video).")),
                 "rank": I.integer(DEFAULT, DEFAULT, 1024, _preset_tip(
                     "rank", "LoRA rank (paper: 64); a resumed run must keep its checkpoint's rank.")),
@@ -77,13 +78,15 @@ class CycleTrainer:
                 "seed": I.seed("Seed of the LoRA init and of every random draw; a resumed run must use the same seed."),
                 "save_name": I.text("byg_lora", "Name of the run (<output>/byg/<save_name>/) and of its LoRA "
                                     "(loras/<save_name>.safetensors). A new run never overwrites an old one: with "
-                                    "resume off, a save_name that already names a run or a LoRA is refused."),
+                                    "resume off, a save_name that already names a run or a LoRA is refused (the "
+                                    "same run, finished and asked for again with every widget as it was, is "
+                                    "returned as it is)."),
                 "resume": I.flag(False, "On: continue the run <save_name> from its checkpoint (after a Cancel, or with "
                                  "more steps). Off: start a new run, under a save_name no run or LoRA has yet."),
                 "warmup_identity_steps": I.integer(DEFAULT, DEFAULT, 1_000_000, _preset_tip(
                     "warmup_identity_steps", "First steps train the identity loss only (paper: 200).")),
                 "preview_every": I.integer(50, 0, 1_000_000, "Steps between preview edits under the node (0: none)."),
-                "ema_decay": I.number(DEFAULT, DEFAULT, 1.0, 0.001, _preset_tip(
+                "ema_decay": I.number(DEFAULT, DEFAULT, 1.0, 0.0001, _preset_tip(
                     "ema_decay", "Decay of the EMA editor that bootstraps the targets (the paper gives none; "
                     "short runs want less).")),
             },
@@ -103,7 +106,7 @@ class CycleTrainer:
         from byg_core.data import cache
         from byg_core.lora_io import read_lora
         from byg_core.memory import estimate
-        from byg_core.train import Callbacks, Trainer
+        from byg_core.train import Callbacks, Trainer, same_finished_run
 
         name = _save_name(save_name)
         if model.lora is not None:
@@ -114,7 +117,10 @@ class CycleTrainer:
         widgets = dict(steps=steps, learning_rate=learning_rate, rank=rank, batch_size=batch_size,
                        warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
         config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule)
-        if not resume:
+        # this very run, finished (ComfyUI runs the node again when anything upstream changed, or after a restart):
+        # returned as it is, as resume would; any other run under the name is refused
+        again = not resume and same_finished_run(config) and _loras_are_the_runs(name, config.output_dir, model.backbone)
+        if not resume and not again:
             _refuse_to_overwrite(name, config.output_dir, model.backbone)
         progress = host.Progress(config.steps)
         callbacks = Callbacks(
@@ -128,7 +134,7 @@ class CycleTrainer:
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
         logging.getLogger("comfyui-byg").info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # server log
-        if resume:
+        if resume or again:
             _resume(trainer, name)
         result = trainer.run()
         host.install_loras(result.set_aside)  # a longer run resumed under this name keeps the earlier LoRA as _step<K>
@@ -174,6 +180,18 @@ def _refuse_to_overwrite(name: str, output_dir: str, backbone) -> None:
             f"CycleTrainer: the loras folder already holds {', '.join(p.name for p in taken)}; nothing was "
             "overwritten. Change 'save_name' to start a new run."
         )
+
+
+def _loras_are_the_runs(name: str, output_dir: str, backbone) -> bool:
+    """Whether the loras folder holds this run's own LoRA files under ``name``, or none (never another's)."""
+    import filecmp
+
+    from byg_core.lora_io import expert_paths
+
+    experts = list(backbone.transformers)
+    ours = expert_paths(Path(output_dir) / f"{name}.safetensors", experts)
+    theirs = expert_paths(host.loras_dir() / f"{name}.safetensors", experts)
+    return all(not theirs[e].exists() or filecmp.cmp(ours[e], theirs[e], shallow=False) for e in experts)
 
 
 def _resume(trainer, name: str) -> None:

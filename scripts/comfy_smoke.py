@@ -355,6 +355,15 @@ def smoke(server: Server, base: Path, check: Checks, extra_steps: int) -> None:
         print(f"  edited scene reads back as: {read_back(saved[0])} (source: red circle on blue; instruction: the circle green)")
     before = sha256(finished)
 
+    print("\n[1b] another source scene (upstream of the trainer, so ComfyUI runs it again), resume off")
+    scene = json.loads(json.dumps(image))
+    scene[node_of(scene, "BYGToyScene")]["inputs"]["shape"] = "square"
+    run = server.run(scene)
+    print(f"  {describe(run)}")
+    check(run.status == "success", "the same finished run is returned, not refused")
+    check(not run.progress.get(trainer), "nothing was trained again (no progress messages)")
+    check(sha256(finished) == before, "the finished LoRA is byte-identical")
+
     print("\n[2] the same graph again, resume off (a fresh run under a taken save_name)")
     again = json.loads(json.dumps(image))
     again[trainer]["inputs"]["seed"] = 1  # a changed input, so ComfyUI runs the trainer again

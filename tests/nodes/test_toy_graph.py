@@ -337,6 +337,29 @@ def test_a_fresh_run_under_a_taken_save_name_is_refused_and_overwrites_nothing(r
     assert (host.root / "loras" / "someone_elses.safetensors").read_bytes() == b"a LoRA the user put there"
 
 
+def test_the_same_finished_run_asked_again_is_returned_untrained_and_any_other_is_refused(run, graph, host):
+    """ComfyUI runs the trainer again when anything upstream changed (the scene the map reads) or after a restart:
+    the very run it finished is returned as it is, with the loss curve; a changed widget, or a LoRA under the name
+    that is not the run's, is still refused."""
+    lora, curve = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                      **train_inputs(steps=2, preview_every=0))
+    finished = host.root / "loras" / "toy_test.safetensors"
+    checkpoint = host.root / "output" / "byg" / "toy_test" / "checkpoint.safetensors"
+    before = finished.read_bytes(), checkpoint.read_bytes(), finished.stat().st_mtime_ns
+    again, again_curve = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                             **train_inputs(steps=2, preview_every=5))  # preview_every does not change the run
+    assert (finished.read_bytes(), checkpoint.read_bytes(), finished.stat().st_mtime_ns) == before
+    assert again.files[0].metadata == lora.files[0].metadata and torch.equal(again_curve, curve)
+    with pytest.raises(ValueError, match=r"save_name 'toy_test' already names a run"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, preview_every=0, learning_rate=0.002))
+    finished.write_bytes(b"a LoRA the user put there")
+    with pytest.raises(ValueError, match=r"save_name 'toy_test' already names a run"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, preview_every=0))
+    assert finished.read_bytes() == b"a LoRA the user put there"
+
+
 def test_a_cancelled_rerun_keeps_the_finished_lora_byte_identical(run, graph, host):
     run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
         **train_inputs(steps=2, preview_every=0))
