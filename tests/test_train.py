@@ -244,7 +244,8 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
      ("lr_decay_steps", "ten", "'lr_decay_steps' must be int \\(or left out\\)"), ("lr_warmup_steps", -2, "lr_warmup_steps must be >= 0"),
      ("target_modules", "all-linear", "'target_modules' must be a list of str"),  # else split into letters
      ("target_modules", [], "target_modules must be a list"),
-     ("adam_beta2", 1.0, r"adam_beta2 must be in \(0, 1\), got 1.0")],
+     ("adam_beta2", 1.0, r"adam_beta2 must be in \(0, 1\), got 1.0"),
+     ("ema_decay", 1.0, r"ema_decay 1 never moves the EMA editor")],  # a widget at step 0.001 rounds 0.9999 to 1
 )
 def test_bad_config_values_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
