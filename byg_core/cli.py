@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .backbones.base import default_device
+from .backbones.base import PixelShapeError, default_device
 
 
 class Progress:
@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
-    dataset = EditDataset.from_folder(cfg.data)  # a bad line is reported before the model loads
+    dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # a disk text cache is written by the main process while the others wait, then read by them
@@ -143,20 +143,22 @@ class StopOnCtrlC:
               file=sys.stderr)
 
 
-def load_pixels(path: str | Path, frames: int | None = None, stride: int = 1) -> tuple[torch.Tensor, float]:
+def load_pixels(
+    path: str | Path, frames: int | None = None, stride: int = 1, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, float]:
     """An image (1, 3, H, W), or a video file or folder of frames (1, 3, F, H, W), and its frame rate.
 
     A video's clip follows ``video_io.sample_frames``; a folder of frames or an image has no rate of
-    its own and gets ``video_io.DEFAULT_FPS``.
+    its own and gets ``video_io.DEFAULT_FPS``. ``size=(H, W)`` centre-crops and resizes as training does.
     """
     from .data import VIDEO_SUFFIXES, load_media
     from .video_io import DEFAULT_FPS, read_video
 
     path = Path(path)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        video, fps = read_video(path, frames, stride)
+        video, fps = read_video(path, frames, stride, size)
         return video.unsqueeze(0), fps
-    return load_media(path, frames=frames, stride=stride).unsqueeze(0), DEFAULT_FPS
+    return load_media(path, size, frames=frames, stride=stride).unsqueeze(0), DEFAULT_FPS
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -170,14 +172,31 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
+    size = tuple(args.size) if args.size else None
+    pixels, fps = load_pixels(args.image, args.frames, args.stride, size)  # a file's faults before the model loads
+    if pixels.ndim == 5:
+        print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
     backbone = load_backbone(model, **files).to(args.device)  # the transformer, text encoder and VAE
     adapters = load_lora(args.lora, backbone, strength=args.strength)
-    pixels, fps = load_pixels(args.image, args.frames, args.stride)
+    try:
+        backbone.check_pixels(pixels.shape)
+    except PixelShapeError as error:
+        raise ValueError(f"--image {args.image}: {error}; pass --size H W to centre-crop and resize it to a size the "
+                         "model takes (training's rule)") from None
     x = backbone.encode_pixels(pixels)
     c = backbone.encode_text([args.instruction])
     result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
+
+
+def clip_report(path: Path, frames: int, stride: int, fps: float) -> str:
+    """What of a video is edited: its first frames at the stride, and that its sound is not carried over."""
+    from .video_io import has_audio
+
+    taken = f"frames 1 to {(frames - 1) * stride + 1}" + (f", one in {stride}," if stride > 1 else "")
+    sound = "; its audio is not carried over" if path.is_file() and has_audio(path) else ""
+    return f"editing {frames} frames of {path} ({taken} at {fps:g} fps; --frames and --stride pick others){sound}"
 
 
 def _check_edit_paths(args: argparse.Namespace) -> None:
@@ -197,6 +216,11 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
             f"--image {source} is a video but --out {out} names an image: give a video file "
             f"({' '.join(WRITE_SUFFIXES)}) or a folder for PNG frames"
         )
+    if is_video(source) and out.suffix and out.suffix.lower() not in WRITE_SUFFIXES:
+        raise ValueError(f"--out {out}: a video is written as {' '.join(WRITE_SUFFIXES)}, or as PNG frames into a "
+                         "folder named without a suffix")
+    if args.size and (len(args.size) != 2 or min(args.size) < 1):
+        raise ValueError(f"--size takes a height and a width in pixels, e.g. --size 480 832; got {args.size}")
     if not is_video(source) and out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--image {source} is an image but --out {out} names no image file: give a .png")
     if not is_video(source) and (args.frames is not None or args.stride != 1):
@@ -420,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--frames", type=int, default=None,
                       help="video sources: frames to edit, 4k+1 (default: the longest 4k+1 count, at most 81)")
     edit.add_argument("--stride", type=int, default=1, help="video sources: take every Nth frame from the first")
+    edit.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                      help="centre-crop and resize the source to H x W px, as training's resolution does (default: "
+                           "its own size, which the model must divide: Wan2.2 TI2V-5B by 32, A14B and FLUX by 16)")
     edit.add_argument("--model", default=None,
                       help="base model (default: the model and files the LoRA was trained on, from its metadata)")
     edit.add_argument("--model-file", action="append", metavar="KEY=VALUE",

@@ -129,6 +129,23 @@ def pyav():
     return av
 
 
+def frame_count(path: str | Path, limit: int) -> int:
+    """The frames a video file holds, counted from its packets up to ``limit`` (nothing is decoded)."""
+    with pyav().open(str(path)) as container:
+        total = 0
+        for packet in container.demux(container.streams.video[0]):
+            total += packet.size > 0  # the demuxer ends with an empty packet
+            if total >= limit:
+                break
+    return total
+
+
+def has_audio(path: str | Path) -> bool:
+    """Whether a video file holds a sound stream (an edit does not carry it over)."""
+    with pyav().open(str(path)) as container:
+        return bool(container.streams.audio)
+
+
 def upright(frame) -> Image.Image:
     """A decoded frame as a player shows it: turned by its display rotation (degrees counter-clockwise)."""
     image = frame.to_image()

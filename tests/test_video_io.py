@@ -157,7 +157,7 @@ def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
                  "objective.rollout_steps=2", "frames=5"]
     train = ["train", str(EXAMPLE), *sum((["--set", o] for o in overrides), [])]
     assert cli.main([*train, "--set", "frames=13"]) == 2  # the clips are too short: frames reaches the dataset
-    assert "clip0.mp4 (edits.jsonl line 1): " in capsys.readouterr().err
+    assert "edits.jsonl:1: " in (said := capsys.readouterr().err) and "clip0.mp4 has 9 frames at stride 1" in said
     assert cli.main(train) == 0
     lora = str(tmp_path / "run" / "byg_toy_video.safetensors")
     out = tmp_path / "edited.mp4"
@@ -172,6 +172,18 @@ def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
     assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5",
                      "--overwrite"]) == 0
     assert read_video(out)[0].shape == (3, 5, 32, 32)
+    assert "editing 5 frames of " in capsys.readouterr().out
+
+    # a clip the model's cells do not divide: --size fits it, as training's resolution does; without it, the refusal
+    # names --size; a video --out that is no video container is refused before anything loads
+    write_video(data / "odd.mp4", torch.rand(3, 5, 38, 42, generator=torch.Generator().manual_seed(0)), fps=12)
+    assert cli.main([*edit, "--video", str(data / "odd.mp4"), "--out", str(tmp_path / "odd_edit.mp4")]) == 2
+    assert "pass --size H W" in capsys.readouterr().err
+    assert cli.main([*edit, "--video", str(data / "odd.mp4"), "--out", str(tmp_path / "odd_edit.mp4"),
+                     "--size", "32", "36"]) == 0
+    assert read_video(tmp_path / "odd_edit.mp4")[0].shape == (3, 5, 32, 36)
+    assert cli.main([*edit, "--video", str(data / "odd.mp4"), "--out", str(tmp_path / "edited.avi")]) == 2
+    assert "a video is written as .mp4" in capsys.readouterr().err and not (tmp_path / "edited.avi").exists()
 
 
 def test_the_toy_video_dataset_as_mp4_clips_reads_like_its_frame_folders(tmp_path):
@@ -245,3 +257,40 @@ def test_a_written_clip_says_which_colour_matrix_made_it_and_reads_back_its_colo
         assert (int(context.colorspace), int(context.color_range)) == (6, 1)  # SMPTE 170M (BT.601), limited range
     video, _ = read_video(path)
     assert ((video[:, :, 16, 16] * 255).round() - torch.tensor([[200.0], [40.0], [40.0]])).abs().max() <= 2
+
+
+def test_the_edit_says_which_frames_it_takes_and_that_the_sound_stays_behind(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "talk.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=16)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = out.add_stream("aac", rate=44100)
+        for _ in range(9):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        out.mux(video.encode(None))
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024 * 8), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 44100
+        out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    assert video_io.has_audio(path) and not video_io.has_audio(write_video(tmp_path / "quiet.mp4", toy_clip()))
+    said = cli.clip_report(path, 5, 2, 8.0)
+    assert said.startswith("editing 5 frames of ") and "frames 1 to 9, one in 2," in said
+    assert said.endswith("its audio is not carried over")
+
+
+def test_a_clip_too_short_for_the_frame_rule_is_a_bad_line_that_a_lenient_dataset_skips(tmp_path):
+    """Validation reads videos by the rule training will (frames, stride): a short clip is listed as its line, and
+    strict=False skips it, where it used to stop the run later; a stride that leaves one frame is refused."""
+    root = write_dataset(tmp_path, [ROW], [torch.rand(3, 8, 8)])
+    write_video(root / "long.mp4", toy_clip(frames=13))
+    write_video(root / "short.mp4", toy_clip(frames=5))
+    with open(root / "edits.jsonl", "a") as f:
+        f.write("".join(json.dumps({**ROW, "video": name}) + "\n" for name in ("long.mp4", "short.mp4")))
+    with pytest.raises(DatasetError, match=r"edits.jsonl:3: .*short.mp4 has 5 frames at stride 1; use frames=5"):
+        EditDataset.from_folder(root, frames=9)
+    assert [r.media.name for r in EditDataset.from_folder(root, strict=False, frames=9).records][1:] == ["long.mp4"]
+    with pytest.raises(DatasetError, match=r"short.mp4 gives a clip of 1 frame \(5 frames at frame_stride 8\)"):
+        EditDataset.from_folder(root, stride=8)
+    assert len(EditDataset.from_folder(root, strict=False, stride=3).records) == 2  # long.mp4 at stride 3: 5 frames
