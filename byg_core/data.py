@@ -74,8 +74,11 @@ class EditDataset:
         return len(self.records)
 
     @classmethod
-    def from_folder(cls, root: str | Path, strict: bool = True) -> "EditDataset":
-        """Read ``root/edits.jsonl``; ``strict`` raises on any bad line, else bad lines are skipped and listed."""
+    def from_folder(
+        cls, root: str | Path, strict: bool = True, frames: int | None = None, stride: int = 1
+    ) -> "EditDataset":
+        """Read ``root/edits.jsonl``; ``strict`` raises on any bad line, else bad lines are skipped and listed.
+        ``frames`` and ``stride``: the clip rule training will read videos by, so a clip too short is a bad line."""
         root = Path(root)
         index = root / "edits.jsonl"
         if not index.is_file():
@@ -85,7 +88,7 @@ class EditDataset:
             if not text.strip():
                 continue
             try:
-                records.append(parse_record(json.loads(text), root, number))
+                records.append(parse_record(json.loads(text), root, number, frames, stride))
             except (ValueError, json.JSONDecodeError) as error:
                 rejected.append(f"{index}:{number}: {error}")
         if strict and rejected:
@@ -108,8 +111,9 @@ def read_jsonl_text(index: Path) -> str:
             from error
 
 
-def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
-    """Validate one line's object (fields, media file, self-contained reverse instruction)."""
+def parse_record(obj: dict, root: Path, line: int, frames: int | None = None, stride: int = 1) -> EditRecord:
+    """Validate one line's object (fields, media file and, for a video, the clip ``frames`` and ``stride`` take from
+    it; self-contained reverse instruction)."""
     if not isinstance(obj, dict):
         raise ValueError("a line must be a JSON object")
     media_keys = [k for k in MEDIA_FIELDS if k in obj]
@@ -127,6 +131,8 @@ def parse_record(obj: dict, root: Path, line: int) -> EditRecord:
     if media_keys[0] == "video":
         check_video(media)
     check_media(media)
+    if media_keys[0] == "video":
+        check_clip(media, frames, stride)
     return EditRecord(media, *(obj[name].strip() for name in TEXT_FIELDS), line=line)
 
 
@@ -149,6 +155,23 @@ def check_media(path: Path) -> None:
             image.verify()
     except Exception as error:  # PIL raises many types for a broken file
         raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+MIN_CLIP_FRAMES = 5  # the shortest clip that is a video to Wan: one latent frame after the first
+
+
+def check_clip(path: Path, frames: int | None, stride: int) -> None:
+    """A video gives a clip of ``frames`` frames at ``stride`` (``video_io.sample_frames``), of at least 5 frames: a
+    stride past its length would leave one frame, a still, silently."""
+    from .video_io import frame_count, sample_frames  # video_io builds on this module
+
+    need = ((frames or MIN_CLIP_FRAMES) - 1) * stride + 1
+    total = len(frame_paths(path)) if path.is_dir() else frame_count(path, limit=need)
+    clip = len(sample_frames(total, frames, stride, source=path))
+    if clip < MIN_CLIP_FRAMES:
+        raise ValueError(f"{path} gives a clip of {clip} frame{'s' * (clip > 1)} ({total} frames at frame_stride "
+                         f"{stride}); a video clip takes at least {MIN_CLIP_FRAMES} (4k+1): lower frame_stride, or give "
+                         "a still as 'image'")
 
 
 def check_video(path: Path) -> None:

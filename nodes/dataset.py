@@ -18,7 +18,8 @@ def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node:
     layout = ("a folder holding images and an edits.jsonl with the fields image, src_caption, instruction, "
               "tgt_caption, reverse_instruction")
     try:
-        return BygDataset(EditDataset.from_folder(folder, strict=strict), size, frames, frame_stride)
+        return BygDataset(EditDataset.from_folder(folder, strict=strict, frames=frames, stride=frame_stride), size,
+                          frames, frame_stride)
     except FileNotFoundError as error:
         raise ValueError(f"{node}: {error}\nPoint 'folder' at {layout}.") from error
     except DatasetError as error:

@@ -112,6 +112,9 @@ def test_wan_graph_trains_on_mp4_clips_and_edits_a_video(run, nodes, comfy_wan, 
     (data / "edits.jsonl").write_text("".join(json.dumps({**ROW, "video": f"clip{i}.mp4"}) + "\n" for i in range(2)))
     with pytest.raises(ValueError, match=r"BYGDataset: widget 'frames': frames=8 is not 4k\+1.*use 5 or 9"):
         run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=8, frame_stride=1)
+    with pytest.raises(ValueError, match=r"BYGDataset: bad lines.*\n.*edits.jsonl:1: .*clip0.mp4 has 9 frames at "
+                                         r"stride 2; use frames=5"):  # the node's frames reach the validation
+        run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=9, frame_stride=2)
     dataset, _ = run("BYGDataset", folder="clips", strict=True, width=32, height=32, frames=5, frame_stride=2)
     objective, _ = run("DirectionalPriorLoss", **FAST_OBJECTIVE)
     lora, _ = run("CycleTrainer", model=model, dataset=dataset, objective=objective, preset="auto", steps=2,
