@@ -409,7 +409,7 @@ def summarise_done(folders: list[Path]) -> dict:
 def paired_done(folders: list[Path], against_folders: list[Path]) -> dict:
     """``byg bench combine --against``'s changes from the finished runs of ``against_folders`` to those of
     ``folders`` (the supervised reference on two bases, or at two lengths); empty when either side has none."""
-    return against(collect(folders)[0], collect(against_folders)[0]) if folders and against_folders else {}
+    return against(collect(folders), collect(against_folders)) if folders and against_folders else {}
 
 
 def stopped(report: dict) -> str:

@@ -237,6 +237,17 @@ def load_base(base: str | Path | None = None, device: str | None = None) -> Flux
     return backbone
 
 
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256: which base a run used, whatever its name (the GPU script names its bases as shipped)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def environment(device: torch.device) -> dict:
     """Where a run's figures came from. One machine reproduces a run bit for bit; another CPU (MKL picks its code
     path by CPU) or GPU changes the last bits, and ByG's rollouts carry that into figures up to the seeds' spread."""
@@ -528,7 +539,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     results, tuples = run_methods(out, settings, suite, print, backbone, methods)
     write_report(out, results, settings, tuples, {
         "suite": suite, "complete": True, "total_seconds": time.perf_counter() - start,
-        "base": str(base or DEFAULT_TOY_WEIGHTS), "device": str(backbone.device),
+        "base": str(base or DEFAULT_TOY_WEIGHTS), "base_sha256": file_sha256(base or DEFAULT_TOY_WEIGHTS),
+        "device": str(backbone.device),
         "environment": environment(backbone.device)})
     print(report_markdown(results, settings), end="")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'grid.png'}")

@@ -236,6 +236,43 @@ def wilson_interval(rate: float, n: int, z: float = Z_95) -> tuple[float, float]
     return (0.0 if rate <= 0 else centre - half), (1.0 if rate >= 1 else centre + half)
 
 
+# Student's t 97.5% quantiles for 1 to 30 degrees of freedom; between, and up to the normal's at infinity, linear in 1/df
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: float) -> float:
+    """Student's t 97.5% quantile for ``df`` >= 1 degrees of freedom (a fraction too: Welch-Satterthwaite's)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    low = min(int(df), len(T_975))
+    if low == len(T_975):  # from 30 to infinity
+        return Z_95 + (T_975[-1] - Z_95) * len(T_975) / df
+    if df == low:
+        return T_975[low - 1]
+    weight = (1 / low - 1 / df) / (1 / low - 1 / (low + 1))
+    return T_975[low - 1] + weight * (T_975[low] - T_975[low - 1])
+
+
+def across_training_seeds(mean: float, tuple_variance: float, n_tuples: int,
+                          by_seed: Sequence[float]) -> tuple[float, float] | None:
+    """95% interval of a figure averaged over S >= 2 training seeds (None with one): its variance is the held-out
+    tuples' (``tuple_variance``, the variance of the mean over ``n_tuples``) plus the training seeds' (the sample
+    variance of the S per-seed values over S), at Welch-Satterthwaite's degrees of freedom. A figure of one training
+    run says nothing of another run: the tuples' interval alone holds the run fixed."""
+    seeds = len(by_seed)
+    if seeds < 2:
+        return None
+    centre = sum(by_seed) / seeds
+    seed_variance = sum((v - centre) ** 2 for v in by_seed) / (seeds - 1) / seeds
+    total = tuple_variance + seed_variance
+    if total <= 0:
+        return mean, mean
+    df = total**2 / (tuple_variance**2 / max(1, n_tuples - 1) + seed_variance**2 / (seeds - 1))
+    half = t_quantile(df) * math.sqrt(total)
+    return mean - half, mean + half
+
+
 def paired_change(a: Sequence[float], b: Sequence[float], z: float = Z_95) -> tuple[float, float, float]:
     """Two methods on the same tuples: the mean of a_i - b_i and its 95% normal interval over the tuples.
 

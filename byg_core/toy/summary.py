@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..safefiles import write_text_atomic
-from .bench import ABLATIONS, ToySettings, _rate, guided_baseline_methods, prior_methods
-from .metrics import RATE_KEYS, paired_change, wilson_interval
+from .bench import ABLATIONS, BASELINES, ToySettings, _rate, guided_baseline_methods, prior_methods
+from .metrics import RATE_KEYS, Z_95, across_training_seeds, paired_change, wilson_interval
 from .world import FAMILIES
 
 # The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
@@ -39,19 +39,24 @@ CHANGES_ONLY = {**{key: guided_baseline_methods for key in BASELINE_GUIDANCE},
                 **{key: prior_methods for key in ("settings.prior_guidance", "settings.prior_guidance_terms")}}
 
 
+# what newer runs record and older ones lack: compared where both runs record it
+RECORDED_SINCE = ("base sha256",)
+
+
 def _comparable(report: dict) -> dict:
     """What must match for two runs' figures to be averaged: the held-out set, the base, every setting but the seed."""
     # a setting added since a run was made is the default it ran with (adam_beta2, lora_targets, ...)
     defaults = {f.name: f.default for f in dataclasses.fields(ToySettings) if f.name not in report["settings"]}
     settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
     settings = {k: v for k, v in settings.items() if k not in CHANGES_ONLY or CHANGES_ONLY[k](list(report["methods"]))}
-    return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **settings}
+    base = {"base sha256": report["base_sha256"]} if "base_sha256" in report else {}  # older runs lack it
+    return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **base, **settings}
 
 
 def _differing(key: dict, other: dict) -> list[str]:
     """The ``_comparable`` keys two runs differ in; a ``CHANGES_ONLY`` setting only where both ran a method it changes."""
     return [k for k in {**key, **other} if key.get(k) != other.get(k)
-            and (k not in CHANGES_ONLY or (k in key and k in other))]
+            and (k not in (*CHANGES_ONLY, *RECORDED_SINCE) or (k in key and k in other))]
 
 
 def settings_differ(key: dict, other: dict) -> list[str]:
@@ -100,12 +105,44 @@ def _per_tuple(by_seed: dict[int, dict], key: str) -> list[float]:
     return [sum(values) / len(values) for values in zip(*seeds)]
 
 
+def _seed_pairs(a: tuple[str, dict[int, dict]], b: tuple[str, dict[int, dict]]) -> list[tuple[int, dict, dict]]:
+    """(training seed, a's figures, b's) for each training seed both ran; an untrained baseline's one run (its
+    figures are the same at any seed) pairs with each of the other side's seeds."""
+    (a_name, a_runs), (b_name, b_runs) = a, b
+    a_fixed, b_fixed = a_name in BASELINES, b_name in BASELINES
+    if a_fixed and b_fixed:
+        return [(min(a_runs), a_runs[min(a_runs)], b_runs[min(b_runs)])]
+    if a_fixed or b_fixed:
+        fixed, trained = (a_runs, b_runs) if a_fixed else (b_runs, a_runs)
+        one = fixed[min(fixed)]
+        return [(s, one, trained[s]) if a_fixed else (s, trained[s], one) for s in sorted(trained)]
+    return [(s, a_runs[s], b_runs[s]) for s in sorted(set(a_runs) & set(b_runs))]
+
+
+def paired(a: tuple[str, dict[int, dict]], b: tuple[str, dict[int, dict]], key: str) -> dict:
+    """Method a minus method b on rate ``key``, each given as (name, training seed -> figures): ``change`` and ``ci``,
+    paired over the held-out tuples (each tuple's rate averaged over each side's training seeds first; the interval
+    holds the training runs fixed); ``by_training_seed``, the change at each seed both ran, with its tuple interval;
+    and where there are two such seeds or more, ``seed_ci``: the interval that counts the training seeds' spread too
+    (``metrics.across_training_seeds``), what a verdict rests on."""
+    change, low, high = paired_change(_per_tuple(a[1], key), _per_tuple(b[1], key))
+    result = {"change": change, "ci": [low, high], "by_training_seed": {}}
+    for seed, mine, theirs in _seed_pairs(a, b):
+        at_seed, seed_low, seed_high = paired_change(mine["per_tuple"][key], theirs["per_tuple"][key])
+        result["by_training_seed"][str(seed)] = {"change": at_seed, "ci": [seed_low, seed_high]}
+    by_seed = [entry["change"] for entry in result["by_training_seed"].values()]
+    n = len(next(iter(a[1].values()))["per_tuple"][key])
+    interval = across_training_seeds(change, ((high - low) / (2 * Z_95)) ** 2, n, by_seed)
+    if interval is not None:
+        result["seed_ci"] = list(interval)
+    return result
+
+
 def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, each seed's value;
-    ``against_byg``: the change against ByG, paired over the tuples (each tuple's rate averaged over the training
-    seeds first), with its interval."""
+    """Per method and rate: the mean over training seeds, its Wilson interval over the tuples, each seed's value and,
+    over two seeds or more, ``<rate>_seed_ci``, the interval that counts the seeds' spread too; ``against_byg``: the
+    change against ByG (``paired``)."""
     summary = {}
-    byg = {key: _per_tuple(runs["byg"], key) for key in RATE_KEYS} if "byg" in runs else None
     for method, by_seed in runs.items():
         per_seed = [by_seed[s] for s in sorted(by_seed)]
         n = per_seed[0]["n"]
@@ -117,20 +154,26 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[key] = mean
             entry[f"{key}_ci"] = list(wilson_interval(mean, n))
             entry[f"{key}_by_training_seed"] = values
+            interval = across_training_seeds(mean, mean * (1 - mean) / n, n, values)
+            if interval is not None:
+                entry[f"{key}_seed_ci"] = [max(0.0, interval[0]), min(1.0, interval[1])]
         entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
                                        for key in RATE_KEYS} for family in FAMILIES}
-        if byg is not None and method != "byg":
-            entry["against_byg"] = {}
-            for key in RATE_KEYS:
-                change, low, high = paired_change(_per_tuple(by_seed, key), byg[key])
-                entry["against_byg"][key] = {"change": change, "ci": [low, high]}
+        if "byg" in runs and method != "byg":
+            entry["against_byg"] = {key: paired((method, by_seed), ("byg", runs["byg"]), key) for key in RATE_KEYS}
         summary[method] = entry
     return summary
 
 
-def against(runs: dict[str, dict[int, dict]], other: dict[str, dict[int, dict]]) -> dict[str, dict]:
-    """Each method of both settings: for each rate the change from ``other``'s runs to ``runs``', paired tuple by
-    tuple (each tuple's rate averaged over each side's training seeds first), with its 95% interval."""
+def against(these: tuple[dict[str, dict[int, dict]], dict], others: tuple[dict[str, dict[int, dict]], dict]
+            ) -> dict[str, dict]:
+    """Each method of both settings (each side as ``collect`` returns it: the runs and what they share): for each
+    rate the change from ``others``' runs to ``these``, ``paired`` tuple by tuple; refused unless both sides were
+    scored on the same held-out tuples."""
+    (runs, key), (other, other_key) = these, others
+    if other_key["held_out"] != key["held_out"]:
+        raise ValueError(f"the --against runs were scored on another held-out set than the --runs: "
+                         f"{other_key['held_out']} vs {key['held_out']}; only runs on the same held-out tuples pair")
     common = [method for method in runs if method in other]
     if not common:
         raise ValueError(f"the --runs ({', '.join(runs)}) and the --against runs ({', '.join(other)}) have no method "
@@ -138,19 +181,21 @@ def against(runs: dict[str, dict[int, dict]], other: dict[str, dict[int, dict]])
     changes = {}
     for method in common:
         changes[method] = {"training_seeds": sorted(runs[method]), "against_training_seeds": sorted(other[method])}
-        for key in RATE_KEYS:
-            change, low, high = paired_change(_per_tuple(runs[method], key), _per_tuple(other[method], key))
-            changes[method][key] = {"change": change, "ci": [low, high]}
+        for rate in RATE_KEYS:
+            changes[method][rate] = paired((method, runs[method]), (method, other[method]), rate)
     return changes
 
 
 def _cell(entry: dict, key: str) -> str:
     values = entry[f"{key}_by_training_seed"]
-    return f"{_rate(entry, key)} ({min(values):.2f}-{max(values):.2f})"
+    seeds = entry.get(f"{key}_seed_ci")
+    over_seeds = f"; seeds [{seeds[0]:.3f}, {seeds[1]:.3f}]" if seeds else ""
+    return f"{_rate(entry, key)} ({min(values):.2f}-{max(values):.2f}{over_seeds})"
 
 
 def table(summary: dict[str, dict]) -> str:
-    lines = ["| method | " + " | ".join(f"{k} [95% CI] (training seeds' range)" for k in RATE_KEYS)
+    lines = ["| method | " + " | ".join(f"{k} [95% CI over tuples] (training seeds' range; [95% CI over tuples and "
+                                       "seeds])" for k in RATE_KEYS)
              + " | training seeds | minutes |", "|" + "---|" * (len(RATE_KEYS) + 3)]
     for method, entry in summary.items():
         seeds = ", ".join(map(str, entry["training_seeds"]))
@@ -169,9 +214,12 @@ def family_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _change(paired: dict) -> str:
-    """A paired change and its interval, ``{"change", "ci"}``, as printed."""
-    return f"{paired['change']:+.3f} [{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}]"
+def _change(change: dict) -> str:
+    """A paired change and its intervals (``paired``), as printed: over the tuples, then over tuples and seeds."""
+    text = f"{change['change']:+.3f} [{change['ci'][0]:+.3f}, {change['ci'][1]:+.3f}]"
+    if "seed_ci" in change:
+        text += f"; seeds [{change['seed_ci'][0]:+.3f}, {change['seed_ci'][1]:+.3f}]"
+    return text
 
 
 def against_table(changes: dict[str, dict]) -> str:
@@ -196,14 +244,17 @@ def against_byg_table(summary: dict[str, dict]) -> str:
 
 
 def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
-    """The paired change against ByG, and whether it goes the paper's way: its 95% interval excludes 0."""
-    paired = summary[method]["against_byg"][key]
-    change, (low, high) = paired["change"], paired["ci"]
+    """The paired change against ByG, and whether it goes the paper's way: its 95% interval over the tuples and the
+    training seeds excludes 0; where the two sides share one training seed, its interval over the tuples alone, and
+    the verdict says it holds for that one training run."""
+    change = summary[method]["against_byg"][key]
+    low, high = change.get("seed_ci", change["ci"])
+    basis = "" if "seed_ci" in change else " (one training run)"
     if sign == 0:
-        return change, "-"
+        return change["change"], "-"
     if low <= 0 <= high:
-        return change, "within noise"
-    return change, "yes" if sign * change > 0 else "opposite"
+        return change["change"], "within noise" + basis
+    return change["change"], ("yes" if sign * change["change"] > 0 else "opposite") + basis
 
 
 def directions_table(summary: dict[str, dict]) -> str:
@@ -241,12 +292,8 @@ def combine_runs(folders: Sequence[str | Path], out: Path, against_folders: Sequ
     record: dict = {"runs": [str(f) for f in folders], "methods": summary}
     if against_folders:
         other, other_key = collect(against_folders)
-        if other_key["held_out"] != key["held_out"]:
-            raise ValueError(f"the --against runs ({against_folders[0]}, ...) were scored on another held-out set than "
-                             f"the --runs ({folders[0]}, ...): {other_key['held_out']} vs {key['held_out']}; only runs "
-                             "on the same held-out tuples pair")
         differ = settings_differ(key, other_key)
-        changes = against(runs, other)
+        changes = against((runs, key), (other, other_key))
         other_summary = summarise(other)
         text += (f"\nThe --against runs ({len(against_folders)}):\n\n" + table(other_summary)
                  + "\n\nChange from the --against runs to the --runs, paired over the same held-out tuples (each "

@@ -136,10 +136,49 @@ def test_the_ablation_reading_needs_the_paired_interval_to_exclude_zero():
                                 "preservation": {"change": -change, "ci": [-high, -low]}}}
 
     summary = {"byg": {}, "no_cycle": entry(0.1, 0.05, 0.15), "no_bootstrapping": entry(0.02, -0.01, 0.05)}
-    assert direction(summary, "no_cycle", "edit_success", +1) == (pytest.approx(0.1), "yes")
-    assert direction(summary, "no_cycle", "preservation", +1) == (pytest.approx(-0.1), "opposite")
-    assert direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise"
+    assert direction(summary, "no_cycle", "edit_success", +1) == (pytest.approx(0.1), "yes (one training run)")
+    assert direction(summary, "no_cycle", "preservation", +1) == (pytest.approx(-0.1), "opposite (one training run)")
+    assert direction(summary, "no_bootstrapping", "edit_success", -1)[1] == "within noise (one training run)"
     assert direction(summary, "no_bootstrapping", "preservation", 0)[1] == "-"
+    # over training seeds the verdict rests on the interval that counts their spread: here it holds 0
+    summary["no_cycle"]["against_byg"]["edit_success"]["seed_ci"] = [-0.02, 0.22]
+    assert direction(summary, "no_cycle", "edit_success", +1)[1] == "within noise"
+    summary["no_cycle"]["against_byg"]["edit_success"]["seed_ci"] = [0.02, 0.18]
+    assert direction(summary, "no_cycle", "edit_success", +1)[1] == "yes"
+
+
+def test_t_quantiles_are_students_and_fall_to_the_normals():
+    """The table against the t density integrated numerically (Simpson), and the interpolation between its rows."""
+    import math
+
+    from byg_core.toy.metrics import Z_95, t_quantile
+
+    def coverage(q, df, steps=20000):
+        density = lambda x: math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)  # noqa: E731
+                                     - (df + 1) / 2 * math.log1p(x * x / df)) / math.sqrt(df * math.pi)
+        h = q / steps
+        return 2 * h / 3 * sum((1 if i in (0, steps) else 4 if i % 2 else 2) * density(i * h) for i in range(steps + 1))
+
+    for df in (1, 2, 3, 4, 7, 12, 30):
+        assert coverage(t_quantile(df), df) == pytest.approx(0.95, abs=2e-4)
+    assert coverage(t_quantile(2.5), 2.5) == pytest.approx(0.95, abs=2e-3)  # a Welch-Satterthwaite fraction
+    assert coverage(t_quantile(60), 60) == pytest.approx(0.95, abs=2e-4)
+    assert t_quantile(1e9) == pytest.approx(Z_95) and t_quantile(3) > t_quantile(3.5) > t_quantile(4)
+    with pytest.raises(ValueError):
+        t_quantile(0.5)
+
+
+def test_an_interval_over_training_seeds_counts_their_spread():
+    """One run says nothing of another: seeds that disagree widen the interval beyond the tuples', seeds that agree
+    leave it near the tuples' own; one seed gives none."""
+    from byg_core.toy.metrics import Z_95, across_training_seeds
+
+    tuple_variance = (0.02 / Z_95) ** 2  # a tuple interval of +-0.02
+    assert across_training_seeds(0.05, tuple_variance, 576, [0.05]) is None
+    agree = across_training_seeds(0.05, tuple_variance, 576, [0.049, 0.05, 0.051])
+    assert agree[0] == pytest.approx(0.05 - 0.02, abs=0.002) and agree[1] == pytest.approx(0.07, abs=0.002)
+    low, high = across_training_seeds(0.0145, tuple_variance, 576, [0.044, -0.015])  # no routing's preservation
+    assert low < 0 < high and high - low > 10 * 0.04  # two seeds that disagree: a t with about one degree of freedom
 
 
 def test_combine_pairs_each_method_with_byg_tuple_by_tuple(runs, tmp_path):
@@ -159,6 +198,11 @@ def test_combine_pairs_each_method_with_byg_tuple_by_tuple(runs, tmp_path):
             paired = summary[method]["against_byg"][key]
             assert paired["change"] == pytest.approx(sum(d) / len(d))
             assert paired["ci"][0] <= paired["change"] <= paired["ci"][1]
+            # each training seed paired with ByG's own (the untrained baseline's one run with each of ByG's seeds)
+            at_seed = {str(s): sum(m - b for m, b in zip(mine[0 if len(mine) == 1 else s], byg_[s])) / len(d)
+                       for s in (0, 1)}
+            assert {s: v["change"] for s, v in paired["by_training_seed"].items()} == pytest.approx(at_seed)
+            assert paired["seed_ci"][0] <= paired["ci"][0] + 1e-12 and paired["seed_ci"][1] >= paired["ci"][1] - 1e-12
     assert byg(["bench", "combine", "--runs", str(runs / "identity"), "--out", str(tmp_path / "alone")]) == 0
     alone = (tmp_path / "alone" / "summary.md").read_text()
     # no ByG and no ablation among the runs: no empty tables
@@ -215,3 +259,22 @@ def test_combine_against_refuses_what_does_not_pair(runs, tmp_path, capsys):
     assert "another held-out set" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert byg(["bench", "--against", str(runs / "seed0"), "--out", str(tmp_path / "c")]) == 2  # outside combine
     assert "byg bench combine" in capsys.readouterr().err
+
+
+def test_runs_on_two_bases_of_one_name_are_refused_by_their_contents(runs, tmp_path, capsys):
+    """The GPU script names its pretrained bases as the shipped ones: the base's SHA-256 tells them apart; a run written
+    before the hash was recorded combines by the name alone."""
+    from byg_core.toy.bench import file_sha256
+    from byg_core.toy.model import DEFAULT_TOY_WEIGHTS
+
+    report = json.loads((runs / "seed1" / "results.json").read_text())
+    assert report["base_sha256"] == file_sha256(DEFAULT_TOY_WEIGHTS)
+    for name, sha in (("other_base", "0" * 64), ("older", None)):
+        (tmp_path / name).mkdir()
+        changed = {k: v for k, v in report.items() if k != "base_sha256"} | ({"base_sha256": sha} if sha else {})
+        (tmp_path / name / "results.json").write_text(json.dumps(changed))
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "other_base"),
+                "--out", str(tmp_path / "no")]) == 2
+    assert "differ in base sha256: " in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "older"),
+                "--out", str(tmp_path / "yes")]) == 0
