@@ -164,7 +164,7 @@ def load_pixels(
 def cmd_edit(args: argparse.Namespace) -> int:
     from .lora_io import load_lora
     from .loading import load_backbone
-    from .sample import EDIT_STEPS, edit
+    from .sample import EDIT_STEPS, edit, guide_scales_of
     from .video_io import save_pixels
 
     args.steps = EDIT_STEPS if args.steps is None else args.steps
@@ -185,7 +185,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                          "model takes (training's rule)") from None
     x = backbone.encode_pixels(pixels)
     c = backbone.encode_text([args.instruction])
-    result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
+    with guide_scales_of(backbone, args.cfg):
+        result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
 
@@ -454,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "
                            "ComfyUI, which records none)")
     edit.add_argument("--steps", type=int, default=None, help="ODE steps (default: the paper's 20)")
+    edit.add_argument("--cfg", type=float, nargs="+", default=None, metavar="W",
+                      help="classifier-free guidance against the model's negative prompt: one scale, or one per expert "
+                           "(A14B: high-noise, low-noise); 1: none (default: the model's own sampler's, Wan2.2 "
+                           "TI2V-5B 5 and A14B 4 / 3; FLUX.1-dev takes none)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")
     edit.set_defaults(run=cmd_edit)

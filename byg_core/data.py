@@ -309,7 +309,8 @@ def cache(
             raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
-    backbone.encode_text([""])  # a guided prior's empty prompt (ObjectiveConfig.prior_guidance)
+    # a guided prior's empty prompt (ObjectiveConfig.prior_guidance); the negative prompt a preview edit guides against
+    backbone.encode_text(list(dict.fromkeys(["", backbone.negative_prompt])))
     backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
     return CachedEdits(torch.cat(latents), list(dataset.records))
 

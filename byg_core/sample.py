@@ -8,7 +8,7 @@ optionally with classifier-free guidance (``guided_velocity``), as their papers 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -80,14 +80,46 @@ def edit(
     keep_states: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> EditResult:
-    """Edit source latents ``x`` by instruction ``c`` with the EMA (default) or student adapter."""
+    """Edit source latents ``x`` by instruction ``c`` with the EMA (default) or student adapter, guided as the
+    model's own sampler guides (``EditBackbone.guide_scale``: Wan2.2 against its negative prompt; FLUX not)."""
     c = as_batch(c, x.shape[0])
     eps = initial_noise(x.shape, seed, x.device, x.dtype)
+    scheduler = backbone.schedule(steps, x.shape, x.device)
+    n_train = scheduler.config.num_train_timesteps
+    guided = any(backbone.guide_scale(float(step) / n_train) != 1.0 for step in scheduler.timesteps)
+    uncond = as_batch(backbone.encode_text([backbone.negative_prompt]), x.shape[0]) if guided else None
+
+    def velocity(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_c = backbone.velocity(y, t, c, source=x)
+        w = backbone.guide_scale(float(t[0])) if guided else 1.0  # one t per step, every sample's
+        return v_c if w == 1.0 else classifier_free_guidance(v_c, backbone.velocity(y, t, uncond, source=x), w)
+
     with adapters.use(role):
-        return integrate(
-            backbone.schedule(steps, x.shape, x.device), lambda y, t: backbone.velocity(y, t, c, source=x), eps,
-            keep_states, on_step,
-        )
+        return integrate(scheduler, velocity, eps, keep_states, on_step)
+
+
+@contextmanager
+def guide_scales_of(backbone: EditBackbone, scales: float | Sequence[float] | None):
+    """Within the block, an edit's classifier-free guidance (``EditBackbone.guide_scale``) is ``scales``: one value for
+    every expert, or one per expert in order (high-noise first); None leaves the model's own. Refused for a model
+    whose sampler does not guide (FLUX.1-dev: its guidance is distilled into its guidance input)."""
+    if scales is None:
+        yield
+        return
+    if not hasattr(backbone, "guide_scales"):
+        if all(v == 1.0 for v in ([scales] if isinstance(scales, (int, float)) else scales)):
+            yield  # no guidance asked of a model that has none
+            return
+        raise ValueError(f"this {backbone.family} model's edits take no classifier-free guidance (cfg): leave it at "
+                         "the model's own (-1 on the nodes, no --cfg on the CLI)")
+    values = [float(scales)] * len(backbone.guide_scales) if isinstance(scales, (int, float)) else list(scales)
+    if len(values) != len(backbone.guide_scales) or min(values) < 0:
+        raise ValueError(f"cfg takes one scale >= 0, or one per expert ({len(backbone.guide_scales)}), got {scales}")
+    previous, backbone.guide_scales = backbone.guide_scales, dict(zip(backbone.guide_scales, values))
+    try:
+        yield
+    finally:
+        backbone.guide_scales = previous
 
 
 def guided_velocity(

@@ -10,6 +10,8 @@ from . import host
 from . import inputs as I
 from .values import MODEL
 
+DEFAULT_CFG = -1.0  # the cfg widget's "the model's own"
+
 # how a node user fixes each dimension a model refuses (byg_core's PixelShapeError.dimensions)
 FIX = {
     "height": "resize it with a stock ImageScale node",
@@ -20,20 +22,25 @@ FIX = {
 
 
 @contextmanager
-def guidance_of(backbone, guidance: float):
-    """FLUX.1-dev's distilled guidance for this run only (the backbone is shared); models without it ignore it."""
-    if not hasattr(backbone, "guidance"):
-        yield
-        return
-    previous, backbone.guidance = backbone.guidance, guidance
+def guidance_of(backbone, guidance: float, cfg: float = DEFAULT_CFG):
+    """For this run only (the backbone is shared): FLUX.1-dev's distilled ``guidance`` (models without it ignore it),
+    and ``cfg``, every expert's classifier-free guidance (a model with guide scales; -1 leaves them as they are)."""
+    from byg_core.sample import guide_scales_of
+
+    distilled = hasattr(backbone, "guidance")
+    previous = backbone.guidance if distilled else None
+    if distilled:
+        backbone.guidance = guidance
     try:
-        yield
+        with guide_scales_of(backbone, None if cfg == DEFAULT_CFG else cfg):
+            yield
     finally:
-        backbone.guidance = previous
+        if distilled:
+            backbone.guidance = previous
 
 
 def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int, guidance: float,
-             keep_states: bool = False):
+             keep_states: bool = False, cfg: float = DEFAULT_CFG):
     """Encode, edit with the model's LoRA state, decode: (edited pixels, decoded y_t states or None)."""
     from byg_core.backbones.base import PixelShapeError
     from byg_core.sample import edit
@@ -55,7 +62,7 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
     x = backbone.encode_pixels(pixels)
     adapters = model.prepare()
     progress = host.Progress(steps)
-    with guidance_of(backbone, guidance):
+    with guidance_of(backbone, guidance, cfg):
         result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=progress.update)
     progress.raise_if_interrupted()
     edited = backbone.decode_latents(result.latents)
@@ -70,6 +77,14 @@ def _common_inputs(what: str) -> dict:
         "seed": I.seed("Seed of the starting noise."),
         "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input ignore it."),
     }
+
+
+def _optional_inputs() -> dict:
+    # optional, so prompts and workflows saved before it existed still run (at the model's own guidance)
+    return {"cfg": I.number(DEFAULT_CFG, DEFAULT_CFG, 100.0, 0.1, (
+        "Classifier-free guidance against the model's negative prompt at every step. -1: the model's own sampler's "
+        "(Wan2.2 TI2V-5B 5.0; A14B 4.0 on the high-noise expert, 3.0 on the low-noise one; FLUX.1-dev none, its "
+        "guidance is the widget above). 1: none, half the compute."))}
 
 
 class BootstrapSampler:
@@ -92,12 +107,13 @@ class BootstrapSampler:
         }
         required |= _common_inputs("image")
         required["return_states"] = I.flag(False, "Also output the intermediate states y_t of the rollout.")
-        return {"required": required}
+        return {"required": required, "optional": _optional_inputs()}
 
     @host.outside_inference_mode(grad=False)
-    def sample(self, model, image, instruction, steps, seed, guidance, return_states):
+    def sample(self, model, image, instruction, steps, seed, guidance, return_states, cfg=DEFAULT_CFG):
         pixels = host.image_to_pixels(image)
-        edited, states = run_edit("BootstrapSampler", model, pixels, instruction, steps, seed, guidance, return_states)
+        edited, states = run_edit("BootstrapSampler", model, pixels, instruction, steps, seed, guidance, return_states,
+                                  cfg)
         image_out = host.pixels_to_image(edited)
         return (image_out, host.pixels_to_image(states) if return_states else image_out)
 
@@ -116,15 +132,15 @@ class BYGVideoEdit:
             "model": I.socket(MODEL, "A Wan2.2 video model carrying a ByG LoRA."),
             "frames": I.socket("IMAGE", "The video's frames in order (Wan takes 4k+1 frames)."),
         }
-        return {"required": required | _common_inputs("video")}
+        return {"required": required | _common_inputs("video"), "optional": _optional_inputs()}
 
     @host.outside_inference_mode(grad=False)
-    def edit(self, model, frames, instruction, steps, seed, guidance):
+    def edit(self, model, frames, instruction, steps, seed, guidance, cfg=DEFAULT_CFG):
         if model.family != "wan":
             raise ValueError(
                 f"BYGVideoEdit needs a Wan2.2 video model; the loaded model {model.name!r} is {model.family}, "
                 "an image model: edit its frames with BootstrapSampler, or load a Wan2.2 model"
             )
         video = host.frames_to_video(frames)
-        edited, _ = run_edit("BYGVideoEdit", model, video, instruction, steps, seed, guidance)
+        edited, _ = run_edit("BYGVideoEdit", model, video, instruction, steps, seed, guidance, cfg=cfg)
         return (host.video_to_frames(edited),)

@@ -173,6 +173,12 @@ def test_cli_trains_on_mp4_clips_and_edits_an_mp4(tmp_path, capsys):
                      "--overwrite"]) == 0
     assert read_video(out)[0].shape == (3, 5, 32, 32)
     assert "editing 5 frames of " in capsys.readouterr().out
+    guided = read_video(out)[0]
+    assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--frames", "5", "--overwrite",
+                     "--cfg", "1"]) == 0  # Wan2.2's guidance (5 on TI2V-5B) off
+    assert (read_video(out)[0] - guided).abs().max() > 0.01
+    assert cli.main([*edit, "--video", str(data / "clip0.mp4"), "--out", str(out), "--overwrite", "--cfg", "2", "3"]) == 2
+    assert "cfg takes one scale >= 0, or one per expert (1)" in capsys.readouterr().err
 
     # a clip the model's cells do not divide: --size fits it, as training's resolution does; without it, the refusal
     # names --size; a video --out that is no video container is refused before anything loads

@@ -134,9 +134,43 @@ def test_video_edit_runs_unipc_through_both_experts(tmp_path):
     pixels = backbone.decode_latents(result.latents)
     assert pixels.shape == (1, 3, 5, 16, 16)
     assert type(backbone.make_scheduler()).__name__ == "UniPCMultistepScheduler"
-    # 6 steps at Wan2.2's A14B shift 12: t = 1, 0.98, 0.96, 0.92 sit above the 0.875 boundary (2 patchify calls each)
+    # 6 steps at Wan2.2's A14B shift 12: t = 1, 0.98, 0.96, 0.92 sit above the 0.875 boundary (2 patchify calls each,
+    # latents and source, twice: the instruction's and the negative prompt's, as Wan2.2's sampler guides)
     high = sum(t >= 0.875 for t in result.t)
-    assert high == 4 and calls == {"transformer": 2 * high, "transformer_2": 2 * (6 - high)}
+    assert high == 4 and calls == {"transformer": 4 * high, "transformer_2": 4 * (6 - high)}
+
+
+def test_an_edit_guides_each_expert_at_wan22s_own_scale_against_the_negative_prompt(tmp_path):
+    """Paper B.2 edits video with Wan2.2's default configuration: classifier-free guidance every step against the
+    negative prompt, A14B's high-noise expert at 4 and its low-noise one at 3 (TI2V-5B: 5); cfg 1 is none."""
+    from byg_core.sample import guide_scales_of, initial_noise, integrate
+
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    assert backbone.guide_scales == {"transformer": 4.0, "transformer_2": 3.0}
+    assert build_toy_wan_backbone("ti2v-5b").guide_scales == {"transformer": 5.0}
+    batch = toy_videos(tmp_path, backbone, n=1).batch(backbone, [0])
+    adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())), seed=1)
+    x, c, u = batch.x, batch.c, backbone.encode_text([backbone.negative_prompt])
+
+    def by_hand(scale):
+        def velocity(y, t):
+            v_c, v_u = backbone.velocity(y, t, c, source=x), backbone.velocity(y, t, u, source=x)
+            return v_u + scale(float(t[0])) * (v_c - v_u)
+        with adapters.use(EMA):
+            return integrate(backbone.schedule(4, x.shape), velocity, initial_noise(x.shape, 0, x.device, x.dtype)).latents
+
+    wan22 = by_hand(lambda t: 4.0 if t >= 0.875 else 3.0)
+    torch.testing.assert_close(edit(backbone, adapters, x, c, steps=4).latents, wan22, rtol=0, atol=1e-6)
+    with guide_scales_of(backbone, 1.0):
+        unguided = edit(backbone, adapters, x, c, steps=4).latents
+    torch.testing.assert_close(unguided, by_hand(lambda t: 1.0), rtol=0, atol=1e-6)
+    assert (unguided - wan22).abs().max() > 1e-3 and backbone.guide_scales["transformer"] == 4.0  # put back
+    with guide_scales_of(backbone, [2.0, 1.0]):
+        torch.testing.assert_close(edit(backbone, adapters, x, c, steps=4).latents,
+                                   by_hand(lambda t: 2.0 if t >= 0.875 else 1.0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"cfg takes one scale >= 0, or one per expert \(2\)"):
+        with guide_scales_of(backbone, [2.0, 1.0, 1.0]):
+            pass
 
 
 def test_bad_videos_are_refused_through_the_dataset_with_file_line_and_nearest_values(tmp_path):

@@ -132,6 +132,13 @@ class EditBackbone(ABC):
         """Extra ``set_timesteps`` arguments (a resolution-dependent shift, say); none by default."""
         return {}
 
+    negative_prompt = ""  # what an edit's classifier-free guidance pushes away from (``guide_scale``)
+
+    def guide_scale(self, t: float) -> float:
+        """The classifier-free guidance of an edit at ``t`` against ``negative_prompt``; 1 (none) unless a model's
+        own sampler guides (FLUX.1-dev's guidance is distilled into its guidance input instead)."""
+        return 1.0
+
     def expert_for(self, t: float) -> str:
         """Which of ``transformers`` serves timestep ``t`` (only two-expert models override)."""
         return next(iter(self.transformers))

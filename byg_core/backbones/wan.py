@@ -183,6 +183,12 @@ def edit_forward(
 # Text: UMT5-XXL, as Wan's pipelines encode prompts
 # ---------------------------------------------------------------------------------------
 
+# Wan2.2's sample_neg_prompt (wan/configs/shared_config.py), the negative prompt its sampler guides against
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，"
+    "多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，"
+    "倒着走"
+)
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length; ComfyUI's UMT5 tokenizer pads to the same
 
 
@@ -271,6 +277,8 @@ class WanBackbone(EditBackbone):
         expand_timesteps: bool = False,
         positions: str = "same",
         flow_shift: float = 5.0,
+        guide_scales: Sequence[float] | None = None,
+        negative_prompt: str = WAN_NEGATIVE_PROMPT,
     ) -> None:
         super().__init__()
         if boundary_ratio is not None and transformer_2 is None:
@@ -287,6 +295,12 @@ class WanBackbone(EditBackbone):
         self.expand_timesteps = expand_timesteps  # TI2V-5B: per-token timesteps
         self.positions = positions  # paper B.2 "same"; "offset" is the control
         self.flow_shift = flow_shift  # Wan2.2's UniPC shift: 5.0 for TI2V-5B, 12.0 for A14B (its sample_shift)
+        # an edit's classifier-free guidance per expert against Wan's negative prompt (1: none)
+        scales = [1.0] * len(self._transformers) if guide_scales is None else list(guide_scales)
+        if len(scales) != len(self._transformers):
+            raise ValueError(f"guide_scales gives {len(scales)} values for {len(self._transformers)} experts")
+        self.guide_scales = dict(zip(self._transformers, map(float, scales)))
+        self.negative_prompt = negative_prompt
 
     @classmethod
     def from_variant(cls, variant: str, transformer: nn.Module, **kwargs) -> "WanBackbone":
@@ -297,11 +311,17 @@ class WanBackbone(EditBackbone):
         kwargs.setdefault("expand_timesteps", spec.expand_timesteps)
         kwargs.setdefault("boundary_ratio", spec.boundary_ratio)
         kwargs.setdefault("flow_shift", spec.flow_shift)
+        kwargs.setdefault("guide_scales", spec.guide_scales)
         return cls(transformer, **kwargs)
 
     @property
     def transformers(self) -> dict[str, nn.Module]:
         return self._transformers
+
+    def guide_scale(self, t: float) -> float:
+        """Wan2.2's sampler guides every step against its negative prompt, each expert at its own scale (paper B.2
+        edits with "the default configuration provided by Wan2.2": ``sample_guide_scale``)."""
+        return self.guide_scales[self.expert_for(t)]
 
     @property
     def latent_dtype(self) -> torch.dtype:
@@ -509,6 +529,7 @@ class WanVariant:
     vae_spatial_factor: int  # Wan2.2 VAE 16, Wan2.1 VAE 8
     vae_temporal_factor: int  # 4: frames 4k+1 -> k+1 latent frames
     flow_shift: float  # UniPC flow_shift: Wan2.2's own sample_shift (paper B.2: "the default configuration")
+    guide_scales: tuple[float, ...]  # Wan2.2's sample_guide_scale, per expert in order (high-noise first)
 
 
 def _wan_transformer(heads: int, channels: int, ffn_dim: int, layers: int) -> dict:
@@ -541,6 +562,7 @@ WAN22_VARIANTS = {
         vae_spatial_factor=16,
         vae_temporal_factor=4,
         flow_shift=5.0,
+        guide_scales=(5.0,),  # wan/configs/wan_ti2v_5B.py
     ),
     "t2v-a14b": WanVariant(
         transformer=_wan_transformer(heads=40, channels=16, ffn_dim=13824, layers=40),
@@ -550,6 +572,7 @@ WAN22_VARIANTS = {
         vae_spatial_factor=8,
         vae_temporal_factor=4,
         flow_shift=12.0,  # Wan2.2's T2V-A14B sample_shift (its own config; diffusers' pipeline config says 3.0)
+        guide_scales=(4.0, 3.0),  # wan/configs/wan_t2v_A14B.py sample_guide_scale = (3.0, 4.0): (low, high) noise
     ),
 }
 

@@ -284,7 +284,8 @@ def build_toy_wan_backbone(variant: str = "ti2v-5b", seed: int = 0, positions: s
     if variant == "t2v-a14b":
         experts["transformer_2"] = _random_transformer(config, seed + 1)
     return WanBackbone.from_variant(
-        variant, **experts, codec=codec, text_encoder=ToyTextEncoder(**TOY_TEXT), positions=positions
+        variant, **experts, codec=codec, text_encoder=ToyTextEncoder(**TOY_TEXT), positions=positions,
+        negative_prompt="",  # the toy vocabulary reads no Chinese: it guides against the empty prompt
     )
 
 
