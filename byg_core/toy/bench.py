@@ -507,7 +507,7 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
               loraplus_lr_ratio: float | None = None, n_train: int | None = None,
               lora_targets: str | None = None, adam_beta2: float | None = None,
               baseline_guidance: tuple[float, float] | None = None, prior_guidance: float | None = None,
-              prior_guidance_terms: str | None = None) -> dict:
+              prior_guidance_terms: str | None = None, eval_seed: int | None = None) -> dict:
     """``byg bench``: the methods on the same held-out tuples; writes results.json/.md and grid.png.
 
     ``device`` (default: the GPU when there is one) and ``base`` (a toy base file, default the shipped one)
@@ -517,7 +517,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
     distinct training tuples and the layers its LoRA wraps for every trained method;
     ``edit_steps`` every method's sampler steps on the held-out tuples; ``baseline_guidance`` (source, target) the
     zero-shot baselines' classifier-free guidance and ``prior_guidance`` that of ByG's prior (each a base pretrained
-    with dropped captions only), ``prior_guidance_terms`` which of the prior's velocities that guides.
+    with dropped captions only), ``prior_guidance_terms`` which of the prior's velocities that guides; ``eval_seed``
+    the draw of the held-out tuples.
     """
     settings = with_steps(settings or BENCH_SETTINGS, steps, seed)
     settings = dataclasses.replace(settings, lr=settings.lr if lr is None else lr,
@@ -528,7 +529,8 @@ def run_bench(out: Path, suite: str = "main", steps: int | None = None, seed: in
                                    lora_targets=lora_targets or settings.lora_targets,
                                    edit_steps=edit_steps or settings.edit_steps,
                                    prior_guidance=prior_guidance or settings.prior_guidance,
-                                   prior_guidance_terms=prior_guidance_terms or settings.prior_guidance_terms)
+                                   prior_guidance_terms=prior_guidance_terms or settings.prior_guidance_terms,
+                                   eval_seed=settings.eval_seed if eval_seed is None else eval_seed)
     if baseline_guidance is not None:
         settings = dataclasses.replace(settings, baseline_src_guidance=baseline_guidance[0],
                                        baseline_tgt_guidance=baseline_guidance[1])

@@ -391,6 +391,9 @@ def sample_tuples(
     return _rejection_sample(n, draw, keep)
 
 
+MAX_EVAL_SEED = 3000  # held-out draws' scene seeds stay within 10000-18999 (seen) and 20000-28999 (unseen)
+
+
 def held_out_tuples(per_cell: int, seed: int) -> list[EditTuple]:
     """An evaluation set balanced over edit families and colour splits: ``per_cell`` tuples of each family
     on seen colour pairs, then ``per_cell`` of each touching UNSEEN_COMBOS; deterministic from ``seed``.
@@ -399,9 +402,13 @@ def held_out_tuples(per_cell: int, seed: int) -> list[EditTuple]:
     (25% shape-kind edits, the hard family) that measured edit success 0.77 where 288 balanced tuples
     measured 0.55-0.58 (issue 17).
     """
-    seen = [sample_tuples(per_cell, seed + 10_000 + i, families=(name,)) for i, name in enumerate(FAMILIES)]
-    unseen = [sample_tuples(per_cell, seed + 20_000 + i, families=(name,), exclude_combos=(),
-                            require_combos=UNSEEN_COMBOS) for i, name in enumerate(FAMILIES)]
+    if not 0 <= seed < MAX_EVAL_SEED:
+        raise ValueError(f"a held-out draw's seed is in [0, {MAX_EVAL_SEED}), got {seed}")
+    # each (draw, family) its own scene seed: draws 0 and 1 once shared two families' scenes (seed + i)
+    cells = [len(FAMILIES) * seed + i for i in range(len(FAMILIES))]
+    seen = [sample_tuples(per_cell, 10_000 + cell, families=(name,)) for cell, name in zip(cells, FAMILIES)]
+    unseen = [sample_tuples(per_cell, 20_000 + cell, families=(name,), exclude_combos=(),
+                            require_combos=UNSEEN_COMBOS) for cell, name in zip(cells, FAMILIES)]
     return [t for cell in seen + unseen for t in cell]
 
 

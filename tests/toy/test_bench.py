@@ -113,6 +113,11 @@ def test_the_bench_runs_the_methods_asked_for_on_a_held_out_set_fixed_across_tra
     # the same held-out tuples whatever the training seed: doing nothing measures the same
     assert reports[0]["methods"]["identity"] == {**reports[1]["methods"]["identity"],
                                                  "seconds": reports[0]["methods"]["identity"]["seconds"]}
+    # --eval-seed: another draw, recorded, whose tuples none of the set every figure was chosen on share
+    other = bench.run_bench(tmp_path / "untouched", methods=["identity"], settings=bench.SMOKE_SETTINGS, eval_seed=1)
+    assert other["held_out"]["eval_seed"] == 1 and other["settings"]["eval_seed"] == 1
+    drawn = [{t.record()["src_caption"] + repr(t.source) for t in bench.eval_split(3, seed)} for seed in (0, 1)]
+    assert not drawn[0] & drawn[1]
     with pytest.raises(ValueError, match="no_cycle"):
         bench.suite_methods(bench.SMOKE_SETTINGS, "main", ["no_cycle"])
     with pytest.raises(ValueError, match="multiple of 3"):

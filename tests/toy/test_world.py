@@ -209,6 +209,11 @@ def test_held_out_sets_are_balanced_over_families_and_colour_splits():
     for t in tuples:
         validate_tuple(t)
     assert held_out_tuples(20, seed=0) == tuples and held_out_tuples(20, seed=1) != tuples
+    # another draw shares no scene with this one (draws 0 and 1 once shared two families' source scenes)
+    scenes = [{t.source for t in held_out_tuples(20, seed=s)} for s in (0, 1, 2, 100)]
+    assert all(not a & b for i, a in enumerate(scenes) for b in scenes[i + 1:])
+    with pytest.raises(ValueError, match=r"a held-out draw's seed is in \[0, 3000\)"):
+        held_out_tuples(1, seed=3000)
     training = {(t.source, t.family) for t in sample_tuples(200, seed=0)}
     assert not training & {(t.source, t.family) for t in tuples}  # its own draws, not the training tuples
 
