@@ -36,7 +36,7 @@ from ..plots import image_grid, loss_curve, save_png
 from ..safefiles import write_text_atomic
 from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
-from .metrics import RATE_KEYS, aggregate_seeds, evaluate_edit
+from .metrics import CLEAN_EDIT_RULE, RATE_KEYS, aggregate_seeds, evaluate_edit
 from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional, pretrain_record
 from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tuples
 
@@ -430,7 +430,8 @@ def method_report(metrics: dict) -> dict:
 def held_out_info(settings: ToySettings, tuples: list[EditTuple]) -> dict:
     return {"tuples": len(tuples), "per_family_and_split": len(tuples) // (2 * len(FAMILIES)),
             "eval_seed": settings.eval_seed, "noise_seeds": list(settings.noise_seeds),
-            "interval": "95% Wilson over the held-out tuples, each tuple's noise seeds averaged first"}
+            "interval": "95% Wilson over the held-out tuples, each tuple's noise seeds averaged first",
+            "clean_edit_rule": CLEAN_EDIT_RULE}
 
 
 def write_report(out: Path, results: dict[str, MethodResult], settings: ToySettings, tuples, extra: dict) -> None:

@@ -20,10 +20,14 @@ with the true edited mask is at least PRESERVE_IOU and its centroid is within
 PRESERVE_CENTROID_PX pixels of the true edited mask's centroid.
 
 Both read the scene back, so they are lenient: a colour read with a median passes a shape
-recoloured only in part. The strict criterion is the clean edit: the edit succeeds and at
-least CLEAN_EDIT_SHARE of the pixels are right, a pixel being right when it lies within
-CLEAN_PIXEL_DISTANCE of the true edited scene's pixel. Every rate carries a 95% Wilson
-interval (``wilson_interval``).
+recoloured only in part. The strict criterion is the clean edit: the edit succeeds, at least
+CLEAN_EDIT_SHARE of the pixels are right (within CLEAN_PIXEL_DISTANCE of the true edited scene's pixel),
+and at least CLEAN_EDIT_SHARE of the shapes' pixels (the source's and the true edited scene's: where the
+edit acts) show one of the true edited scene's two colours. The first alone (``clean_edit_image``, the rule
+of every figure recorded before the second was added) let a small shape recoloured on 57% of its pixels
+pass; the second does not count an outline a pixel off, which a 16 px render cannot always determine
+(``clean_edit_ceiling``), nor a wrong pixel of a scene colour, which the first counts. Every rate carries
+a 95% Wilson interval (``wilson_interval``).
 """
 
 from __future__ import annotations
@@ -60,9 +64,13 @@ PRESERVE_CENTROID_PX = 1.5
 # the shape mask uses). Tighter tolerances hardly change the rate: a trained editor's pixels sit within 0.1 of
 # a palette colour 90% of the time (the demo's LoRA: 3.1% clean at 0.5, 2.1% at a max channel error of 0.1).
 CLEAN_PIXEL_DISTANCE = 0.5
-# At least 95% of the pixels (at most 12 of a 16 x 16 image wrong): a shape recoloured on 57% of its pixels
-# fails, as the issue asks (a mid-size shape has 40 to 100 pixels), while a few ragged edge pixels pass.
+# At least 95% of the pixels (at most 12 of a 16 x 16 image wrong), and 95% of the shapes' pixels (the source's
+# and the true edited scene's) in the edited scene's own colours: a shape recoloured on 57% of its pixels fails at
+# every size, as the issue asks, while a few ragged pixels pass. The image alone passed 57% on a small shape (an
+# 18-pixel triangle: 8 wrong pixels are 3% of the image), and 75% on half the bench's shape-colour tuples.
 CLEAN_EDIT_SHARE = 0.95
+CLEAN_EDIT_RULE = "95% of the pixels right and 95% of the shapes' pixels in the scene's colours"  # results.json
+IMAGE_ONLY_RULE = "95% of the pixels right"  # the rule of runs that record none
 # The rates that carry an interval wherever they are reported; the rest are diagnostics.
 RATE_KEYS = ("clean_edit", "edit_success", "preservation")
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -164,16 +172,34 @@ def edit_succeeded(reading: Reading, tup: EditTuple) -> bool:
     return getattr(reading, field) == getattr(tup.target, field)
 
 
-def clean_edit(edited_img: torch.Tensor, tup: EditTuple, reading: Reading | None = None) -> float:
-    """1.0 when ``edited_img`` is a clean edit: the edit succeeds and CLEAN_EDIT_SHARE of its pixels are right.
+def edit_region(tup: EditTuple, side: int) -> torch.Tensor:
+    """Where an edit acts: the source's shape and the true edited scene's, (side, side) bool."""
+    return shape_mask(tup.source, side) | shape_mask(tup.target, side)
+
+
+def in_scene_colours(image: torch.Tensor, scene) -> torch.Tensor:
+    """Which pixels of a (3, H, W) image lie within CLEAN_PIXEL_DISTANCE of one of ``scene``'s two colours."""
+    colours = torch.tensor([PALETTE[scene.shape_color], PALETTE[scene.bg_color]], dtype=torch.float32)
+    distance = torch.linalg.vector_norm(image.detach().float().cpu().clamp(0, 1)[None] - colours[:, :, None, None], dim=1)
+    return distance.min(0).values <= CLEAN_PIXEL_DISTANCE
+
+
+def clean_edit(edited_img: torch.Tensor, tup: EditTuple, reading: Reading | None = None,
+               image_only: bool = False) -> float:
+    """1.0 when ``edited_img`` is a clean edit: the edit succeeds, CLEAN_EDIT_SHARE of its pixels are right and
+    CLEAN_EDIT_SHARE of ``edit_region``'s pixels are in the true edited scene's colours (``image_only``: the first
+    two alone, the earlier rule).
 
     Success is required as well because the pixel share alone passes doing nothing on a small shape's
     kind edit (a circle and a square of the same box differ by fewer than 12 pixels when the box is small).
     ``reading`` saves a second read of the same image.
     """
     reading = reading or read_scene(edited_img)
-    share = right_pixel_share(edited_img, render(tup.target, edited_img.shape[-1]))
-    return float(edit_succeeded(reading, tup) and share >= CLEAN_EDIT_SHARE)
+    side = edited_img.shape[-1]
+    shares = [right_pixel_share(edited_img, render(tup.target, side))]
+    if not image_only:
+        shares.append(float(in_scene_colours(edited_img, tup.target)[edit_region(tup, side)].float().mean()))
+    return float(edit_succeeded(reading, tup) and min(shares) >= CLEAN_EDIT_SHARE)
 
 
 @dataclass(frozen=True)
@@ -195,7 +221,8 @@ def clean_edit_ceiling(tup: EditTuple, samples: int = 40000, seed: int = 0) -> C
     kept when they render the source exactly (the posterior, the true one included; on the bench's held-out
     tuples none farther than 0.96 and 1.46 pixels does, of 20000 drawn within 3 and 4 pixels); each kept target outline
     is a candidate answer, scored by the share of kept targets it is a clean edit of (at most
-    (1 - CLEAN_EDIT_SHARE) of the pixels differ; the edited attribute is right by construction). The best
+    (1 - CLEAN_EDIT_SHARE) of the pixels differ; the edited attribute is right and every pixel is in the scene's
+    colours by construction). The best
     candidate's share is ``best``: below 1 where the source leaves the target's outline undetermined. The mean
     candidate's share is ``sampled``: the chance that an outline drawn from the posterior is a clean edit of a
     truth drawn from it too (the world's prior is uniform in the window, so the kept geometries are such draws).
@@ -217,7 +244,8 @@ def clean_edit_ceiling(tup: EditTuple, samples: int = 40000, seed: int = 0) -> C
     keep = prior.flatten() & same_source
     targets = kind_mask(tup.target.shape, cx[keep], cy[keep], box[keep], side).flatten(1).float()
     right = 1 - torch.cdist(targets, targets, p=1) / (side * side)  # share of pixels where two outlines agree
-    share = (right >= CLEAN_EDIT_SHARE).double().mean(1)  # clean_edit's rule, per candidate
+    # clean_edit's rule, per candidate (an outline drawn in the scene's colours meets its colour criterion)
+    share = (right >= CLEAN_EDIT_SHARE).double().mean(1)
     return Ceiling(best=float(share.max()), sampled=float(share.mean()))
 
 
@@ -290,7 +318,8 @@ def paired_change(a: Sequence[float], b: Sequence[float], z: float = Z_95) -> tu
 def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditTuple) -> dict:
     """Score one edited (3, N, N) image against the tuple's true edited scene.
 
-    Returns a row: ``family``, ``unseen`` and the metrics ``clean_edit``, ``edit_success``,
+    Returns a row: ``family``, ``unseen`` and the metrics ``clean_edit`` (``clean_edit_image``: by the whole image
+    alone, the earlier rule), ``edit_success``,
     ``preservation`` (0/1), ``right_pixels`` (the share ``clean_edit`` thresholds), ``mask_iou``,
     ``pixel_error`` (mean |edited - true target|) and ``source_distance`` (mean |edited - source|;
     0 means the editor did nothing).
@@ -311,10 +340,12 @@ def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditT
         "family": tup.family,
         "unseen": tup.unseen,
         "clean_edit": clean_edit(edited, tup, reading),
+        "clean_edit_image": clean_edit(edited, tup, reading, image_only=True),
         "edit_success": float(edit_succeeded(reading, tup)),
         "preservation": min(kept.values()),
         **kept,
         "right_pixels": right_pixel_share(edited, target),
+        "shape_right_pixels": float(right_pixels(edited, target)[edit_region(tup, side)].float().mean()),
         "mask_iou": iou,
         "pixel_error": float((edited - target).abs().mean()),
         "source_distance": float((edited - source_img.detach().float().cpu()).abs().mean()),

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..safefiles import write_text_atomic
 from .bench import ABLATIONS, BASELINES, ToySettings, _rate, guided_baseline_methods, prior_methods
-from .metrics import RATE_KEYS, Z_95, across_training_seeds, paired_change, wilson_interval
+from .metrics import IMAGE_ONLY_RULE, RATE_KEYS, Z_95, across_training_seeds, paired_change, wilson_interval
 from .world import FAMILIES
 
 # The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
@@ -50,7 +50,9 @@ def _comparable(report: dict) -> dict:
     settings = {f"settings.{k}": v for k, v in {**defaults, **report["settings"]}.items() if k != "seed"}
     settings = {k: v for k, v in settings.items() if k not in CHANGES_ONLY or CHANGES_ONLY[k](list(report["methods"]))}
     base = {"base sha256": report["base_sha256"]} if "base_sha256" in report else {}  # older runs lack it
-    return {"held_out": report["held_out"], "base file": Path(report["base"]).name, **base, **settings}
+    held_out = dict(report["held_out"])
+    rule = held_out.pop("clean_edit_rule", IMAGE_ONLY_RULE)  # a run that records none scored by the image alone
+    return {"held_out": held_out, "clean_edit rule": rule, "base file": Path(report["base"]).name, **base, **settings}
 
 
 def _differing(key: dict, other: dict) -> list[str]:
@@ -171,9 +173,10 @@ def against(these: tuple[dict[str, dict[int, dict]], dict], others: tuple[dict[s
     rate the change from ``others``' runs to ``these``, ``paired`` tuple by tuple; refused unless both sides were
     scored on the same held-out tuples."""
     (runs, key), (other, other_key) = these, others
-    if other_key["held_out"] != key["held_out"]:
-        raise ValueError(f"the --against runs were scored on another held-out set than the --runs: "
-                         f"{other_key['held_out']} vs {key['held_out']}; only runs on the same held-out tuples pair")
+    for part, what in (("held_out", "held-out set"), ("clean_edit rule", "clean-edit rule")):
+        if other_key[part] != key[part]:
+            raise ValueError(f"the --against runs were scored on another {what} than the --runs: {other_key[part]} "
+                             f"vs {key[part]}; only runs scored alike on the same held-out tuples pair")
     common = [method for method in runs if method in other]
     if not common:
         raise ValueError(f"the --runs ({', '.join(runs)}) and the --against runs ({', '.join(other)}) have no method "

@@ -219,6 +219,21 @@ def test_clean_edit_takes_the_truth_and_refuses_a_57_percent_recolouring():
     assert clean_edit(_recolour_part(t, 0.98), t) == 1.0  # two stray pixels are still a clean edit
 
 
+def test_a_small_shape_recoloured_on_57_percent_is_no_clean_edit_though_95_percent_of_the_image_is_right():
+    """The whole image alone (the earlier rule, ``clean_edit_image``) passed it: 8 wrong pixels of an 18-pixel
+    triangle are 3% of the image; of the shapes' pixels, 44% show the source's colour, which the edited scene lacks.
+    An outline a pixel off in the scene's own colours is not counted twice."""
+    t = make_edit(Scene("triangle", "red", "blue", 0.5, 0.5, 0.36), "shape_color", "green")
+    assert 15 <= int(shape_mask(t.target, 16).sum()) <= 22
+    partial = _recolour_part(t, 0.57)
+    row = evaluate_edit(render(t.source), partial, t)
+    assert row["right_pixels"] >= CLEAN_EDIT_SHARE and row["clean_edit_image"] == 1.0
+    assert (row["edit_success"], row["clean_edit"]) == (1.0, 0.0)
+    assert evaluate_edit(render(t.source), render(t.target), t)["clean_edit"] == 1.0
+    shifted = render(dataclasses.replace(t.target, cx=t.target.cx + 1 / 16))  # the outline a pixel to the right
+    assert clean_edit(shifted, t) == clean_edit(shifted, t, image_only=True) == 1.0
+
+
 def test_clean_edit_tolerates_small_colour_errors_but_not_another_colour():
     t = make_edit(Scene("circle", "white", "black", 0.5, 0.5, 0.6), "bg_color", "cyan")
     noise = 0.15 * torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))

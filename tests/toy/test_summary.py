@@ -278,3 +278,19 @@ def test_runs_on_two_bases_of_one_name_are_refused_by_their_contents(runs, tmp_p
     assert "differ in base sha256: " in capsys.readouterr().err and not (tmp_path / "no").exists()
     assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "older"),
                 "--out", str(tmp_path / "yes")]) == 0
+
+
+def test_runs_scored_by_another_clean_edit_rule_do_not_combine(runs, tmp_path, capsys):
+    """A run that records no rule was scored by the image's pixels alone, which passed a small shape recoloured in
+    part: its clean edits do not average with, or pair against, a run scored by the rule with the shapes' colours."""
+    report = json.loads((runs / "seed1" / "results.json").read_text())
+    assert report["held_out"]["clean_edit_rule"].startswith("95% of the pixels right and 95% of the shapes' pixels")
+    (tmp_path / "older").mkdir()
+    held_out = {k: v for k, v in report["held_out"].items() if k != "clean_edit_rule"}
+    (tmp_path / "older" / "results.json").write_text(json.dumps({**report, "held_out": held_out}))
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), str(tmp_path / "older"),
+                "--out", str(tmp_path / "no")]) == 2
+    assert "differ in clean_edit rule: 95% of the pixels right vs 95% of the pixels right and" in capsys.readouterr().err
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), "--against", str(tmp_path / "older"),
+                "--out", str(tmp_path / "no")]) == 2
+    assert "another clean-edit rule" in capsys.readouterr().err
