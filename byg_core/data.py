@@ -100,6 +100,20 @@ class EditDataset:
         return cls(root, records, rejected)
 
 
+def data_fingerprint(records: Sequence[EditRecord]) -> str:
+    """What a run trains on, as a hash: each tuple's prompts and its media (the file's name, size and modification
+    time; a folder's, each frame's), so that a dataset edited since (a line, a picture) gives another."""
+    import hashlib
+
+    def stamp(path: Path) -> list:
+        paths = frame_paths(path) if path.is_dir() else [path]
+        return [[p.name, *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else ())] for p in paths]
+
+    rows = [[r.src_caption, r.instruction, r.tgt_caption, r.reverse_instruction, str(r.media), stamp(r.media)]
+            for r in records]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
 def read_jsonl_text(index: Path) -> str:
     """edits.jsonl as text: UTF-8, with or without the byte-order mark Windows editors write."""
     raw = index.read_bytes()

@@ -23,7 +23,7 @@ from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
 from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
-from .data import CachedEdits
+from .data import CachedEdits, data_fingerprint
 from .lora_io import finished_lora, lora_steps, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, read_metadata, save_atomic, write_text_atomic
@@ -294,6 +294,7 @@ class Trainer:
             "byg.config": self.cfg.to_dict(),
             "byg.param_groups": optim["param_groups"],
             "byg.history": self.history,
+            "byg.data": data_fingerprint(self.data.records),  # the tuples it trained on (same_finished_run)
         }
         return save_atomic(tensors, self.checkpoint_path, metadata)
 
@@ -358,23 +359,26 @@ def existing_run(output_dir: str | Path) -> int | None:
 BOOKKEEPING_KEYS = ("output_dir", "text_cache_dir", "checkpoint_every", "preview_every", "log_every")
 
 
-def same_finished_run(cfg: TrainConfig) -> bool:
-    """Whether ``cfg.output_dir`` holds this very run, finished: its checkpoint is at ``cfg.steps``, was made with
-    ``cfg`` in every field but ``BOOKKEEPING_KEYS``, and its LoRA is there. Asked for again (a host re-running an
-    unchanged graph, after a restart or an edit elsewhere in it), such a run is returned as it is, not refused."""
+def same_finished_run(cfg: TrainConfig, data: str) -> TrainResult | None:
+    """``cfg.output_dir``'s run when it is this very run, finished: its checkpoint is at ``cfg.steps``, was made with
+    ``cfg`` in every field but ``BOOKKEEPING_KEYS`` and on the tuples whose ``data.data_fingerprint`` is ``data``, and
+    its LoRA is there; else None. Asked for again (a host re-running an unchanged graph, after a restart or an edit
+    elsewhere in it), such a run is returned as it is, without loading or encoding anything, not refused."""
     path = Path(cfg.output_dir) / CHECKPOINT
     metadata = read_metadata(path) if path.is_file() else None
-    if not metadata or metadata.get("byg.step") != str(cfg.steps) or "byg.config" not in metadata:
-        return False
+    if not metadata or metadata.get("byg.step") != str(cfg.steps) or metadata.get("byg.data") != data:
+        return None
     saved, now = json.loads(metadata["byg.config"]), cfg.to_dict()
     for key in (k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS):
         was, wanted = saved.get(key), now.get(key)
         if key == "data" and was is not None and wanted is not None:  # one folder however written
             was, wanted = Path(was), Path(wanted)
         if was != wanted:
-            return False
+            return None
     written = existing_lora(cfg.output_dir, cfg.save_name)
-    return bool(written) and all(lora_steps(path) == cfg.steps for path in written)
+    if not written or any(lora_steps(p) != cfg.steps for p in written):
+        return None
+    return TrainResult(cfg.steps, False, written, path, json.loads(metadata["byg.history"]))
 
 
 def existing_lora(output_dir: str | Path, save_name: str) -> list[Path]:

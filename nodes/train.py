@@ -103,8 +103,7 @@ class CycleTrainer:
     @host.outside_inference_mode(grad=True)
     def train(self, model, dataset, objective, preset, steps, learning_rate, rank, batch_size, seed, save_name, resume,
               warmup_identity_steps, preview_every, ema_decay, **schedule):
-        from byg_core.data import cache
-        from byg_core.lora_io import read_lora
+        from byg_core.data import cache, data_fingerprint
         from byg_core.memory import estimate
         from byg_core.train import Callbacks, Trainer, same_finished_run
 
@@ -118,9 +117,11 @@ class CycleTrainer:
                        warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
         config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule)
         # this very run, finished (ComfyUI runs the node again when anything upstream changed, or after a restart):
-        # returned as it is, as resume would; any other run under the name is refused
-        again = not resume and same_finished_run(config) and _loras_are_the_runs(name, config.output_dir, model.backbone)
-        if not resume and not again:
+        # returned as it is, nothing loaded or encoded; any other run under the name is refused
+        if not resume:
+            done = same_finished_run(config, data_fingerprint(dataset.dataset.records))
+            if done is not None and _loras_are_the_runs(name, config.output_dir, model.backbone):
+                return _result(name, model, done)
             _refuse_to_overwrite(name, config.output_dir, model.backbone)
         progress = host.Progress(config.steps)
         callbacks = Callbacks(
@@ -134,15 +135,24 @@ class CycleTrainer:
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
         logging.getLogger("comfyui-byg").info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # server log
-        if resume or again:
+        if resume:
             _resume(trainer, name)
         result = trainer.run()
         host.install_loras(result.set_aside)  # a longer run resumed under this name keeps the earlier LoRA as _step<K>
-        installed = host.install_loras(result.lora_paths)
+        installed = host.install_loras(result.lora_paths)  # a cancelled run's LoRA so far too
         progress.raise_if_interrupted()
-        lora = BygLora(name, model.family, tuple(read_lora(path, model.backbone) for path in installed))
-        curve = _loss_curve(result.history)
-        return {"ui": host.ui_images(curve, f"byg_loss_{name}"), "result": (lora, curve)}
+        return _result(name, model, result, installed)
+
+
+def _result(name: str, model, result, installed=None):
+    """The node's outputs for a run's result: its LoRA (installed in the loras folder unless ``installed`` says
+    where it is), and the loss curve."""
+    from byg_core.lora_io import read_lora
+
+    installed = installed or host.install_loras(result.lora_paths)
+    lora = BygLora(name, model.family, tuple(read_lora(path, model.backbone) for path in installed))
+    curve = _loss_curve(result.history)
+    return {"ui": host.ui_images(curve, f"byg_loss_{name}"), "result": (lora, curve)}
 
 
 def _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule):

@@ -360,6 +360,25 @@ def test_the_same_finished_run_asked_again_is_returned_untrained_and_any_other_i
     assert finished.read_bytes() == b"a LoRA the user put there"
 
 
+def test_a_finished_run_is_not_returned_for_a_dataset_edited_since(run, graph, host):
+    """The same folder and widgets, but a line of edits.jsonl changed (ComfyUI re-runs the graph for it): the
+    LoRA trained on the old tuples is not handed back as this run's; the request is refused."""
+    folder = host.root / "output" / "byg" / "datasets" / "toy"  # BYGToyDataset's, read as a user's folder
+    index = folder / "edits.jsonl"
+    (dataset, _) = run("BYGDataset", folder=str(folder), strict=True, width=0, height=0)
+    run("CycleTrainer", model=graph.model, dataset=dataset, objective=graph.objective,
+        **train_inputs(steps=2, preview_every=0, save_name="edited"))
+    (same, _) = run("BYGDataset", folder=str(folder), strict=True, width=0, height=0)
+    run("CycleTrainer", model=graph.model, dataset=same, objective=graph.objective,  # unchanged: returned
+        **train_inputs(steps=2, preview_every=0, save_name="edited"))
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # the same tuples, another order: another run
+    (edited, _) = run("BYGDataset", folder=str(folder), strict=True, width=0, height=0)
+    with pytest.raises(ValueError, match=r"save_name 'edited' already names a run"):
+        run("CycleTrainer", model=graph.model, dataset=edited, objective=graph.objective,
+            **train_inputs(steps=2, preview_every=0, save_name="edited"))
+
+
 def test_a_cancelled_rerun_keeps_the_finished_lora_byte_identical(run, graph, host):
     run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
         **train_inputs(steps=2, preview_every=0))
