@@ -175,17 +175,18 @@ MIN_CLIP_FRAMES = 5  # the shortest clip that is a video to Wan: one latent fram
 
 
 def check_clip(path: Path, frames: int | None, stride: int) -> None:
-    """A video gives a clip of ``frames`` frames at ``stride`` (``video_io.sample_frames``), of at least 5 frames: a
-    stride past its length would leave one frame, a still, silently."""
+    """A video gives a clip of ``frames`` frames at ``stride`` (``video_io.sample_frames``); unless ``frames`` asks
+    for fewer, of at least 5 frames: a stride past its length would leave one frame, a still, silently."""
     from .video_io import frame_count, sample_frames  # video_io builds on this module
 
     need = ((frames or MIN_CLIP_FRAMES) - 1) * stride + 1
     total = len(frame_paths(path)) if path.is_dir() else frame_count(path, limit=need)
     clip = len(sample_frames(total, frames, stride, source=path))
-    if clip < MIN_CLIP_FRAMES:
+    if frames is None and clip < MIN_CLIP_FRAMES:  # ``total`` is whole: fewer than ``need`` were there
+        fix = "lower frame_stride, or " if stride > 1 else ""
         raise ValueError(f"{path} gives a clip of {clip} frame{'s' * (clip > 1)} ({total} frames at frame_stride "
-                         f"{stride}); a video clip takes at least {MIN_CLIP_FRAMES} (4k+1): lower frame_stride, or give "
-                         "a still as 'image'")
+                         f"{stride}); a video clip takes at least {MIN_CLIP_FRAMES} (4k+1): {fix}give a still as "
+                         "'image'")
 
 
 def check_video(path: Path) -> None:

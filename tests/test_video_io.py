@@ -300,3 +300,4 @@ def test_a_clip_too_short_for_the_frame_rule_is_a_bad_line_that_a_lenient_datase
     with pytest.raises(DatasetError, match=r"short.mp4 gives a clip of 1 frame \(5 frames at frame_stride 8\)"):
         EditDataset.from_folder(root, stride=8)
     assert len(EditDataset.from_folder(root, strict=False, stride=3).records) == 2  # long.mp4 at stride 3: 5 frames
+    assert len(EditDataset.from_folder(root, frames=1, stride=8).records) == 3  # one frame asked for: given

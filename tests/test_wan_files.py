@@ -372,7 +372,7 @@ def test_a14b_stores_each_expert_in_fp8_before_reading_the_next(tmp_path, monkey
 def test_a_bf16_model_edits_and_trains_without_autocast_as_the_nodes_load_it_on_a_gpu(model, storage, tmp_path):
     """The nodes load Wan in bfloat16 on CUDA and train without autocast; Wan keeps its modulation tables in fp32,
     so the compute dtype is not its first parameter's: latents stay fp32 (as WanPipeline keeps them), each expert
-    gets its input in bf16, and an edit matches the same model's fp32-input forward pass to bf16 precision."""
+    gets its input cast to bf16 (the same velocity as from bf16 input), and an edit and a training step run."""
     from byg_core.adapters import Adapters, LoraSpec
     from byg_core.config import TrainConfig
     from byg_core.data import EditDataset, cache
@@ -390,6 +390,11 @@ def test_a_bf16_model_edits_and_trains_without_autocast_as_the_nodes_load_it_on_
     video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0))
     x, c = backbone.encode_pixels(video), backbone.encode_text([PROMPT])
     assert x.dtype == torch.float32
+    y, t = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0.95])
+    with torch.no_grad():
+        v = backbone.velocity(y, t, c, source=x)
+        assert v.dtype == torch.float32
+        torch.testing.assert_close(v, backbone.velocity(y.bfloat16(), t, c, source=x.bfloat16()).float(), rtol=0, atol=0)
     adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())), seed=0)
     out = edit(backbone, adapters, x, c, steps=2).latents
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -168,6 +168,8 @@ def test_an_edit_guides_each_expert_at_wan22s_own_scale_against_the_negative_pro
     with guide_scales_of(backbone, [2.0, 1.0]):
         torch.testing.assert_close(edit(backbone, adapters, x, c, steps=4).latents,
                                    by_hand(lambda t: 2.0 if t >= 0.875 else 1.0), rtol=0, atol=1e-6)
+    with guide_scales_of(backbone, [3.5]):  # `byg edit --cfg 3.5`: one value, every expert
+        assert backbone.guide_scales == {"transformer": 3.5, "transformer_2": 3.5}
     with pytest.raises(ValueError, match=r"cfg takes one scale >= 0, or one per expert \(2\)"):
         with guide_scales_of(backbone, [2.0, 1.0, 1.0]):
             pass

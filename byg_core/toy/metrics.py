@@ -197,8 +197,9 @@ def clean_edit(edited_img: torch.Tensor, tup: EditTuple, reading: Reading | None
     reading = reading or read_scene(edited_img)
     side = edited_img.shape[-1]
     shares = [right_pixel_share(edited_img, render(tup.target, side))]
-    if not image_only:
-        shares.append(float(in_scene_colours(edited_img, tup.target)[edit_region(tup, side)].float().mean()))
+    region = edit_region(tup, side)
+    if not image_only and region.any():  # at 2-4 px a shape can cover no pixel
+        shares.append(float(in_scene_colours(edited_img, tup.target)[region].float().mean()))
     return float(edit_succeeded(reading, tup) and min(shares) >= CLEAN_EDIT_SHARE)
 
 
@@ -264,41 +265,58 @@ def wilson_interval(rate: float, n: int, z: float = Z_95) -> tuple[float, float]
     return (0.0 if rate <= 0 else centre - half), (1.0 if rate >= 1 else centre + half)
 
 
-# Student's t 97.5% quantiles for 1 to 30 degrees of freedom; between, and up to the normal's at infinity, linear in 1/df
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+def _t_density(x: float, df: float) -> float:
+    return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - (df + 1) / 2 * math.log1p(x * x / df)) / math.sqrt(
+        df * math.pi)
 
 
-def t_quantile(df: float) -> float:
-    """Student's t 97.5% quantile for ``df`` >= 1 degrees of freedom (a fraction too: Welch-Satterthwaite's)."""
+def t_quantile(df: float, p: float = 0.975) -> float:
+    """Student's t quantile (97.5% by default) for ``df`` >= 1 degrees of freedom, a fraction too (Satterthwaite's):
+    its density integrated by Simpson's rule (400 intervals) and the CDF inverted by bisection; the normal's beyond
+    10^6 degrees of freedom."""
     if df < 1:
         raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
-    low = min(int(df), len(T_975))
-    if low == len(T_975):  # from 30 to infinity
-        return Z_95 + (T_975[-1] - Z_95) * len(T_975) / df
-    if df == low:
-        return T_975[low - 1]
-    weight = (1 / low - 1 / df) / (1 / low - 1 / (low + 1))
-    return T_975[low - 1] + weight * (T_975[low] - T_975[low - 1])
+    if df > 1e6:
+        return Z_95 if p == 0.975 else float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+    def cdf(q: float, steps: int = 400) -> float:
+        h = q / steps
+        weights = (1 if i in (0, steps) else 4 if i % 2 else 2 for i in range(steps + 1))
+        return 0.5 + h / 3 * sum(w * _t_density(i * h, df) for i, w in enumerate(weights))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < p else (low, middle)
+    return (low + high) / 2
 
 
-def across_training_seeds(mean: float, tuple_variance: float, n_tuples: int,
-                          by_seed: Sequence[float]) -> tuple[float, float] | None:
-    """95% interval of a figure averaged over S >= 2 training seeds (None with one): its variance is the held-out
-    tuples' (``tuple_variance``, the variance of the mean over ``n_tuples``) plus the training seeds' (the sample
-    variance of the S per-seed values over S), at Welch-Satterthwaite's degrees of freedom. A figure of one training
-    run says nothing of another run: the tuples' interval alone holds the run fixed."""
-    seeds = len(by_seed)
-    if seeds < 2:
+def over_seeds_and_tuples(table: Sequence[Sequence[float]]) -> tuple[float, float, float] | None:
+    """The mean of a (training seeds x held-out tuples) table — each training seed's per-tuple values on the same
+    tuples, or a paired change's — and its 95% interval counting both draws: Var(mean) = (MS_T + max(0, MS_S - MS_E))
+    / (n S) from the two-way ANOVA of the table (tuples, seeds, residual), at Satterthwaite's degrees of freedom. The
+    tuples' interval alone (``paired_change``, ``wilson_interval``) holds the training runs fixed; this one does not,
+    and is never the narrower. None with fewer than two seeds."""
+    seeds, n = len(table), len(table[0]) if table else 0
+    if seeds < 2 or n < 2:
         return None
-    centre = sum(by_seed) / seeds
-    seed_variance = sum((v - centre) ** 2 for v in by_seed) / (seeds - 1) / seeds
-    total = tuple_variance + seed_variance
+    grand = sum(map(sum, table)) / (seeds * n)
+    by_seed = [sum(row) / n for row in table]
+    by_tuple = [sum(column) / seeds for column in zip(*table)]
+    ms_seeds = n * sum((m - grand) ** 2 for m in by_seed) / (seeds - 1)
+    ms_tuples = seeds * sum((m - grand) ** 2 for m in by_tuple) / (n - 1)
+    ms_error = sum((x - by_seed[s] - by_tuple[i] + grand) ** 2 for s, row in enumerate(table) for i, x in enumerate(row)
+                   ) / ((seeds - 1) * (n - 1))
+    terms = [(ms_tuples, n - 1)] + ([(ms_seeds, seeds - 1), (-ms_error, (seeds - 1) * (n - 1))]
+                                    if ms_seeds > ms_error else [])
+    total = sum(ms for ms, _ in terms)
     if total <= 0:
-        return mean, mean
-    df = total**2 / (tuple_variance**2 / max(1, n_tuples - 1) + seed_variance**2 / (seeds - 1))
-    half = t_quantile(df) * math.sqrt(total)
-    return mean - half, mean + half
+        return grand, grand, grand
+    df = total**2 / sum(ms**2 / dof for ms, dof in terms)
+    half = t_quantile(max(1.0, df)) * math.sqrt(total / (n * seeds))
+    return grand, grand - half, grand + half
 
 
 def paired_change(a: Sequence[float], b: Sequence[float], z: float = Z_95) -> tuple[float, float, float]:
@@ -345,7 +363,7 @@ def evaluate_edit(source_img: torch.Tensor, edited_img: torch.Tensor, tup: EditT
         "preservation": min(kept.values()),
         **kept,
         "right_pixels": right_pixel_share(edited, target),
-        "shape_right_pixels": float(right_pixels(edited, target)[edit_region(tup, side)].float().mean()),
+        "shape_right_pixels": float(right_pixels(edited, target)[edit_region(tup, side)].float().mean().nan_to_num(1.0)),
         "mask_iou": iou,
         "pixel_error": float((edited - target).abs().mean()),
         "source_distance": float((edited - source_img.detach().float().cpu()).abs().mean()),

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..safefiles import write_text_atomic
 from .bench import ABLATIONS, BASELINES, ToySettings, _rate, guided_baseline_methods, prior_methods
-from .metrics import IMAGE_ONLY_RULE, RATE_KEYS, Z_95, across_training_seeds, paired_change, wilson_interval
+from .metrics import IMAGE_ONLY_RULE, RATE_KEYS, over_seeds_and_tuples, paired_change, wilson_interval
 from .world import FAMILIES
 
 # The paper's Table-4 directions (Sec. 6, Table 4): (what the paper reports, sign of the change in edit success, sign of
@@ -125,18 +125,18 @@ def paired(a: tuple[str, dict[int, dict]], b: tuple[str, dict[int, dict]], key: 
     """Method a minus method b on rate ``key``, each given as (name, training seed -> figures): ``change`` and ``ci``,
     paired over the held-out tuples (each tuple's rate averaged over each side's training seeds first; the interval
     holds the training runs fixed); ``by_training_seed``, the change at each seed both ran, with its tuple interval;
-    and where there are two such seeds or more, ``seed_ci``: the interval that counts the training seeds' spread too
-    (``metrics.across_training_seeds``), what a verdict rests on."""
+    and where there are two such seeds or more, ``seed_change`` and ``seed_ci``: the change over those seeds and the
+    interval that counts the training seeds' spread too (``metrics.over_seeds_and_tuples``), what a verdict rests on."""
     change, low, high = paired_change(_per_tuple(a[1], key), _per_tuple(b[1], key))
     result = {"change": change, "ci": [low, high], "by_training_seed": {}}
+    table = []  # per training seed both ran: each tuple's change
     for seed, mine, theirs in _seed_pairs(a, b):
+        table.append([x - y for x, y in zip(mine["per_tuple"][key], theirs["per_tuple"][key])])
         at_seed, seed_low, seed_high = paired_change(mine["per_tuple"][key], theirs["per_tuple"][key])
         result["by_training_seed"][str(seed)] = {"change": at_seed, "ci": [seed_low, seed_high]}
-    by_seed = [entry["change"] for entry in result["by_training_seed"].values()]
-    n = len(next(iter(a[1].values()))["per_tuple"][key])
-    interval = across_training_seeds(change, ((high - low) / (2 * Z_95)) ** 2, n, by_seed)
-    if interval is not None:
-        result["seed_ci"] = list(interval)
+    over_seeds = over_seeds_and_tuples(table)
+    if over_seeds is not None:  # over the seeds both ran, which may be fewer than either side's
+        result["seed_change"], result["seed_ci"] = over_seeds[0], list(over_seeds[1:])
     return result
 
 
@@ -156,9 +156,9 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[key] = mean
             entry[f"{key}_ci"] = list(wilson_interval(mean, n))
             entry[f"{key}_by_training_seed"] = values
-            interval = across_training_seeds(mean, mean * (1 - mean) / n, n, values)
-            if interval is not None:
-                entry[f"{key}_seed_ci"] = [max(0.0, interval[0]), min(1.0, interval[1])]
+            over_seeds = over_seeds_and_tuples([r["per_tuple"][key] for r in per_seed])
+            if over_seeds is not None:
+                entry[f"{key}_seed_ci"] = [max(0.0, over_seeds[1]), min(1.0, over_seeds[2])]
         entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
                                        for key in RATE_KEYS} for family in FAMILIES}
         if "byg" in runs and method != "byg":
@@ -251,13 +251,13 @@ def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, s
     training seeds excludes 0; where the two sides share one training seed, its interval over the tuples alone, and
     the verdict says it holds for that one training run."""
     change = summary[method]["against_byg"][key]
-    low, high = change.get("seed_ci", change["ci"])
+    value, (low, high) = change.get("seed_change", change["change"]), change.get("seed_ci", change["ci"])
     basis = "" if "seed_ci" in change else " (one training run)"
     if sign == 0:
-        return change["change"], "-"
+        return value, "-"
     if low <= 0 <= high:
-        return change["change"], "within noise" + basis
-    return change["change"], ("yes" if sign * change["change"] > 0 else "opposite") + basis
+        return value, "within noise" + basis
+    return value, ("yes" if sign * value > 0 else "opposite") + basis
 
 
 def directions_table(summary: dict[str, dict]) -> str:

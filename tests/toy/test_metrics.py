@@ -335,3 +335,12 @@ def test_aggregate_seeds_averages_each_tuple_over_seeds_and_counts_tuples():
     assert summary["by_family"]["bg_color"]["clean_edit"] == pytest.approx(0.75)
     with pytest.raises(ValueError):
         aggregate_seeds([])
+
+
+def test_a_render_too_small_for_the_shape_is_scored_by_the_image_alone():
+    """At 2 px a small shape covers no pixel: the shapes' criteria have nothing to count (they gave NaN, which min()
+    then skipped by accident), so the clean edit is the image's alone."""
+    t = make_edit(Scene("triangle", "red", "blue", 0.5, 0.5, 0.36), "shape_color", "green")
+    for edited in (render(t.target, 2), render(t.source, 2)):
+        row = evaluate_edit(render(t.source, 2), edited, t)
+        assert row["shape_right_pixels"] == 1.0 and row["clean_edit"] == row["clean_edit_image"]
