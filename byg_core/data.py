@@ -109,7 +109,7 @@ def data_fingerprint(records: Sequence[EditRecord]) -> str:
         paths = frame_paths(path) if path.is_dir() else [path]
         return [[p.name, *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else ())] for p in paths]
 
-    rows = [[r.src_caption, r.instruction, r.tgt_caption, r.reverse_instruction, str(r.media), stamp(r.media)]
+    rows = [[r.src_caption, r.instruction, r.tgt_caption, r.reverse_instruction, str(r.media), stamp(Path(r.media))]
             for r in records]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
