@@ -75,7 +75,8 @@ def _common_inputs(what: str) -> dict:
         "instruction": I.text("", f"What to change in the {what}, e.g. \"change the circle's colour to green\".", multiline=True),
         "steps": I.integer(20, 1, 1000, "ODE steps of the edit (paper: 20)."),
         "seed": I.seed("Seed of the starting noise."),
-        "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input ignore it."),
+        "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input "
+                             "ignore it (Wan2.2 guides by the cfg widget below)."),
     }
 
 
