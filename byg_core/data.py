@@ -106,8 +106,11 @@ def data_fingerprint(records: Sequence[EditRecord]) -> str:
     import hashlib
 
     def stamp(path: Path) -> list:
-        paths = frame_paths(path) if path.is_dir() else [path]
-        return [[p.name, *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else ())] for p in paths]
+        rows = []
+        for p in frame_paths(path) if path.is_dir() else [path]:
+            stat = p.stat() if p.is_file() else None
+            rows.append([p.name] + ([stat.st_size, stat.st_mtime_ns] if stat else []))
+        return rows
 
     rows = [[r.src_caption, r.instruction, r.tgt_caption, r.reverse_instruction, str(r.media), stamp(Path(r.media))]
             for r in records]
@@ -325,7 +328,7 @@ def cache(
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
     # a guided prior's empty prompt (ObjectiveConfig.prior_guidance); the negative prompt a preview edit guides against
-    backbone.encode_text(list(dict.fromkeys(["", backbone.negative_prompt])))
+    backbone.encode_text(["", backbone.negative_prompt])
     backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
     return CachedEdits(torch.cat(latents), list(dataset.records))
 

@@ -79,7 +79,8 @@ def set_aside(path: str | os.PathLike, experts: list[str]) -> list[Path]:
     existing = finished_lora(path, experts)
     if not existing:
         return []
-    stem = f"{path.stem}_step{lora_steps(existing[0]) if lora_steps(existing[0]) is not None else '_earlier'}"
+    steps = lora_steps(existing[0])
+    stem = f"{path.stem}_step{steps if steps is not None else '_earlier'}"
     for n in range(1, 10_000):
         aside = expert_paths(path.with_name(f"{stem}{f'_{n}' if n > 1 else ''}{path.suffix}"), experts)
         if not any(p.exists() for p in aside.values()):

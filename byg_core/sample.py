@@ -106,14 +106,14 @@ def guide_scales_of(backbone: EditBackbone, scales: float | Sequence[float] | No
     if scales is None:
         yield
         return
+    values = [float(v) for v in ([scales] if isinstance(scales, (int, float)) else scales)]
     if not hasattr(backbone, "guide_scales"):
-        if all(v == 1.0 for v in ([scales] if isinstance(scales, (int, float)) else scales)):
-            yield  # no guidance asked of a model that has none
-            return
-        raise ValueError(f"this {backbone.family} model's edits take no classifier-free guidance (cfg): leave it at "
-                         "the model's own (-1 on the nodes, no --cfg on the CLI)")
-    values = [scales] if isinstance(scales, (int, float)) else list(scales)
-    values = [float(v) for v in values] * (len(backbone.guide_scales) if len(values) == 1 else 1)  # one for all
+        if any(v != 1.0 for v in values):
+            raise ValueError(f"this {backbone.family} model's edits take no classifier-free guidance (cfg): leave it "
+                             "at the model's own (-1 on the nodes, no --cfg on the CLI)")
+        yield  # no guidance asked of a model that has none
+        return
+    values = values * (len(backbone.guide_scales) if len(values) == 1 else 1)  # one for all
     if len(values) != len(backbone.guide_scales) or min(values) < 0:
         raise ValueError(f"cfg takes one scale >= 0, or one per expert ({len(backbone.guide_scales)}), got {scales}")
     previous, backbone.guide_scales = backbone.guide_scales, dict(zip(backbone.guide_scales, values))

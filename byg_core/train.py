@@ -303,12 +303,9 @@ class Trainer:
         path = Path(path) if path else self.checkpoint_path
         tensors, raw = load_checked(path, "checkpoint")
         saved = meta_json(raw, "byg.config", path)
-        for key in RESUME_KEYS:
-            was, now = saved.get(key), self.cfg.to_dict()[key]
-            if key == "data" and was is not None and now is not None:  # one folder however written: data/, ./data
-                was, now = Path(was), Path(now)
-            if was != now:
-                raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
+        key = first_difference(saved, self.cfg.to_dict(), RESUME_KEYS)
+        if key is not None:
+            raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -355,6 +352,18 @@ def existing_run(output_dir: str | Path) -> int | None:
     return -1 if metadata is None else int(metadata.get("byg.step", -1))
 
 
+def first_difference(saved: dict, now: dict, keys) -> str | None:
+    """The first of ``keys`` whose value a saved config and this run's differ in (None: none does); ``data`` is one
+    folder however written (data/, ./data)."""
+    for key in keys:
+        was, wanted = saved.get(key), now.get(key)
+        if key == "data" and was is not None and wanted is not None:
+            was, wanted = Path(was), Path(wanted)
+        if was != wanted:
+            return key
+    return None
+
+
 # fields that change where a run writes and what it shows, never what it trains
 BOOKKEEPING_KEYS = ("output_dir", "text_cache_dir", "checkpoint_every", "preview_every", "log_every")
 
@@ -369,12 +378,8 @@ def same_finished_run(cfg: TrainConfig, data: str) -> TrainResult | None:
     if not metadata or metadata.get("byg.step") != str(cfg.steps) or metadata.get("byg.data") != data:
         return None
     saved, now = json.loads(metadata["byg.config"]), cfg.to_dict()
-    for key in (k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS):
-        was, wanted = saved.get(key), now.get(key)
-        if key == "data" and was is not None and wanted is not None:  # one folder however written
-            was, wanted = Path(was), Path(wanted)
-        if was != wanted:
-            return None
+    if first_difference(saved, now, [k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS]) is not None:
+        return None
     written = existing_lora(cfg.output_dir, cfg.save_name)
     if not written or any(lora_steps(p) != cfg.steps for p in written):
         return None

@@ -241,11 +241,8 @@ def file_sha256(path: str | Path) -> str:
     """A file's SHA-256: which base a run used, whatever its name (the GPU script names its bases as shipped)."""
     import hashlib
 
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def environment(device: torch.device) -> dict:

@@ -270,14 +270,15 @@ def _t_density(x: float, df: float) -> float:
         df * math.pi)
 
 
-def t_quantile(df: float, p: float = 0.975) -> float:
-    """Student's t quantile (97.5% by default) for ``df`` >= 1 degrees of freedom, a fraction too (Satterthwaite's):
-    its density integrated by Simpson's rule (400 intervals) and the CDF inverted by bisection; the normal's beyond
-    10^6 degrees of freedom."""
+def t_quantile(df: float) -> float:
+    """Student's t 97.5% quantile for ``df`` >= 1 degrees of freedom, a fraction too (Satterthwaite's): its density
+    integrated by Simpson's rule (400 intervals) and the CDF inverted by bisection; the normal's beyond 10^6 degrees
+    of freedom."""
     if df < 1:
         raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
     if df > 1e6:
-        return Z_95 if p == 0.975 else float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+        return Z_95
+    p = 0.975
 
     def cdf(q: float, steps: int = 400) -> float:
         h = q / steps
