@@ -32,9 +32,10 @@ from .timesteps import TIMESTEP_SAMPLERS
 
 CHECKPOINT = "checkpoint.safetensors"
 # fields that must match between a checkpoint and the run resuming it: the model, the LoRA, and what it learns from
-# and how (a run may change its length, lr and cadences)
+# and how, its t, identity steps and EMA included (a run may change its length, lr and cadences)
 RESUME_KEYS = ("model", "rank", "lora_alpha", "target_modules", "seed", "batch_size", "data", "resolution", "frames",
-               "frame_stride", "method", "use_ema", "objective")
+               "frame_stride", "method", "use_ema", "ema_decay", "objective", "warmup_identity_steps", "identity_prob",
+               "timesteps", "logit_mean", "logit_std", "shift", "expert")
 
 
 class ResumeMismatch(ValueError):
@@ -306,6 +307,10 @@ class Trainer:
         key = first_difference(saved, self.cfg.to_dict(), RESUME_KEYS)
         if key is not None:
             raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
+        data = data_fingerprint(self.data.records)
+        if raw.get("byg.data", data) != data:  # a checkpoint older than its "byg.data" is taken at its word
+            raise ValueError(f"checkpoint {path} was made on the dataset as it was before: a line or a file of it "
+                             f"changed since ({self.cfg.data}); put it back as it was to resume, or start a new run")
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}

@@ -21,7 +21,10 @@ PRESET_WIDGETS = {
 RESUME_WIDGETS = {"model": "the model loader's 'model'", "rank": "'rank'", "seed": "'seed'", "batch_size": "'batch_size'",
                   "data": "BYGDataset's 'folder'", "resolution": "BYGDataset's 'width' and 'height'",
                   "frames": "BYGDataset's 'frames'", "frame_stride": "BYGDataset's 'frame_stride'",
-                  "objective": "DirectionalPriorLoss's widgets", "method": "'preset'", "use_ema": "'preset'"}
+                  "objective": "DirectionalPriorLoss's widgets", "method": "'preset'", "use_ema": "'preset'",
+                  "ema_decay": "'ema_decay' (or 'preset', where it is -1)",
+                  "warmup_identity_steps": "'warmup_identity_steps' (or 'preset', where it is -1)",
+                  **{field: "'preset'" for field in ("identity_prob", "timesteps", "logit_mean", "logit_std", "shift")}}
 
 
 def _presets():

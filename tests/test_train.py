@@ -397,6 +397,10 @@ def test_training_previews_are_the_edits_made_after_training(tmp_path):
 @pytest.mark.parametrize("changed, named", [
     (dict(data="other_edits"), "data='other_edits'"), (dict(resolution=[16, 16]), "resolution=[16, 16]"),
     (dict(use_ema=False), "use_ema=False"), (dict(method="supervised"), "method='supervised'"),
+    # how t is drawn, the identity steps and the EMA's decay are how it learns too (the node's ema_decay widget)
+    (dict(ema_decay=0.5), "ema_decay=0.5"), (dict(identity_prob=0.5), "identity_prob=0.5"),
+    (dict(warmup_identity_steps=7), "warmup_identity_steps=7"), (dict(shift=3.0), "shift=3.0"),
+    (dict(timesteps="logit_normal"), "timesteps='logit_normal'"), (dict(logit_std=2.0), "logit_std=2.0"),
 ])
 def test_a_run_resumed_on_other_data_or_another_objective_is_refused(tmp_path, changed, named):
     """Resume is exact: a checkpoint goes on only with what it learnt from and how (its length and lr may change)."""
@@ -408,6 +412,17 @@ def test_a_run_resumed_on_other_data_or_another_objective_is_refused(tmp_path, c
     cfg.objective = dataclasses.replace(cfg.objective, lambda_prior=5.0)
     with pytest.raises(ValueError, match="this run has objective="):
         Trainer(cfg, make_flux_backbone(), tiny_data()).resume()
+
+
+def test_a_run_resumed_on_a_dataset_edited_since_is_refused(tmp_path):
+    """The same folder with a caption changed (or a line dropped, a picture replaced) is other data: the resumed run
+    would not be the run that never stopped, nor would its LoRA's metadata say what made it."""
+    Trainer(config(tmp_path, steps=1), make_flux_backbone(), tiny_data()).run()
+    edited = tiny_data()
+    edited.records[1] = dataclasses.replace(edited.records[1], tgt_caption="a blue circle on a blue background")
+    with pytest.raises(ValueError, match=r"was made on the dataset as it was before: a line or a file of it changed"):
+        Trainer(config(tmp_path, steps=2), make_flux_backbone(), edited).resume()
+    assert Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume() == 1
     assert Trainer(config(tmp_path, steps=2, lr=5e-3), make_flux_backbone(), tiny_data()).resume() == 1
     Trainer(config(tmp_path / "d", steps=1, data="edits"), make_flux_backbone(), tiny_data()).run()
     assert Trainer(config(tmp_path / "d", steps=2, data="./edits/"), make_flux_backbone(), tiny_data()).resume() == 1

@@ -226,6 +226,9 @@ def test_resume_with_another_rank_says_what_to_change(run, graph):
     with pytest.raises(ValueError, match=r"(?s)cannot resume: .*rank=4.*rank=8.*Set 'rank' back to 4 .*turn 'resume' off and change 'save_name'"):
         run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
             **train_inputs(steps=2, rank=8, resume=True))
+    with pytest.raises(ValueError, match=r"(?s)cannot resume: .*this run has ema_decay=0.5.*Set 'ema_decay' \(or "):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, ema_decay=0.5, resume=True))  # the EMA that bootstraps its targets
     other, _ = run("BYGToyDataset", count=8, seed=1, name="other_toy")  # another folder: what the run learns from
     with pytest.raises(ValueError, match=r"(?s)cannot resume: .*data=.*other_toy.*Set BYGDataset's 'folder' back to"):
         run("CycleTrainer", model=graph.model, dataset=other, objective=graph.objective,
