@@ -55,7 +55,7 @@ def _parse_override(text: str) -> tuple[str, object]:
     try:
         return key.strip(), tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        return key.strip(), value  # a bare word is a string
+        return key.strip(), value.strip()  # a bare word is a string ("data = /x": the path, not " /x")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .loading import NEEDS_FILES, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache, cache_key
-    from .train import Callbacks, ResumeMismatch, Trainer, processes, write_history
+    from .train import Callbacks, ResumeMismatch, Trainer, processes, warmup_only, write_history
 
     values = read_toml(args.config) if args.config else {}
     for key, value in map(_parse_override, args.set or []):
@@ -72,8 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         *parents, leaf = key.split(".")
         for parent in parents:
             table = table.setdefault(parent, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"--set {key}: {parent} is a value, not a table like [objective] or [model_files]")
         table[leaf] = value
-    cfg = TrainConfig.from_dict(values, args.config or "--set")
+    cfg = TrainConfig.for_model(values, args.config or "--set")  # on the model's preset, as the node's widgets
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
     _refuse_to_overwrite_run(cfg, args.resume)  # before the model loads: a refusal costs nothing
@@ -95,6 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
+        if warmup_only(cfg):
+            print(f"warning: {warmup_only(cfg)}", file=sys.stderr)
     if args.resume:
         try:
             step = trainer.resume()

@@ -347,6 +347,14 @@ def _checkpoint_non_reentrant(module, *args):
     return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
+def warmup_only(cfg: TrainConfig) -> str | None:
+    """What to say when every step of a ByG run is an identity warm-up step (its LoRA learns no edit), else None."""
+    if cfg.method != "byg" or cfg.steps > cfg.warmup_identity_steps:
+        return None
+    return (f"all {cfg.steps} steps are identity warm-up steps (warmup_identity_steps = {cfg.warmup_identity_steps}): "
+            "the LoRA learns to copy its source, no edit; raise steps or lower warmup_identity_steps")
+
+
 def existing_run(output_dir: str | Path) -> int | None:
     """The step of the checkpoint a run left in ``output_dir`` (None where there is none), so a fresh
     run can refuse to overwrite it; a checkpoint that cannot be read still counts as a run."""

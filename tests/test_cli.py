@@ -100,6 +100,27 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
         cli.main(["train", *sets(f"data={tmp_path}", f"output_dir={tmp_path / 'taken'}")])  # the first save
 
 
+def test_a_toml_trains_on_its_models_preset_as_the_node_does(tmp_path, capsys):
+    """A TOML naming a Wan2.2 model and its files, nothing else, trains with the paper's video values (B.2), as
+    CycleTrainer's widgets at -1 do; what the TOML or --set names wins."""
+    from byg_core.config import PRESETS, TrainConfig
+    from byg_core.toy.dataset import write_toy_dataset
+
+    toml = tmp_path / "wan.toml"
+    toml.write_text(f'model = "wan2.2-ti2v-5b"\ndata = "{tmp_path}"\n[model_files]\nfolder = "Wan2.2-TI2V-5B"\n')
+    config = TrainConfig.from_toml(toml)
+    assert {k: getattr(config, k) for k in PRESETS["wan"]} == PRESETS["wan"]  # logit-normal t at shift 12, no EMA
+    assert TrainConfig.for_model({"model": "wan2.2-ti2v-5b", "shift": 5.0}).shift == 5.0  # a value given wins
+    # `byg train` reads it so: a one-step toy run records the toy preset's shift and EMA decay
+    data = write_toy_dataset(tmp_path / "data", n=2, seed=0)
+    assert cli.main(["train", *sets("model=toy", f"data={data}", f"output_dir={tmp_path / 'toy'}", "steps=1",
+                                    "batch_size=2", "rank=2", "objective.rollout_steps=2")]) == 0
+    recorded = read_lora(tmp_path / "toy" / "byg_lora.safetensors", load_backbone("toy")).metadata["byg.config"]
+    assert (recorded["shift"], recorded["ema_decay"]) == (PRESETS["toy"]["shift"], PRESETS["toy"]["ema_decay"])
+    # its one step is one of the preset's 200 identity warm-up steps: said, as its LoRA learns no edit
+    assert "warning: all 1 steps are identity warm-up steps (warmup_identity_steps = 200)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, named", [
     (b"steps = 3\nrank = \n", r"bad.toml is not valid TOML: .*line 2"),  # had named no file
     ("steps = 3\ncaption = 'caf\u00e9'\n".encode("cp1252"), r"bad.toml is not UTF-8 text"),

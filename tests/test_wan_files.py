@@ -329,7 +329,7 @@ def test_the_wan_examples_have_the_papers_video_settings(name, model):
     from pathlib import Path
 
     from byg_core.config import TrainConfig
-    from byg_core.loading import LOADERS
+    from byg_core.loading import LOADERS, training_preset
 
     cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "examples" / name)
     assert (cfg.model, cfg.lr, cfg.rank, cfg.identity_prob, cfg.use_ema, cfg.timesteps, cfg.shift) == \
@@ -337,6 +337,10 @@ def test_the_wan_examples_have_the_papers_video_settings(name, model):
     assert cfg.resolution == [320, 576] and (cfg.frames - 1) % 4 == 0 and cfg.gradient_checkpointing
     assert set(cfg.model_files) <= set(inspect.signature(LOADERS[model]).parameters)
     assert ("transformer_2" in cfg.model_files) == (model == "wan2.2-t2v-a14b")
+    # CycleTrainer's widgets at -1 take the model's preset: the same B.2 values, its 750 steps included
+    preset = TrainConfig.for_preset(training_preset(model, "wan"))
+    fields = ("steps", "lr", "identity_prob", "use_ema", "timesteps", "shift", "gradient_checkpointing")
+    assert {f: getattr(preset, f) for f in fields} == {f: getattr(cfg, f) for f in fields}
 
 
 def test_a14b_stores_each_expert_in_fp8_before_reading_the_next(tmp_path, monkeypatch):
