@@ -61,7 +61,7 @@ def _parse_override(text: str) -> tuple[str, object]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, read_toml
     from .data import EditDataset, cache
-    from .loading import NEEDS_FILES, load_backbone
+    from .loading import NEEDS_FILES, check_size_before_loading, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache, cache_key
     from .train import Callbacks, ResumeMismatch, Trainer, processes, warmup_only, write_history
@@ -79,6 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
     _refuse_to_overwrite_run(cfg, args.resume)  # before the model loads: a refusal costs nothing
+    if cfg.resolution:
+        try:
+            check_size_before_loading(cfg.model, *cfg.resolution, cfg.frames)
+        except PixelShapeError as error:
+            raise ValueError(f"{args.config or '--set'}: resolution = {cfg.resolution}: {error}; set resolution to a "
+                             f"size {cfg.model} takes") from None
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
@@ -167,7 +173,7 @@ def load_pixels(
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .lora_io import load_lora
-    from .loading import load_backbone
+    from .loading import check_size_before_loading, load_backbone
     from .sample import EDIT_STEPS, edit, guide_scales_of
     from .video_io import save_pixels
 
@@ -180,15 +186,22 @@ def cmd_edit(args: argparse.Namespace) -> int:
     pixels, fps = load_pixels(args.image, args.frames, args.stride, size)  # a file's faults before the model loads
     if pixels.ndim == 5:
         print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
-    backbone = load_backbone(model, **files).to(args.device)  # the transformer, text encoder and VAE
-    adapters = load_lora(args.lora, backbone, strength=args.strength)
+    frames = pixels.shape[2] if pixels.ndim == 5 else None
     try:
+        check_size_before_loading(model, pixels.shape[-2], pixels.shape[-1], frames)  # not after minutes of loading
+        backbone = load_backbone(model, **files).to(args.device, transformers=False)  # the text encoder and VAE first
         backbone.check_pixels(pixels.shape)
     except PixelShapeError as error:
         raise ValueError(f"--image {args.image}: {error}; pass --size H W to centre-crop and resize it to a size the "
                          "model takes (training's rule)") from None
     x = backbone.encode_pixels(pixels)
     c = backbone.encode_text([args.instruction])
+    backbone.encode_text([backbone.negative_prompt])  # cached for a guided edit (Wan2.2's cfg)
+    # T5-XXL (9 GB in bf16) leaves the GPU before the transformer comes: on 24 GB, FLUX.1-dev in fp8 fits beside
+    # the VAE, not beside both (as training releases it once the prompts are cached)
+    backbone.release_text_encoder()
+    backbone.to(args.device)
+    adapters = load_lora(args.lora, backbone, strength=args.strength)
     with guide_scales_of(backbone, args.cfg):
         result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))

@@ -84,6 +84,21 @@ def load_backbone(model: str, **options) -> EditBackbone:
     return loader(**options)
 
 
+def check_size_before_loading(model: str, height: int, width: int, frames: int | None = None) -> None:
+    """A real model's pixel rule from its shipped configs, so a size it cannot take is refused before minutes of
+    loading (``PixelShapeError``; the loaded model checks again, and the toys, loaded in a second, are checked then)."""
+    if model == "flux1-dev":
+        from .backbones.flux import check_flux_pixels
+
+        check_flux_pixels((1, 3, height, width), 2 ** (len(shipped_config(model, "vae")["block_out_channels"]) - 1))
+    elif model in WAN_MODELS:
+        from .backbones.wan import WAN22_VARIANTS, check_wan_pixels
+
+        variant = WAN22_VARIANTS[WAN_MODELS[model][0]]
+        check_wan_pixels((1, 3, frames or 1, height, width), variant.transformer["patch_size"],
+                         variant.vae_spatial_factor, variant.vae_temporal_factor)
+
+
 def shipped_config(model: str, part: str) -> dict:
     """A shipped config as constructor arguments (its ``_class_name``-style keys left out),
     e.g. ``shipped_config("flux1-dev", "transformer")``."""

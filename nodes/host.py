@@ -132,6 +132,15 @@ def torch_device():
     return host.get_torch_device()
 
 
+def free_host_models() -> None:
+    """Take the host's own models (its CLIP, VAE) off the GPU once a run has what it needs of them: ours are outside
+    its bookkeeping, so it would keep T5-XXL (9 GB) beside a training or an edit; it loads them again when asked."""
+    host = _model_management()
+    if host is not None:
+        host.unload_all_models()
+        host.soft_empty_cache()
+
+
 def interrupted() -> bool:
     """Whether the user pressed ComfyUI's Cancel (polled, the flag stays set)."""
     host = _model_management()

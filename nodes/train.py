@@ -108,7 +108,7 @@ class CycleTrainer:
               warmup_identity_steps, preview_every, ema_decay, **schedule):
         from byg_core.data import cache, data_fingerprint
         from byg_core.memory import estimate
-        from byg_core.train import Callbacks, Trainer, same_finished_run
+        from byg_core.train import Callbacks, Trainer, same_finished_run, warmup_only
 
         name = _save_name(save_name)
         if model.lora is not None:
@@ -133,11 +133,15 @@ class CycleTrainer:
             on_preview=lambda step, pixels: progress.update(step, _preview(pixels)),
         )
         try:
-            trainer = Trainer(config, model.backbone, cache(dataset.dataset, model.backbone, dataset.size, dataset.frames,
-                                                             dataset.frame_stride), callbacks)
+            data = cache(dataset.dataset, model.backbone, dataset.size, dataset.frames, dataset.frame_stride)
+            host.free_host_models()  # every prompt and source is encoded: the host's CLIP and VAE leave the GPU
+            trainer = Trainer(config, model.backbone, data, callbacks)
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
-        logging.getLogger("comfyui-byg").info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # server log
+        log = logging.getLogger("comfyui-byg")
+        log.info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # the server's log
+        if warmup_only(config):
+            log.warning("CycleTrainer %r: %s", name, warmup_only(config))
         if resume:
             _resume(trainer, name)
         result = trainer.run()

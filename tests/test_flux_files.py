@@ -181,7 +181,7 @@ def test_the_editor_samples_on_flux_pipelines_schedule(parts, files, size, steps
     assert float(ours[1]) > 1 - 1 / steps  # shifted toward noise, unlike the plain linear grid
 
 
-def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys):
+def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys, monkeypatch):
     import json
 
     from safetensors import safe_open
@@ -199,9 +199,17 @@ def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys
     assert cli.main(["train", str(config)]) == 0
     lora = tmp_path / "run" / "tiny.safetensors"
     out = tmp_path / "edited.png"
+    from byg_core.backbones.base import EditBackbone
+
+    moves, move = [], EditBackbone.to  # what is on the device when the transformer goes there
+    monkeypatch.setattr(EditBackbone, "to", lambda self, device, transformers=True: (
+        moves.append((transformers, self.text_encoder is None)), move(self, device, transformers))[1])
     assert cli.main(["edit", "--lora", str(lora), "--image", str(data / "00000.png"), "--instruction", PROMPT,
                      "--out", str(out), "--steps", "2"]) == 0  # the model and its files come from the LoRA
     assert out.is_file()
+    # T5-XXL has encoded the instruction and is released before the transformer goes to the GPU (24 GB: not both)
+    assert moves == [(False, False), (True, True)]
+    monkeypatch.setattr(EditBackbone, "to", move)
     # a LoRA trained in ComfyUI records its model but no files: refused until --model-file names them
     with safe_open(str(lora), "pt") as f:
         metadata = f.metadata()

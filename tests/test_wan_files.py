@@ -411,3 +411,32 @@ def test_a_bf16_model_edits_and_trains_without_autocast_as_the_nodes_load_it_on_
     losses = trainer.train_step()
     assert losses.kind == "byg" and all(map(math.isfinite, losses.as_floats().values()))
     assert torch.isfinite(trainer.preview(count=1, steps=2)).all()
+
+
+def test_a_size_the_model_cannot_take_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    """`byg train`'s resolution and `byg edit`'s source are checked against the shipped configs' rule: a 1080p
+    frame is refused at once, naming the sizes to use, not after minutes of loading the weights."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from byg_core import cli, loading
+    from byg_core.toy.dataset import write_toy_dataset
+
+    monkeypatch.setattr(loading, "load_backbone", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
+    data = write_toy_dataset(tmp_path / "data", n=2, seed=0)
+    config = tmp_path / "wan.toml"
+    config.write_text(f'model = "wan2.2-ti2v-5b"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n'
+                      'resolution = [1080, 1920]\n[model_files]\nfolder = "Wan2.2-TI2V-5B-Diffusers"\n')
+    assert cli.main(["train", str(config)]) == 2
+    assert "wan.toml: resolution = [1080, 1920]: got height 1080; Wan needs a height divisible by 32: use 1056 or " \
+           "1088; set resolution to a size wan2.2-ti2v-5b takes" in capsys.readouterr().err
+    lora = tmp_path / "flux_lora.safetensors"
+    save_file({"x": torch.zeros(1)}, str(lora), {"byg.config": json.dumps({"model": "flux1-dev", "model_files": {
+        "folder": "FLUX.1-dev"}}), "byg.expert": json.dumps("transformer")})
+    Image.new("RGB", (1920, 1080)).save(tmp_path / "frame.png")
+    edit = ["edit", "--lora", str(lora), "--image", str(tmp_path / "frame.png"), "--instruction", PROMPT]
+    assert cli.main([*edit, "--out", str(tmp_path / "edited.png")]) == 2
+    assert "frame.png: image height 1080 px is not a multiple of 16 (VAE factor x 2x2 patches); resize or crop it " \
+           "to 1072 or 1088 px; pass --size H W" in capsys.readouterr().err

@@ -135,17 +135,7 @@ class FluxBackbone(EditBackbone):
         return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
     def check_pixels(self, shape: Sequence[int]) -> None:
-        if len(shape) != 4 or shape[1] != 3:
-            raise ValueError(f"FLUX edits images shaped (B, 3, H, W); got shape {tuple(shape)}")
-        step = self.codec.spatial_factor * PATCH
-        for name, size in (("height", shape[2]), ("width", shape[3])):
-            if size % step or size == 0:
-                lower = max(step, size // step * step)
-                raise PixelShapeError(
-                    f"image {name} {size} px is not a multiple of {step} (VAE factor x 2x2 patches); "
-                    f"resize or crop it to {lower} or {lower + step} px",
-                    [name],
-                )
+        check_flux_pixels(shape, self.codec.spatial_factor)
 
     def velocity(
         self, latents: torch.Tensor, t: torch.Tensor, text: TextCond, source: torch.Tensor | None = None
@@ -173,6 +163,22 @@ class FluxBackbone(EditBackbone):
         )[0]
         n_noisy = (height // PATCH) * (width // PATCH)
         return unpack_latents(out[:, :n_noisy], height, width)
+
+
+def check_flux_pixels(shape: Sequence[int], spatial_factor: int) -> None:
+    """Raise saying what to change unless ``shape`` is images (B, 3, H, W) that the VAE's ``spatial_factor`` times
+    the 2x2 patches divide."""
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"FLUX edits images shaped (B, 3, H, W); got shape {tuple(shape)}")
+    step = spatial_factor * PATCH
+    for name, size in (("height", shape[2]), ("width", shape[3])):
+        if size % step or size == 0:
+            lower = max(step, size // step * step)
+            raise PixelShapeError(
+                f"image {name} {size} px is not a multiple of {step} (VAE factor x 2x2 patches); "
+                f"resize or crop it to {lower} or {lower + step} px",
+                [name],
+            )
 
 
 class FluxVAECodec:

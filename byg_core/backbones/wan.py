@@ -261,6 +261,35 @@ class PixelRule:
         return f"got {self.got.format(value)}; Wan needs {self.needs}: use {options}"
 
 
+def check_wan_pixels(shape: Sequence[int], patch_size: Sequence[int], spatial_factor: int, temporal_factor: int) -> None:
+    """Raise naming the nearest sizes unless ``shape`` is video (B, 3, F, H, W) or images (B, 3, H, W) that a VAE of
+    these factors and the transformer's (t, h, w) patches divide."""
+    if len(shape) not in (4, 5) or shape[1] != 3:
+        raise ValueError(f"Wan takes RGB video (B, 3, F, H, W) or images (B, 3, H, W), got {tuple(shape)}")
+    frames = shape[2] if len(shape) == 5 else 1
+    values = (frames, shape[-2], shape[-1])
+    rules = _pixel_rules(patch_size, spatial_factor, temporal_factor)
+    problems = {dim: rule.complaint(v) for dim, rule, v in zip(("frames", "height", "width"), rules, values)}
+    problems = {dim: p for dim, p in problems.items() if p}
+    if problems:
+        raise PixelShapeError("; ".join(problems.values()), problems)
+
+
+def _pixel_rules(patch_size: Sequence[int], sf: int, tf: int) -> list[PixelRule]:
+    p_t, p_h, p_w = patch_size
+
+    def frames_ok(frames: int) -> bool:
+        # the codec keeps the first frame and packs every `tf` after it into one latent frame
+        return (frames - 1) % tf == 0 and ((frames - 1) // tf + 1) % p_t == 0
+
+    frames_rule = f"{tf}k+1 frames" + ("" if p_t == 1 else f" giving a multiple of {p_t} latent frames")
+    return [
+        PixelRule("{} frames", frames_rule, frames_ok),
+        PixelRule("height {}", f"a height divisible by {sf * p_h}", lambda h: h % (sf * p_h) == 0),
+        PixelRule("width {}", f"a width divisible by {sf * p_w}", lambda w: w % (sf * p_w) == 0),
+    ]
+
+
 class WanBackbone(EditBackbone):
     """Wan2.2 (TI2V-5B or the two-expert T2V-A14B) as a ByG editor."""
 
@@ -411,29 +440,8 @@ class WanBackbone(EditBackbone):
 
     def check_pixels(self, shape: Sequence[int]) -> None:
         """Video (B, 3, F, H, W) or one image (B, 3, H, W) that the codec and patches divide."""
-        if len(shape) not in (4, 5) or shape[1] != 3:
-            raise ValueError(f"Wan takes RGB video (B, 3, F, H, W) or images (B, 3, H, W), got {tuple(shape)}")
-        frames = shape[2] if len(shape) == 5 else 1
-        values = (frames, shape[-2], shape[-1])
-        problems = {dim: rule.complaint(v) for dim, rule, v in zip(("frames", "height", "width"), self._pixel_rules(), values)}
-        problems = {dim: p for dim, p in problems.items() if p}
-        if problems:
-            raise PixelShapeError("; ".join(problems.values()), problems)
-
-    def _pixel_rules(self) -> list[PixelRule]:
-        p_t, p_h, p_w = self._transformers["transformer"].config.patch_size
-        tf, sf = self.codec.temporal_factor, self.codec.spatial_factor
-
-        def frames_ok(frames: int) -> bool:
-            # the codec keeps the first frame and packs every `tf` after it into one latent frame
-            return (frames - 1) % tf == 0 and ((frames - 1) // tf + 1) % p_t == 0
-
-        frames_rule = f"{tf}k+1 frames" + ("" if p_t == 1 else f" giving a multiple of {p_t} latent frames")
-        return [
-            PixelRule("{} frames", frames_rule, frames_ok),
-            PixelRule("height {}", f"a height divisible by {sf * p_h}", lambda h: h % (sf * p_h) == 0),
-            PixelRule("width {}", f"a width divisible by {sf * p_w}", lambda w: w % (sf * p_w) == 0),
-        ]
+        check_wan_pixels(shape, self._transformers["transformer"].config.patch_size, self.codec.spatial_factor,
+                         self.codec.temporal_factor)
 
 
 # ---------------------------------------------------------------------------------------

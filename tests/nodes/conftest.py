@@ -48,6 +48,7 @@ class HostState:
     updates: list = field(default_factory=list)  # every progress value the server would send
     previews: int = 0  # preview images the server would send
     device: str = "cpu"  # model_management.get_torch_device()
+    unloads: list = field(default_factory=list)  # the progress value at each unload_all_models
 
 
 def _stand_ins(state: HostState) -> dict[str, types.ModuleType]:
@@ -86,6 +87,8 @@ def _stand_ins(state: HostState) -> dict[str, types.ModuleType]:
     management.processing_interrupted = processing_interrupted
     management.get_torch_device = lambda: torch.device(state.device)
     management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    management.unload_all_models = lambda: state.unloads.append(max(state.updates, default=0))
+    management.soft_empty_cache = lambda force=False: None
 
     def hook(value, total, preview, node_id=None):  # main.py's hook: raise on Cancel, else send progress
         management.throw_exception_if_processing_interrupted()

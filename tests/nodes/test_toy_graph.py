@@ -92,10 +92,11 @@ def test_the_model_loader_puts_the_model_on_comfyuis_device(run, submodule, host
     assert model.backbone.device.type == "meta"
 
 
-def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
+def test_model_values_stay_immutable_over_one_shared_backbone(run, graph, host):
     """Running a LoRA branch never leaks into a branch holding the same backbone without it (values.py)."""
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
                   **train_inputs(steps=2, preview_every=0, learning_rate=1e-2, ema_decay=0.0))
+    host.updates, host.unloads = [], []
     (with_lora,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
     (weak,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=0.0, lora=lora)
     assert with_lora.backbone is graph.model.backbone and graph.model.lora is None
@@ -105,6 +106,7 @@ def test_model_values_stay_immutable_over_one_shared_backbone(run, graph):
                    guidance=3.5, return_states=False)[0]
 
     base_before = sample(graph.model)
+    assert host.unloads == [0]  # the host's CLIP and VAE left the GPU after the encoding, before the edit's steps
     edited = sample(with_lora)
     assert (edited - base_before).abs().max() > 1e-2  # the LoRA shows, so a leak of it would show too
     torch.testing.assert_close(sample(graph.model), base_before)
@@ -117,6 +119,7 @@ def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host):
     with pytest.raises(sys.modules["comfy.model_management"].InterruptProcessingException):
         run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective, **train_inputs(steps=5))
     assert host.updates == [1, 2] and host.previews == 0 and not host.interrupt_flag
+    assert host.unloads == [0]  # the host's CLIP and VAE left the GPU once the dataset was encoded, before step 1
     from byg_core.safefiles import load_checked
 
     _, metadata = load_checked(host.root / "output" / "byg" / "toy_test" / "checkpoint.safetensors", "checkpoint")
