@@ -48,10 +48,13 @@ KINDS = {
 }
 
 
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")  # .sft: BFL's names for FLUX.1's files (flux1-dev.sft, ae.sft)
+
+
 def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, ComfyUI's prefix removed and scaled fp8 dequantised; errors name the file."""
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         raise ValueError(f"{what} {path} is not a .safetensors file; only safetensors are read (nothing is unpickled)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")

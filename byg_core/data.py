@@ -39,7 +39,8 @@ MEDIA_FIELDS = ("image", "video")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # containers read with PyAV (byg_core.video_io)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
-NON_SELF_CONTAINED = re.compile(r"\b(restore|revert|undo)\w*", re.IGNORECASE)
+# the words, not words that begin so ("undocked", "restorer", "reverted" counts)
+NON_SELF_CONTAINED = re.compile(r"\b(restor(e|es|ed|ing)|revert(s|ed|ing)?|undo(es|ing|ne)?)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class EditDataset:
         if not index.is_file():
             raise FileNotFoundError(f"{index} not found: a dataset is a folder with images and an edits.jsonl")
         records, rejected = [], []
-        for number, text in enumerate(read_jsonl_text(index).splitlines(), start=1):
+        # lines end at \n alone: str.splitlines() also splits at U+2028 or U+0085, which JSON strings may hold
+        for number, text in enumerate(read_jsonl_text(index).split("\n"), start=1):
             if not text.strip():
                 continue
             try:
@@ -144,6 +146,9 @@ def parse_record(obj: dict, root: Path, line: int, frames: int | None = None, st
             f"reverse_instruction {obj['reverse_instruction']!r} refers to an original state "
             "(restore/revert/undo); state the inverse edit itself, e.g. 'change the car colour to red'"
         )
+    if obj["src_caption"].strip() == obj["tgt_caption"].strip():  # v_tgt - v_src = 0: no direction (section 4.2)
+        raise ValueError("tgt_caption is src_caption: describe the edited image, so the base model's two captions "
+                         "give the edit's direction")
     media = root / obj[media_keys[0]]
     if media_keys[0] == "video":
         check_video(media)
@@ -158,18 +163,32 @@ def check_media(path: Path) -> None:
     if path.is_dir():
         if not frame_paths(path):
             raise ValueError(f"video folder {path} holds no image frames")
+        for frame in frame_paths(path):
+            check_image(frame)
         return
     if not path.is_file():
         hint = "; write paths with / (a \\ is part of the file name here)" if "\\" in str(path) and os.sep == "/" else ""
+        other_case = [p.name for p in path.parent.iterdir() if p.name.lower() == path.name.lower()] \
+            if path.parent.is_dir() else []
+        if other_case:  # a dataset made on Windows or macOS, whose file names ignore case
+            hint = f"; {other_case[0]} exists: file names are case-sensitive here"
         raise ValueError(f"file {path} does not exist{hint}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         from .video_io import read_video  # video_io builds on this module
 
         read_video(path, frames=1)
         return
+    check_image(path)
+
+
+def check_image(path: Path) -> None:
+    """An image must decode whole: ``verify()`` checks a PNG's chunks but reads no JPEG data, so a half-copied photo
+    is found only by decoding it."""
     try:
         with Image.open(path) as image:
             image.verify()
+        with Image.open(path) as image:
+            image.load()
     except Exception as error:  # PIL raises many types for a broken file
         raise ValueError(f"cannot read image {path}: {error}") from error
 
@@ -316,7 +335,7 @@ def cache(
     for record in dataset.records:
         try:
             pixels = load_media(record.media, size, frames, stride).unsqueeze(0)
-        except ValueError as error:
+        except (ValueError, OSError) as error:  # a file changed or broken since it was checked
             raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
         first = first or (record, pixels.shape)
         if pixels.shape != first[1]:  # found before the rest is encoded

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones.base import EditBackbone
-from .checkpoints import (KINDS, bfl_to_diffusers, flux_config_from_weights, identify, read_state_dict, refuse_unless,
+from .checkpoints import (KINDS, SAFETENSORS_SUFFIXES, bfl_to_diffusers, flux_config_from_weights, identify, read_state_dict, refuse_unless,
                           wan_config_from_weights, wan_to_diffusers)
 
 CONFIGS = Path(__file__).parent / "configs"  # the configs of the real models, shipped: nothing asks the hub
@@ -473,7 +473,7 @@ def load_umt5_tokenizer(tokenizer: str | Path | None, umt5: str | Path | None):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} does not exist: 'tokenizer' is a local Wan2.2 diffusers folder")
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if umt5 is not None and Path(umt5).suffix == ".safetensors":
+    if umt5 is not None and Path(umt5).suffix.lower() in SAFETENSORS_SUFFIXES:
         with safe_open(umt5, framework="pt") as handle:
             if "spiece_model" in handle.keys():
                 return SentencePieceTokenizer(handle.get_tensor("spiece_model").numpy().tobytes())

@@ -8,6 +8,7 @@ prompts (atomically, as they fill) and read back one prompt at a time, so memory
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import MutableMapping
@@ -19,7 +20,7 @@ from .backbones.base import TextCond
 from .safefiles import new_file, save_atomic, write_text_atomic
 
 SHARD = 256  # prompts per file
-INDEX = "index.json"
+OLD_INDEX = "index.json"  # one index for the folder's one model, as caches made before per-model indexes hold
 
 
 TEXT_FILES = ("folder", "clip_l", "t5", "umt5", "tokenizers", "tokenizer", "dtype")  # [model_files] the states hang on
@@ -36,21 +37,27 @@ def cache_key(model: str, files: dict) -> str:
 
 
 class DiskTextCache(MutableMapping):
-    """prompt -> ``TextCond`` in ``folder``; the index names the model (and its text encoder's files), so another
-    model's cache is never read. Runs may share a folder at once: each shard file has a name of its own and is never
-    rewritten, and each run merges its prompts into the index as it finds it (a run's update the other overwrites
-    costs a re-encoding later, never a wrong prompt)."""
+    """prompt -> ``TextCond`` in ``folder``; each model (with its text encoder's files and dtype: ``cache_key``) has
+    an index of its own, naming it, so another model's prompts are never read and models sharing a folder keep theirs.
+    Runs may share a folder at once: each shard file has a name of its own and is never rewritten, and each run
+    merges its prompts into the index as it finds it (a run's update the other overwrites costs a re-encoding later,
+    never a wrong prompt)."""
 
     def __init__(self, folder: str | os.PathLike, model: str) -> None:
         self.folder, self.model = Path(folder), model
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.index = self.folder / f"index_{hashlib.sha256(model.encode()).hexdigest()[:16]}.json"
         self.where: dict[str, list] = self._saved()
         self.pending: dict[str, TextCond] = {}
 
     def _saved(self) -> dict[str, list]:
         """The index's prompts for this model, each at [shard file, slot]."""
-        index = self.folder / INDEX
-        saved = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+        index = self.index if self.index.is_file() else self.folder / OLD_INDEX
+        try:
+            saved = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+        except ValueError as error:
+            raise ValueError(f"text cache index {index} cannot be read ({error}): delete the folder {self.folder} "
+                             "(its prompts are encoded again) or set another text_cache_dir") from None
         if saved.get("model") != self.model:
             return {}
         # shards were numbered before they were named: shard n is shard_0000n.safetensors
@@ -96,4 +103,4 @@ class DiskTextCache(MutableMapping):
         save_atomic(tensors, self.folder / shard, {})
         self.where = self._saved() | self.where | {prompt: [shard, slot] for slot, prompt in enumerate(self.pending)}
         self.pending = {}
-        write_text_atomic(self.folder / INDEX, json.dumps({"model": self.model, "prompts": self.where}))
+        write_text_atomic(self.index, json.dumps({"model": self.model, "prompts": self.where}))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 from . import host
@@ -69,9 +71,17 @@ class BYGDataset:
 
     @classmethod
     def IS_CHANGED(cls, folder, **_):
-        """Re-read the dataset when its edits.jsonl changes (ComfyUI otherwise caches the node's output)."""
-        index = _resolve(folder) / "edits.jsonl"
-        return index.stat().st_mtime if index.is_file() else ""
+        """Re-read the dataset when its edits.jsonl or any file beside it (a frame folder's too) changes: ComfyUI
+        otherwise keeps the node's output, and a picture added, fixed or replaced after a run skipped its line would
+        go unseen. One stat per file."""
+        root = _resolve(folder)
+        if not root.is_dir():
+            return ""
+        stamps = []
+        for entry in (*os.scandir(root), *(e for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path))):
+            stat = entry.stat()
+            stamps.append((os.path.relpath(entry.path, root), stat.st_size, stat.st_mtime_ns))
+        return hashlib.sha256(repr(sorted(stamps)).encode()).hexdigest()
 
     def load(self, folder, strict, width, height, frames=0, frame_stride=1):
         if not folder.strip():

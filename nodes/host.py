@@ -274,12 +274,15 @@ class HostVAE:
 
 
 def diffusion_model_names() -> list[str]:
-    """Files in ComfyUI's diffusion_models folder (and its old name, unet)."""
+    """Model files in ComfyUI's diffusion_models folder (and its old name, unet): .safetensors, or BFL's .sft."""
+    from byg_core.checkpoints import SAFETENSORS_SUFFIXES
+
     host = _folder_paths()
     if host is None:
         root = Path(os.environ.get("BYG_DIFFUSION_MODELS_DIR", "models/diffusion_models"))
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")) if root.is_dir() else []
-    return sorted(n for n in host.get_filename_list("diffusion_models") if n.endswith(LORA_SUFFIXES))
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.suffix.lower() in SAFETENSORS_SUFFIXES) if root.is_dir() else []
+    return sorted(n for n in host.get_filename_list("diffusion_models") if n.lower().endswith(SAFETENSORS_SUFFIXES))
 
 
 def diffusion_model_path(name: str) -> Path:

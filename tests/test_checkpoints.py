@@ -156,6 +156,10 @@ def test_files_of_other_models_are_refused_naming_the_file_and_what_it_is(tmp_pa
         load_flux_transformer(tmp_path / "flux1-dev.ckpt")
     with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
         load_flux_transformer(tmp_path / "missing.safetensors")
+    # BFL's own release names its files flux1-dev.sft and ae.sft (safetensors; ComfyUI lists them): read as such
+    (tmp_path / "flux1-dev.SFT").write_bytes(good.read_bytes())
+    torch.testing.assert_close(load_flux_transformer(tmp_path / "flux1-dev.SFT", axes_dims_rope=TINY_AXES).state_dict(),
+                               load_flux_transformer(good, axes_dims_rope=TINY_AXES).state_dict(), rtol=0, atol=0)
 
 
 def test_scaled_fp8_dequantises_weight_times_scale():

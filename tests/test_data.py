@@ -43,6 +43,8 @@ def test_a_written_dataset_reads_back(tmp_path):
         ({**ROW, "image": None}, r"missing or empty field 'image' \(a file name, as text\)"),  # had raised TypeError
         ({**ROW, "image": ""}, "missing or empty field 'image'"),  # had read the dataset folder as video frames
         ({**ROW, "image": "sub\\00000.png"}, r"does not exist; write paths with /"),  # a Windows path on Linux
+        ({**ROW, "image": "00000.png", "tgt_caption": ROW["src_caption"] + " "}, "tgt_caption is src_caption"),
+        ({**ROW, "image": "00000.PNG"}, r"00000.PNG does not exist; 00000.png exists: file names are case-sensitive"),
     ],
 )
 def test_bad_lines_name_the_file_line_and_reason(tmp_path, obj, message):
@@ -206,3 +208,48 @@ def test_sources_of_different_sizes_or_lengths_name_two_files_and_the_setting_th
     with pytest.raises(ValueError, match=r"short \(edits.jsonl line 1\) is 5 frames of 16x16 px, .*long \(edits.jsonl "
                                          r"line 2\) is 9 frames of 16x16 px; set frames"):
         cache(EditDataset.from_folder(videos), build_toy_wan_backbone("ti2v-5b"))
+
+
+def test_a_truncated_jpeg_or_an_empty_frame_is_a_bad_line_before_any_model_loads(tmp_path):
+    """PIL's verify() reads no JPEG data: a half-copied photo had passed, then failed training with a traceback
+    after the model loaded; a frame folder's frames were never opened."""
+    from PIL import Image
+
+    root = make(tmp_path)
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(root / "a.jpg")
+    whole = (root / "a.jpg").read_bytes()
+    (root / "a.jpg").write_bytes(whole[: len(whole) * 6 // 10])
+    append(root, {**ROW, "image": "a.jpg"})
+    with pytest.raises(ValueError, match=r"edits.jsonl:3: cannot read image .*a.jpg"):
+        EditDataset.from_folder(root)
+    (root / "a.jpg").write_bytes(whole)
+    assert len(EditDataset.from_folder(root)) == 3
+    clip = root / "clip"
+    clip.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8)).save(clip / f"{i:05d}.png")
+    (clip / "00003.png").write_bytes(b"")  # a frame a stopped copy left empty
+    append(root, {**ROW, "video": "clip"})
+    with pytest.raises(ValueError, match=r"edits.jsonl:4: cannot read image .*00003.png"):
+        EditDataset.from_folder(root)
+
+
+@pytest.mark.parametrize("reverse", ["make the boat undocked", "make the desk a restorer's workbench"])
+def test_a_reverse_instruction_that_only_contains_undo_or_restore_is_read(tmp_path, reverse):
+    root = make(tmp_path)
+    append(root, {**ROW, "image": "00000.png", "reverse_instruction": reverse})
+    assert EditDataset.from_folder(root).records[2].reverse_instruction == reverse
+
+
+def test_a_caption_holding_a_unicode_line_separator_is_one_line(tmp_path):
+    """JSON allows U+2028 and U+0085 raw in strings (json.dumps(..., ensure_ascii=False) writes them): the line had
+    been split in two, refused as broken JSON, and every later line named one number too high."""
+    root = make(tmp_path)
+    with open(root / "edits.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({**ROW, "image": "00000.png", "src_caption": "a red circle\u2028on blue\u0085sky"},
+                           ensure_ascii=False) + "\r\n")
+    append(root, {**ROW, "image": "missing.png"})
+    with pytest.raises(ValueError, match=r"edits.jsonl:4: file .*missing.png does not exist") as refused:
+        EditDataset.from_folder(root)
+    assert "edits.jsonl:3" not in str(refused.value)
+    assert EditDataset.from_folder(root, strict=False).records[2].src_caption == "a red circle\u2028on blue\u0085sky"

@@ -46,7 +46,7 @@ def test_byg_train_keeps_its_prompts_on_disk_when_asked(tmp_path):
     assert cli.main(["train", str(examples / "toy.toml"), "--set", f"data={tmp_path / 'data'}", "--set",
                      f"output_dir={tmp_path / 'run'}", "--set", "steps=1", "--set", "rank=2", "--set", "batch_size=2",
                      "--set", f"text_cache_dir={tmp_path / 'text'}", "--set", "objective.rollout_steps=2"]) == 0
-    assert (tmp_path / "text" / "index.json").is_file() and list((tmp_path / "text").glob("shard_*.safetensors"))
+    assert list((tmp_path / "text").glob("index_*.json")) and list((tmp_path / "text").glob("shard_*.safetensors"))
 
 
 def test_two_runs_sharing_a_cache_folder_at_once_read_their_own_prompts(tmp_path):
@@ -74,3 +74,37 @@ def test_a_cache_made_with_other_text_encoder_files_is_not_read(tmp_path):
     assert "a prompt" in DiskTextCache(tmp_path / "text", same)
     swapped = textcache.cache_key("flux1-dev", {"t5": str(other), "transformer": "a"})
     assert "a prompt" not in DiskTextCache(tmp_path / "text", swapped)
+
+
+def test_encoded_prompts_are_kept_at_the_models_compute_dtype():
+    """A host's CLIP hands over fp32 states (a T5-XXL prompt 4 MiB): a bf16 model keeps them in bf16, half the
+    memory, and is given the same values it was given before (they were cast on the way out)."""
+    as_fp32 = make_flux_backbone().encode_text(PROMPTS)
+    backbone = make_flux_backbone()
+    backbone.transformers["transformer"].to(torch.bfloat16)
+    given = backbone.encode_text(PROMPTS)
+    assert {backbone._text_cache[p].tokens.dtype for p in PROMPTS} == {torch.bfloat16}
+    assert backbone._text_cache[PROMPTS[0]].pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(given.tokens, as_fp32.tokens.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(given.pooled, as_fp32.pooled.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_a_folder_shared_by_two_models_keeps_each_ones_prompts(tmp_path):
+    """Each model (or text-encoder file, or dtype) keeps its own index in a shared folder: switching between two had
+    dropped the other's whole index, leaving its shards unread on disk and its prompts to encode again."""
+    cond = textcache.TextCond(torch.ones(1, 2), None)
+    for key, prompt in (("k1", "a red car"), ("k2", "a blue boat")):
+        cache = DiskTextCache(tmp_path, key)
+        cache[prompt] = cond
+        cache.flush()
+    assert "a red car" in DiskTextCache(tmp_path, "k1") and "a blue boat" in DiskTextCache(tmp_path, "k2")
+    assert "a blue boat" not in DiskTextCache(tmp_path, "k1")  # never another's
+    older = DiskTextCache(tmp_path / "older", "k1")
+    older["a red car"] = cond
+    older.flush()
+    older.index.rename(tmp_path / "older" / "index.json")  # a cache made before per-model indexes: still read
+    assert "a red car" in DiskTextCache(tmp_path / "older", "k1")
+    for index in tmp_path.glob("index*.json"):
+        index.write_text("{")  # a stopped copy, a hand edit
+    with pytest.raises(ValueError, match=r"text cache index .*index.*\.json cannot be read .*delete the folder"):
+        DiskTextCache(tmp_path, "k1")

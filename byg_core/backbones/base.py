@@ -184,8 +184,8 @@ class EditBackbone(ABC):
                 )
             with torch.no_grad():
                 cond = self.text_encoder(missing)
-            for i, prompt in enumerate(missing):
-                self._text_cache[prompt] = cond.select(slice(i, i + 1))
+            for i, prompt in enumerate(missing):  # kept at the compute dtype they are given at: a bf16 model's
+                self._text_cache[prompt] = cond.select(slice(i, i + 1)).to(dtype=self.dtype)  # half a host's fp32
         return TextCond.cat([self._text_cache[p] for p in prompts]).to(self.device, self.dtype)
 
     def use_text_cache(self, cache) -> None:

@@ -93,6 +93,14 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
     assert edited.shape == image.shape and not torch.equal(edited, image)
 
 
+def test_bfls_sft_files_are_listed_as_models(nodes, host):
+    """BFL's own release names FLUX.1-dev's file flux1-dev.sft (safetensors); ComfyUI lists it, and so do we."""
+    for name in ("flux1-dev.sft", "notes.txt"):
+        (host.root / "diffusion_models" / name).write_bytes(b"")
+    listed = nodes["BYGModelLoader"].INPUT_TYPES()["required"]["diffusion_model"][0]
+    assert "flux1-dev.sft" in listed and "notes.txt" not in listed
+
+
 def test_flux_without_its_files_says_what_to_connect(run):
     with pytest.raises(ValueError, match=r"flux1-dev is loaded from your files: pick 'diffusion_model' \(flux1-dev"
                                          r".*; connect 'clip' \(DualCLIPLoader.*connect 'vae' \(VAELoader: ae"):

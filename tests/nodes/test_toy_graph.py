@@ -296,9 +296,20 @@ def test_dataset_node_reruns_when_edits_jsonl_changes(nodes, host_folders):
     from byg_core.toy.dataset import write_toy_dataset
 
     root = write_toy_dataset(host_folders / "input" / "ds", n=2, seed=0)
-    before = nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0)
+    stamp = lambda: nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0)  # noqa: E731
+    before = stamp()
     os.utime(root / "edits.jsonl", (1, 1))
-    assert nodes["BYGDataset"].IS_CHANGED(folder="ds", strict=False, width=0, height=0) != before
+    assert stamp() != before
+    # a picture a line names, added (or fixed, or replaced) after a run skipped that line: read again, not kept
+    (root / "00001.png").rename(root / "elsewhere.png")
+    missing = stamp()
+    (root / "elsewhere.png").rename(root / "00001.png")
+    assert stamp() != missing
+    (root / "clip").mkdir()
+    (root / "clip" / "00000.png").write_bytes(b"")
+    frames = stamp()
+    (root / "clip" / "00000.png").write_bytes(b"a frame")  # a frame folder's frames count too
+    assert stamp() != frames
 
 
 def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders):
