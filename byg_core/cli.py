@@ -280,7 +280,7 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
 
 def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
     """A fresh run never replaces a run's checkpoint, nor its finished LoRA where the checkpoint was deleted."""
-    from .train import existing_lora, existing_run
+    from .train import existing_lora, existing_run, stopped_loras
 
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise SystemExit(f"output_dir {cfg.output_dir} is a file; set output_dir to a folder (--set output_dir=...)")
@@ -292,7 +292,7 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
             f"{cfg.output_dir} already holds a run (checkpoint at step {done}); nothing was overwritten. "
             "Continue it with --resume, or set another output_dir (--set output_dir=...) to start a new run."
         )
-    finished = existing_lora(cfg.output_dir, cfg.save_name)
+    finished = existing_lora(cfg.output_dir, cfg.save_name) + stopped_loras(cfg.output_dir, cfg.save_name)
     if finished:
         raise SystemExit(
             f"{cfg.output_dir} already holds the LoRA {', '.join(p.name for p in finished)} (its checkpoint is gone, "

@@ -8,7 +8,9 @@ safetensors file written atomically (no pickle anywhere).
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +26,7 @@ from .bootstrap import RolloutCache, cached_rollout, snap_to_grid
 from .backbones.base import EditBackbone
 from .config import TrainConfig
 from .data import CachedEdits, data_fingerprint
-from .lora_io import finished_lora, lora_steps, save_lora, set_aside
+from .lora_io import EXPERT_SUFFIX, finished_lora, lora_steps, save_lora, set_aside
 from .objective import StepLosses, byg_step, identity_step, supervised_step
 from .safefiles import load_checked, meta_json, read_metadata, save_atomic, write_text_atomic
 from .sample import EDIT_STEPS, edit
@@ -404,6 +406,14 @@ def existing_lora(output_dir: str | Path, save_name: str) -> list[Path]:
     run can refuse them where their checkpoint was deleted."""
     path = Path(output_dir) / f"{save_name}.safetensors"
     return sorted({*finished_lora(path, ["transformer"]), *finished_lora(path, ["transformer", "transformer_2"])})
+
+
+def stopped_loras(folder: str | Path, save_name: str) -> list[Path]:
+    """The LoRA files of stopped runs named ``save_name`` in ``folder`` (``<save_name>_step<N>``, each expert's), so a
+    fresh run that would stop at the same step cannot write over one."""
+    experts = "|".join(f"_{suffix}" for suffix in EXPERT_SUFFIX.values())
+    name = re.compile(rf"{re.escape(save_name)}_step\d+({experts})?\.safetensors")
+    return sorted(p for p in Path(folder).glob(f"{glob.escape(save_name)}_step*.safetensors") if name.fullmatch(p.name))
 
 
 def _no_accelerator() -> bool:

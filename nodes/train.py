@@ -182,7 +182,7 @@ def _config(model, dataset, objective, preset, name, seed, preview_every, widget
 def _refuse_to_overwrite(name: str, output_dir: str, backbone) -> None:
     """A new run never replaces an earlier run's checkpoint or a LoRA of the same name (resume continues one)."""
     from byg_core.lora_io import expert_paths
-    from byg_core.train import existing_run
+    from byg_core.train import existing_run, stopped_loras
 
     done = existing_run(output_dir)
     if done is not None:
@@ -191,7 +191,7 @@ def _refuse_to_overwrite(name: str, output_dir: str, backbone) -> None:
             "was overwritten. Turn 'resume' on to continue that run, or change 'save_name' to start a new one."
         )
     taken = [p for p in expert_paths(host.loras_dir() / f"{name}.safetensors", list(backbone.transformers)).values()
-             if p.exists()]
+             if p.exists()] + stopped_loras(host.loras_dir(), name)  # a stopped run's, which a fresh one might reach
     if taken:
         raise ValueError(
             f"CycleTrainer: the loras folder already holds {', '.join(p.name for p in taken)}; nothing was "

@@ -46,9 +46,16 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     assert lora.read_bytes() != finished and read_lora(lora, load_backbone("toy")).metadata["byg.config"]["steps"] == 3
     (tmp_path / "run" / "checkpoint.safetensors").unlink()  # deleted to save space: the LoRA is still finished work
     longer = lora.read_bytes()
-    with pytest.raises(SystemExit, match=r"already holds the LoRA byg_toy_lora.safetensors \(its checkpoint is gone"):
+    with pytest.raises(SystemExit, match=r"already holds the LoRA byg_toy_lora.safetensors, "
+                                         r"byg_toy_lora_step2.safetensors \(its checkpoint is gone"):
         cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides])
     assert lora.read_bytes() == longer
+    # a stopped run's LoRA alone is work too: a fresh run stopped at its step would have written over it
+    lora.rename(tmp_path / "kept.safetensors")
+    with pytest.raises(SystemExit, match=r"already holds the LoRA byg_toy_lora_step2.safetensors \(its checkpoint"):
+        cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides])
+    assert (tmp_path / "run" / "byg_toy_lora_step2.safetensors").read_bytes() == finished
+    (tmp_path / "kept.safetensors").rename(lora)
     source = tmp_path / "data" / "00000.png"
     out = tmp_path / "edited.png"
     assert cli.main(["edit", "--lora", str(lora), "--image", str(source), "--out", str(out),

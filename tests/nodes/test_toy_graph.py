@@ -142,6 +142,17 @@ def test_trainer_stops_cleanly_on_interrupt_and_resumes(run, graph, host):
     # the 5-step LoRA is kept beside the 6-step one, as a stopped run at step 5 would name it
     assert (host.root / "loras" / "toy_test_step5.safetensors").read_bytes() == finished
     assert read_lora(host.root / "loras" / "toy_test.safetensors", graph.model.backbone).metadata["byg.config"]["steps"] == 6
+    # the run's folder deleted and its finished LoRA moved away: its stopped LoRAs are still work a fresh run (one
+    # cancelled at step 2 or 5) would write over
+    import shutil
+
+    shutil.rmtree(host.root / "output" / "byg" / "toy_test")
+    (host.root / "loras" / "toy_test.safetensors").rename(host.root / "loras" / "mine.safetensors")
+    with pytest.raises(ValueError, match=r"already holds toy_test_step2.safetensors, toy_test_step5.safetensors; "
+                                         r"nothing was overwritten"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=5))
+    assert (host.root / "loras" / "toy_test_step5.safetensors").read_bytes() == finished
 
 
 def test_the_host_conditions_reproduce_the_failure_the_fix_removes(nodes, graph, executor):
