@@ -141,7 +141,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.use_ema and self.ema_decay == 1:
-            raise ValueError("ema_decay 1 never moves the EMA editor that bootstraps the targets (Algorithm 1, line 14): "
+            raise ValueError("ema_decay 1 never moves the EMA editor that bootstraps the targets (Algorithm 1, lines 7 and 36): "
                              "use a value below 1, e.g. 0.99 (a widget rounds to its step: type at most 4 decimals)")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")

@@ -60,7 +60,8 @@ def directional_prior_loss(
     v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor, alpha: float, directional: bool = True,
     v_anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); MSE only without the directional term.
+    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); without the directional term the MSE alone, at
+    weight 1 (section 6: "retaining only the MSE component of the prior").
     ``v_anchor``: the anchor's velocity where it is not v_tgt (``ObjectiveConfig.prior_guidance_terms`` "anchor")."""
     mse = F.mse_loss(v_pred.float(), (v_tgt if v_anchor is None else v_anchor).float())
     if not directional:

@@ -184,8 +184,9 @@ def flowedit(
     """FlowEdit (Kulikov et al.): inversion-free, integrates v(z_tgt, p_tgt) - v(z_src, p_src) from x.
 
     z_src = (1 - t) x + t eps,  z_tgt = z_fe + z_src - x,  z_fe <- z_fe + (t_next - t) * mean(v_delta).
-    Each velocity at its own classifier-free guidance against ``uncond`` (the paper's FLUX setting: source 1.5,
-    target 5.5; 1 and 1: unguided).
+    Each velocity at its own classifier-free guidance against ``uncond`` (1 and 1: unguided), as FlowEdit guides
+    Stable Diffusion 3; its FLUX setting, source 1.5 and target 5.5, is FLUX.1-dev's distilled guidance input, not
+    classifier-free guidance (set ``backbone.guidance`` for that), so it is not these two.
     """
     batch = x.shape[0]
     p_src, p_tgt = as_batch(p_src, batch), as_batch(p_tgt, batch)
