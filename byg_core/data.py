@@ -85,8 +85,12 @@ class EditDataset:
         if not index.is_file():
             raise FileNotFoundError(f"{index} not found: a dataset is a folder with images and an edits.jsonl")
         records, rejected = [], []
+        lines = read_jsonl_text(index)
+        if lines.lstrip().startswith("["):  # one JSON error per physical line would say nothing of the cause
+            raise DatasetError(f"{index} holds a JSON array: write one JSON object per line (JSON Lines), each "
+                               "tuple's fields on its own line", [])
         # lines end at \n alone: str.splitlines() also splits at U+2028 or U+0085, which JSON strings may hold
-        for number, text in enumerate(read_jsonl_text(index).split("\n"), start=1):
+        for number, text in enumerate(lines.split("\n"), start=1):
             if not text.strip():
                 continue
             try:
@@ -152,6 +156,9 @@ def parse_record(obj: dict, root: Path, line: int, frames: int | None = None, st
     media = root / obj[media_keys[0]]
     if media_keys[0] == "video":
         check_video(media)
+    elif is_video(media):  # it would be read as one, and refused later by tensor shapes
+        raise ValueError(f"image {media} is a video (a folder of frames or a video file): give it as 'video', or "
+                         "save the still as a PNG")
     check_media(media)
     if media_keys[0] == "video":
         check_clip(media, frames, stride)

@@ -45,6 +45,7 @@ def test_a_written_dataset_reads_back(tmp_path):
         ({**ROW, "image": "sub\\00000.png"}, r"does not exist; write paths with /"),  # a Windows path on Linux
         ({**ROW, "image": "00000.png", "tgt_caption": ROW["src_caption"] + " "}, "tgt_caption is src_caption"),
         ({**ROW, "image": "00000.PNG"}, r"00000.PNG does not exist; 00000.png exists: file names are case-sensitive"),
+        ({**ROW, "image": "."}, r"image .* is a video \(a folder of frames or a video file\): give it as 'video'"),
     ],
 )
 def test_bad_lines_name_the_file_line_and_reason(tmp_path, obj, message):
@@ -253,3 +254,13 @@ def test_a_caption_holding_a_unicode_line_separator_is_one_line(tmp_path):
         EditDataset.from_folder(root)
     assert "edits.jsonl:3" not in str(refused.value)
     assert EditDataset.from_folder(root, strict=False).records[2].src_caption == "a red circle\u2028on blue\u0085sky"
+
+
+def test_a_json_array_is_named_as_one_not_as_one_error_per_line(tmp_path):
+    """A pretty-printed JSON array had given one JSON error per physical line (58 for 8 tuples) and no hint."""
+    root = make(tmp_path)
+    rows = [json.loads(line) for line in (root / "edits.jsonl").read_text().splitlines()]
+    (root / "edits.jsonl").write_text(json.dumps(rows, indent=2))
+    with pytest.raises(ValueError, match=r"edits.jsonl holds a JSON array: write one JSON object per line") as refused:
+        EditDataset.from_folder(root)
+    assert len(refused.value.rejected) == 0
