@@ -195,12 +195,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"--image {args.image}: {error}; pass --size H W to centre-crop and resize it to a size the "
                          "model takes (training's rule)") from None
     x = backbone.encode_pixels(pixels)
-    c = backbone.encode_text([args.instruction])
-    backbone.encode_text([backbone.negative_prompt])  # cached for a guided edit (Wan2.2's cfg)
+    backbone.encode_text([args.instruction, backbone.negative_prompt])  # cached (the second for Wan2.2's cfg)
     # T5-XXL (9 GB in bf16) leaves the GPU before the transformer comes: on 24 GB, FLUX.1-dev in fp8 fits beside
     # the VAE, not beside both (as training releases it once the prompts are cached)
     backbone.release_text_encoder()
     backbone.to(args.device)
+    c = backbone.encode_text([args.instruction])  # from the cache, on the transformer's device now
     adapters = load_lora(args.lora, backbone, strength=args.strength)
     with guide_scales_of(backbone, args.cfg):
         result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)

@@ -204,12 +204,24 @@ def test_byg_trains_and_edits_flux_from_the_command_line(parts, tmp_path, capsys
     moves, move = [], EditBackbone.to  # what is on the device when the transformer goes there
     monkeypatch.setattr(EditBackbone, "to", lambda self, device, transformers=True: (
         moves.append((transformers, self.text_encoder is None)), move(self, device, transformers))[1])
+    from byg_core import sample
+
+    given, edit = [], sample.edit  # the instruction the edit gets is taken on the transformer's device, after it moved
+    monkeypatch.setattr(sample, "edit", lambda backbone, adapters, x, c, **kw: (
+        given.append(len(moves)), edit(backbone, adapters, x, c, **kw))[1])
+    encode = EditBackbone.encode_text
+    monkeypatch.setattr(EditBackbone, "encode_text", lambda self, prompts: (
+        moves.append(("encoded", PROMPT in prompts)), encode(self, prompts))[1])
     assert cli.main(["edit", "--lora", str(lora), "--image", str(data / "00000.png"), "--instruction", PROMPT,
                      "--out", str(out), "--steps", "2"]) == 0  # the model and its files come from the LoRA
     assert out.is_file()
     # T5-XXL has encoded the instruction and is released before the transformer goes to the GPU (24 GB: not both)
-    assert moves == [(False, False), (True, True)]
+    assert [m for m in moves if m != ("encoded", False)] == [(False, False), ("encoded", True), (True, True),
+                                                              ("encoded", True)]
+    assert given == [len(moves)]  # (on a GPU the first encoding's tensors sit on the CPU with the transformer)
     monkeypatch.setattr(EditBackbone, "to", move)
+    monkeypatch.setattr(EditBackbone, "encode_text", encode)
+    monkeypatch.setattr(sample, "edit", edit)
     # a LoRA trained in ComfyUI records its model but no files: refused until --model-file names them
     with safe_open(str(lora), "pt") as f:
         metadata = f.metadata()
