@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .loading import NEEDS_FILES, check_size_before_loading, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache, cache_key
-    from .train import Callbacks, ResumeMismatch, Trainer, processes, warmup_only, write_history
+    from .train import Callbacks, ResumeMismatch, Trainer, check_resumable, processes, warmup_only, write_history
 
     values = read_toml(args.config) if args.config else {}
     for key, value in map(_parse_override, args.set or []):
@@ -89,6 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
+    if args.resume:
+        try:
+            check_resumable(cfg)  # a checkpoint made with other settings, refused before minutes of loading
+        except ResumeMismatch as error:
+            raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # a disk text cache is written by the main process while the others wait, then read by them

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -305,14 +306,13 @@ class Trainer:
         """Continue from a checkpoint; a missing, corrupt or mismatched one raises and changes nothing."""
         path = Path(path) if path else self.checkpoint_path
         tensors, raw = load_checked(path, "checkpoint")
-        saved = meta_json(raw, "byg.config", path)
-        key = first_difference(saved, self.cfg.to_dict(), RESUME_KEYS)
-        if key is not None:
-            raise ResumeMismatch(path, key, saved.get(key), self.cfg.to_dict()[key])
+        check_resumable(self.cfg, path, raw)
         data = data_fingerprint(self.data.records)
         if raw.get("byg.data", data) != data:  # a checkpoint older than its "byg.data" is taken at its word
-            raise ValueError(f"checkpoint {path} was made on the dataset as it was before: a line or a file of it "
-                             f"changed since ({self.cfg.data}); put it back as it was to resume, or start a new run")
+            # said, not refused: a fixed caption is the user's to make, and a copy without its timestamps looks so too
+            warnings.warn(f"checkpoint {path} was made on the dataset as it was before: a line or a file of "
+                          f"{self.cfg.data} changed since (or its files' times); the resumed run trains on it as it is "
+                          "now, so it is not the run that never stopped", stacklevel=2)
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -350,8 +350,9 @@ def _checkpoint_non_reentrant(module, *args):
 
 
 def warmup_only(cfg: TrainConfig) -> str | None:
-    """What to say when every step of a ByG run is an identity warm-up step (its LoRA learns no edit), else None."""
-    if cfg.method != "byg" or cfg.steps > cfg.warmup_identity_steps:
+    """What to say when every step of a run (ByG's or the supervised reference's) is an identity warm-up step (its
+    LoRA learns no edit), else None."""
+    if cfg.steps > cfg.warmup_identity_steps:
         return None
     return (f"all {cfg.steps} steps are identity warm-up steps (warmup_identity_steps = {cfg.warmup_identity_steps}): "
             "the LoRA learns to copy its source, no edit; raise steps or lower warmup_identity_steps")
@@ -365,6 +366,20 @@ def existing_run(output_dir: str | Path) -> int | None:
         return None
     metadata = read_metadata(path)
     return -1 if metadata is None else int(metadata.get("byg.step", -1))
+
+
+def check_resumable(cfg: TrainConfig, path: Path | None = None, raw: dict | None = None) -> None:
+    """Raise ``ResumeMismatch`` where ``cfg`` differs from the checkpoint's config in a ``RESUME_KEYS`` field (the
+    checkpoint at ``path``, ``cfg.output_dir``'s by default; its metadata ``raw`` read here unless given). A missing or
+    unreadable checkpoint passes: ``Trainer.resume`` names it."""
+    path = path or Path(cfg.output_dir) / CHECKPOINT
+    raw = raw if raw is not None else read_metadata(path) if path.is_file() else None
+    if not raw or "byg.config" not in raw:
+        return
+    saved = meta_json(raw, "byg.config", path)
+    key = first_difference(saved, cfg.to_dict(), RESUME_KEYS)
+    if key is not None:
+        raise ResumeMismatch(path, key, saved.get(key), cfg.to_dict()[key])
 
 
 def first_difference(saved: dict, now: dict, keys) -> str | None:

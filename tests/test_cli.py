@@ -21,7 +21,7 @@ def sets(*pairs):
     return sum((["--set", p] for p in pairs), [])
 
 
-def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
+def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys, monkeypatch):
     assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
     overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=2", "rank=4",
                      "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2")
@@ -37,6 +37,12 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys):
     assert lora.read_bytes() == finished
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=3", "--resume"]) == 0
     assert "resumed at step 2" in capsys.readouterr().err
+    from byg_core import loading
+
+    with monkeypatch.context() as patched:  # a resume with another setting is refused before the model loads
+        patched.setattr(loading, "load_backbone", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+        assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "shift=2.0", "--resume"]) == 2
+    assert "was made with shift=4.0, this run has shift=2.0; use the same shift" in capsys.readouterr().err
     edit_checkpoint = ["edit", "--lora", str(tmp_path / "run" / "checkpoint.safetensors"), "--image",
                        str(tmp_path / "data" / "00000.png"), "--out", str(tmp_path / "x.png"), "--instruction", "x"]
     assert cli.main(edit_checkpoint) == 2  # had said it "was not written by comfyui-byg"
