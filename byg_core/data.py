@@ -17,6 +17,7 @@ text encoders and the VAE need not stay loaded during training.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -89,8 +90,9 @@ class EditDataset:
         if lines.lstrip().startswith("["):  # one JSON error per physical line would say nothing of the cause
             raise DatasetError(f"{index} holds a JSON array: write one JSON object per line (JSON Lines), each "
                                "tuple's fields on its own line", [])
-        # lines end at \n alone: str.splitlines() also splits at U+2028 or U+0085, which JSON strings may hold
-        for number, text in enumerate(lines.split("\n"), start=1):
+        # lines end at \n, \r\n or \r (a JSON string holds neither raw); not at U+2028 or U+0085, which
+        # str.splitlines() also splits at and a JSON string may hold raw
+        for number, text in enumerate(lines.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
             if not text.strip():
                 continue
             try:
@@ -170,15 +172,13 @@ def check_media(path: Path) -> None:
     if path.is_dir():
         if not frame_paths(path):
             raise ValueError(f"video folder {path} holds no image frames")
-        for frame in frame_paths(path):
-            check_image(frame)
-        return
+        return  # check_clip decodes the frames its clip takes
     if not path.is_file():
         hint = "; write paths with / (a \\ is part of the file name here)" if "\\" in str(path) and os.sep == "/" else ""
-        other_case = [p.name for p in path.parent.iterdir() if p.name.lower() == path.name.lower()] \
-            if path.parent.is_dir() else []
+        other_case = _names_by_case(path.parent, path.parent.stat().st_mtime_ns).get(path.name.lower()) \
+            if path.parent.is_dir() else None
         if other_case:  # a dataset made on Windows or macOS, whose file names ignore case
-            hint = f"; {other_case[0]} exists: file names are case-sensitive here"
+            hint = f"; {other_case} exists: file names are case-sensitive here"
         raise ValueError(f"file {path} does not exist{hint}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         from .video_io import read_video  # video_io builds on this module
@@ -186,6 +186,12 @@ def check_media(path: Path) -> None:
         read_video(path, frames=1)
         return
     check_image(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _names_by_case(folder: Path, mtime_ns: int) -> dict[str, str]:
+    """A folder's file names by their lower-case form, listed once per state of the folder (many lines may miss)."""
+    return {p.name.lower(): p.name for p in folder.iterdir()}
 
 
 def check_image(path: Path) -> None:
@@ -209,8 +215,12 @@ def check_clip(path: Path, frames: int | None, stride: int) -> None:
     from .video_io import frame_count, sample_frames  # video_io builds on this module
 
     need = ((frames or MIN_CLIP_FRAMES) - 1) * stride + 1
-    total = len(frame_paths(path)) if path.is_dir() else frame_count(path, limit=need)
-    clip = len(sample_frames(total, frames, stride, source=path))
+    paths = frame_paths(path) if path.is_dir() else []
+    total = len(paths) if path.is_dir() else frame_count(path, limit=need)
+    taken = sample_frames(total, frames, stride, source=path)
+    for index in taken if path.is_dir() else []:  # the frames training reads, decoded whole (not all of a long folder)
+        check_image(paths[index])
+    clip = len(taken)
     if frames is None and clip < MIN_CLIP_FRAMES:  # ``total`` is whole: fewer than ``need`` were there
         fix = "lower frame_stride, or " if stride > 1 else ""
         raise ValueError(f"{path} gives a clip of {clip} frame{'s' * (clip > 1)} ({total} frames at frame_stride "

@@ -233,6 +233,11 @@ def test_a_truncated_jpeg_or_an_empty_frame_is_a_bad_line_before_any_model_loads
     append(root, {**ROW, "video": "clip"})
     with pytest.raises(ValueError, match=r"edits.jsonl:4: cannot read image .*00003.png"):
         EditDataset.from_folder(root)
+    # only the frames the clip takes are decoded (a long folder's others would cost seconds a line, and are not read)
+    for i in (3, 5):
+        Image.new("RGB", (8, 8)).save(clip / f"{i:05d}.png")
+    (clip / "00006.png").write_bytes(b"")  # 7 frames: the clip is the longest 4k+1 run, frames 0-4
+    assert len(EditDataset.from_folder(root)) == 4
 
 
 @pytest.mark.parametrize("reverse", ["make the boat undocked", "make the desk a restorer's workbench"])
@@ -254,6 +259,10 @@ def test_a_caption_holding_a_unicode_line_separator_is_one_line(tmp_path):
         EditDataset.from_folder(root)
     assert "edits.jsonl:3" not in str(refused.value)
     assert EditDataset.from_folder(root, strict=False).records[2].src_caption == "a red circle\u2028on blue\u0085sky"
+    old_mac = (root / "edits.jsonl").read_text(encoding="utf-8").replace("\r\n", "\n").replace("\n", "\r")
+    (root / "edits.jsonl").write_text(old_mac, encoding="utf-8", newline="")  # lines ending at a bare \r
+    with pytest.raises(ValueError, match=r"edits.jsonl:4: file .*missing.png does not exist"):
+        EditDataset.from_folder(root)
 
 
 def test_a_json_array_is_named_as_one_not_as_one_error_per_line(tmp_path):
