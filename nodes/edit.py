@@ -61,7 +61,7 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
         raise ValueError(f"{node}: the instruction cannot be read by this model: {error}") from error
     x = backbone.encode_pixels(pixels)
     backbone.encode_text([backbone.negative_prompt])  # cached for a guided edit (Wan2.2's cfg)
-    host.free_host_models()  # the host's CLIP and VAE leave the GPU to the transformer until the decode
+    host.free_host_models(backbone)  # the host's CLIP and VAE leave the GPU to the transformer until the decode
     adapters = model.prepare()
     progress = host.Progress(steps)
     with guidance_of(backbone, guidance, cfg):

@@ -132,11 +132,12 @@ def torch_device():
     return host.get_torch_device()
 
 
-def free_host_models() -> None:
-    """Take the host's own models (its CLIP, VAE) off the GPU once a run has what it needs of them: ours are outside
-    its bookkeeping, so it would keep T5-XXL (9 GB) beside a training or an edit; it loads them again when asked."""
+def free_host_models(backbone) -> None:
+    """Take the host's own models (its CLIP, VAE) off the GPU once a run on ``backbone`` has what it needs of them:
+    ours are outside its bookkeeping, so it would keep T5-XXL (9 GB) beside a training or an edit; it loads them again
+    when asked. A backbone using neither (the toys) leaves the host's models as they are."""
     host = _model_management()
-    if host is not None:
+    if host is not None and (isinstance(backbone.text_encoder, HostCLIP) or isinstance(backbone.codec, HostVAE)):
         host.unload_all_models()
         host.soft_empty_cache()
 

@@ -134,7 +134,7 @@ class CycleTrainer:
         )
         try:
             data = cache(dataset.dataset, model.backbone, dataset.size, dataset.frames, dataset.frame_stride)
-            host.free_host_models()  # every prompt and source is encoded: the host's CLIP and VAE leave the GPU
+            host.free_host_models(model.backbone)  # every prompt and source is encoded: the host's CLIP and VAE leave the GPU
             trainer = Trainer(config, model.backbone, data, callbacks)
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error

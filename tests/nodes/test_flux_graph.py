@@ -86,10 +86,13 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
     assert config["model"] == "flux1-dev" and config["lr"] == 3e-4  # the paper's image values (B.1)
     assert config["gradient_checkpointing"]  # the preset's: no GPU holds FLUX.1-dev's activations without it
     assert (host.root / "loras" / "flux_test.safetensors").is_file()
+    assert host.unloads == [0]  # the host's CLIP (T5) and VAE left the GPU once the dataset was encoded, before step 1
+    host.updates, host.unloads = [], []
     (edited_model,) = run("BYGLoRALoader", model=model, lora_name="(none)", strength=1.0, lora=lora)
     image = torch.rand(1, 16, 16, 3)
     edited, _ = run("BootstrapSampler", model=edited_model, image=image, instruction=PROMPT, steps=2, seed=0,
                     guidance=3.5, return_states=False)
+    assert host.unloads == [0]  # and after the edit's encoding, before its steps
     assert edited.shape == image.shape and not torch.equal(edited, image)
 
 
