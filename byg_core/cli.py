@@ -108,15 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
-        if warmup_only(cfg):
-            print(f"warning: {warmup_only(cfg)}", file=sys.stderr)
-    if args.resume:
-        try:
-            step = trainer.resume()
-            if state.is_main_process:
-                print(f"resumed at step {step}", file=sys.stderr)
-        except ResumeMismatch as error:
-            raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
+        if warning := warmup_only(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
+    if args.resume:  # its settings were checked before the model loaded (check_resumable)
+        step = trainer.resume()
+        if state.is_main_process:
+            print(f"resumed at step {step}", file=sys.stderr)
     with stop:
         result = trainer.run()
     if state.is_main_process:  # the checkpoint's history and files; another process's losses are its own batches'

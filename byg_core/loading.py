@@ -88,9 +88,9 @@ def check_size_before_loading(model: str, height: int, width: int, frames: int |
     """A real model's pixel rule from its shipped configs, so a size it cannot take is refused before minutes of
     loading (``PixelShapeError``; the loaded model checks again, and the toys, loaded in a second, are checked then)."""
     if model == "flux1-dev":
-        from .backbones.flux import check_flux_pixels
+        from .backbones.flux import check_flux_pixels, vae_spatial_factor
 
-        check_flux_pixels((1, 3, height, width), 2 ** (len(shipped_config(model, "vae")["block_out_channels"]) - 1))
+        check_flux_pixels((1, 3, height, width), vae_spatial_factor(shipped_config(model, "vae")))
     elif model in WAN_MODELS:
         from .backbones.wan import WAN22_VARIANTS, check_wan_pixels
 

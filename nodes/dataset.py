@@ -77,8 +77,8 @@ class BYGDataset:
         root = _resolve(folder)
         if not root.is_dir():
             return ""
-        stamps = []
-        for entry in (*os.scandir(root), *(e for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path))):
+        stamps, entries = [], list(os.scandir(root))
+        for entry in (*entries, *(e for d in entries if d.is_dir() for e in os.scandir(d.path))):
             stat = entry.stat()
             stamps.append((os.path.relpath(entry.path, root), stat.st_size, stat.st_mtime_ns))
         return hashlib.sha256(repr(sorted(stamps)).encode()).hexdigest()

@@ -140,8 +140,8 @@ class CycleTrainer:
             raise ValueError(f"CycleTrainer: {error}") from error
         log = logging.getLogger("comfyui-byg")
         log.info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # the server's log
-        if warmup_only(config):
-            log.warning("CycleTrainer %r: %s", name, warmup_only(config))
+        if warning := warmup_only(config):
+            log.warning("CycleTrainer %r: %s", name, warning)
         if resume:
             _resume(trainer, name)
         result = trainer.run()

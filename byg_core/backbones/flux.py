@@ -181,6 +181,13 @@ def check_flux_pixels(shape: Sequence[int], spatial_factor: int) -> None:
             )
 
 
+def vae_spatial_factor(config) -> int:
+    """Pixels per latent cell of FLUX.1's VAE (an ``AutoencoderKL`` config, or the shipped one's dict): one halving per
+    block after the first."""
+    blocks = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
+    return 2 ** (len(blocks) - 1)
+
+
 class FluxVAECodec:
     """``LatentCodec`` over FLUX.1's VAE (diffusers ``AutoencoderKL``): pixels in [0, 1] <-> the latents FLUX's
     pipelines feed the transformer, ``(z - shift_factor) * scaling_factor`` with ``z`` the posterior's mode
@@ -190,7 +197,7 @@ class FluxVAECodec:
 
     def __init__(self, vae) -> None:
         self.vae = vae
-        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.spatial_factor = vae_spatial_factor(vae.config)
         self.latent_channels = vae.config.latent_channels
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
