@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,11 +61,12 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, read_toml
-    from .data import EditDataset, cache
+    from .data import CachedEdits, EditDataset, encode_prompts, encode_sources
     from .loading import NEEDS_FILES, check_size_before_loading, load_backbone
     from .memory import check_weights_fit, estimate, gpu_bytes
     from .textcache import DiskTextCache, cache_key
-    from .train import Callbacks, ResumeMismatch, Trainer, check_resumable, processes, warmup_only, write_history
+    from .train import (Callbacks, ResumeMismatch, Trainer, check_launch, check_resumable, processes, warmup_only,
+                        write_history)
 
     values = read_toml(args.config) if args.config else {}
     for key, value in map(_parse_override, args.set or []):
@@ -86,6 +88,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.config or '--set'}: resolution = {cfg.resolution}: {error}; set resolution to a "
                              f"size {cfg.model} takes") from None
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
+    for warning in check_launch(os.environ, cfg.mixed_precision):  # what the launcher asks that byg train does not do
+        if state.is_main_process:
+            print(f"warning: {warning}", file=sys.stderr)
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
@@ -96,18 +101,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
-    # a disk text cache is written by the main process while the others wait, then read by them
+    # every process encodes the sources side by side; a disk text cache is written by the main process while the
+    # others wait (processes(): a long wait allowed), then read by them
+    latents = encode_sources(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames,
+                             cfg.frame_stride)
     with state.main_process_first() if cfg.text_cache_dir else contextlib.nullcontext():
         if cfg.text_cache_dir:
             backbone.use_text_cache(DiskTextCache(cfg.text_cache_dir, cache_key(cfg.model, cfg.model_files)))
-        data = cache(dataset, backbone, tuple(cfg.resolution) if cfg.resolution else None, cfg.frames,
-                     cfg.frame_stride)
+        encode_prompts(dataset, backbone)
+    data = CachedEdits(latents, list(dataset.records))
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     progress = Progress(cfg.steps, every=cfg.log_every) if state.is_main_process else None
-    stop = StopOnCtrlC()
+    stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
+        if state.num_processes > 1:  # torchrun kills its workers 30 s after a Ctrl-C, before a Wan step ends
+            print(f"to stop after a step with the checkpoint and LoRA written: touch {stop.stop_file}", file=sys.stderr)
         if warning := warmup_only(cfg):
             print(f"warning: {warning}", file=sys.stderr)
     if args.resume:  # its settings were checked before the model loaded (check_resumable)
@@ -126,19 +136,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.stopped_early else 0
 
 
-class StopOnCtrlC:
-    """While training: Ctrl-C stops after the step it falls in, with the checkpoint and a ``_step<N>`` LoRA written
-    (as ComfyUI's Cancel does); a second Ctrl-C stops at once."""
+STOP_FILE = "STOP"
 
-    def __init__(self) -> None:
-        self.seen, self.previous = False, None
+
+class StopOnCtrlC:
+    """While training: Ctrl-C, or a file ``STOP`` made in the run's folder (``stop_file``, watched by the main process
+    alone), stops after the step it falls in, with the checkpoint and a ``_step<N>`` LoRA written (as ComfyUI's Cancel
+    does); a second Ctrl-C stops at once. The file is the way on several GPUs, where torchrun kills its workers 30 s
+    after a Ctrl-C, before a Wan step ends; it is removed once honoured, and a stale one before training starts."""
+
+    def __init__(self, stop_file: Path | None = None) -> None:
+        self.seen, self.previous, self.stop_file = False, None, stop_file
 
     def requested(self) -> bool:
+        if not self.seen and self.stop_file is not None and self.stop_file.exists():
+            self.seen = True
+            print(f"\nstopping after this step: {self.stop_file} was made (the checkpoint and LoRA are written)",
+                  file=sys.stderr)
         return self.seen
 
     def __enter__(self) -> "StopOnCtrlC":
         import signal
 
+        self._remove_stop_file("an earlier run's")
+        if self.stop_file is not None:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)  # there to be made in from the first step
         self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -146,6 +168,13 @@ class StopOnCtrlC:
         import signal
 
         signal.signal(signal.SIGINT, self.previous)
+        self._remove_stop_file("")  # honoured (or made after the last step): a --resume must not stop at once
+
+    def _remove_stop_file(self, whose: str) -> None:
+        if self.stop_file is not None and self.stop_file.exists():
+            self.stop_file.unlink(missing_ok=True)
+            if whose:
+                print(f"removed {whose} {self.stop_file}: this run stops when it is made again", file=sys.stderr)
 
     def _handle(self, signum, frame) -> None:
         if self.seen:

@@ -348,6 +348,20 @@ def cache(
     ``frames`` and ``stride`` pick each video's clip (``video_io.sample_frames``); a video too short
     for ``frames`` is refused with its file and line.
     """
+    latents = encode_sources(dataset, backbone, size, frames, stride)
+    encode_prompts(dataset, backbone)
+    return CachedEdits(latents, list(dataset.records))
+
+
+def encode_sources(
+    dataset: EditDataset,
+    backbone: EditBackbone,
+    size: tuple[int, int] | None = None,
+    frames: int | None = None,
+    stride: int = 1,
+) -> torch.Tensor:
+    """Every source's latents (N, ...) on the CPU, in the dataset's order; a file that cannot be read or encoded is
+    named with its line."""
     latents, first = [], None
     for record in dataset.records:
         try:
@@ -361,12 +375,16 @@ def cache(
             latents.append(backbone.encode_pixels(pixels).cpu())
         except ValueError as error:
             raise ValueError(f"{record.media} (edits.jsonl line {record.line}): {error}") from error
+    return torch.cat(latents)
+
+
+def encode_prompts(dataset: EditDataset, backbone: EditBackbone) -> None:
+    """Every tuple's four prompts into the backbone's text cache (a disk cache's last shard written)."""
     for record in dataset.records:
         backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
     # a guided prior's empty prompt (ObjectiveConfig.prior_guidance); the negative prompt a preview edit guides against
     backbone.encode_text(["", backbone.negative_prompt])
     backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
-    return CachedEdits(torch.cat(latents), list(dataset.records))
 
 
 @contextmanager

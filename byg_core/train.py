@@ -13,13 +13,15 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.utils.checkpoint
 from torch.profiler import record_function
 from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast
 from diffusers.optimization import get_scheduler
 
 from .adapters import EMA, STUDENT, Adapters, Generators, LoraSpec
@@ -98,6 +100,9 @@ class Trainer:
             raise ValueError(f"expert must be 'auto' or one of {list(backbone.transformers)}, got {config.expert!r}")
         targets = tuple(config.target_modules or backbone.lora_target_modules())
         self.adapters = Adapters(backbone, LoraSpec(config.rank, config.alpha, targets), seed=config.seed)
+        if self.accelerator.num_processes > 1:  # every process starts from the main one's LoRA, whatever its GPU drew
+            for p in self.adapters.parameters(STUDENT) + self.adapters.parameters(EMA):
+                p.data.copy_(broadcast(p.data.contiguous(), from_process=0))
         self.G = Generators(backbone, self.adapters, use_ema=config.use_ema)
         self.optimizer = torch.optim.AdamW(  # one fused kernel for all LoRA tensors where the device has it
             self._param_groups(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
@@ -299,6 +304,7 @@ class Trainer:
             "byg.param_groups": optim["param_groups"],
             "byg.history": self.history,
             "byg.data": data_fingerprint(self.data.records),  # the tuples it trained on (same_finished_run)
+            "byg.processes": self.accelerator.num_processes,  # a step's batch is batch_size on each of them
         }
         return save_atomic(tensors, self.checkpoint_path, metadata)
 
@@ -313,6 +319,12 @@ class Trainer:
             warnings.warn(f"checkpoint {path} was made on the dataset as it was before: a line or a file of "
                           f"{self.cfg.data} changed since (or its files' times); the resumed run trains on it as it is "
                           "now, so it is not the run that never stopped", stacklevel=2)
+        made_on, now = int(raw.get("byg.processes", 1)), self.accelerator.num_processes
+        if made_on != now:  # said, not refused: a machine may have lost a GPU since
+            warnings.warn(f"checkpoint {path} was made on {made_on} process(es), this run has {now}: each step now "
+                          f"averages {now} x batch_size = {now * self.cfg.batch_size} samples (it was {made_on * self.cfg.batch_size}), "
+                          "so the resumed run is not the run that never stopped; launch it on "
+                          f"{made_on} GPU(s) to continue that run", stacklevel=2)
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -436,10 +448,39 @@ def _no_accelerator() -> bool:
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
+# how long a process waits for the others (NCCL's default, 10 minutes, ends a run whose main process is still
+# encoding thousands of prompts into the disk text cache while the others wait for it)
+PROCESS_TIMEOUT = timedelta(hours=2)
+
+
 def processes() -> PartialState:
     """The processes ``accelerate launch`` started (one without it), known before a Trainer exists: what they
     share (a disk text cache, the run folder's reports) is written by the main process alone."""
-    return PartialState(cpu=_no_accelerator())
+    return PartialState(cpu=_no_accelerator(), timeout=PROCESS_TIMEOUT)
+
+
+def check_launch(env: Mapping[str, str], mixed_precision: str) -> list[str]:
+    """What ``accelerate launch`` (its flags or ``accelerate config``, passed in ``env``) asks that the Trainer does not
+    do, found before the model loads: DeepSpeed, FSDP, Megatron-LM and gradient accumulation are refused (the Trainer
+    averages the LoRA's gradients itself, step by step); a launcher's mixed precision other than the config's is
+    named in the warnings returned (the config's ``mixed_precision`` is the one used)."""
+    for flag, name in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP"),
+                       ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")):
+        if env.get(flag, "false").lower() in ("1", "true", "yes"):
+            raise ValueError(f"accelerate launch was set up for {name} (its flags or `accelerate config`), which byg "
+                             "train does not use: it averages the LoRA's gradients over plain processes; launch with "
+                             "--multi_gpu and without --use_deepspeed / --use_fsdp, or answer 'no' to them in "
+                             "`accelerate config`")
+    steps = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    if steps != "1":
+        raise ValueError(f"accelerate launch asks for {steps} gradient accumulation steps, which byg train does not "
+                         "do (byg_step's staged backward carries a gradient from one backward call into the next): "
+                         "launch with --gradient_accumulation_steps 1 and raise batch_size instead")
+    launcher = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher not in ("no", mixed_precision):
+        return [f"accelerate launch's mixed precision ({launcher}) is not used: the config's mixed_precision = "
+                f"{mixed_precision!r} is; set mixed_precision in the config (or --set mixed_precision={launcher})"]
+    return []
 
 
 def write_history(history: list[dict[str, float]], path: Path) -> Path:

@@ -1,5 +1,6 @@
 """Run under ``torchrun`` / ``accelerate launch``: a few training steps, then every rank writes its LoRA and its
-own losses and steps done (``rank<i>_losses.safetensors``); a fourth argument N stops rank 0 alone at step N.
+own losses and steps done (``rank<i>_losses.safetensors``) and its LoRA as it started (``rank<i>_init``); a fourth
+argument N stops rank 0 alone at step N ("-": never); a fifth, ``seed-by-rank``, gives each rank its own seed.
 
 ``toy`` (the default): the toy image model. ``toy-wan-a14b``: the two-expert Wan at shift 1, where the two ranks'
 first batches fall on different experts; each rank also writes its first step's gradients before and after they
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from byg_core.adapters import STUDENT
+from byg_core.adapters import EMA, STUDENT
 from byg_core.config import TrainConfig
 from byg_core.data import EditDataset, cache
 from byg_core.loading import load_backbone
@@ -22,7 +23,8 @@ from byg_core.train import Callbacks, Trainer
 torch.set_num_threads(1)
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 model = sys.argv[3] if len(sys.argv) > 3 else "toy"
-stop_rank0_at = int(sys.argv[4]) if len(sys.argv) > 4 else None  # as a Ctrl-C that reaches one process only
+stop_rank0_at = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None  # a Ctrl-C one process sees
+seed_by_rank = len(sys.argv) > 5 and sys.argv[5] == "seed-by-rank"  # as GPUs of two models drawing other LoRA inits
 if model == "toy":
     cfg = TrainConfig(model="toy", data=str(data_dir), output_dir=str(out), steps=3, batch_size=2, rank=4, lr=1e-2,
                       warmup_identity_steps=1, checkpoint_every=0, objective=ObjectiveConfig(rollout_steps=2))
@@ -31,11 +33,17 @@ else:
                                      rank=4, lr=1e-2, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
                                      seed=2, shift=1.0, grad_clip=0.0))
     cfg.objective.rollout_steps = 2
+if seed_by_rank:
+    import os
+
+    cfg.seed = int(os.environ["RANK"])
 backbone = load_backbone(model)
 trainer = Trainer(cfg, backbone, cache(EditDataset.from_folder(data_dir), backbone),
                   Callbacks(should_stop=lambda: trainer.accelerator.process_index == 0 and trainer.step == stop_rank0_at))
 rank = trainer.accelerator.process_index
 out.mkdir(parents=True, exist_ok=True)  # only the main process makes the run folder, maybe after this rank ends
+save_file({f"{role}|" + k.replace("/", "|"): v.contiguous() for role in (STUDENT, EMA) for k, v in
+           trainer.adapters.state_dict(role).items()}, out / f"rank{rank}_init.safetensors")
 if model != "toy":
     sync = trainer._sync_and_clip
 

@@ -206,3 +206,67 @@ def test_ctrl_c_stops_training_after_its_step_with_the_checkpoint_and_lora_writt
     monkeypatch.setattr(Trainer, "train_step", step)
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--resume"]) == 0
     assert "resumed at step 2" in capsys.readouterr().err and (tmp_path / "run" / "byg_toy_lora.safetensors").is_file()
+
+
+def test_a_stop_file_in_the_run_folder_stops_training_after_its_step_and_is_removed(tmp_path, capsys, monkeypatch):
+    """On several GPUs torchrun kills its workers 30 s after a Ctrl-C, before a Wan step ends: `touch OUTPUT_DIR/STOP`
+    stops the run as Ctrl-C does (checkpoint and LoRA written); the file is removed once honoured, so --resume goes
+    on, and a stale one left from an earlier run is removed before training, not taken as a stop."""
+    from byg_core.train import Trainer
+
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=4", "rank=4",
+                     "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2")
+    stop = tmp_path / "run" / "STOP"
+    step = Trainer.train_step
+
+    def stop_file_made_in_step_2(self):
+        if self.step == 1:
+            stop.touch()
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_file_made_in_step_2)
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 130
+    err = capsys.readouterr().err
+    assert f"{stop} was made" in err and "stopped at step 2 of 4: continue with --resume" in err
+    assert (tmp_path / "run" / "byg_toy_lora_step2.safetensors").is_file() and not stop.exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    stop.touch()  # made after the run had stopped: stale
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"removed an earlier run's {stop}" in err and "resumed at step 2" in err
+    assert (tmp_path / "run" / "byg_toy_lora.safetensors").is_file() and not stop.exists()
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "set up for DeepSpeed"), ({"ACCELERATE_USE_FSDP": "true"}, "set up for FSDP"),
+    ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}, "asks for 4 gradient accumulation steps"),
+])
+def test_launcher_settings_byg_train_does_not_use_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch,
+                                                                                      env, named):
+    """`accelerate launch --use_deepspeed` (or FSDP, or gradient accumulation) would have crashed at the first backward
+    or been ignored, after minutes of loading and caching."""
+    from byg_core import loading
+
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=2")
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_a_launchers_mixed_precision_other_than_the_configs_is_named(tmp_path, capsys, monkeypatch):
+    """`accelerate config` said bf16, the TOML none: the TOML's is used, and the run says so (it was silent)."""
+    from byg_core.train import check_launch
+
+    assert check_launch({"ACCELERATE_MIXED_PRECISION": "no"}, "bf16") == []  # the launcher's default: the config's
+    assert check_launch({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16") == [] and check_launch({}, "no") == []
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
+    overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=1", "rank=4",
+                     "batch_size=2", "objective.rollout_steps=2")
+    assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 0
+    assert ("warning: accelerate launch's mixed precision (bf16) is not used: the config's mixed_precision = 'no' is"
+            in capsys.readouterr().err)

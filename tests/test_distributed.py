@@ -101,6 +101,7 @@ def test_byg_train_on_two_processes_writes_one_text_cache_and_the_main_process_l
     done = byg_train_on_two_processes(tmp_path / "data", tmp_path / "run", f"text_cache_dir={tmp_path / 'text'}",
                                       "steps=3")
     assert done.stdout.count("LoRA: ") == 1 and done.stdout.count("checkpoint: ") == 1  # the main process reports
+    assert done.stderr.count(f"touch {tmp_path / 'run' / 'STOP'}") == 1  # the stop that outlives torchrun's 30 s
     (index,) = [json.loads(p.read_text()) for p in (tmp_path / "text").glob("index_*.json")]
     assert len(list((tmp_path / "text").glob("shard_*.safetensors"))) == 1  # written once, not once per process
     assert len(index["prompts"]) > 8 and {shard for shard, _ in index["prompts"].values()} == {
@@ -123,3 +124,17 @@ def test_a_two_process_run_resumed_ends_where_the_uninterrupted_one_does(tmp_pat
     assert whole.keys() == resumed.keys() and any(v.abs().sum() > 0 for k, v in whole.items() if "lora_B" in k)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
+
+
+def test_every_process_starts_from_the_main_processs_lora(tmp_path):
+    """Each process draws its LoRA's init on its own GPU; GPUs that draw differently (two models in one machine;
+    here each rank's own seed) would train and keep apart while only the main one's is saved: every process takes
+    the main process's init, student and EMA."""
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    files = train_on_two_processes(tmp_path / "data", tmp_path / "run", "toy", "-", "seed-by-rank")
+    rank0, rank1 = files["_init.safetensors"]
+    assert rank0.keys() == rank1.keys() and any(k.startswith("ema|") for k in rank0)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(v.abs().sum() > 0 for k, v in rank0.items() if "lora_A" in k)
+    rank0, rank1 = files[".safetensors"]
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)

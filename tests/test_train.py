@@ -459,3 +459,39 @@ def test_a_longer_resume_killed_after_its_last_checkpoint_still_writes_its_lora_
     assert finished_again.resume() == 4
     finished_again.run()  # trains nothing: the checkpoint keeps the config it was trained with
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == checkpoint
+
+
+def test_a_run_resumed_on_another_number_of_processes_says_so(tmp_path):
+    """An 8-GPU run resumed on 4 halves each step's batch (batch_size is per process): warned, as a changed dataset
+    is (a machine may have lost a GPU), where it was silent."""
+    import json
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from byg_core.safefiles import read_metadata
+
+    Trainer(config(tmp_path, steps=1), make_flux_backbone(), tiny_data()).run()
+    path = tmp_path / "checkpoint.safetensors"
+    metadata = read_metadata(path)
+    assert json.loads(metadata["byg.processes"]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume() == 1
+    save_file(load_file(path), path, metadata=metadata | {"byg.processes": "8"})
+    with pytest.warns(UserWarning, match=r"made on 8 process\(es\), this run has 1: each step now averages 1 x "
+                                         r"batch_size = 2 samples \(it was 16\)"):
+        assert Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume() == 1
+
+
+def test_the_processes_wait_for_each_other_longer_than_nccls_ten_minutes(monkeypatch):
+    """While the main process encodes every prompt into the disk text cache the others wait at a barrier: NCCL's
+    default 10 minutes would end them before step 1 on a large dataset."""
+    from datetime import timedelta
+
+    from byg_core import train
+
+    seen = {}
+    monkeypatch.setattr(train, "PartialState", lambda **kwargs: seen.update(kwargs))
+    train.processes()
+    assert seen["timeout"] >= timedelta(hours=1)
