@@ -46,10 +46,10 @@ def expert_paths(path: str | os.PathLike, experts: list[str]) -> dict[str, Path]
     return {e: path.with_name(f"{path.stem}_{EXPERT_SUFFIX.get(e, e)}{path.suffix}") for e in experts}
 
 
-def sibling_paths(path: str | os.PathLike, backbone: EditBackbone) -> list[Path]:
-    """All existing files of the pair ``path`` belongs to (a two-expert model's high/low-noise files)."""
+def sibling_paths(path: str | os.PathLike, experts: list[str]) -> list[Path]:
+    """All existing files of the pair ``path`` belongs to (a two-expert model's high/low-noise files; ``experts``: the
+    model's transformers)."""
     path = Path(path)
-    experts = list(backbone.transformers)
     for suffix in (f"_{EXPERT_SUFFIX.get(e, e)}" for e in experts if len(experts) > 1):
         if path.stem.endswith(suffix):
             base = path.with_name(path.stem[: -len(suffix)] + path.suffix)
@@ -169,6 +169,15 @@ def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 
     for role in (STUDENT, EMA):
         adapters.load_state_dict(role, state)
     adapters.set_strength(strength)
+
+
+def check_trained_on(files: list[LoraFile], model: str) -> None:
+    """A LoRA file whose training config names another model than ``model`` (a TI2V-5B LoRA on A14B) is refused,
+    naming both, before its experts and shapes are compared (a file that names none is taken at its family)."""
+    for lora in files:
+        made = (lora.metadata.get("byg.config") or {}).get("model")
+        if made and made != model:
+            raise ValueError(f"LoRA file {lora.path} was trained on model {made!r}; the model given is {model!r}")
 
 
 def check_one_file_per_expert(files: list[tuple[Path, str]], experts: list[str]) -> None:

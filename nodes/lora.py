@@ -31,6 +31,18 @@ class BYGLoRALoader:
             "optional": {"lora": I.socket(LORA, "A LoRA from CycleTrainer; overrides lora_name.")},
         }
 
+    @classmethod
+    def IS_CHANGED(cls, lora_name, **_):
+        """Read the file again when it (or the other file of its A14B pair) changes on disk: ComfyUI otherwise keeps the
+        node's output by its widgets alone, and a run resumed for more steps rewrites loras/<save_name>.safetensors."""
+        from byg_core.lora_io import EXPERT_SUFFIX, sibling_paths
+
+        try:
+            paths = sibling_paths(host.lora_path(lora_name), list(EXPERT_SUFFIX)) if lora_name != NONE else []
+        except FileNotFoundError:
+            return ""  # load names it
+        return repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+
     @host.outside_inference_mode(grad=False)
     def load(self, model, lora_name, strength, lora=None):
         if lora is None:
@@ -47,15 +59,21 @@ class BYGLoRALoader:
 
     @staticmethod
     def _read(model, lora_name) -> BygLora:
-        from byg_core.lora_io import check_one_file_per_expert, read_lora, sibling_paths
+        from byg_core.lora_io import check_one_file_per_expert, check_trained_on, read_lora, sibling_paths
 
         if lora_name == NONE:
             raise ValueError("BYGLoRALoader: pick a lora_name or connect a LoRA to the lora input")
         try:
             # picking either file of a Wan2.2 A14B pair loads both experts' LoRAs
-            files = tuple(read_lora(p, model.backbone) for p in sibling_paths(host.lora_path(lora_name), model.backbone))
+            experts = list(model.backbone.transformers)
+            files = tuple(read_lora(p, model.backbone) for p in sibling_paths(host.lora_path(lora_name), experts))
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"BYGLoRALoader: {error}. Pick a LoRA trained on a {model.family} model.") from error
+        try:
+            check_trained_on(list(files), model.name)
+        except ValueError as error:
+            raise ValueError(f"BYGLoRALoader: widget 'lora_name' ({lora_name}): {error}; pick a LoRA trained on "
+                             f"{model.name}") from error
         try:
             check_one_file_per_expert([(f.path, f.expert) for f in files], list(model.backbone.transformers))
         except ValueError as error:

@@ -63,6 +63,9 @@ class BygModel:
                 f"LoRA {lora.name!r} was trained for a {lora.family} model; the model is {self.name!r} "
                 f"({self.family}): load a LoRA trained on this model family"
             )
+        from byg_core.lora_io import check_trained_on
+
+        check_trained_on(list(lora.files), self.name)  # a CycleTrainer's LoRA from another model's graph
         if self.lora is not None:
             raise ValueError(
                 f"the model already carries LoRA {self.lora.name!r}; ByG applies one LoRA at a time: "

@@ -227,9 +227,10 @@ def test_either_file_of_an_expert_pair_names_both(tmp_path):
     backbone = build_toy_wan_backbone("t2v-a14b")
     adapters = Adapters(backbone, LoraSpec(4, 4.0, tuple(backbone.lora_target_modules())))
     high, low = save_lora(tmp_path / "pair.safetensors", backbone, adapters)
-    assert sibling_paths(high, backbone) == [high, low] == sibling_paths(low, backbone)
+    experts = list(backbone.transformers)
+    assert sibling_paths(high, experts) == [high, low] == sibling_paths(low, experts)
     single = build_toy_wan_backbone("ti2v-5b")
-    assert sibling_paths(high, single) == [high]
+    assert sibling_paths(high, list(single.transformers)) == [high]
 
 
 def test_one_file_of_an_expert_pair_or_one_file_twice_is_refused_not_loaded_as_half_a_lora(tmp_path):
