@@ -395,15 +395,33 @@ def check_resumable(cfg: TrainConfig, path: Path | None = None, raw: dict | None
 
 
 def first_difference(saved: dict, now: dict, keys) -> str | None:
-    """The first of ``keys`` whose value a saved config and this run's differ in (None: none does); ``data`` is one
-    folder however written (data/, ./data)."""
+    """The first of ``keys`` whose value a saved config and this run's differ in (None: none does)."""
+    return next(iter(differences(saved, now, keys)), None)
+
+
+def differences(saved: dict, now: dict, keys) -> list[str]:
+    """The ``keys`` whose value a saved config and this run's differ in; ``data`` is one folder however written
+    (data/, ./data)."""
+    found = []
     for key in keys:
         was, wanted = saved.get(key), now.get(key)
         if key == "data" and was is not None and wanted is not None:
             was, wanted = Path(was), Path(wanted)
         if was != wanted:
-            return key
-    return None
+            found.append(key)
+    return found
+
+
+def run_changes(cfg: TrainConfig) -> list[tuple[str, object, object]]:
+    """(field, the checkpoint's value, ``cfg``'s) for each field but ``BOOKKEEPING_KEYS`` in which ``cfg`` differs from
+    the run ``cfg.output_dir`` holds, so a refusal can say what changed; [] where there is no readable checkpoint."""
+    path = Path(cfg.output_dir) / CHECKPOINT
+    metadata = read_metadata(path) if path.is_file() else None
+    if not metadata or "byg.config" not in metadata:
+        return []
+    saved, now = meta_json(metadata, "byg.config", path), cfg.to_dict()
+    keys = [k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS]
+    return [(key, saved.get(key), now.get(key)) for key in differences(saved, now, keys)]
 
 
 # fields that change where a run writes and what it shows, never what it trains

@@ -56,7 +56,8 @@ class BYGToyDataset:
         return {
             "required": {
                 "count": I.integer(256, 1, 100000, "How many edit tuples to draw."),
-                "seed": I.seed("Seed of the random scenes and edits (the same seed writes the same dataset)."),
+                "seed": I.seed("Seed of the random scenes and edits (the same seed writes the same dataset); keep "
+                               "'control after generate' on fixed."),
                 "name": I.text("toy", "Folder name under <output>/byg/datasets/ the dataset is written to (a new "
                                       "name for another count or seed: a folder holding other files is kept)."),
             }
@@ -69,7 +70,8 @@ class BYGToyDataset:
             raise ValueError(f"BYGToyDataset: 'name' must be a plain folder name, got {name!r}")
         try:
             root = write_toy_dataset(host.output_dir() / "byg" / "datasets" / name.strip(), n=count, seed=seed,
-                                     instead="Give the 'name' widget a new folder name to write this count and seed")
+                                     instead="Give the 'name' widget a new folder name to write this count and seed (a seed "
+                                             "that changed by itself: set the seed's 'control after generate' to fixed)")
         except FileExistsError as error:
             raise ValueError(f"BYGToyDataset: {error}") from None
         data = read_dataset(root, True, None, "BYGToyDataset")

@@ -78,7 +78,8 @@ class CycleTrainer:
                     "rank", "LoRA rank (paper: 64); a resumed run must keep its checkpoint's rank.")),
                 "batch_size": I.integer(DEFAULT, DEFAULT, 1024, _preset_tip(
                     "batch_size", "Edit tuples per step (paper: 8); a resumed run must keep it.")),
-                "seed": I.seed("Seed of the LoRA init and of every random draw; a resumed run must use the same seed."),
+                "seed": I.seed("Seed of the LoRA init and of every random draw; a resumed run must use the same seed. "
+                               "Keep 'control after generate' on fixed: another seed is another run."),
                 "save_name": I.text("byg_lora", "Name of the run (<output>/byg/<save_name>/) and of its LoRA "
                                     "(loras/<save_name>.safetensors). A new run never overwrites an old one: with "
                                     "resume off, a save_name that already names a run or a LoRA is refused (the "
@@ -125,7 +126,7 @@ class CycleTrainer:
             done = same_finished_run(config, data_fingerprint(dataset.dataset.records))
             if done is not None and _loras_are_the_runs(name, config.output_dir, model.backbone):
                 return _result(name, model, done)
-            _refuse_to_overwrite(name, config.output_dir, model.backbone)
+            _refuse_to_overwrite(config, model.backbone)
         progress = host.Progress(config.steps)
         callbacks = Callbacks(
             on_step=lambda step, _: progress.update(step),
@@ -179,16 +180,23 @@ def _config(model, dataset, objective, preset, name, seed, preview_every, widget
     return TrainConfig.for_preset(chosen, values, "CycleTrainer")
 
 
-def _refuse_to_overwrite(name: str, output_dir: str, backbone) -> None:
-    """A new run never replaces an earlier run's checkpoint or a LoRA of the same name (resume continues one)."""
+def _refuse_to_overwrite(config, backbone) -> None:
+    """A new run never replaces an earlier run's checkpoint or a LoRA of the same name (resume continues one); the
+    refusal says which widgets differ from that run's, and why a seed may have changed by itself."""
     from byg_core.lora_io import expert_paths
-    from byg_core.train import existing_run, stopped_loras
+    from byg_core.train import existing_run, run_changes, stopped_loras
 
+    name, output_dir = config.save_name, config.output_dir
     done = existing_run(output_dir)
     if done is not None:
+        changes = run_changes(config)
+        made = "; ".join(f"made with {key}={was!r} where this prompt has {key}={now!r}" for key, was, now in changes[:3])
+        seed = ("" if "seed" not in [key for key, _, _ in changes] else " The seed changed: a seed widget whose "
+                "'control after generate' is randomize or increment changes it on every queue; set it to fixed.")
         raise ValueError(
-            f"CycleTrainer: save_name {name!r} already names a run ({output_dir}, checkpoint at step {done}); nothing "
-            "was overwritten. Turn 'resume' on to continue that run, or change 'save_name' to start a new one."
+            f"CycleTrainer: save_name {name!r} already names a run ({output_dir}, checkpoint at step {done}"
+            f"{'; ' + made if made else ''}); nothing was overwritten. Turn 'resume' on to continue that run, or "
+            f"change 'save_name' to start a new one.{seed}"
         )
     taken = [p for p in expert_paths(host.loras_dir() / f"{name}.safetensors", list(backbone.transformers)).values()
              if p.exists()] + stopped_loras(host.loras_dir(), name)  # a stopped run's, which a fresh one might reach

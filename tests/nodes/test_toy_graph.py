@@ -352,8 +352,10 @@ def test_a_fresh_run_under_a_taken_save_name_is_refused_and_overwrites_nothing(r
     finished = host.root / "loras" / "toy_test.safetensors"
     checkpoint = host.root / "output" / "byg" / "toy_test" / "checkpoint.safetensors"
     before = finished.read_bytes(), checkpoint.read_bytes()
-    with pytest.raises(ValueError, match=r"save_name 'toy_test' already names a run .*checkpoint at step 2.*"
-                                         r"Turn 'resume' on .*or change 'save_name'"):
+    # a fresh node's seed is on 'randomize' in the frontend: the second queue comes with another seed, named
+    with pytest.raises(ValueError, match=r"save_name 'toy_test' already names a run .*checkpoint at step 2; made with "
+                                         r"seed=0 where this prompt has seed=1\).*Turn 'resume' on .*or change "
+                                         r"'save_name'.*The seed changed: .*'control after generate'.*set it to fixed"):
         run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
             **train_inputs(steps=2, seed=1, preview_every=0))
     assert (finished.read_bytes(), checkpoint.read_bytes()) == before
@@ -463,3 +465,35 @@ def test_the_trainers_tooltips_state_each_presets_value(nodes):
     required = nodes["CycleTrainer"].INPUT_TYPES()["required"]
     assert "flux 0.0003, wan 0.0001, toy 0.003" in required["learning_rate"][1]["tooltip"]
     assert "flux 64" in required["rank"][1]["tooltip"] and "paper" in required["rank"][1]["tooltip"]
+
+
+def test_a_lora_of_the_other_wan_model_is_named_as_such_not_as_half_a_pair(run, host_folders):
+    """A TI2V-5B LoRA picked on A14B was told to give both files of a pair (and an A14B file on TI2V-5B the same):
+    the model it was trained on is in its config, and is named first."""
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.lora_io import save_lora
+    from byg_core.toy.video import build_toy_wan_backbone
+
+    small = build_toy_wan_backbone("ti2v-5b")
+    save_lora(host_folders / "loras" / "small.safetensors", small,
+              Adapters(small, LoraSpec(2, 2.0, tuple(small.lora_target_modules()))), config={"model": "toy-wan-5b"})
+    (a14b,) = run("BYGModelLoader", model="toy-wan-a14b", diffusion_model="(none)")
+    with pytest.raises(ValueError, match=r"BYGLoRALoader: widget 'lora_name' \(small.safetensors\): LoRA file .*small"
+                                         r"\.safetensors was trained on model 'toy-wan-5b'; the model given is "
+                                         r"'toy-wan-a14b'; pick a LoRA trained on toy-wan-a14b"):
+        run("BYGLoRALoader", model=a14b, lora_name="small.safetensors", strength=1.0)
+
+
+def test_the_lora_loader_reads_its_file_again_when_it_changes_on_disk(nodes, host_folders):
+    """ComfyUI keeps a node's output by its widgets unless IS_CHANGED changes: a run resumed for more steps rewrites
+    loras/<save_name>.safetensors, and the edits went on with the LoRA read before."""
+    loader = nodes["BYGLoRALoader"]
+    path = host_folders / "loras" / "mine_high_noise.safetensors"
+    path.write_bytes(b"first")
+    first = loader.IS_CHANGED(lora_name=path.name, strength=1.0)
+    assert loader.IS_CHANGED(lora_name=path.name, strength=1.0) == first  # unchanged: ComfyUI's cache holds
+    (host_folders / "loras" / "mine_low_noise.safetensors").write_bytes(b"the pair's other file")
+    paired = loader.IS_CHANGED(lora_name=path.name, strength=1.0)
+    assert paired != first
+    path.write_bytes(b"second, longer")
+    assert loader.IS_CHANGED(lora_name=path.name, strength=1.0) not in (first, paired)
