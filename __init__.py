@@ -10,6 +10,10 @@ import importlib.util
 import os
 import sys
 
+if sys.version_info < (3, 11):  # ComfyUI runs on 3.9 and 3.10 too; the pack's library reads TOML with tomllib (3.11)
+    raise ImportError(f"comfyui-byg needs Python 3.11 or later; this ComfyUI runs Python {sys.version.split()[0]}: "
+                      "run ComfyUI on Python 3.11+ (ComfyUI's portable builds ship 3.12 or later)")
+
 
 def _register_byg_core() -> None:
     """Make ``import byg_core`` find the copy in this folder (a pip-installed copy of the same folder is kept)."""

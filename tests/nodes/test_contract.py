@@ -127,3 +127,21 @@ def test_importing_the_pack_shadows_no_top_level_name(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_on_python_before_3_11_the_pack_says_what_it_needs():
+    """ComfyUI runs on 3.9 and 3.10 too: there CycleTrainer's TOML reader (tomllib) failed deep in an import and every
+    train workflow showed missing nodes; the pack now fails to load with one line naming the Python it needs."""
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.version_info = (3, 10, 14, "final", 0)
+        path = {str(PACK_DIR)!r}
+        spec = importlib.util.spec_from_file_location("pack_on_310", path + "/__init__.py", submodule_search_locations=[path])
+        try:
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        except ImportError as error:
+            print(error)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("comfyui-byg needs Python 3.11 or later; this ComfyUI runs Python ")
