@@ -16,6 +16,7 @@ interval over the held-out tuples (the schema is in docs/toy_bench.md).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 import time
@@ -38,7 +39,7 @@ from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
 from .metrics import CLEAN_EDIT_RULE, RATE_KEYS, aggregate_seeds, evaluate_edit
 from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional, pretrain_record
-from .world import FAMILIES, EditTuple, held_out_tuples, render_batch, sample_tuples
+from .world import FAMILIES, HELD_OUT_SCENE_SEEDS, EditTuple, held_out_tuples, render_batch, sample_tuples
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
 BASELINES = ("identity", "sdedit", "flowedit")
@@ -123,6 +124,10 @@ class ToySettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
+        if not 0 <= self.seed < HELD_OUT_SCENE_SEEDS:  # the training tuples are sample_tuples(n_train, seed)
+            raise ValueError(f"seed must be in [0, {HELD_OUT_SCENE_SEEDS}), got {self.seed}: the held-out draws' scenes "
+                             f"are drawn from seeds {HELD_OUT_SCENE_SEEDS} and up, and a training seed among them "
+                             "trains on held-out scenes")
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
         if not self.noise_seeds:
@@ -239,7 +244,6 @@ def load_base(base: str | Path | None = None, device: str | None = None) -> Flux
 
 def file_sha256(path: str | Path) -> str:
     """A file's SHA-256: which base a run used, whatever its name (the GPU script names its bases as shipped)."""
-    import hashlib
 
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
@@ -425,10 +429,13 @@ def method_report(metrics: dict) -> dict:
 
 
 def held_out_info(settings: ToySettings, tuples: list[EditTuple]) -> dict:
+    """What a run was scored on: its held-out draw (and the tuples themselves, hashed in order: ``per_tuple`` lists
+    are paired by position, and a draw's sampler once changed under the same seed), the noise seeds and the rule."""
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(t) for t in tuples], sort_keys=True).encode()).hexdigest()
     return {"tuples": len(tuples), "per_family_and_split": len(tuples) // (2 * len(FAMILIES)),
             "eval_seed": settings.eval_seed, "noise_seeds": list(settings.noise_seeds),
             "interval": "95% Wilson over the held-out tuples, each tuple's noise seeds averaged first",
-            "clean_edit_rule": CLEAN_EDIT_RULE}
+            "clean_edit_rule": CLEAN_EDIT_RULE, "tuples_sha256": digest}
 
 
 def write_report(out: Path, results: dict[str, MethodResult], settings: ToySettings, tuples, extra: dict) -> None:

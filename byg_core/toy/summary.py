@@ -40,7 +40,7 @@ CHANGES_ONLY = {**{key: guided_baseline_methods for key in BASELINE_GUIDANCE},
 
 
 # what newer runs record and older ones lack: compared where both runs record it
-RECORDED_SINCE = ("base sha256",)
+RECORDED_SINCE = ("base sha256", "held-out tuples sha256")
 
 
 def _comparable(report: dict) -> dict:
@@ -52,7 +52,9 @@ def _comparable(report: dict) -> dict:
     base = {"base sha256": report["base_sha256"]} if "base_sha256" in report else {}  # older runs lack it
     held_out = dict(report["held_out"])
     rule = held_out.pop("clean_edit_rule", IMAGE_ONLY_RULE)  # a run that records none scored by the image alone
-    return {"held_out": held_out, "clean_edit rule": rule, "base file": Path(report["base"]).name, **base, **settings}
+    tuples = {"held-out tuples sha256": held_out.pop("tuples_sha256")} if "tuples_sha256" in held_out else {}
+    return {"held_out": held_out, "clean_edit rule": rule, "base file": Path(report["base"]).name, **base, **tuples,
+            **settings}
 
 
 def _differing(key: dict, other: dict) -> list[str]:
@@ -83,6 +85,12 @@ def collect(folders: Sequence[str | Path]) -> tuple[dict[str, dict[int, dict]], 
         if any("per_tuple" not in figures for figures in report["methods"].values()):
             raise ValueError(f"{path}: written by an older byg without each tuple's outcomes (per_tuple), which the "
                              "paired comparison needs; run `byg bench` into a new folder again")
+        for method, figures in report["methods"].items():  # paired with other runs' tuple by tuple, by position
+            counts = {len(figures["per_tuple"][rate]) for rate in RATE_KEYS}
+            if counts != {report["held_out"]["tuples"]}:
+                raise ValueError(f"{path}: {method}'s per_tuple holds {', '.join(map(str, sorted(counts)))} outcomes "
+                                 f"for {report['held_out']['tuples']} held-out tuples; the file was changed since "
+                                 "the bench wrote it")
         key = _comparable(report)
         differ = _differing(key, shared) if shared else []
         if differ:
@@ -157,8 +165,9 @@ def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
             entry[f"{key}_ci"] = list(wilson_interval(mean, n))
             entry[f"{key}_by_training_seed"] = values
             over_seeds = over_seeds_and_tuples([r["per_tuple"][key] for r in per_seed])
-            if over_seeds is not None:
-                entry[f"{key}_seed_ci"] = [max(0.0, over_seeds[1]), min(1.0, over_seeds[2])]
+            if over_seeds is not None:  # never narrower than the tuples' own (a rate of 0 or 1 shows no spread)
+                low, high = entry[f"{key}_ci"]
+                entry[f"{key}_seed_ci"] = [max(0.0, min(low, over_seeds[1])), min(1.0, max(high, over_seeds[2]))]
         entry["by_family"] = {family: {key: sum(r["by_family"][family][key] for r in per_seed) / len(per_seed)
                                        for key in RATE_KEYS} for family in FAMILIES}
         if "byg" in runs and method != "byg":
@@ -173,8 +182,9 @@ def against(these: tuple[dict[str, dict[int, dict]], dict], others: tuple[dict[s
     rate the change from ``others``' runs to ``these``, ``paired`` tuple by tuple; refused unless both sides were
     scored on the same held-out tuples."""
     (runs, key), (other, other_key) = these, others
-    for part, what in (("held_out", "held-out set"), ("clean_edit rule", "clean-edit rule")):
-        if other_key[part] != key[part]:
+    for part, what in (("held_out", "held-out set"), ("clean_edit rule", "clean-edit rule"),
+                       ("held-out tuples sha256", "held-out set's tuples")):
+        if part in key and part in other_key and other_key[part] != key[part]:  # the hash: runs since 2026-12-07
             raise ValueError(f"the --against runs were scored on another {what} than the --runs: {other_key[part]} "
                              f"vs {key[part]}; only runs scored alike on the same held-out tuples pair")
     common = [method for method in runs if method in other]
@@ -220,8 +230,9 @@ def family_table(summary: dict[str, dict]) -> str:
 def _change(change: dict) -> str:
     """A paired change and its intervals (``paired``), as printed: over the tuples, then over tuples and seeds."""
     text = f"{change['change']:+.3f} [{change['ci'][0]:+.3f}, {change['ci'][1]:+.3f}]"
-    if "seed_ci" in change:
-        text += f"; seeds [{change['seed_ci'][0]:+.3f}, {change['seed_ci'][1]:+.3f}]"
+    if "seed_ci" in change:  # over the seeds both sides ran, which may be fewer than either side's
+        text += (f"; seeds {', '.join(change['by_training_seed'])}: {change['seed_change']:+.3f} "
+                 f"[{change['seed_ci'][0]:+.3f}, {change['seed_ci'][1]:+.3f}]")
     return text
 
 
@@ -247,12 +258,19 @@ def against_byg_table(summary: dict[str, dict]) -> str:
 
 
 def direction(summary: dict, method: str, key: str, sign: int) -> tuple[float, str]:
-    """The paired change against ByG, and whether it goes the paper's way: its 95% interval over the tuples and the
-    training seeds excludes 0; where the two sides share one training seed, its interval over the tuples alone, and
-    the verdict says it holds for that one training run."""
+    """The paired change against ByG over the training seeds both sides ran, and whether it goes the paper's way: its
+    95% interval over the tuples and those seeds excludes 0; where the two sides share one training seed, the change
+    at that seed with its interval over the tuples alone, and the verdict says it holds for that one training run
+    (never one side's seed against the other's mean over other seeds); none where they share no seed."""
     change = summary[method]["against_byg"][key]
-    value, (low, high) = change.get("seed_change", change["change"]), change.get("seed_ci", change["ci"])
-    basis = "" if "seed_ci" in change else " (one training run)"
+    shared = change.get("by_training_seed", {})
+    if "seed_ci" in change:
+        value, (low, high), basis = change["seed_change"], change["seed_ci"], ""
+    elif len(shared) == 1:
+        seed, at = next(iter(shared.items()))
+        value, (low, high), basis = at["change"], at["ci"], f" (one training run, seed {seed})"
+    else:
+        return change["change"], "no training seed in common" if sign else "-"
     if sign == 0:
         return value, "-"
     if low <= 0 <= high:

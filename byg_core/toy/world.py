@@ -392,6 +392,7 @@ def sample_tuples(
 
 
 MAX_EVAL_SEED = 3000  # held-out draws' scene seeds stay within 10000-18999 (seen) and 20000-28999 (unseen)
+HELD_OUT_SCENE_SEEDS = 10_000  # the first held-out scene seed: training draws (sample_tuples(n, seed)) stay below it
 
 
 def held_out_tuples(per_cell: int, seed: int) -> list[EditTuple]:
@@ -406,8 +407,8 @@ def held_out_tuples(per_cell: int, seed: int) -> list[EditTuple]:
         raise ValueError(f"a held-out draw's seed is in [0, {MAX_EVAL_SEED}), got {seed}")
     # each (draw, family) its own scene seed: draws 0 and 1 once shared two families' scenes (seed + i)
     cells = [len(FAMILIES) * seed + i for i in range(len(FAMILIES))]
-    seen = [sample_tuples(per_cell, 10_000 + cell, families=(name,)) for cell, name in zip(cells, FAMILIES)]
-    unseen = [sample_tuples(per_cell, 20_000 + cell, families=(name,), exclude_combos=(),
+    seen = [sample_tuples(per_cell, HELD_OUT_SCENE_SEEDS + cell, families=(name,)) for cell, name in zip(cells, FAMILIES)]
+    unseen = [sample_tuples(per_cell, 2 * HELD_OUT_SCENE_SEEDS + cell, families=(name,), exclude_combos=(),
                             require_combos=UNSEEN_COMBOS) for cell, name in zip(cells, FAMILIES)]
     return [t for cell in seen + unseen for t in cell]
 
