@@ -11,6 +11,7 @@ Metadata records family, rank, alpha, position scheme, targets and the training 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,11 @@ def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
         target_modules=tuple(meta_json(raw, "byg.target_modules", path)),
     )
     expert = meta_json(raw, "byg.expert", path)
+    alphas = sorted({float(v) for k, v in tensors.items() if k.endswith(".alpha")})
+    if any(not math.isclose(a, spec.alpha, rel_tol=1e-6) for a in alphas):  # ComfyUI scales by the tensors
+        raise ValueError(f"LoRA file {path}: its .alpha tensors ({', '.join(f'{a:g}' for a in alphas)}) differ from "
+                         f"the alpha its metadata records ({spec.alpha:g}), so ComfyUI's LoraLoader and this pack would "
+                         "apply it at different strengths: another tool changed the file; use it as training wrote it")
     mapped = {}
     for key, value in tensors.items():
         if key.endswith(".alpha"):
@@ -156,8 +162,23 @@ def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
     return LoraFile(Path(path), family, spec, expert, mapped, {k: meta_json(raw, k, path) for k in raw})
 
 
+def check_one_training(files: list[LoraFile]) -> None:
+    """The files of a two-expert pair come from one training (the same rank, alpha, targets and config): halves of two
+    runs' pairs are refused, naming what differs."""
+    first = files[0]
+    for lora in files[1:]:
+        mine, theirs = lora.metadata.get("byg.config") or {}, first.metadata.get("byg.config") or {}
+        differ = [k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k)]
+        if lora.spec != first.spec or differ:
+            what = (f"rank {first.spec.rank} / alpha {first.spec.alpha:g} against rank {lora.spec.rank} / alpha "
+                    f"{lora.spec.alpha:g}" if lora.spec != first.spec else "their training configs' " + ", ".join(differ))
+            raise ValueError(f"LoRA files {first.path} and {lora.path} come from two trainings ({what}): give both "
+                             "files one training wrote")
+
+
 def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 1.0) -> None:
     """Put the files' weights into both the student and EMA adapters, scaled by ``strength``."""
+    check_one_training(files)
     for lora in files:
         if lora.spec != adapters.spec:
             raise ValueError(

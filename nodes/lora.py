@@ -59,7 +59,8 @@ class BYGLoRALoader:
 
     @staticmethod
     def _read(model, lora_name) -> BygLora:
-        from byg_core.lora_io import check_one_file_per_expert, check_trained_on, read_lora, sibling_paths
+        from byg_core.lora_io import (check_one_file_per_expert, check_one_training, check_trained_on, read_lora,
+                                      sibling_paths)
 
         if lora_name == NONE:
             raise ValueError("BYGLoRALoader: pick a lora_name or connect a LoRA to the lora input")
@@ -75,6 +76,7 @@ class BYGLoRALoader:
             raise ValueError(f"BYGLoRALoader: widget 'lora_name' ({lora_name}): {error}; pick a LoRA trained on "
                              f"{model.name}") from error
         try:
+            check_one_training(list(files))
             check_one_file_per_expert([(f.path, f.expert) for f in files], list(model.backbone.transformers))
         except ValueError as error:
             raise ValueError(f"BYGLoRALoader: widget 'lora_name' ({lora_name}): {error}, unrenamed, in the loras folder") from error

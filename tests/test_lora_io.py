@@ -117,3 +117,21 @@ def test_reports_are_written_atomically_a_stopped_write_leaves_the_earlier_repor
     assert [p.name for p in tmp_path.iterdir()] == ["losses.jsonl"]
     monkeypatch.setattr(Path, "write_text", written)
     assert write_history([{"loss": 0.5}], path).read_text() == '{"loss": 0.5}\n'
+
+
+def test_alpha_tensors_another_tool_changed_are_refused_not_ignored(tmp_path):
+    """ComfyUI scales a LoRA by its .alpha tensors, this pack by the alpha its metadata records: a file whose tensors
+    were rewritten (alpha 1 in a rank-4, alpha-8 file) loaded here at scale 2 where ComfyUI applies 0.25."""
+    from safetensors.torch import load_file, save_file
+
+    backbone = make_flux_backbone()
+    path = save_lora(tmp_path / "a.safetensors", backbone,
+                     Adapters(backbone, LoraSpec(4, 8.0, tuple(backbone.lora_target_modules()))))[0]
+    assert read_lora(path, backbone).spec.alpha == 8.0
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: torch.ones_like(v) if k.endswith(".alpha") else v for k, v in load_file(path).items()}, path,
+              metadata=metadata)
+    with pytest.raises(ValueError, match=r"a.safetensors: its .alpha tensors \(1\) differ from the alpha its metadata "
+                                         r"records \(8\)"):
+        read_lora(path, backbone)

@@ -243,3 +243,21 @@ def test_one_file_of_an_expert_pair_or_one_file_twice_is_refused_not_loaded_as_h
     with pytest.raises(ValueError, match=r"each holds expert 'transformer'; give one file per expert"):
         load_lora([high, high], build_toy_wan_backbone("t2v-a14b"))
     assert set(load_lora([low, high], build_toy_wan_backbone("t2v-a14b")).state_dict(EMA)) == set(adapters.state_dict(EMA))
+
+
+def test_halves_of_two_trainings_pairs_are_refused_naming_what_differs(tmp_path):
+    """One run's high-noise file beside another's low-noise file loaded without a word at the same rank, and at
+    another rank was told to load it 'onto a model without a LoRA' (the model carried none)."""
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    targets = tuple(backbone.lora_target_modules())
+    high, _ = save_lora(tmp_path / "a.safetensors", backbone, Adapters(backbone, LoraSpec(4, 4.0, targets)),
+                        config={"model": "toy-wan-a14b", "seed": 0})
+    _, low = save_lora(tmp_path / "b.safetensors", backbone, Adapters(backbone, LoraSpec(4, 4.0, targets)),
+                       config={"model": "toy-wan-a14b", "seed": 1})
+    with pytest.raises(ValueError, match=r"a_high_noise.safetensors and .*b_low_noise.safetensors come from two "
+                                         r"trainings \(their training configs' seed\): give both files one training"):
+        load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))
+    _, low = save_lora(tmp_path / "c.safetensors", backbone, Adapters(backbone, LoraSpec(8, 8.0, targets)),
+                       config={"model": "toy-wan-a14b", "seed": 0})
+    with pytest.raises(ValueError, match=r"come from two trainings \(rank 4 / alpha 4 against rank 8 / alpha 8\)"):
+        load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))
