@@ -203,22 +203,28 @@ def load_pixels(
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from .data import is_video
     from .lora_io import load_lora
     from .loading import check_size_before_loading, load_backbone
     from .sample import EDIT_STEPS, edit, guide_scales_of
     from .video_io import save_pixels
 
     args.steps = EDIT_STEPS if args.steps is None else args.steps
-    check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride)])
+    check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride),
+                           ("--fps", args.fps)])
     check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
     size = tuple(args.size) if args.size else None
-    pixels, fps = load_pixels(args.image, args.frames, args.stride, size)  # a file's faults before the model loads
-    if pixels.ndim == 5:
-        print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
-    frames = pixels.shape[2] if pixels.ndim == 5 else None
     try:
+        if is_video(Path(args.image)):  # its size from its first frame, before the clip is decoded at full size
+            check_size_before_loading(model, *load_pixels(args.image, 1, 1, size)[0].shape[-2:])
+        pixels, fps = load_pixels(args.image, args.frames, args.stride, size)  # a file's faults before the model loads
+        if pixels.ndim == 5:
+            _check_edit_clip(args, pixels.shape[2])
+            fps = args.fps or fps
+            print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
+        frames = pixels.shape[2] if pixels.ndim == 5 else None
         check_size_before_loading(model, pixels.shape[-2], pixels.shape[-1], frames)  # not after minutes of loading
         backbone = load_backbone(model, **files).to(args.device, transformers=False)  # the text encoder and VAE first
         backbone.check_pixels(pixels.shape)
@@ -237,6 +243,17 @@ def cmd_edit(args: argparse.Namespace) -> int:
         result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
+
+
+def _check_edit_clip(args: argparse.Namespace, frames: int) -> None:
+    """A video edit of fewer than 5 frames (a --stride past the clip) is refused, as a dataset's clip is, unless
+    --frames asked for it: it would write a one-frame video."""
+    from .data import MIN_CLIP_FRAMES
+
+    if args.frames is None and frames < MIN_CLIP_FRAMES:
+        raise ValueError(f"--image {args.image} gives a clip of {frames} frame{'s' * (frames > 1)} at --stride "
+                         f"{args.stride}; a video edit takes at least {MIN_CLIP_FRAMES} (4k+1): lower --stride, or "
+                         "edit a still image")
 
 
 def clip_report(path: Path, frames: int, stride: int, fps: float) -> str:
@@ -272,13 +289,14 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--size takes a height and a width in pixels, e.g. --size 480 832; got {args.size}")
     if not is_video(source) and out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--image {source} is an image but --out {out} names no image file: give a .png")
-    if not is_video(source) and (args.frames is not None or args.stride != 1):
-        raise ValueError(f"--frames and --stride pick a video's frames, but --image {source} is an image")
+    if not is_video(source) and (args.frames is not None or args.stride != 1 or args.fps is not None):
+        raise ValueError(f"--frames, --stride and --fps are a video's, but --image {source} is an image")
 
 
 def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
     """The base model to edit with: --model, else the model the LoRA was trained on; its files: the LoRA's
     (as trained, when the model is that one) with --model-file's on top."""
+    from .data import is_video
     from .loading import NEEDS_FILES
     from .lora_io import EXPERT_SUFFIX, check_one_file_per_expert, refuse_checkpoint
     from .safefiles import meta_json, read_metadata
@@ -295,6 +313,10 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
     if any(expert == "transformer_2" or path.stem.endswith(tuple(f"_{s}" for s in EXPERT_SUFFIX.values()))
            for path, expert in named):
         check_one_file_per_expert(named, list(EXPERT_SUFFIX))  # a two-expert Wan's pair
+    family = meta_json(metadatas[0], "byg.family", args.lora[0])
+    if family != "wan" and is_video(Path(args.image)):  # before the model loads, not after
+        raise ValueError(f"--image {args.image} is a video, and --lora {args.lora[0]} is a {family} LoRA, which edits "
+                         "images: give a Wan2.2 LoRA to edit a video, or a still image")
     config = meta_json(metadatas[0], "byg.config", args.lora[0])
     trained_on = config.get("model", "toy")
     model = args.model or trained_on
@@ -493,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--frames", type=int, default=None,
                       help="video sources: frames to edit, 4k+1 (default: the longest 4k+1 count, at most 81)")
     edit.add_argument("--stride", type=int, default=1, help="video sources: take every Nth frame from the first")
+    edit.add_argument("--fps", type=float, default=None,
+                      help="video sources: the edited video's frame rate (default: a file's own divided by --stride; "
+                           "a folder of frames, which has none: 16)")
     edit.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="centre-crop and resize the source to H x W px, as training's resolution does (default: "
                            "its own size, which the model must divide: Wan2.2 TI2V-5B by 32, A14B and FLUX by 16)")

@@ -247,8 +247,11 @@ def is_video(path: Path) -> bool:
 
 
 def frame_paths(folder: Path) -> list[Path]:
-    """A folder's frames in name order; hidden files (a write stopped half-way) are not frames."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    """A folder's frames in name order, numbers by their value (ffmpeg's ``frame%d.png`` writes frame2 before
+    frame10); hidden files (a write stopped half-way) are not frames."""
+    frames = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return sorted(frames, key=lambda p: ([int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", p.name))],
+                                         p.name))
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:

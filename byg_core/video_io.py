@@ -134,7 +134,8 @@ def frame_count(path: str | Path, limit: int) -> int:
     with pyav().open(str(path)) as container:
         total = 0
         for packet in container.demux(container.streams.video[0]):
-            total += packet.size > 0  # the demuxer ends with an empty packet
+            # the demuxer ends with an empty packet; a trimmed .mp4/.mov's edit list marks the frames cut off discard
+            total += packet.size > 0 and not packet.is_discard
             if total >= limit:
                 break
     return total

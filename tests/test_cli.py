@@ -270,3 +270,55 @@ def test_a_launchers_mixed_precision_other_than_the_configs_is_named(tmp_path, c
     assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 0
     assert ("warning: accelerate launch's mixed precision (bf16) is not used: the config's mixed_precision = 'no' is"
             in capsys.readouterr().err)
+
+
+def _untrained_lora(path, model):
+    """A LoRA file as training writes it for ``model`` (untrained: the edit is the base's)."""
+    from byg_core.adapters import Adapters, LoraSpec
+    from byg_core.lora_io import save_lora
+
+    backbone = load_backbone(model)
+    adapters = Adapters(backbone, LoraSpec(2, 2.0, tuple(backbone.lora_target_modules())))
+    return save_lora(path, backbone, adapters, config={"model": model})[0]
+
+
+def test_video_edits_are_checked_before_the_model_loads_and_a_frame_folder_gets_its_fps(tmp_path, capsys, monkeypatch):
+    """A video given with an image model's LoRA was refused only after the model loaded; a --stride past the clip
+    wrote a one-frame video; a frame folder's edit was written at 16 fps with no way to say its rate; a video of a
+    size the model cannot take was decoded whole, at full size, before the refusal."""
+    from byg_core import loading
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(9):
+        save_pixels(torch.rand(1, 3, 32, 32), clip / f"{i:03d}.png")
+    wan, image_lora = _untrained_lora(tmp_path / "wan.safetensors", "toy-wan-5b"), _untrained_lora(
+        tmp_path / "img.safetensors", "toy")
+    edit_args = ["edit", "--instruction", "change the background colour to red", "--steps", "1"]
+    loaded = []
+    real_load = loading.load_backbone
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    assert cli.main([*edit_args, "--lora", str(image_lora), "--image", str(clip), "--out", str(tmp_path / "a.mp4")]) == 2
+    assert "is a video, and --lora" in capsys.readouterr().err and not loaded
+    assert cli.main([*edit_args, "--lora", str(wan), "--image", str(clip), "--stride", "4",
+                     "--out", str(tmp_path / "b.mp4")]) == 2
+    assert "gives a clip of 1 frame at --stride 4; a video edit takes at least 5" in capsys.readouterr().err
+    assert not loaded and not (tmp_path / "b.mp4").exists()
+    assert cli.main([*edit_args, "--lora", str(wan), "--image", str(clip), "--fps", "24",
+                     "--out", str(tmp_path / "c.mp4")]) == 0
+    assert "at 24 fps" in capsys.readouterr().out
+    import av
+
+    with av.open(str(tmp_path / "c.mp4")) as video:
+        assert video.streams.video[0].average_rate == 24 and video.streams.video[0].frames == 9
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for i in range(9):
+        save_pixels(torch.rand(1, 3, 40, 40), odd / f"{i:03d}.png")
+    read = []
+    real_read = cli.load_pixels
+    monkeypatch.setattr(cli, "load_pixels", lambda *a, **k: read.append(a[1]) or real_read(*a, **k))
+    loaded.clear()
+    real_model = ["--model", "wan2.2-ti2v-5b", "--model-file", f"folder={tmp_path / 'Wan2.2-TI2V-5B'}"]
+    assert cli.main([*edit_args, *real_model, "--lora", str(wan), "--image", str(odd), "--out", str(tmp_path / "d.mp4")]) == 2
+    assert "pass --size H W" in capsys.readouterr().err and read == [1] and not loaded  # its first frame alone

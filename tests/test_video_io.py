@@ -301,3 +301,44 @@ def test_a_clip_too_short_for_the_frame_rule_is_a_bad_line_that_a_lenient_datase
         EditDataset.from_folder(root, stride=8)
     assert len(EditDataset.from_folder(root, strict=False, stride=3).records) == 2  # long.mp4 at stride 3: 5 frames
     assert len(EditDataset.from_folder(root, frames=1, stride=8).records) == 3  # one frame asked for: given
+
+
+def test_a_frame_folder_named_by_ffmpegs_percent_d_reads_in_number_order(tmp_path):
+    """ffmpeg writes frame1.png ... frame12.png unpadded: name order read frame10, frame11, frame12 before frame2."""
+    from byg_core.data import frame_paths
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(1, 13):
+        save_pixels(torch.full((1, 3, 16, 16), i / 20), folder / f"frame{i}.png")
+    assert [p.name for p in frame_paths(folder)] == [f"frame{i}.png" for i in range(1, 13)]
+    clip = load_media(folder, frames=9)
+    levels = [round(float(clip[0, f].mean()) * 20) for f in range(9)]
+    assert levels == list(range(1, 10))
+
+
+def test_a_trimmed_mp4s_cut_frames_do_not_count_toward_its_clip(tmp_path):
+    """An .mp4 whose edit list cuts its first frames (as a trim does) held 9 packets and decoded to 5 frames: it passed
+    the dataset's check for a 9-frame clip and failed only once the model had loaded."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from byg_core.data import check_clip
+
+    path = tmp_path / "trimmed.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=16)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 16)
+        for i in range(9):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 20, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i - 4, Fraction(1, 16)  # the first four before 0: cut by the edit list
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    decoded = read_video(path)[0].shape[1]
+    assert video_io.frame_count(path, 100) == decoded == 5
+    with pytest.raises(ValueError, match=r"trimmed.mp4 has 5 frames at stride 1; use frames=5"):
+        check_clip(path, 9, 1)
+    check_clip(path, 5, 1)
