@@ -388,6 +388,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "combine":
         from .toy.summary import combine_runs
 
+        if not args.overwrite:  # a summary read, quoted or edited since is never replaced unasked
+            refuse_to_overwrite([Path(args.out) / "summary.md", Path(args.out) / "summary.json"], "Pick another --out")
         combine_runs(args.runs or [], Path(args.out), args.against or [])
         return 0
     if args.runs or args.against:
@@ -622,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default=None,
                        help="comma-separated methods of the suite to run (default: all), e.g. identity,byg")
     bench.add_argument("--overwrite", action="store_true",
-                       help="replace a bench (results.json, runs/) or speed.json already in --out")
+                       help="replace a bench (results.json, runs/), speed.json or a combine's summary already in --out")
     bench.add_argument("--smoke", action="store_true",
                        help="tiny settings: every code path in seconds, figures meaningless (for scripts' tests)")
     bench.set_defaults(run=cmd_bench)

@@ -389,3 +389,15 @@ def test_a_training_seed_that_draws_held_out_scenes_is_refused(tmp_path, capsys)
     10000 trained on 70 of draw 0's scenes."""
     assert byg(["bench", "--smoke", "--methods", "identity", "--seed", "10000", "--out", str(tmp_path / "b")]) == 2
     assert "seed must be in [0, 10000), got 10000" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_combine_never_replaces_an_earlier_summary_unasked(runs, tmp_path, capsys):
+    """Every other command refuses an --out holding its output; combine wrote over summary.md silently."""
+    out = tmp_path / "combined"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed0"), "--out", str(out)]) == 0
+    (out / "summary.md").write_text("my notes on this summary")
+    with pytest.raises(SystemExit, match=r"summary.md, .*summary.json already exist; nothing was overwritten"):
+        byg(["bench", "combine", "--runs", str(runs / "seed1"), "--out", str(out)])
+    assert (out / "summary.md").read_text() == "my notes on this summary"
+    assert byg(["bench", "combine", "--runs", str(runs / "seed1"), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "summary.md").read_text() != "my notes on this summary"
