@@ -122,10 +122,16 @@ def test_without_comfyui_the_smoke_script_skips_with_a_message():
 
 
 def test_video_workflows_take_stock_video_nodes_with_the_frame_rate_linked(smoke, object_info):
-    for name in ("byg_toy_wan_video_train_and_edit.json", "byg_wan22_video_train_and_edit.json"):
-        by_type = {v["class_type"]: (k, v["inputs"]) for k, v in convert(smoke, object_info, name).items()}
+    for name, between in (("byg_toy_wan_video_train_and_edit.json", []),
+                          ("byg_wan22_video_train_and_edit.json", ["ImageScale", "ImageFromBatch"])):
+        prompt = convert(smoke, object_info, name)
+        by_type = {v["class_type"]: (k, v["inputs"]) for k, v in prompt.items()}
         components, _ = by_type["GetVideoComponents"]
         assert set(by_type["LoadVideo"][1]) == {"file"}  # the upload button's saved value is skipped
         assert by_type["CreateVideo"][1]["fps"] == [components, 2]  # the source's frame rate, not the widget's
         assert by_type["SaveVideo"][1]["video"] == [by_type["CreateVideo"][0], 0]
-        assert by_type["BYGVideoEdit"][1]["frames"][0] in (components, by_type.get("ImageFromBatch", ("",))[0])
+        chain, node = [], by_type["BYGVideoEdit"][1]["frames"][0]  # back from the edit to the decoded frames
+        while node != components:
+            chain.append(prompt[node]["class_type"])
+            node = prompt[node]["inputs"]["image"][0]
+        assert chain == between  # the 81 frames kept, then resized
