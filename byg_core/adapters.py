@@ -111,7 +111,8 @@ class Adapters:
         found = {}
         for name, transformer in self.backbone.transformers.items():
             for module_name, module in transformer.named_modules():
-                if isinstance(module, LoraLayer):
+                # a layer an earlier spec targeted and this one does not stays wrapped, without adapters: the base
+                if isinstance(module, LoraLayer) and STUDENT in module.lora_A:
                     found[f"{name}/{module_name}"] = module
         return found
 

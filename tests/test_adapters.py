@@ -118,3 +118,22 @@ def test_adapters_attach_again_reset_and_change_rank(parts):
     wider = Adapters(backbone, LoraSpec(8, 8.0, adapters.spec.target_modules))
     assert wider.parameters(STUDENT)[0].shape[0] == 8
     assert len(wider.parameters(STUDENT)) == len(adapters.parameters(STUDENT))
+
+
+def test_adapters_of_fewer_targets_attach_after_wider_ones_and_leave_the_rest_the_base(flux_backbone):
+    """A loaded model given an all-linear LoRA, then a LoRA of the default targets (two BYGLoRALoaders on one model,
+    or a CycleTrainer after one): attaching the second raised KeyError 'student' from the layers the first had
+    wrapped. Those layers now run as the base, and the new adapters hold exactly the new targets."""
+    y, t, p = inputs(flux_backbone)
+    v_base = flux_backbone.velocity(y, t, p)
+    wide = Adapters(flux_backbone, LoraSpec(4, 4.0, all_linear_targets(flux_backbone)))
+    with torch.no_grad():
+        for q in wide.parameters(STUDENT):
+            q.normal_(0, 0.3)
+    assert not torch.allclose(flux_backbone.velocity(y, t, p), v_base, atol=1e-4)
+    wide_count = len(wide.parameters(STUDENT))
+    targets = tuple(flux_backbone.lora_target_modules())
+    narrow = Adapters(flux_backbone, LoraSpec(4, 4.0, targets))
+    assert len(narrow.parameters(STUDENT)) == 2 * len(narrow.layers()) < wide_count
+    assert all(any(name.endswith(f".{target}") for target in targets) for name in narrow.layers())
+    torch.testing.assert_close(flux_backbone.velocity(y, t, p), v_base, rtol=0, atol=1e-6)  # B = 0 and the rest bare
