@@ -87,10 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         except PixelShapeError as error:
             raise ValueError(f"{args.config or '--set'}: resolution = {cfg.resolution}: {error}; set resolution to a "
                              f"size {cfg.model} takes") from None
+    launcher = check_launch(os.environ, cfg.mixed_precision)  # what the launcher asks that byg train does not do
     state = processes()  # under `accelerate launch`: each on its own GPU; the main one writes what they share
-    for warning in check_launch(os.environ, cfg.mixed_precision):  # what the launcher asks that byg train does not do
-        if state.is_main_process:
+    if state.is_main_process:
+        for warning in launcher:
             print(f"warning: {warning}", file=sys.stderr)
+    stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
+    stop.remove_stale()  # an earlier run's, now: one made while the model loads stops this run
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
@@ -112,7 +115,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = CachedEdits(latents, list(dataset.records))
     backbone.release_text_encoder()  # every prompt is cached; T5-XXL alone holds ~9.5 GB
     progress = Progress(cfg.steps, every=cfg.log_every) if state.is_main_process else None
-    stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
         print(estimate(trainer).describe(), file=sys.stderr)
@@ -143,7 +145,8 @@ class StopOnCtrlC:
     """While training: Ctrl-C, or a file ``STOP`` made in the run's folder (``stop_file``, watched by the main process
     alone), stops after the step it falls in, with the checkpoint and a ``_step<N>`` LoRA written (as ComfyUI's Cancel
     does); a second Ctrl-C stops at once. The file is the way on several GPUs, where torchrun kills its workers 30 s
-    after a Ctrl-C, before a Wan step ends; it is removed once honoured, and a stale one before training starts."""
+    after a Ctrl-C, before a Wan step ends; it is removed once honoured, and a stale one before the model loads
+    (``remove_stale``)."""
 
     def __init__(self, stop_file: Path | None = None) -> None:
         self.seen, self.previous, self.stop_file = False, None, stop_file
@@ -158,9 +161,6 @@ class StopOnCtrlC:
     def __enter__(self) -> "StopOnCtrlC":
         import signal
 
-        self._remove_stop_file("an earlier run's")
-        if self.stop_file is not None:
-            self.stop_file.parent.mkdir(parents=True, exist_ok=True)  # there to be made in from the first step
         self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -169,6 +169,13 @@ class StopOnCtrlC:
 
         signal.signal(signal.SIGINT, self.previous)
         self._remove_stop_file("")  # honoured (or made after the last step): a --resume must not stop at once
+
+    def remove_stale(self) -> None:
+        """Before the model loads: an earlier run's file is removed (said), and the run's folder made, so the file
+        can be made there from then on."""
+        self._remove_stop_file("an earlier run's")
+        if self.stop_file is not None:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
 
     def _remove_stop_file(self, whose: str) -> None:
         if self.stop_file is not None and self.stop_file.exists():
@@ -313,8 +320,9 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
     if any(expert == "transformer_2" or path.stem.endswith(tuple(f"_{s}" for s in EXPERT_SUFFIX.values()))
            for path, expert in named):
         check_one_file_per_expert(named, list(EXPERT_SUFFIX))  # a two-expert Wan's pair
-    family = meta_json(metadatas[0], "byg.family", args.lora[0])
-    if family != "wan" and is_video(Path(args.image)):  # before the model loads, not after
+    # a file without a family is named when it loads
+    family = meta_json(metadatas[0], "byg.family", args.lora[0]) if "byg.family" in metadatas[0] else None
+    if family not in (None, "wan") and is_video(Path(args.image)):  # before the model loads, not after
         raise ValueError(f"--image {args.image} is a video, and --lora {args.lora[0]} is a {family} LoRA, which edits "
                          "images: give a Wan2.2 LoRA to edit a video, or a still image")
     config = meta_json(metadatas[0], "byg.config", args.lora[0])

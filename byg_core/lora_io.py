@@ -163,17 +163,15 @@ def read_lora(path: str | os.PathLike, backbone: EditBackbone) -> LoraFile:
 
 
 def check_one_training(files: list[LoraFile]) -> None:
-    """The files of a two-expert pair come from one training (the same rank, alpha, targets and config): halves of two
-    runs' pairs are refused, naming what differs."""
+    """The files of a two-expert pair carry one LoRA spec (rank, alpha, targets): halves of pairs of other specs are
+    refused, naming what differs. Two runs that each trained one expert (``TrainConfig.expert``) make a pair."""
     first = files[0]
     for lora in files[1:]:
-        mine, theirs = lora.metadata.get("byg.config") or {}, first.metadata.get("byg.config") or {}
-        differ = [k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k)]
-        if lora.spec != first.spec or differ:
-            what = (f"rank {first.spec.rank} / alpha {first.spec.alpha:g} against rank {lora.spec.rank} / alpha "
-                    f"{lora.spec.alpha:g}" if lora.spec != first.spec else "their training configs' " + ", ".join(differ))
-            raise ValueError(f"LoRA files {first.path} and {lora.path} come from two trainings ({what}): give both "
-                             "files one training wrote")
+        differ = [f"{name} {getattr(first.spec, name)!r} against {getattr(lora.spec, name)!r}"
+                  for name in ("rank", "alpha", "target_modules") if getattr(first.spec, name) != getattr(lora.spec, name)]
+        if differ:
+            raise ValueError(f"LoRA files {first.path} and {lora.path} do not make one LoRA ({'; '.join(differ)}): "
+                             "give both files one training wrote, or two trainings of one rank, alpha and targets")
 
 
 def load_lora_into(adapters: Adapters, files: list[LoraFile], strength: float = 1.0) -> None:

@@ -319,8 +319,9 @@ class Trainer:
             warnings.warn(f"checkpoint {path} was made on the dataset as it was before: a line or a file of "
                           f"{self.cfg.data} changed since (or its files' times); the resumed run trains on it as it is "
                           "now, so it is not the run that never stopped", stacklevel=2)
-        made_on, now = int(raw.get("byg.processes", 1)), self.accelerator.num_processes
-        if made_on != now:  # said, not refused: a machine may have lost a GPU since
+        made_on, now = int(raw.get("byg.processes", self.accelerator.num_processes)), self.accelerator.num_processes
+        if made_on != now and self.accelerator.is_main_process:  # said, not refused: a machine may have lost a GPU
+            # (a checkpoint from before the count was recorded is taken at its word)
             warnings.warn(f"checkpoint {path} was made on {made_on} process(es), this run has {now}: each step now "
                           f"averages {now} x batch_size = {now * self.cfg.batch_size} samples (it was {made_on * self.cfg.batch_size}), "
                           "so the resumed run is not the run that never stopped; launch it on "
@@ -437,8 +438,7 @@ def same_finished_run(cfg: TrainConfig, data: str) -> TrainResult | None:
     metadata = read_metadata(path) if path.is_file() else None
     if not metadata or metadata.get("byg.step") != str(cfg.steps) or metadata.get("byg.data") != data:
         return None
-    saved, now = json.loads(metadata["byg.config"]), cfg.to_dict()
-    if first_difference(saved, now, [k for k in {**saved, **now} if k not in BOOKKEEPING_KEYS]) is not None:
+    if run_changes(cfg):
         return None
     written = existing_lora(cfg.output_dir, cfg.save_name)
     if not written or any(lora_steps(p) != cfg.steps for p in written):

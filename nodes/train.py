@@ -123,10 +123,11 @@ class CycleTrainer:
         # this very run, finished (ComfyUI runs the node again when anything upstream changed, or after a restart):
         # returned as it is, nothing loaded or encoded; any other run under the name is refused
         if not resume:
-            done = same_finished_run(config, data_fingerprint(dataset.dataset.records))
+            data = data_fingerprint(dataset.dataset.records)
+            done = same_finished_run(config, data)
             if done is not None and _loras_are_the_runs(name, config.output_dir, model.backbone):
                 return _result(name, model, done)
-            _refuse_to_overwrite(config, model.backbone)
+            _refuse_to_overwrite(config, model.backbone, data)
         progress = host.Progress(config.steps)
         callbacks = Callbacks(
             on_step=lambda step, _: progress.update(step),
@@ -180,17 +181,21 @@ def _config(model, dataset, objective, preset, name, seed, preview_every, widget
     return TrainConfig.for_preset(chosen, values, "CycleTrainer")
 
 
-def _refuse_to_overwrite(config, backbone) -> None:
+def _refuse_to_overwrite(config, backbone, data: str) -> None:
     """A new run never replaces an earlier run's checkpoint or a LoRA of the same name (resume continues one); the
-    refusal says which widgets differ from that run's, and why a seed may have changed by itself."""
+    refusal says which widgets differ from that run's, or that its dataset (fingerprint ``data``) changed, and why a
+    seed may have changed by itself."""
     from byg_core.lora_io import expert_paths
-    from byg_core.train import existing_run, run_changes, stopped_loras
+    from byg_core.safefiles import read_metadata
+    from byg_core.train import CHECKPOINT, existing_run, run_changes, stopped_loras
 
     name, output_dir = config.save_name, config.output_dir
     done = existing_run(output_dir)
     if done is not None:
         changes = run_changes(config)
         made = "; ".join(f"made with {key}={was!r} where this prompt has {key}={now!r}" for key, was, now in changes[:3])
+        if not changes and (read_metadata(Path(output_dir) / CHECKPOINT) or {}).get("byg.data", data) != data:
+            made = "made on the dataset as it was then: a line or a file of it changed since"
         seed = ("" if "seed" not in [key for key, _, _ in changes] else " The seed changed: a seed widget whose "
                 "'control after generate' is randomize or increment changes it on every queue; set it to fixed.")
         raise ValueError(

@@ -478,6 +478,11 @@ def test_a_run_resumed_on_another_number_of_processes_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume() == 1
+    older = {k: v for k, v in metadata.items() if k != "byg.processes"}  # a checkpoint from before the count
+    save_file(load_file(path), path, metadata=older)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # taken at its word (an 8-GPU run resumed on its 8 GPUs was told "1")
+        assert Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume() == 1
     save_file(load_file(path), path, metadata=metadata | {"byg.processes": "8"})
     with pytest.warns(UserWarning, match=r"made on 8 process\(es\), this run has 1: each step now averages 1 x "
                                          r"batch_size = 2 samples \(it was 16\)"):

@@ -245,19 +245,22 @@ def test_one_file_of_an_expert_pair_or_one_file_twice_is_refused_not_loaded_as_h
     assert set(load_lora([low, high], build_toy_wan_backbone("t2v-a14b")).state_dict(EMA)) == set(adapters.state_dict(EMA))
 
 
-def test_halves_of_two_trainings_pairs_are_refused_naming_what_differs(tmp_path):
-    """One run's high-noise file beside another's low-noise file loaded without a word at the same rank, and at
-    another rank was told to load it 'onto a model without a LoRA' (the model carried none)."""
+def test_a_pair_is_one_lora_spec_and_may_join_two_single_expert_trainings(tmp_path):
+    """Halves of pairs of another rank were told to load 'onto a model without a LoRA' (the model carried none); two
+    runs that each trained one expert (TrainConfig.expert) make a pair, as trainers of Wan2.2 experts do."""
     backbone = build_toy_wan_backbone("t2v-a14b")
     targets = tuple(backbone.lora_target_modules())
     high, _ = save_lora(tmp_path / "a.safetensors", backbone, Adapters(backbone, LoraSpec(4, 4.0, targets)),
-                        config={"model": "toy-wan-a14b", "seed": 0})
+                        config={"model": "toy-wan-a14b", "expert": "transformer"})
     _, low = save_lora(tmp_path / "b.safetensors", backbone, Adapters(backbone, LoraSpec(4, 4.0, targets)),
-                       config={"model": "toy-wan-a14b", "seed": 1})
-    with pytest.raises(ValueError, match=r"a_high_noise.safetensors and .*b_low_noise.safetensors come from two "
-                                         r"trainings \(their training configs' seed\): give both files one training"):
-        load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))
+                       config={"model": "toy-wan-a14b", "expert": "transformer_2"})
+    load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))
     _, low = save_lora(tmp_path / "c.safetensors", backbone, Adapters(backbone, LoraSpec(8, 8.0, targets)),
-                       config={"model": "toy-wan-a14b", "seed": 0})
-    with pytest.raises(ValueError, match=r"come from two trainings \(rank 4 / alpha 4 against rank 8 / alpha 8\)"):
+                       config={"model": "toy-wan-a14b"})
+    with pytest.raises(ValueError, match=r"a_high_noise.safetensors and .*c_low_noise.safetensors do not make one LoRA "
+                                         r"\(rank 4 against 8; alpha 4.0 against 8.0\): give both files one training"):
+        load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))
+    _, low = save_lora(tmp_path / "d.safetensors", backbone, Adapters(backbone, LoraSpec(4, 4.0, targets[:1])),
+                       config={"model": "toy-wan-a14b"})
+    with pytest.raises(ValueError, match=r"do not make one LoRA \(target_modules "):
         load_lora([high, low], build_toy_wan_backbone("t2v-a14b"))

@@ -497,3 +497,20 @@ def test_the_lora_loader_reads_its_file_again_when_it_changes_on_disk(nodes, hos
     assert paired != first
     path.write_bytes(b"second, longer")
     assert loader.IS_CHANGED(lora_name=path.name, strength=1.0) not in (first, paired)
+
+
+def test_a_finished_run_queued_again_on_a_changed_dataset_is_refused_saying_so(run, graph, host):
+    """Every widget as it was, the dataset changed (a caption fixed, frames now read in number order): refused as
+    another run, and the refusal says what changed rather than naming no widget."""
+    import copy
+    import dataclasses
+
+    run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+        **train_inputs(steps=2, preview_every=0))
+    changed = copy.deepcopy(graph.dataset)
+    changed.dataset.records[0] = dataclasses.replace(changed.dataset.records[0],
+                                                     tgt_caption="a blue circle on a blue background")
+    with pytest.raises(ValueError, match=r"already names a run .*checkpoint at step 2; made on the dataset as it was "
+                                         r"then: a line or a file of it changed since\)"):
+        run("CycleTrainer", model=graph.model, dataset=changed, objective=graph.objective,
+            **train_inputs(steps=2, preview_every=0))

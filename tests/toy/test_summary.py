@@ -181,7 +181,7 @@ def test_the_interval_over_seeds_and_tuples_covers_a_true_change_95_percent_of_t
     from byg_core.toy.metrics import over_seeds_and_tuples, paired_change
 
     g = torch.Generator().manual_seed(seeds)
-    held, tuple_only = 0, 0
+    held, tuple_only, widths = 0, 0, []
     trials = 400
     for _ in range(trials):
         tuples = 0.2 * torch.randn(200, generator=g)
@@ -189,9 +189,13 @@ def test_the_interval_over_seeds_and_tuples_covers_a_true_change_95_percent_of_t
                  for _ in range(seeds)]
         _, low, high = over_seeds_and_tuples(table)
         held += low <= 0.1 <= high
-        _, low, high = paired_change([sum(c) / seeds for c in zip(*table)], [0.0] * 200)
-        tuple_only += low <= 0.1 <= high
+        _, tuple_low, tuple_high = paired_change([sum(c) / seeds for c in zip(*table)], [0.0] * 200)
+        tuple_only += tuple_low <= 0.1 <= tuple_high
+        widths.append((high - low) / (tuple_high - tuple_low))
     assert 0.94 <= held / trials  # measured: 0.96-1.00
+    # and no wider than two or three seeds make it (measured, times the tuples' width: 2 seeds 4.2 / 6.4 / 17.6 at a
+    # seed spread of 0 / 0.03 / 0.1; 3 seeds 2.6 / 6.4 at 0.03 / 0.1): t(1) = 12.7 at two seeds
+    assert sum(widths) / trials < {2: 25, 3: 9}[seeds]
     if seed_sd == 0.1:
         assert tuple_only / trials < 0.75
     assert over_seeds_and_tuples([[0.1, 0.2]]) is None
