@@ -397,8 +397,8 @@ def writing_dataset(root: Path, media: str, names: list[str], rows: list[dict], 
     "image" or "video") with ``rows``' text fields: None when ``root`` already holds it (a repeated run: nothing
     to write). A new or empty ``root`` is written as a hidden folder beside it, moved onto
     it with ``edits.jsonl`` once every file is there, so a stopped write leaves no half dataset; a folder holding
-    anything else is never written into (nothing the user made is lost) unless ``overwrite``, and ``instead``
-    says what to do."""
+    anything else is never written into (nothing the user made is lost) unless ``overwrite``, which writes into it
+    with its old ``edits.jsonl`` removed first, and ``instead`` says what to do."""
     text = "".join(json.dumps({media: name, **{k: row[k] for k in TEXT_FIELDS}}) + "\n" for name, row in zip(names, rows))
     if (root / "edits.jsonl").is_file() and (root / "edits.jsonl").read_text(encoding="utf-8") == text:
         yield None
@@ -411,7 +411,9 @@ def writing_dataset(root: Path, media: str, names: list[str], rows: list[dict], 
         raise FileExistsError(f"{root} already holds other files ({shown}); nothing was overwritten. "
                               f"{instead or 'Write the dataset to an empty or new folder'}.")
     folder = root if found else root.with_name(f".{root.name}.partial")
-    if folder != root:
+    if folder == root:  # an overwrite: until the new edits.jsonl, the folder is no dataset (not old text, new images)
+        (root / "edits.jsonl").unlink(missing_ok=True)
+    else:
         shutil.rmtree(folder, ignore_errors=True)  # an earlier stopped write's
         folder.mkdir(parents=True)
     try:

@@ -164,6 +164,18 @@ def test_a_dataset_writer_never_writes_into_a_folder_holding_other_files(tmp_pat
     (clip / ".00002.png.k1x2.partial.png").write_bytes((clip / "00002.png").read_bytes()[:40])
     assert torch.equal(load_media(clip), frames) and frames.shape[1] == 5
 
+    # an --overwrite stopped half-way leaves no dataset whose captions belong to the old images, and the same
+    # command again writes the whole new one (it was taken as already written)
+    calls.clear()
+    monkeypatch.setattr(video_io, "save_pixels", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "0", "--overwrite"])
+    monkeypatch.setattr(video_io, "save_pixels", saved)
+    with pytest.raises(FileNotFoundError, match="edits.jsonl not found"):
+        EditDataset.from_folder(toy)
+    assert cli.main(["toy", "dataset", "--out", str(toy), "--n", "4", "--seed", "0", "--overwrite"]) == 0
+    assert _tree(toy) == written
+
 
 def test_a_phone_photo_loads_upright_and_16_bit_greyscale_keeps_its_tones(tmp_path):
     from PIL import Image, ImageOps
