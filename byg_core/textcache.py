@@ -27,11 +27,15 @@ TEXT_FILES = ("folder", "clip_l", "t5", "umt5", "tokenizers", "tokenizer", "dtyp
 
 
 def cache_key(model: str, files: dict) -> str:
-    """What a cache's states depend on: the model, and the text-encoder files (by name and size) and dtype that
-    encoded them, so a T5 file swapped for another (fp8 for fp16) starts another cache rather than reading this one."""
+    """What a cache's states depend on: the model, and the text-encoder files (by name, size and modification time)
+    and dtype that encoded them, so a T5 file swapped for another (fp8 for fp16, or a fine-tuned CLIP-L copied over the
+    same name) starts another cache rather than reading this one."""
     def identity(value) -> str:
         path = Path(str(value))
-        return f"{path.name} ({path.stat().st_size} bytes)" if path.is_file() else str(value)
+        if not path.is_file():
+            return str(value)
+        found = path.stat()
+        return f"{path.name} ({found.st_size} bytes, modified {found.st_mtime_ns})"
 
     return json.dumps([model, {key: identity(files[key]) for key in TEXT_FILES if key in files}])
 

@@ -1,6 +1,8 @@
 """Encoded prompts on disk: the same conditioning as in memory, read back by a later run without a text encoder,
 never another model's."""
 
+import os
+
 import pytest
 import torch
 
@@ -74,6 +76,11 @@ def test_a_cache_made_with_other_text_encoder_files_is_not_read(tmp_path):
     assert "a prompt" in DiskTextCache(tmp_path / "text", same)
     swapped = textcache.cache_key("flux1-dev", {"t5": str(other), "transformer": "a"})
     assert "a prompt" not in DiskTextCache(tmp_path / "text", swapped)
+    # a fine-tuned encoder copied over the same file name, of the same size (a CLIP-L swap), is another encoder
+    t5.write_bytes(b"1" * 16)
+    os.utime(t5, ns=(t5.stat().st_atime_ns, t5.stat().st_mtime_ns + 10**9))
+    replaced = textcache.cache_key("flux1-dev", {"t5": str(t5), "transformer": "a"})
+    assert "a prompt" not in DiskTextCache(tmp_path / "text", replaced)
 
 
 def test_encoded_prompts_are_kept_at_the_models_compute_dtype():
