@@ -436,7 +436,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
     from .toy.model import PRETRAIN_LR, PRETRAIN_STEPS, SHIPPED_PRETRAIN_STEPS, base_weights, pretrain
 
+    from .toy.world import check_training_seed
+
     check_device(args.device)
+    check_training_seed(args.seed, "--seed")  # the base's pretraining scenes are Random(--seed)'s
     # Checked before anything is built: --steps -3 had written an untrained base, --batch-size 0 failed in torch.stack
     check_ranges(positive=[("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
                            ("--t-shift", args.t_shift), ("--distill-guidance", args.distill_guidance),
@@ -493,8 +496,10 @@ def _add_base_size(parser: argparse.ArgumentParser, help: str) -> None:
 
 def cmd_toy_dataset(args: argparse.Namespace) -> int:
     from .toy.dataset import write_toy_dataset
+    from .toy.world import check_training_seed
 
     check_ranges(positive=[("--n", args.n)])
+    check_training_seed(args.seed, "--seed")
     print(write_toy_dataset(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite,
                             instead="Pick another --out, or pass --overwrite to write into it"))
     return 0

@@ -39,7 +39,7 @@ from ..sample import edit, flowedit, sdedit
 from ..train import Callbacks, Trainer, write_history
 from .metrics import CLEAN_EDIT_RULE, RATE_KEYS, aggregate_seeds, evaluate_edit
 from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional, pretrain_record
-from .world import FAMILIES, HELD_OUT_SCENE_SEEDS, EditTuple, held_out_tuples, render_batch, sample_tuples
+from .world import FAMILIES, EditTuple, check_training_seed, held_out_tuples, render_batch, sample_tuples
 
 METRIC_KEYS = ("clean_edit", "edit_success", "preservation", "pixel_error")
 BASELINES = ("identity", "sdedit", "flowedit")
@@ -124,10 +124,7 @@ class ToySettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_n_eval(self.n_eval)
-        if not 0 <= self.seed < HELD_OUT_SCENE_SEEDS:  # the training tuples are sample_tuples(n_train, seed)
-            raise ValueError(f"seed must be in [0, {HELD_OUT_SCENE_SEEDS}), got {self.seed}: the held-out draws' scenes "
-                             f"are drawn from seeds {HELD_OUT_SCENE_SEEDS} and up, and a training seed among them "
-                             "trains on held-out scenes")
+        check_training_seed(self.seed, "seed")  # the training tuples are sample_tuples(n_train, seed)
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, got {self.lora_targets!r}")
         if not self.noise_seeds:

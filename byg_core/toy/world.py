@@ -395,6 +395,14 @@ MAX_EVAL_SEED = 3000  # held-out draws' scene seeds stay within 10000-18999 (see
 HELD_OUT_SCENE_SEEDS = 10_000  # the first held-out scene seed: training draws (sample_tuples(n, seed)) stay below it
 
 
+def check_training_seed(seed: int, name: str) -> None:
+    """A training draw's seed (tuples, or a base's pretraining scenes) stays below the held-out draws' scene seeds."""
+    if not 0 <= seed < HELD_OUT_SCENE_SEEDS:
+        raise ValueError(f"{name} must be in [0, {HELD_OUT_SCENE_SEEDS}), got {seed}: the held-out draws' scenes are "
+                         f"drawn from seeds {HELD_OUT_SCENE_SEEDS} and up, and a training seed among them trains on "
+                         "held-out scenes")
+
+
 def held_out_tuples(per_cell: int, seed: int) -> list[EditTuple]:
     """An evaluation set balanced over edit families and colour splits: ``per_cell`` tuples of each family
     on seen colour pairs, then ``per_cell`` of each touching UNSEEN_COMBOS; deterministic from ``seed``.

@@ -239,7 +239,7 @@ def test_the_gpu_bench_passes_its_learning_rate_schedule_batch_and_edit_steps_to
     (["--reference-loraplus-lr-ratio", "0"], "--reference-loraplus-lr-ratio must be > 0, got 0.0"),
     (["--reference-adam-beta2", "1"], "--reference-adam-beta2 must be in [0, 1), got 1.0"),
     (["--time-limit", "-5"], "--time-limit must be > 0, got -5.0"),
-    (["--seeds", "0", "10000"], "--seeds must be below 10000, got 10000"),  # had pretrained, then every bench job failed
+    (["--seeds", "0", "10000"], "--seeds must be in [0, 10000), got 10000"),  # had pretrained, then every bench job failed
     (["--base-size", "huge"], "--base-size: invalid choice: 'huge'"),
     pytest.param(["--device", "cuda"], "--device cuda, but torch sees no GPU here; use --device cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
@@ -267,6 +267,7 @@ def test_the_gpu_bench_refuses_a_bad_setting_before_it_pretrains_anything(flags,
     (["--distill-guidance", "-2"], "--distill-guidance must be > 0, got -2.0"),
     (["--adam-beta2", "1"], "--adam-beta2 must be in [0, 1), got 1.0"),
     (["--adam-beta2", "0"], "--adam-beta2 must be > 0, got 0.0"),
+    (["--seed", "10000"], "--seed must be in [0, 10000), got 10000"),  # had drawn held-out scenes to pretrain on
 ])
 def test_toy_pretrain_refuses_a_bad_setting_before_it_builds_or_writes_anything(flags, named, tmp_path, capsys):
     out = tmp_path / "base.safetensors"

@@ -393,6 +393,9 @@ def test_a_training_seed_that_draws_held_out_scenes_is_refused(tmp_path, capsys)
     10000 trained on 70 of draw 0's scenes."""
     assert byg(["bench", "--smoke", "--methods", "identity", "--seed", "10000", "--out", str(tmp_path / "b")]) == 2
     assert "seed must be in [0, 10000), got 10000" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    # nor is a toy dataset drawn from them (a LoRA trained on it and scored on a held-out draw), nor a base pretrained on them
+    assert byg(["toy", "dataset", "--seed", "10001", "--n", "2", "--out", str(tmp_path / "d")]) == 2
+    assert "--seed must be in [0, 10000), got 10001" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_combine_never_replaces_an_earlier_summary_unasked(runs, tmp_path, capsys):
