@@ -64,9 +64,13 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
     host.free_host_models(backbone)  # the host's CLIP and VAE leave the GPU to the transformer until the decode
     adapters = model.prepare()
     progress = host.Progress(steps)
+
+    def on_step(i: int) -> None:
+        progress.update(i)
+        progress.raise_if_interrupted()  # Cancel stops the edit at this step, as the host's own samplers stop
+
     with guidance_of(backbone, guidance, cfg):
-        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=progress.update)
-    progress.raise_if_interrupted()
+        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=on_step)
     edited = backbone.decode_latents(result.latents)
     states = backbone.decode_latents(torch.cat(result.states)) if keep_states else None
     return edited, states

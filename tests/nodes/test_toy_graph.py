@@ -282,6 +282,18 @@ def test_video_edit_refuses_an_image_model(run, graph):
         run("BYGVideoEdit", model=graph.model, frames=frames, instruction=INSTRUCTION, steps=2, seed=0, guidance=3.5)
 
 
+def test_cancel_stops_an_edit_at_the_step_it_was_pressed_in(run, graph, host, monkeypatch):
+    """ComfyUI's progress hook raises on Cancel: the edit stopped there (it ran every remaining step first)."""
+    calls = []
+    velocity = graph.model.backbone.velocity
+    monkeypatch.setattr(graph.model.backbone, "velocity", lambda *a, **k: calls.append(1) or velocity(*a, **k))
+    host.cancel_at, host.updates = 2, []
+    with pytest.raises(sys.modules["comfy.model_management"].InterruptProcessingException):
+        run("BootstrapSampler", model=graph.model, image=graph.image, instruction=INSTRUCTION, steps=20, seed=1,
+            guidance=3.5, return_states=False)
+    assert host.updates == [1, 2] and len(calls) == 2 and not host.interrupt_flag
+
+
 @pytest.fixture
 def toy_video_model(run, monkeypatch):
     from byg_core.loading import LOADERS
