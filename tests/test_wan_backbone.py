@@ -251,6 +251,21 @@ def test_wan_scheduler_uses_our_flow_convention():
     torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant, steps", [("t2v-a14b", 85), ("ti2v-5b", 201)])
+def test_an_edit_of_many_steps_integrates_where_the_shift_repeats_whole_timesteps(variant, steps):
+    """At A14B's shift 12 from 85 steps (5B's 5 from 201) the first whole-number timesteps repeat (999, 999): UniPC
+    then counted one step ahead and its last step failed on a bare assert; diffusers' Wan pipeline sets the begin index."""
+    from byg_core.sample import integrate
+
+    models = {"transformer_2": tiny_model(variant, seed=1)} if variant == "t2v-a14b" else {}
+    backbone = WanBackbone.from_variant(variant, tiny_model(variant), codec=StandInCodec(), **models)
+    x, eps = torch.randn(2, 1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    scheduler = backbone.schedule(steps, x.shape)
+    assert scheduler.timesteps[0] == scheduler.timesteps[1]  # the case itself
+    y = integrate(scheduler, lambda y, t: eps - x, eps).latents
+    torch.testing.assert_close(y, x, atol=1e-4, rtol=0)
+
+
 def test_a14b_variant_sets_boundary_shift_and_expert_ranges():
     high, low = tiny_model("t2v-a14b", seed=0), tiny_model("t2v-a14b", seed=1)
     backbone = WanBackbone.from_variant("t2v-a14b", high, transformer_2=low, codec=StandInCodec())

@@ -126,6 +126,9 @@ class EditBackbone(ABC):
         """The inference scheduler with its timesteps set for ``steps`` steps on latents of ``latent_shape``."""
         scheduler = self.make_scheduler()
         scheduler.set_timesteps(steps, device=device, **self.schedule_options(steps, latent_shape))
+        # from the first timestep, as diffusers' FLUX and Wan pipelines: at a high shift the first whole-number
+        # timesteps repeat (999, 999), and a scheduler finding its place by value counts one step ahead
+        scheduler.set_begin_index(0)
         return scheduler
 
     def schedule_options(self, steps: int, latent_shape: Sequence[int]) -> dict:
