@@ -68,6 +68,22 @@ def test_no_source_is_the_stock_forward():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("variant", ["ti2v-5b", "t2v-a14b"])
+def test_an_image_is_a_one_frame_video(variant):
+    """The codecs encode an image (B, 3, H, W) to latents without a frame axis; the velocity of those is the
+    one-frame video's (they had failed to unpack in the transformer: BootstrapSampler on a Wan model)."""
+    models = {"transformer_2": tiny_model(variant, seed=1)} if variant == "t2v-a14b" else {}
+    backbone = WanBackbone.from_variant(variant, tiny_model(variant), codec=StandInCodec(), **models)
+    latents, text = tiny_inputs(backbone.transformers["transformer"])
+    frame, source = latents[:, :, :1], latents[:, :, 1:2]
+    t = torch.tensor([0.3, 0.95])
+    video = backbone.velocity(frame, t, text, source=source)
+    image = backbone.velocity(frame[:, :, 0], t, text, source=source[:, :, 0])
+    assert image.shape == frame[:, :, 0].shape
+    torch.testing.assert_close(image, video[:, :, 0], atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
 def test_per_token_timesteps_match_the_pipeline():
     model = tiny_model("ti2v-5b")
     backbone = WanBackbone.from_variant("ti2v-5b", model, codec=StandInCodec())

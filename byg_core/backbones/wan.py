@@ -411,7 +411,11 @@ class WanBackbone(EditBackbone):
         self, name: str, latents: torch.Tensor, t: torch.Tensor, text: TextCond, source: torch.Tensor | None
     ) -> torch.Tensor:
         """Velocity from one named expert, whatever the timesteps (no routing); its input is cast to the expert's
-        compute dtype and its output back to the latents' (WanPipeline: ``latents.to(transformer_dtype)``)."""
+        compute dtype and its output back to the latents' (WanPipeline: ``latents.to(transformer_dtype)``). Image
+        latents (B, C, H, W), as the codecs encode an image, are a one-frame video's."""
+        if latents.ndim == 4:
+            frame = None if source is None else source.unsqueeze(2)
+            return self.expert_velocity(name, latents.unsqueeze(2), t, text, frame).squeeze(2)
         model = self._transformers[name]
         dtype = model.dtype
         v = edit_forward(

@@ -195,7 +195,8 @@ class ToyVideoCodec:
     Pixels (B, 3, 4k+1, H, W) in [0, 1] -> latents (B, 3 * 4 * s^2, k + 1, H / s, W / s) in
     [-1, 1]: latent frame 0 holds frame 0 (four copies, so every latent frame has the same
     channels), latent frame j > 0 holds frames 4j-3 .. 4j stacked in channels, and each s x s
-    pixel block is folded into channels (``s = spatial_factor``). An image is one frame.
+    pixel block is folded into channels (``s = spatial_factor``). An image (B, 3, H, W) is one frame, its latents
+    (B, C, h, w) without a frame axis, as Wan's VAE codecs give them.
     """
 
     temporal_factor = TEMPORAL_FACTOR
@@ -214,7 +215,7 @@ class ToyVideoCodec:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.ndim == 4:
-            pixels = pixels.unsqueeze(2)
+            return self.encode(pixels.unsqueeze(2)).squeeze(2)
         if pixels.ndim != 5 or pixels.shape[1] != 3:
             raise ValueError(f"ToyVideoCodec pixels must be (B, 3, F, H, W) or (B, 3, H, W), got {tuple(pixels.shape)}")
         self._check(pixels)
@@ -228,9 +229,12 @@ class ToyVideoCodec:
         return blocks.permute(0, 1, 4, 6, 2, 3, 5).flatten(1, 3).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim == 4 and latents.shape[1] == self.latent_channels:
+            return self.decode(latents.unsqueeze(2)).squeeze(2)
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
-                f"ToyVideoCodec latents must be (B, {self.latent_channels}, T, h, w), got {tuple(latents.shape)}"
+                f"ToyVideoCodec latents must be (B, {self.latent_channels}, T, h, w) or (B, {self.latent_channels}, "
+                f"h, w), got {tuple(latents.shape)}"
             )
         s = self.spatial_factor
         blocks = latents.unflatten(1, (-1, s, s))  # (B, 12, s, s, T, h, w)

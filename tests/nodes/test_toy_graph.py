@@ -335,6 +335,21 @@ def test_dataset_node_reruns_when_edits_jsonl_changes(nodes, host_folders):
     assert stamp() != frames
 
 
+def test_a_wan_model_edits_and_maps_an_image_as_a_one_frame_video(run):
+    """BootstrapSampler and the direction map take a Wan2.2 model and an IMAGE (they failed after the whole edit)."""
+    (model,) = run("BYGModelLoader", model="toy-wan-5b", diffusion_model="(none)")
+    image, caption = run("BYGToyScene", shape="circle", shape_color="red", bg_color="blue", size=16)
+    edited, states = run("BootstrapSampler", model=model, image=image, instruction=INSTRUCTION, steps=2, seed=0,
+                         guidance=3.5, return_states=True, cfg=1.0)
+    assert edited.shape == image.shape and states.shape == (2, 16, 16, 3) and (edited - image).abs().mean() > 0.01
+    (video,) = run("BYGVideoEdit", model=model, frames=image, instruction=INSTRUCTION, steps=2, seed=0, guidance=3.5,
+                   cfg=1.0)
+    torch.testing.assert_close(video, edited)  # one frame of video is the image
+    _, direction = run("DirectionalPriorLoss", **FAST_OBJECTIVE, model=model, image=image, src_caption=caption,
+                       tgt_caption="a green circle on a blue background", t=0.5, seed=0)
+    assert direction.shape == (1, 16, 16, 3) and float(direction.max()) == pytest.approx(1.0)
+
+
 def test_the_wan_video_workflow_trains_and_edits_node_by_node(run, host_folders):
     """example_workflows/byg_toy_wan_video_train_and_edit.json, on a toy video dataset in the input folder."""
     from byg_core.toy.video import write_video_dataset
