@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -20,9 +22,13 @@ def edit_direction_map(
     p_tgt: TextCond,
     t: float = 0.5,
     seed: int = 0,
+    encoded: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """|v_tgt - v_src| of G_t2i at y_t = (1 - t) x + t eps per pixel, each map scaled to max 1 (paper 4.2); (B, 1, H, W)."""
+    """|v_tgt - v_src| of G_t2i at y_t = (1 - t) x + t eps per pixel, each map scaled to max 1 (paper 4.2); (B, 1, H, W).
+    ``encoded()`` is called once the image is encoded, before the model runs (a host frees its VAE and text encoder)."""
     x = backbone.encode_pixels(pixels)
+    if encoded is not None:
+        encoded()
     if x.ndim != 4:
         raise ValueError(f"edit_direction_map takes images (B, 3, H, W), got latents {tuple(x.shape)}")
     t_vec = torch.full((x.shape[0],), float(t), device=x.device)

@@ -97,7 +97,8 @@ class DirectionalPriorLoss:
         try:
             p_src, p_tgt = backbone.encode_text([src_caption.strip()]), backbone.encode_text([tgt_caption.strip()])
             adapters = model.prepare()
-            heat = edit_direction_map(backbone, adapters, host.image_to_pixels(image), p_src, p_tgt, t, seed)
+            heat = edit_direction_map(backbone, adapters, host.image_to_pixels(image), p_src, p_tgt, t, seed,
+                                      encoded=lambda: host.free_host_models(backbone))  # the GPU to the transformer
         except ValueError as error:
             raise ValueError(f"DirectionalPriorLoss: {error}") from error
         return host.pixels_to_image(heat.expand(-1, 3, -1, -1))

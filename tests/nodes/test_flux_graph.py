@@ -94,6 +94,10 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
                     guidance=3.5, return_states=False)
     assert host.unloads == [0]  # and after the edit's encoding, before its steps
     assert edited.shape == image.shape and not torch.equal(edited, image)
+    host.updates, host.unloads = [], []
+    _, direction = run("DirectionalPriorLoss", **FAST_OBJECTIVE, model=model, image=image, src_caption="a red circle",
+                       tgt_caption=PROMPT, t=0.5, seed=0)
+    assert host.unloads == [0] and direction.shape == image.shape  # the map's too, before the model's two passes
 
 
 def test_bfls_sft_files_are_listed_as_models(nodes, host):
