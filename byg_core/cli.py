@@ -117,7 +117,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = Progress(cfg.steps, every=cfg.log_every) if state.is_main_process else None
     trainer = Trainer(cfg, backbone, data, Callbacks(on_step=progress, should_stop=stop.requested))
     if state.is_main_process:
-        print(estimate(trainer).describe(), file=sys.stderr)
+        figures = estimate(trainer)
+        print(figures.describe(), file=sys.stderr)
+        if warning := figures.warning(gpu_bytes()):
+            print(f"warning: {warning}", file=sys.stderr)
         if state.num_processes > 1:  # torchrun kills its workers 30 s after a Ctrl-C, before a Wan step ends
             print(f"to stop after a step with the checkpoint and LoRA written: touch {stop.stop_file}", file=sys.stderr)
         if warning := warmup_only(cfg):

@@ -31,9 +31,21 @@ class MemoryEstimate:
         return self.weights + self.lora + self.optimizer + self.activations
 
     def describe(self) -> str:
-        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
-        return (f"memory estimate: weights {gib(self.weights)}, LoRA {gib(self.lora)}, gradients + AdamW "
-                f"{gib(self.optimizer)}, activations ~{gib(self.activations)} (rough) = ~{gib(self.total)}")
+        return (f"memory estimate: weights {_gib(self.weights)}, LoRA {_gib(self.lora)}, gradients + AdamW "
+                f"{_gib(self.optimizer)}, activations ~{_gib(self.activations)} (rough) = ~{_gib(self.total)}")
+
+    def warning(self, device_bytes: int | None) -> str | None:
+        """What to say when the estimate exceeds the GPU's memory (``gpu_bytes``; None: no GPU known, or it fits);
+        the check before loading counts the weights alone."""
+        if device_bytes is None or self.total <= device_bytes:
+            return None
+        return (f"the memory estimate (~{_gib(self.total)}) exceeds the GPU's {_gib(device_bytes)}: expect an out-of-"
+                "memory error; lower batch_size, resolution or rank, turn on gradient_checkpointing, or store the "
+                "weights in fp8 (storage = float8_e4m3fn)")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def _bytes(tensors) -> int:
@@ -44,10 +56,13 @@ PATCH_CELLS = 4  # FLUX packs 2x2 latent cells per token; Wan2.2's patches are 1
 
 
 def tokens_per_sample(trainer) -> int:
-    """Transformer tokens of one editor pass: the noisy and the source latents' patches plus the prompt's tokens."""
+    """Transformer tokens of one editor pass: the noisy and the source latents' patches, plus the prompt's tokens where
+    the blocks attend to text jointly (FLUX; Wan attends to it by cross-attention, outside the sequence)."""
     x = trainer.data.x[:1]
-    text = trainer.backbone.encode_text([trainer.data.records[0].instruction])
-    return 2 * (x[0].numel() // x.shape[1]) // PATCH_CELLS + text.tokens.shape[1]
+    patches = 2 * (x[0].numel() // x.shape[1]) // PATCH_CELLS
+    if trainer.backbone.family == "wan":
+        return patches
+    return patches + trainer.backbone.encode_text([trainer.data.records[0].instruction]).tokens.shape[1]
 
 
 def estimate(trainer) -> MemoryEstimate:
@@ -60,11 +75,12 @@ def estimate(trainer) -> MemoryEstimate:
     weights = _bytes(p for t in transformers for p in t.parameters() if id(p) not in lora_params)
     student = list(trainer.adapters.parameters(STUDENT))
     lora = _bytes(student) + _bytes(trainer.adapters.parameters(EMA))
-    optimizer = 3 * _bytes(student)
+    trained = None if cfg.expert == "auto" else cfg.expert  # only that expert's LoRA gets gradients and AdamW state
+    optimizer = 3 * _bytes(trainer.adapters.parameters(STUDENT, trained))
     config = transformers[0].config
     width = config.num_attention_heads * config.attention_head_dim
     blocks = config.num_layers + getattr(config, "num_single_layers", 0)
-    compute = 2 if cfg.mixed_precision == "bf16" else 4
+    compute = 2 if cfg.mixed_precision == "bf16" else trainer.backbone.dtype.itemsize  # a bf16-loaded model's too
     held = 1 if cfg.gradient_checkpointing else ACTIVATION_WIDTHS
     activations = (held_passes(cfg) * cfg.batch_size * tokens_per_sample(trainer) * width * compute
                    * held * blocks)
@@ -122,6 +138,8 @@ def check_weights_fit(model: str, storage: str | None, dtype: str, device_bytes:
     if device_bytes is not None and weights * HEADROOM > device_bytes:
         gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
         fix = "use a GPU with more memory" if storage else "store the weights in fp8 (storage = float8_e4m3fn), or use a GPU with more memory"
+        if storage is None and dtype == "float32" and transformer_bytes(model, None, "bfloat16") * HEADROOM <= device_bytes:
+            fix = 'load it in bfloat16 (dtype = "bfloat16"), or ' + fix
         both = " (the ByG rollout walks both A14B experts every step, so both stay resident)" if (
             CONFIGS / model / "transformer_2").is_dir() else ""
         raise ValueError(
@@ -132,8 +150,12 @@ def check_weights_fit(model: str, storage: str | None, dtype: str, device_bytes:
     return weights
 
 
-def gpu_bytes() -> int | None:
-    """Total memory of the current CUDA device, or None without one."""
+def gpu_bytes(device=None) -> int | None:
+    """Total memory of ``device`` (default: the current CUDA device), or None when it is no CUDA device (a host
+    started with --cpu on a machine with a GPU trains on the CPU: the GPU's size says nothing)."""
     import torch
 
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if torch.cuda.is_available() else None
+    if device is None:
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if torch.cuda.is_available() else None
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None

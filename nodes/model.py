@@ -65,7 +65,7 @@ class BYGModelLoader:
                 "diffusion_model_2": I.choice(files, "Wan2.2 T2V-A14B only: its low-noise expert (the high-noise one "
                                               "goes in diffusion_model). " + each("diffusion_model_2")),
                 "weights": I.choice(list(STORAGE), "How the model's weights are kept on the GPU: bf16, or fp8 (half "
-                                    "the memory: FLUX.1-dev on 24 GB, both A14B experts on 40-48 GB; the LoRA still "
+                                    "the memory: FLUX.1-dev on 24 GB, both A14B experts on 48 GB; the LoRA still "
                                     "trains in full precision). Unused by the toy models.", "bf16"),
                 "clip": I.socket("CLIP", each("clip") + "."),
                 "vae": I.socket("VAE", each("vae") + "."),
@@ -85,7 +85,7 @@ class BYGModelLoader:
         if key not in _SHARED:
             try:
                 if options:  # refused before a byte is read when the weights cannot fit the GPU
-                    check_weights_fit(model, options.get("storage"), options["dtype"], gpu_bytes())
+                    check_weights_fit(model, options.get("storage"), options["dtype"], gpu_bytes(host.torch_device()))
                 # the transformer (and a toy's own text encoder and codec) on ComfyUI's device; its CLIP and VAE
                 # stay where ComfyUI places them
                 _SHARED[key] = load_backbone(model, **options).to(host.torch_device())
@@ -96,7 +96,6 @@ class BYGModelLoader:
     @staticmethod
     def _files(model, diffusion_model, diffusion_model_2, clip, vae) -> dict:
         """The user's model file(s) and the graph's CLIP and VAE, as load_backbone's options."""
-        import torch
 
         spec = HOST_FILES[model]
         wanted = [(f"pick 'diffusion_model' ({spec.diffusion_model})", diffusion_model != NONE),
@@ -110,7 +109,7 @@ class BYGModelLoader:
             "transformer": host.diffusion_model_path(diffusion_model),
             "text_encoder": host.HostCLIP(clip),
             "codec": host_codec(model, vae),
-            "dtype": "bfloat16" if torch.cuda.is_available() else "float32",
+            "dtype": "bfloat16" if host.torch_device().type == "cuda" else "float32",
         }
         if spec.diffusion_model_2:
             options["transformer_2"] = host.diffusion_model_path(diffusion_model_2)

@@ -108,7 +108,7 @@ class CycleTrainer:
     def train(self, model, dataset, objective, preset, steps, learning_rate, rank, batch_size, seed, save_name, resume,
               warmup_identity_steps, preview_every, ema_decay, **schedule):
         from byg_core.data import cache, data_fingerprint
-        from byg_core.memory import estimate
+        from byg_core.memory import estimate, gpu_bytes
         from byg_core.train import Callbacks, Trainer, same_finished_run, warmup_only
 
         name = _save_name(save_name)
@@ -141,7 +141,10 @@ class CycleTrainer:
         except ValueError as error:
             raise ValueError(f"CycleTrainer: {error}") from error
         log = logging.getLogger("comfyui-byg")
-        log.info("CycleTrainer %r: %s", name, estimate(trainer).describe())  # the server's log
+        figures = estimate(trainer)
+        log.info("CycleTrainer %r: %s", name, figures.describe())  # the server's log
+        if warning := figures.warning(gpu_bytes(host.torch_device())):
+            log.warning("CycleTrainer %r: %s", name, warning)
         if warning := warmup_only(config):
             log.warning("CycleTrainer %r: %s", name, warning)
         if resume:

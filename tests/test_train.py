@@ -326,6 +326,9 @@ def test_the_memory_estimate_counts_weights_lora_and_optimizer_exactly(tmp_path)
     unrouted = estimate(Trainer(config(tmp_path / "r", objective=ObjectiveConfig(gradient_routing=False)),
                                 make_flux_backbone(), tiny_data()))
     assert figures.activations == supervised.activations == unrouted.activations / 2
+    # a model loaded in bf16 (ComfyUI's on a GPU) computes in bf16 without mixed precision: half fp32's activations
+    half = make_flux_backbone().to(torch.bfloat16)
+    assert 2 * estimate(Trainer(config(tmp_path / "h"), half, tiny_data())).activations == figures.activations
 
 
 def test_loss_floats_are_read_from_the_device_every_log_every_steps_not_each_step(tmp_path, monkeypatch):

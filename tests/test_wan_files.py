@@ -303,6 +303,13 @@ def test_a14b_that_cannot_fit_the_gpu_is_refused_before_loading(tmp_path, monkey
         cli.cmd_train(cli.build_parser().parse_args(["train", str(config)]))
     assert memory.check_weights_fit("wan2.2-t2v-a14b", "float8_e4m3fn", "bfloat16", 48 * 2**30) == 29_164_073_216
     assert memory.check_weights_fit("wan2.2-ti2v-5b", None, "bfloat16", 24 * 2**30) < 10.1 * 2**30  # 5B in bf16 fits 24 GB
+    # the CLI's default dtype is float32: where bf16 would fit, that is the fix named first
+    with pytest.raises(ValueError, match=r"as float32.*: load it in bfloat16 \(dtype = \"bfloat16\"\)"):
+        memory.check_weights_fit("wan2.2-ti2v-5b", None, "float32", 16 * 2**30)
+    # an estimate beyond the GPU's memory is named when training starts (the pre-load check counts weights only)
+    figures = memory.MemoryEstimate(weights=30 * 2**30, lora=4 * 2**30, optimizer=6 * 2**30, activations=2**30)
+    assert figures.warning(48 * 2**30) is None and figures.warning(None) is None
+    assert "the memory estimate (~41.00 GiB) exceeds the GPU's 40.00 GiB" in figures.warning(40 * 2**30)
 
 
 def test_without_a_config_the_sizes_are_read_from_the_file(tmp_path):

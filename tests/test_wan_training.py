@@ -74,6 +74,21 @@ def test_a_chosen_expert_keeps_t_in_its_range_and_trains_alone(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(high_before, trainer.adapters.parameters(STUDENT, "transformer")))
 
 
+def test_the_memory_estimate_counts_what_a_wan_step_holds(tmp_path):
+    """Only the chosen expert's LoRA has gradients and AdamW state; Wan attends to the text by cross-attention, so
+    its text tokens are not in the blocks' sequence."""
+    from byg_core.memory import estimate, tokens_per_sample
+
+    backbone = build_toy_wan_backbone("t2v-a14b")
+    data = toy_videos(tmp_path / "data", backbone)
+    both, one = (estimate(Trainer(video_config(tmp_path / e, expert=e), backbone, data)) for e in ("auto", "transformer"))
+    trainer = Trainer(video_config(tmp_path / "x", expert="transformer"), backbone, data)
+    high = sum(p.numel() * p.element_size() for p in trainer.adapters.parameters(STUDENT, "transformer"))
+    assert one.optimizer == 3 * high < both.optimizer
+    x = data.x[:1]
+    assert tokens_per_sample(trainer) == 2 * (x[0].numel() // x.shape[1]) // 4  # noisy and source patches, no text
+
+
 def test_the_low_noise_expert_is_never_given_a_high_noise_t(tmp_path):
     backbone = build_toy_wan_backbone("t2v-a14b")
     trainer = Trainer(video_config(tmp_path, expert="transformer_2"), backbone, toy_videos(tmp_path / "data", backbone))
