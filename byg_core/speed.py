@@ -130,25 +130,39 @@ def _rss(field_name: str) -> int:
     return 0
 
 
+PEAK_POLL_SECONDS = 5.0  # how often the wait for the peak-measuring process looks whether it is still alive
+
+
 def _first_step_rss(model: str, size: int, batch: int, rank: int, method: str, out: str, queue, width=None,
-                    frames: int = 17) -> None:
+                    frames: int = 17, storage: str = "bf16") -> None:
     """In a fresh process: the peak RSS a first training step adds (a warm process reuses freed memory, which
     would hide a step's peak)."""
-    backbone = build(model, "cpu")
+    backbone = build(model, "cpu", storage)
     trainer = _trainer(backbone, _data(backbone, model, size, batch, "cpu", width, frames), model, method, batch, rank, "cpu", out)
     base = _rss("VmRSS")
     trainer.train_step()
     queue.put(_rss("VmHWM") - base)
 
 
-def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out: str, width=None, frames=17) -> int:
+def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out: str, width=None, frames=17,
+                  storage: str = "bf16") -> int:
+    """``_first_step_rss`` in a fresh process, on the model as stored (fp8 or not); a process that dies is named."""
     import multiprocessing
+    from queue import Empty
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_first_step_rss, args=(model, size, batch, rank, method, out, queue, width, frames))
+    process = context.Process(target=_first_step_rss,
+                              args=(model, size, batch, rank, method, out, queue, width, frames, storage))
     process.start()
-    peak = queue.get(timeout=1800)
+    while True:
+        try:
+            peak = queue.get(timeout=PEAK_POLL_SECONDS)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the process measuring the CPU peak ended with exit code {process.exitcode} "
+                                   "before it measured (its error is printed above)") from None
     process.join()
     return peak
 
@@ -223,14 +237,14 @@ def _data(backbone, model: str, size: int, batch: int, device: str, width: int |
 
 def _trainer(backbone, data, model: str, method: str, batch: int, rank: int, device: str, out: str, reuse: int = 1):
     from .config import TrainConfig
-    from .train import Trainer
+    from .train import Trainer, accelerator_for
 
     cfg = TrainConfig(model=model, output_dir=str(Path(out) / f"{method}{reuse}"), method=method, steps=10**9,
                       batch_size=batch, rollout_reuse=reuse,
                       rank=rank, warmup_identity_steps=0, identity_prob=0.0, checkpoint_every=0,
                       mixed_precision="bf16" if device == "cuda" else "no",
                       gradient_checkpointing=model == "flux1-dev" or model in WAN_BENCH)
-    return Trainer(cfg, backbone, data)
+    return Trainer(cfg, backbone, data, accelerator=accelerator_for(device, cfg.mixed_precision))  # on --device
 
 
 def build(model: str, device: str, storage: str = "bf16"):
@@ -249,6 +263,35 @@ def build(model: str, device: str, storage: str = "bf16"):
                      f"{' or '.join(WAN_BENCH)}, got {model!r}")
 
 
+def check_bench(model: str, size: int, width: int | None, frames: int) -> None:
+    """Before anything is built: a model name whose width its heads divide, and the sizes (and Wan's frames) the
+    model takes, each refusal naming its flag (they had failed after building, or run other sizes than reported)."""
+    from .backbones.base import PixelShapeError
+    from .backbones.flux import check_flux_pixels
+    from .backbones.wan import WAN22_VARIANTS, check_wan_pixels
+    from .loading import WAN_MODELS, shipped_config
+
+    for prefix, head in (("flux-", 64), ("wan-", 128)):
+        if model.startswith(prefix) and model[len(prefix):].isdigit() and int(model[len(prefix):]) % head:
+            raise ValueError(f"--model {model}: a width divisible by {head} (its attention heads' size), e.g. "
+                             f"{prefix}{max(head, int(model[len(prefix):]) // head * head)}")
+    if model == "toy":
+        return
+    try:
+        if _is_wan(model):
+            shipped = WAN_BENCH.get(model, "wan2.2-ti2v-5b")
+            spec = WAN22_VARIANTS[WAN_MODELS[shipped][0]]
+            check_wan_pixels((1, 3, frames, size, width or size), shipped_config(shipped, "transformer")["patch_size"],
+                             spec.vae_spatial_factor, spec.vae_temporal_factor)
+        else:
+            check_flux_pixels((1, 3, size, width or size), 8)
+    except PixelShapeError as error:
+        flags = {"frames": f"--frames {frames}", "height": f"--size {size}",
+                 "width": f"--width {width}" if width else f"--size {size}"}
+        named = ", ".join(dict.fromkeys(flags[d] for d in sorted(error.dimensions, reverse=True)))
+        raise ValueError(f"{named}: {error}") from None
+
+
 def _is_wan(model: str) -> bool:
     return model in WAN_BENCH or (model.startswith("wan-") and model[4:].isdigit())
 
@@ -262,6 +305,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     from .adapters import BASE, EMA, Adapters, LoraSpec
     from .sample import edit, initial_noise, integrate
 
+    check_bench(model, size, width, frames)
     backbone = build(model, device, storage)
     for transformer in backbone.transformers.values():
         transformer.to(device)
@@ -286,7 +330,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     for method in figures:
         figures[method].seconds = min(times[method])
         if device == "cpu":
-            figures[method].peak_bytes = cpu_step_peak(model, size, batch, rank, method, folder, width, frames)
+            figures[method].peak_bytes = cpu_step_peak(model, size, batch, rank, method, folder, width, frames, storage)
 
     adapters = Adapters(backbone, LoraSpec(rank, float(rank), tuple(backbone.lora_target_modules())))
     x = data.x[:1]

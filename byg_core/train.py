@@ -461,6 +461,14 @@ def stopped_loras(folder: str | Path, save_name: str) -> list[Path]:
     return sorted(p for p in Path(folder).glob(f"{glob.escape(save_name)}_step*.safetensors") if name.fullmatch(p.name))
 
 
+def accelerator_for(device: torch.device | str, mixed_precision: str):
+    """The Trainer takes the GPU when there is one; a run asked to stay on the CPU passes it this (accelerate
+    allows one choice per process: a process that trained on the GPU already cannot switch); None otherwise."""
+    if torch.device(device).type == "cpu" and not _no_accelerator():
+        return Accelerator(mixed_precision=mixed_precision, cpu=True)
+    return None
+
+
 def _no_accelerator() -> bool:
     """accelerate runs several CPU processes (gloo) only when told the run is on the CPU."""
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())

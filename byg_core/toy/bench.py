@@ -36,7 +36,7 @@ from ..objective import ObjectiveConfig
 from ..plots import image_grid, loss_curve, save_png
 from ..safefiles import write_text_atomic
 from ..sample import edit, flowedit, sdedit
-from ..train import Callbacks, Trainer, write_history
+from ..train import Callbacks, Trainer, accelerator_for, write_history
 from .metrics import CLEAN_EDIT_RULE, RATE_KEYS, aggregate_seeds, evaluate_edit
 from .model import DEFAULT_TOY_WEIGHTS, build_toy_backbone, has_unconditional, pretrain_record
 from .world import FAMILIES, EditTuple, check_training_seed, held_out_tuples, render_batch, sample_tuples
@@ -208,20 +208,10 @@ def edit_held_out(backbone: FluxBackbone, adapters: Adapters, data: CachedEdits,
         backbone, adapters, b.x, b.c, steps=settings.edit_steps, seed=seed, role=role).latents, settings.noise_seeds)
 
 
-def _accelerator(device: torch.device, cfg: TrainConfig):
-    """The Trainer takes the GPU when there is one; a run asked to stay on the CPU passes it this (accelerate
-    allows one choice per process: a process that trained on the GPU already cannot switch)."""
-    if device.type == "cpu" and torch.cuda.is_available():
-        from accelerate import Accelerator
-
-        return Accelerator(mixed_precision=cfg.mixed_precision, cpu=True)
-    return None
-
-
 def train_and_edit(backbone, train_data, eval_data, cfg: TrainConfig, settings: ToySettings, progress=None,
                    seconds: float | None = None):
     """Train (for at most ``seconds`` of wall time when given), then edit the held-out tuples."""
-    accelerator = _accelerator(backbone.device, cfg)
+    accelerator = accelerator_for(backbone.device, cfg.mixed_precision)
     start = time.perf_counter()
     out_of_time = None if seconds is None else (lambda: time.perf_counter() - start >= seconds)
     trainer = Trainer(cfg, backbone, train_data, Callbacks(on_step=progress, should_stop=out_of_time),
