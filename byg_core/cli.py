@@ -216,10 +216,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .data import is_video
     from .lora_io import load_lora
     from .loading import check_size_before_loading, load_backbone
-    from .sample import EDIT_STEPS, edit, guide_scales_of
+    from .sample import edit, guide_scales_of
     from .video_io import save_pixels
 
-    args.steps = EDIT_STEPS if args.steps is None else args.steps
     check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride),
                            ("--fps", args.fps)])
     check_device(args.device)
@@ -250,7 +249,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     c = backbone.encode_text([args.instruction])  # from the cache, on the transformer's device now
     adapters = load_lora(args.lora, backbone, strength=args.strength)
     with guide_scales_of(backbone, args.cfg):
-        result = edit(backbone, adapters, x, c, steps=args.steps, seed=args.seed)
+        result = edit(backbone, adapters, x, c, steps=args.steps or backbone.edit_steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
 
@@ -549,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the base model's files as a training TOML's [model_files] names them, e.g. "
                            "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "
                            "ComfyUI, which records none)")
-    edit.add_argument("--steps", type=int, default=None, help="ODE steps (default: the paper's 20)")
+    edit.add_argument("--steps", type=int, default=None, help="ODE steps (default: the model's own: 20 on FLUX.1-dev, as the paper "
+                      "(B.1); Wan2.2's sampler's on video (B.2), 50 on TI2V-5B and 40 on A14B)")
     edit.add_argument("--cfg", type=float, nargs="+", default=None, metavar="W",
                       help="classifier-free guidance against the model's negative prompt: one scale, or one per expert "
                            "(A14B: high-noise, low-noise); 1: none (default: the model's own sampler's, Wan2.2 "

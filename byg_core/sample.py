@@ -16,12 +16,10 @@ import numpy as np
 import torch
 
 from .adapters import BASE, EMA, Adapters
-from .backbones.base import EditBackbone, TextCond
+from .backbones.base import EDIT_STEPS, EditBackbone, TextCond
 from .objective import classifier_free_guidance, noise
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-EDIT_STEPS = 20  # inference steps (paper B.1): the CLI, the nodes and the training previews edit with them
 
 
 @dataclass

@@ -79,7 +79,8 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
 def _common_inputs(what: str) -> dict:
     return {
         "instruction": I.text("", f"What to change in the {what}, e.g. \"change the circle's colour to green\".", multiline=True),
-        "steps": I.integer(20, 1, 1000, "ODE steps of the edit (paper: 20)."),
+        "steps": I.integer(20, 1, 1000, "ODE steps of the edit (paper: 20 on FLUX.1-dev images; its video edits follow "
+                           "Wan2.2's own sampler: 50 on TI2V-5B, 40 on A14B)."),
         "seed": I.seed("Seed of the starting noise."),
         "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input "
                              "ignore it (Wan2.2 guides by the cfg widget below)."),

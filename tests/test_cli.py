@@ -70,7 +70,7 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys, monkeypatch)
     assert not torch.equal(load_image(out), load_image(source))
 
 
-def test_edit_a_video_folder_with_a_wan_lora(tmp_path, capsys):
+def test_edit_a_video_folder_with_a_wan_lora(tmp_path, capsys, monkeypatch):
     write_video_dataset(tmp_path / "data", 2, seed=0)
     overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=1", "rank=4",
                      "warmup_identity_steps=1", "objective.rollout_steps=2")
@@ -87,6 +87,15 @@ def test_edit_a_video_folder_with_a_wan_lora(tmp_path, capsys):
     assert cli.main([*edit_args, "--image", str(video), "--out", str(video), "--overwrite"]) == 2  # had overwritten
     assert "is the source itself: the edit would replace the frames it reads" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in video.iterdir()} == frames
+    # without --steps, the model's own sampler's count (Wan2.2 TI2V-5B: 50)
+    from byg_core import sample
+
+    steps, edit_with = [], sample.edit
+    monkeypatch.setattr(sample, "edit", lambda *a, **k: steps.append(k["steps"]) or edit_with(*a, **{**k, "steps": 1}))
+    assert cli.main(["edit", "--model", "toy-wan-5b", "--lora", str(lora), "--image", str(video), "--out",
+                     str(tmp_path / "default_steps"), "--instruction", "change the background colour to red"]) == 0
+    assert steps == [50]
+    monkeypatch.undo()
     image = tmp_path / "still.png"
     save_pixels(torch.rand(1, 3, 16, 16), image)
     assert cli.main([*edit_args, "--image", str(image), "--out", str(tmp_path / "edited_still")]) == 2

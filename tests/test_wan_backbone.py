@@ -286,6 +286,9 @@ def test_a14b_variant_sets_boundary_shift_and_expert_ranges():
     high, low = tiny_model("t2v-a14b", seed=0), tiny_model("t2v-a14b", seed=1)
     backbone = WanBackbone.from_variant("t2v-a14b", high, transformer_2=low, codec=StandInCodec())
     assert (backbone.boundary_ratio, backbone.flow_shift, backbone.expand_timesteps) == (0.875, 12.0, False)
+    # an edit's steps by default: Wan2.2's own sampler's (paper B.2), 40 on A14B and 50 on TI2V-5B; FLUX's 20 (B.1)
+    assert backbone.edit_steps == 40
+    assert WanBackbone.from_variant("ti2v-5b", tiny_model(), codec=StandInCodec()).edit_steps == 50
     assert backbone.expert_range("transformer") == (0.875, 1.0)
     assert backbone.expert_range("transformer_2") == (0.0, 0.875)
     assert WanBackbone(high, codec=StandInCodec()).expert_range("transformer") == (0.0, 1.0)

@@ -22,6 +22,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+EDIT_STEPS = 20  # inference steps (paper B.1): the CLI, the nodes and the training previews edit with them
+
+
 class PixelShapeError(ValueError):
     """Pixels a backbone cannot take; ``dimensions`` says which of "frames", "height", "width" are off,
     so a host can say how to fix them (resize for height and width, pick other frames for frames)."""
@@ -136,6 +139,7 @@ class EditBackbone(ABC):
         return {}
 
     negative_prompt = ""  # what an edit's classifier-free guidance pushes away from (``guide_scale``)
+    edit_steps = EDIT_STEPS  # an edit's ODE steps unless asked for others: the model's own sampler's
 
     def guide_scale(self, t: float) -> float:
         """The classifier-free guidance of an edit at ``t`` against ``negative_prompt``; 1 (none) unless a model's

@@ -34,7 +34,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from .base import EditBackbone, LatentCodec, PixelShapeError, TextCond, TextEncoder
+from .base import EDIT_STEPS, EditBackbone, LatentCodec, PixelShapeError, TextCond, TextEncoder
 
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep range; the transformer does not rescale t
 A14B_BOUNDARY_RATIO = 0.875  # diffusers scripts/convert_wan_to_diffusers.py, Wan2.2-T2V-A14B
@@ -308,6 +308,7 @@ class WanBackbone(EditBackbone):
         flow_shift: float = 5.0,
         guide_scales: Sequence[float] | None = None,
         negative_prompt: str = WAN_NEGATIVE_PROMPT,
+        edit_steps: int = EDIT_STEPS,
     ) -> None:
         super().__init__()
         if boundary_ratio is not None and transformer_2 is None:
@@ -330,6 +331,7 @@ class WanBackbone(EditBackbone):
             raise ValueError(f"guide_scales gives {len(scales)} values for {len(self._transformers)} experts")
         self.guide_scales = dict(zip(self._transformers, map(float, scales)))
         self.negative_prompt = negative_prompt
+        self.edit_steps = edit_steps  # Wan2.2's sample_steps (paper B.2 samples with its default configuration)
 
     @classmethod
     def from_variant(cls, variant: str, transformer: nn.Module, **kwargs) -> "WanBackbone":
@@ -341,6 +343,7 @@ class WanBackbone(EditBackbone):
         kwargs.setdefault("boundary_ratio", spec.boundary_ratio)
         kwargs.setdefault("flow_shift", spec.flow_shift)
         kwargs.setdefault("guide_scales", spec.guide_scales)
+        kwargs.setdefault("edit_steps", spec.sample_steps)
         return cls(transformer, **kwargs)
 
     @property
@@ -542,6 +545,7 @@ class WanVariant:
     vae_temporal_factor: int  # 4: frames 4k+1 -> k+1 latent frames
     flow_shift: float  # UniPC flow_shift: Wan2.2's own sample_shift (paper B.2: "the default configuration")
     guide_scales: tuple[float, ...]  # Wan2.2's sample_guide_scale, per expert in order (high-noise first)
+    sample_steps: int  # Wan2.2's sample_steps: an edit's default
 
 
 def _wan_transformer(heads: int, channels: int, ffn_dim: int, layers: int) -> dict:
@@ -575,6 +579,7 @@ WAN22_VARIANTS = {
         vae_temporal_factor=4,
         flow_shift=5.0,
         guide_scales=(5.0,),  # wan/configs/wan_ti2v_5B.py
+        sample_steps=50,
     ),
     "t2v-a14b": WanVariant(
         transformer=_wan_transformer(heads=40, channels=16, ffn_dim=13824, layers=40),
@@ -585,6 +590,7 @@ WAN22_VARIANTS = {
         vae_temporal_factor=4,
         flow_shift=12.0,  # Wan2.2's T2V-A14B sample_shift (its own config; diffusers' pipeline config says 3.0)
         guide_scales=(4.0, 3.0),  # wan/configs/wan_t2v_A14B.py sample_guide_scale = (3.0, 4.0): (low, high) noise
+        sample_steps=40,
     ),
 }
 
