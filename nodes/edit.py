@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -42,11 +42,23 @@ def guidance_of(backbone, guidance: float, cfg: float = DEFAULT_CFG):
 def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int, guidance: float,
              keep_states: bool = False, cfg: float = DEFAULT_CFG):
     """Encode, edit with the model's LoRA state, decode: (edited pixels, decoded y_t states or None)."""
+    if not instruction.strip():
+        raise ValueError(f"{node}: write an edit instruction, e.g. \"change the circle's colour to green\"")
+    backbone = model.backbone
+    guided = ExitStack()  # the guidance of this run, refused before anything is encoded
+    try:
+        guided.enter_context(guidance_of(backbone, guidance, cfg))
+    except ValueError as error:
+        raise ValueError(f"{node}: the cfg widget: {error}") from error
+    with guided:
+        return _encode_edit_decode(node, model, pixels, instruction, steps, seed, keep_states)
+
+
+def _encode_edit_decode(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int,
+                        keep_states: bool):
     from byg_core.backbones.base import PixelShapeError
     from byg_core.sample import edit
 
-    if not instruction.strip():
-        raise ValueError(f"{node}: write an edit instruction, e.g. \"change the circle's colour to green\"")
     backbone = model.backbone
     try:
         backbone.check_pixels(tuple(pixels.shape))
@@ -69,8 +81,7 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
         progress.update(i)
         progress.raise_if_interrupted()  # Cancel stops the edit at this step, as the host's own samplers stop
 
-    with guidance_of(backbone, guidance, cfg):
-        result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=on_step)
+    result = edit(backbone, adapters, x, c, steps=steps, seed=seed, keep_states=keep_states, on_step=on_step)
     edited = backbone.decode_latents(result.latents)
     states = backbone.decode_latents(torch.cat(result.states)) if keep_states else None
     return edited, states

@@ -294,6 +294,17 @@ def test_cancel_stops_an_edit_at_the_step_it_was_pressed_in(run, graph, host, mo
     assert host.updates == [1, 2] and len(calls) == 2 and not host.interrupt_flag
 
 
+def test_a_cfg_the_model_cannot_take_is_refused_before_anything_is_encoded(run, graph, monkeypatch):
+    """It had been refused after the encodes, the host's models unloaded and the LoRA loaded, without the node's name."""
+    encoded = []
+    monkeypatch.setattr(graph.model.backbone, "encode_text", lambda prompts: encoded.append(prompts))
+    with pytest.raises(ValueError, match=r"BootstrapSampler: the cfg widget: this flux model's edits take no "
+                                         r"classifier-free guidance"):
+        run("BootstrapSampler", model=graph.model, image=graph.image, instruction=INSTRUCTION, steps=2, seed=1,
+            guidance=3.5, return_states=False, cfg=2.0)
+    assert encoded == []
+
+
 @pytest.fixture
 def toy_video_model(run, monkeypatch):
     from byg_core.loading import LOADERS
