@@ -384,9 +384,9 @@ def encode_sources(
 def encode_prompts(dataset: EditDataset, backbone: EditBackbone) -> None:
     """Every tuple's four prompts into the backbone's text cache (a disk cache's last shard written)."""
     for record in dataset.records:
-        backbone.encode_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
+        backbone.cache_text([record.src_caption, record.tgt_caption, record.instruction, record.reverse_instruction])
     # a guided prior's empty prompt (ObjectiveConfig.prior_guidance); the negative prompt a preview edit guides against
-    backbone.encode_text(["", backbone.negative_prompt])
+    backbone.cache_text(["", backbone.negative_prompt])
     backbone.flush_text_cache()  # a disk cache writes its last, partly filled shard
 
 

@@ -115,3 +115,25 @@ def test_a_folder_shared_by_two_models_keeps_each_ones_prompts(tmp_path):
         index.write_text("{")  # a stopped copy, a hand edit
     with pytest.raises(ValueError, match=r"text cache index .*index.*\.json cannot be read .*delete the folder"):
         DiskTextCache(tmp_path, "k1")
+
+
+def test_caching_a_datasets_prompts_reads_none_back(tmp_path, monkeypatch):
+    """encode_prompts had read every prompt back from disk on every process and every run (FLUX: 4 MB each)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from byg_core.data import EditRecord, encode_prompts
+
+    records = [EditRecord(Path(f"{i}.png"), PROMPTS[0], PROMPTS[1], f"caption {i}", "undo it") for i in range(3)]
+    backbone = make_flux_backbone()
+    backbone.use_text_cache(DiskTextCache(tmp_path / "text", "flux1-dev"))
+    reads = []
+    read = DiskTextCache.__getitem__
+    monkeypatch.setattr(DiskTextCache, "__getitem__", lambda self, prompt: reads.append(prompt) or read(self, prompt))
+    encode_prompts(SimpleNamespace(records=records), backbone)
+    later = make_flux_backbone()
+    later.use_text_cache(DiskTextCache(tmp_path / "text", "flux1-dev"))
+    later.release_text_encoder()
+    encode_prompts(SimpleNamespace(records=records), later)  # every prompt cached: nothing encoded, nothing read
+    assert reads == [] and len(DiskTextCache(tmp_path / "text", "flux1-dev")) == 2 + 3 + 1 + 1  # and ""
+    torch.testing.assert_close(later.encode_text([PROMPTS[0]]).tokens, backbone.encode_text([PROMPTS[0]]).tokens)

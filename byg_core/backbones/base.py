@@ -183,6 +183,11 @@ class EditBackbone(ABC):
 
     def encode_text(self, prompts: Sequence[str]) -> TextCond:
         """Text conditioning for ``prompts``, each prompt encoded once and cached."""
+        self.cache_text(prompts)
+        return TextCond.cat([self._text_cache[p] for p in prompts]).to(self.device, self.dtype)
+
+    def cache_text(self, prompts: Sequence[str]) -> None:
+        """Encode the prompts not cached yet into the cache; nothing is read back (a disk cache's are on disk)."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             if self.text_encoder is None:
@@ -193,7 +198,6 @@ class EditBackbone(ABC):
                 cond = self.text_encoder(missing)
             for i, prompt in enumerate(missing):  # kept at the compute dtype they are given at: a bf16 model's
                 self._text_cache[prompt] = cond.select(slice(i, i + 1)).to(dtype=self.dtype)  # half a host's fp32
-        return TextCond.cat([self._text_cache[p] for p in prompts]).to(self.device, self.dtype)
 
     def use_text_cache(self, cache) -> None:
         """Keep encoded prompts in ``cache`` (a mapping, e.g. ``byg_core.textcache.DiskTextCache``), not in memory."""
