@@ -40,8 +40,8 @@ class MemoryEstimate:
         if device_bytes is None or self.total <= device_bytes:
             return None
         return (f"the memory estimate (~{_gib(self.total)}) exceeds the GPU's {_gib(device_bytes)}: expect an out-of-"
-                "memory error; lower batch_size, resolution or rank, turn on gradient_checkpointing, or store the "
-                "weights in fp8 (storage = float8_e4m3fn)")
+                "memory error; lower the batch size, the resolution or the LoRA rank, or, where they are in bf16, "
+                "keep the weights in fp8 (byg train: storage = \"float8_e4m3fn\"; ComfyUI: BYGModelLoader's weights)")
 
 
 def _gib(n: int) -> str:

@@ -131,6 +131,7 @@ def _rss(field_name: str) -> int:
 
 
 PEAK_POLL_SECONDS = 5.0  # how often the wait for the peak-measuring process looks whether it is still alive
+PEAK_TIMEOUT_SECONDS = 1800  # and how long it waits for a process that lives on without measuring
 
 
 def _first_step_rss(model: str, size: int, batch: int, rank: int, method: str, out: str, queue, width=None,
@@ -155,14 +156,18 @@ def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out
     process = context.Process(target=_first_step_rss,
                               args=(model, size, batch, rank, method, out, queue, width, frames, storage))
     process.start()
+    waited = 0.0
     while True:
         try:
             peak = queue.get(timeout=PEAK_POLL_SECONDS)
             break
         except Empty:
-            if not process.is_alive():
+            waited += PEAK_POLL_SECONDS
+            if not process.is_alive() or waited >= PEAK_TIMEOUT_SECONDS:
+                process.kill()
                 raise RuntimeError(f"the process measuring the CPU peak ended with exit code {process.exitcode} "
-                                   "before it measured (its error is printed above)") from None
+                                   "before it measured (its error is printed above)" if process.exitcode is not None
+                                   else f"the process measuring the CPU peak measured nothing in {waited:.0f} s") from None
     process.join()
     return peak
 
@@ -263,16 +268,21 @@ def build(model: str, device: str, storage: str = "bf16"):
                      f"{' or '.join(WAN_BENCH)}, got {model!r}")
 
 
-def check_bench(model: str, size: int, width: int | None, frames: int) -> None:
-    """Before anything is built: a model name whose width its heads divide, and the sizes (and Wan's frames) the
-    model takes, each refusal naming its flag (they had failed after building, or run other sizes than reported)."""
+def check_bench(model: str, size: int, width: int | None, frames: int, device: str = "cpu") -> None:
+    """Before anything is built: the device it times on, a model name whose width its heads divide, and the sizes
+    (and Wan's frames) the model takes, each refusal naming its flag (they had failed after building, or run other
+    sizes than reported)."""
+    if device not in ("cpu", "cuda"):  # it synchronises and measures peaks on those two
+        raise ValueError(f"--device {device}: the speed bench times on cpu or cuda (the current GPU; pick another "
+                         "with CUDA_VISIBLE_DEVICES)")
     from .backbones.base import PixelShapeError
     from .backbones.flux import check_flux_pixels
     from .backbones.wan import WAN22_VARIANTS, check_wan_pixels
     from .loading import WAN_MODELS, shipped_config
 
     for prefix, head in (("flux-", 64), ("wan-", 128)):
-        if model.startswith(prefix) and model[len(prefix):].isdigit() and int(model[len(prefix):]) % head:
+        if model.startswith(prefix) and model[len(prefix):].isdigit() and (int(model[len(prefix):]) % head
+                                                                            or not int(model[len(prefix):])):
             raise ValueError(f"--model {model}: a width divisible by {head} (its attention heads' size), e.g. "
                              f"{prefix}{max(head, int(model[len(prefix):]) // head * head)}")
     if model == "toy":
@@ -305,7 +315,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
     from .adapters import BASE, EMA, Adapters, LoraSpec
     from .sample import edit, initial_noise, integrate
 
-    check_bench(model, size, width, frames)
+    check_bench(model, size, width, frames, device)
     backbone = build(model, device, storage)
     for transformer in backbone.transformers.values():
         transformer.to(device)

@@ -262,8 +262,8 @@ class Trainer:
         return self.history[-1]
 
     def preview(self, count: int = 4, steps: int = EDIT_STEPS) -> torch.Tensor:
-        """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its steps
-        and seed); pixels (N, 3, ...)."""
+        """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its seed;
+        FLUX's steps: a Wan model's own sampler takes more, which a preview does not spend); pixels (N, 3, ...)."""
         batch = self.data.batch(self.backbone, list(range(min(count, len(self.data)))))
         role = EMA if self.cfg.use_ema else STUDENT
         edited = edit(self.backbone, self.adapters, batch.x, batch.c, steps=steps, seed=self.cfg.seed, role=role)

@@ -29,5 +29,5 @@ def choice(options: list[str], tooltip: str, default: str | None = None) -> tupl
     return (list(options), {"default": default if default is not None else options[0], "tooltip": tooltip})
 
 
-def seed(tooltip: str) -> tuple:
-    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
+def seed(tooltip: str, max: int = MAX_SEED) -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": max, "control_after_generate": True, "tooltip": tooltip})

@@ -96,6 +96,7 @@ class BYGModelLoader:
     @staticmethod
     def _files(model, diffusion_model, diffusion_model_2, clip, vae) -> dict:
         """The user's model file(s) and the graph's CLIP and VAE, as load_backbone's options."""
+        import torch
 
         spec = HOST_FILES[model]
         wanted = [(f"pick 'diffusion_model' ({spec.diffusion_model})", diffusion_model != NONE),
@@ -109,7 +110,7 @@ class BYGModelLoader:
             "transformer": host.diffusion_model_path(diffusion_model),
             "text_encoder": host.HostCLIP(clip),
             "codec": host_codec(model, vae),
-            "dtype": "bfloat16" if host.torch_device().type == "cuda" else "float32",
+            "dtype": "bfloat16" if torch.device(host.torch_device()).type == "cuda" else "float32",
         }
         if spec.diffusion_model_2:
             options["transformer_2"] = host.diffusion_model_path(diffusion_model_2)

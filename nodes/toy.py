@@ -53,11 +53,14 @@ class BYGToyDataset:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from byg_core.toy.world import HELD_OUT_SCENE_SEEDS
+
         return {
             "required": {
                 "count": I.integer(256, 1, 100000, "How many edit tuples to draw."),
                 "seed": I.seed("Seed of the random scenes and edits (the same seed writes the same dataset); keep "
-                               "'control after generate' on fixed."),
+                               "'control after generate' on fixed. Below 10000: the toy bench's held-out scenes are "
+                               "drawn from seeds 10000 and up.", max=HELD_OUT_SCENE_SEEDS - 1),
                 "name": I.text("toy", "Folder name under <output>/byg/datasets/ the dataset is written to (a new "
                                       "name for another count or seed: a folder holding other files is kept)."),
             }

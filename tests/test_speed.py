@@ -25,6 +25,7 @@ def test_bench_speed_writes_the_ratios_and_where_a_step_goes(tmp_path, capsys):
     (["--model", "flux-256", "--size", "64", "--width", "100"], "--width 100"),  # had run 96 wide, reported 100
     (["--model", "wan-256", "--size", "64", "--frames", "6"], "--frames 6"),  # had run 5 frames, labelled 6
     (["--model", "flux-100"], "flux-100: a width divisible by 64"),  # had been built 64 wide
+    (["--model", "wan-0"], "wan-0: a width divisible by 128"),  # had failed building a 0-wide text projection
     (["--device", "cuda:1"], "--device cuda:1"),  # had run on cuda:0 unsynchronised, and reported a peak of 0
 ])
 def test_bench_speed_refuses_what_it_would_not_measure_as_named(tmp_path, capsys, flags, named):
@@ -42,7 +43,7 @@ def test_the_cpu_peak_is_measured_on_the_model_as_stored(monkeypatch):
     seen, spawn = [], multiprocessing.get_context("spawn")
 
     class Dying:
-        exitcode = 1
+        exitcode, alive = 1, False
 
         def __init__(self, target, args):
             seen.append(args)
@@ -51,7 +52,10 @@ def test_the_cpu_peak_is_measured_on_the_model_as_stored(monkeypatch):
             pass
 
         def is_alive(self):
-            return False
+            return self.alive
+
+        def kill(self):
+            pass
 
         def join(self):
             pass
@@ -67,3 +71,8 @@ def test_the_cpu_peak_is_measured_on_the_model_as_stored(monkeypatch):
     with pytest.raises(RuntimeError, match="the process measuring the CPU peak ended with exit code 1"):
         speed.cpu_step_peak("flux-64", 32, 2, 2, "byg", "out", storage="fp8")
     assert "fp8" in seen[0]
+    # one that lives on without measuring is given up on (the wait had no end)
+    Dying.exitcode, Dying.alive = None, True
+    monkeypatch.setattr(speed, "PEAK_TIMEOUT_SECONDS", 0.03)
+    with pytest.raises(RuntimeError, match="the process measuring the CPU peak measured nothing in"):
+        speed.cpu_step_peak("flux-64", 32, 2, 2, "byg", "out")

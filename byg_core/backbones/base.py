@@ -22,7 +22,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-EDIT_STEPS = 20  # inference steps (paper B.1): the CLI, the nodes and the training previews edit with them
+EDIT_STEPS = 20  # inference steps (paper B.1): FLUX's edits, the nodes' default and every training preview
 
 
 class PixelShapeError(ValueError):

@@ -39,6 +39,7 @@ from .world import (
     UNSEEN_COMBOS,
     EditTuple,
     Scene,
+    check_training_seed,
     render,
     sample_tuples,
     shape_mask,
@@ -136,6 +137,7 @@ def write_video_dataset(
     from ..data import writing_dataset
     from ..video_io import save_pixels
 
+    check_training_seed(seed, "seed")
     root = Path(root)
     tuples = sample_video_tuples(n, seed, frames)
     names = [f"{i:05d}.mp4" if mp4 else f"{i:05d}" for i in range(len(tuples))]

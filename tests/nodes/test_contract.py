@@ -145,3 +145,8 @@ def test_on_python_before_3_11_the_pack_says_what_it_needs():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("comfyui-byg needs Python 3.11 or later; this ComfyUI runs Python ")
+
+
+def test_the_toy_dataset_seed_stays_below_the_held_out_scenes(nodes):
+    """The toy bench's held-out scenes are drawn from seeds 10000 and up; the library refuses those for training."""
+    assert nodes["BYGToyDataset"].INPUT_TYPES()["required"]["seed"][1]["max"] == 9999

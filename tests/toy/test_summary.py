@@ -396,6 +396,11 @@ def test_a_training_seed_that_draws_held_out_scenes_is_refused(tmp_path, capsys)
     # nor is a toy dataset drawn from them (a LoRA trained on it and scored on a held-out draw), nor a base pretrained on them
     assert byg(["toy", "dataset", "--seed", "10001", "--n", "2", "--out", str(tmp_path / "d")]) == 2
     assert "--seed must be in [0, 10000), got 10001" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    from byg_core.toy.video import write_video_dataset
+
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 10000\), got 10000"):  # python -m byg_core.toy.video
+        write_video_dataset(tmp_path / "v", 1, seed=10000)
+    assert not (tmp_path / "v").exists()
 
 
 def test_combine_never_replaces_an_earlier_summary_unasked(runs, tmp_path, capsys):
