@@ -65,7 +65,7 @@ CAPTION_TEMPLATE = "a {shape_color} {shape} on a {bg_color} background"
 # (paper appendix D), because the editor never sees the source when it applies it.
 FORBIDDEN_REVERSE = re.compile(r"\b(undo\w*|restor\w*|revert\w*|original\w*|back)\b")
 
-_WORD = r"'s\b|[a-z]+"
+_WORD = r"'s\b|[^\W_]+"  # a possessive, or a run of letters or digits of any script (none dropped unread)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ SHAPES: tuple[str, ...] = tuple(SHAPE_KINDS)
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase words; a possessive "'s" is its own token, everything else splits."""
+    """Lowercase words (letters or digits of any script); a possessive "'s" is its own token, everything else splits."""
     return re.findall(_WORD, text.lower().replace("\u2019", "'"))
 
 

@@ -65,6 +65,10 @@ def test_tokenisation_ignores_case_and_punctuation_and_splits_possessives():
 def test_unknown_words_raise_in_strict_mode_and_map_to_unk_otherwise():
     with pytest.raises(ValueError, match="'purple'"):
         ToyTextEncoder()(["a purple circle on a blue background"])
+    # digits and words of other scripts are words too (they had been dropped: "to 2" read as "to")
+    for word in ("2", "\u7dd1", "gr\u00fcn"):
+        with pytest.raises(ValueError, match=f"unknown word '{word}'"):
+            ToyTextEncoder()([f"change the circle's colour to {word}"])
     loose = ToyTextEncoder(strict=False)
     purple, orange = loose(["a purple circle"]).tokens, loose(["a orange circle"]).tokens
     assert torch.equal(purple, orange)
