@@ -163,11 +163,12 @@ def cpu_step_peak(model: str, size: int, batch: int, rank: int, method: str, out
             break
         except Empty:
             waited += PEAK_POLL_SECONDS
-            if not process.is_alive() or waited >= PEAK_TIMEOUT_SECONDS:
-                process.kill()
+            if not process.is_alive():
                 raise RuntimeError(f"the process measuring the CPU peak ended with exit code {process.exitcode} "
-                                   "before it measured (its error is printed above)" if process.exitcode is not None
-                                   else f"the process measuring the CPU peak measured nothing in {waited:.0f} s") from None
+                                   "before it measured (its error is printed above)") from None
+            if waited >= PEAK_TIMEOUT_SECONDS:
+                process.kill()
+                raise RuntimeError(f"the process measuring the CPU peak measured nothing in {waited:.0f} s") from None
     process.join()
     return peak
 
