@@ -81,6 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data:
         raise SystemExit("no dataset: set data = \"path/to/folder\" in the config or --set data=...")
     _refuse_to_overwrite_run(cfg, args.resume)  # before the model loads: a refusal costs nothing
+    if args.resume:
+        try:
+            check_resumable(cfg)  # a checkpoint made with other settings, refused before minutes of loading
+        except ResumeMismatch as error:
+            raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     if cfg.resolution:
         try:
             check_size_before_loading(cfg.model, *cfg.resolution, cfg.frames)
@@ -97,11 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
-    if args.resume:
-        try:
-            check_resumable(cfg)  # a checkpoint made with other settings, refused before minutes of loading
-        except ResumeMismatch as error:
-            raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # every process encodes the sources side by side; a disk text cache is written by the main process while the
@@ -131,6 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"resumed at step {step}", file=sys.stderr)
     with stop:
         result = trainer.run()
+    if state.is_main_process and result.checkpoint is None:  # Ctrl-C before the first step
+        print("stopped before the first step: nothing was written", file=sys.stderr)
+        return 130
     if state.is_main_process:  # the checkpoint's history and files; another process's losses are its own batches'
         write_history(result.history, Path(cfg.output_dir) / "losses.jsonl")
         for path in result.lora_paths:

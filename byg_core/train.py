@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +71,10 @@ class TrainResult:
     set_aside: list[Path] = field(default_factory=list)  # an earlier finished LoRA of this name, renamed _step<K>
 
 
+class Diverged(ValueError):
+    """The student LoRA's weights became nan or inf (a learning rate too high for the model): nothing is written."""
+
+
 class Trainer:
     """Trains the student LoRA of ``backbone`` on cached edit tuples."""
 
@@ -116,6 +121,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._pending: list[tuple[int, str, dict[str, torch.Tensor]]] = []  # (step, kind, losses) not read yet
+        self._saved_at: int | None = None  # the step of this run's last checkpoint
         self.output_dir = Path(config.output_dir)
 
     def _param_groups(self) -> list[dict]:
@@ -232,10 +238,12 @@ class Trainer:
             if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.callbacks.on_preview:
                 self.callbacks.on_preview(self.step, self.preview())
         written = finished_lora(self._lora_path(), list(self.backbone.transformers))
-        if self.step == start and written and lora_steps(written[0]) == self.step:
-            # nothing trained (a finished run resumed): its LoRA and checkpoint stay as they were
-            return TrainResult(self.step, stopped, written, self.checkpoint_path, self.history)
-        checkpoint = self.save_checkpoint()
+        if self.step == start and (self.step == 0 or written and lora_steps(written[0]) == self.step):
+            # nothing trained: stopped before its first step, a run writes nothing (an untrained LoRA would take its
+            # name); a resumed run (finished, or stopped again) keeps its LoRA and checkpoint as they were
+            checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+            return TrainResult(self.step, stopped, written, checkpoint, self.history)
+        checkpoint = self.checkpoint_path if self._saved_at == self.step else self.save_checkpoint()
         aside = set_aside(self._lora_path(), list(self.backbone.transformers)) if self.accelerator.is_main_process else []
         return TrainResult(self.step, stopped, self.save_lora(), checkpoint, self.history, aside)
 
@@ -259,7 +267,22 @@ class Trainer:
             record = {"step": step, **{name: next(values) for name in terms}}
             self.history.append(record | {"identity_step": float(kind == "identity")})
         self._pending.clear()
+        if not all(math.isfinite(value) for value in self.history[-1].values()):
+            self._check_finite()  # a nan loss: stop now where the weights went with it, not after every step left
         return self.history[-1]
+
+    def _check_finite(self) -> None:
+        """Raise ``Diverged`` where a student weight is nan or inf, before it is written over the last checkpoint."""
+        params = self.adapters.parameters(STUDENT)
+        if torch.stack([torch.isfinite(p).all() for p in params]).all():
+            return
+        bad = next((r["step"] for r in self.history if not math.isfinite(r.get("loss", 0.0))), None)
+        done = existing_run(self.output_dir)
+        kept = (f"the checkpoint of step {done} ({self.checkpoint_path}) is kept: resume it" if done is not None and done >= 0
+                else "no checkpoint was written: start the run again")
+        raise Diverged(f"training diverged: the LoRA's weights are not finite (nan or inf) after step {self.step}"
+                       f"{f' (the loss first not finite at step {bad})' if bad is not None else ''}; nothing was written "
+                       f"and {kept} with a lower lr (now {self.cfg.lr}) or grad_clip set (now {self.cfg.grad_clip})")
 
     def preview(self, count: int = 4, steps: int = EDIT_STEPS) -> torch.Tensor:
         """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its seed;
@@ -274,6 +297,7 @@ class Trainer:
         ``<save_name>_step<N>.safetensors``, so a stopped run never takes the finished LoRA's name.
         Its config says ``steps = N`` (and the schedule's length): that config, trained from scratch, gives this
         very file."""
+        self._check_finite()
         if not self.accelerator.is_main_process:
             return []
         role = EMA if self.cfg.use_ema else STUDENT
@@ -291,6 +315,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         self._flush()  # the checkpoint holds the whole history
+        self._check_finite()
+        self._saved_at = self.step
         if not self.accelerator.is_main_process:
             return self.checkpoint_path
         tensors = {f"student/{k}": v for k, v in self.adapters.state_dict(STUDENT).items()}
@@ -326,6 +352,7 @@ class Trainer:
                           f"averages {now} x batch_size = {now * self.cfg.batch_size} samples (it was {made_on * self.cfg.batch_size}), "
                           "so the resumed run is not the run that never stopped; launch it on "
                           f"{made_on} GPU(s) to continue that run", stacklevel=2)
+        step, history = int(meta_json(raw, "byg.step", path)), list(meta_json(raw, "byg.history", path))
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -334,14 +361,14 @@ class Trainer:
         self.optimizer.load_state_dict(optim_state)  # validates before it changes anything
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
-        self.step = int(meta_json(raw, "byg.step", path))
+        self.step = step
         # the schedule is a function of the step: this run's, from its lr (each group's); AdamW's beta2 and weight
         # decay are this run's too (load_state_dict had put back the checkpoint's)
         for group, start in zip(self.optimizer.param_groups, self._param_groups()):
             group["initial_lr"] = start["lr"]
             group["betas"], group["weight_decay"] = (0.9, self.cfg.adam_beta2), self.cfg.weight_decay
         self.lr_schedule = self._lr_schedule(last_step=self.step)
-        self.history = list(meta_json(raw, "byg.history", path))
+        self.history = history
         return self.step
 
     def _optimizer_state(self, tensors: dict[str, torch.Tensor], groups: list, path: Path) -> dict:
@@ -383,16 +410,24 @@ def existing_run(output_dir: str | Path) -> int | None:
 
 def check_resumable(cfg: TrainConfig, path: Path | None = None, raw: dict | None = None) -> None:
     """Raise ``ResumeMismatch`` where ``cfg`` differs from the checkpoint's config in a ``RESUME_KEYS`` field (the
-    checkpoint at ``path``, ``cfg.output_dir``'s by default; its metadata ``raw`` read here unless given). A missing or
-    unreadable checkpoint passes: ``Trainer.resume`` names it."""
+    checkpoint at ``path``, ``cfg.output_dir``'s by default; its metadata ``raw`` read here unless given), a ValueError
+    where the checkpoint is past ``cfg.steps``, FileNotFoundError where there is none. An unreadable checkpoint passes:
+    ``Trainer.resume`` names it."""
     path = path or Path(cfg.output_dir) / CHECKPOINT
-    raw = raw if raw is not None else read_metadata(path) if path.is_file() else None
+    if raw is None and not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: checkpoint {path} does not exist; start a new run (no resume), or "
+                                "set output_dir to the folder of the run to continue")
+    raw = raw if raw is not None else read_metadata(path)
     if not raw or "byg.config" not in raw:
         return
     saved = meta_json(raw, "byg.config", path)
     key = first_difference(saved, cfg.to_dict(), RESUME_KEYS)
     if key is not None:
         raise ResumeMismatch(path, key, saved.get(key), cfg.to_dict()[key])
+    done = int(meta_json(raw, "byg.step", path))
+    if done > cfg.steps:  # else its LoRA would take the finished name, of a schedule that decayed over other steps
+        raise ValueError(f"checkpoint {path} is at step {done}, past this run's steps = {cfg.steps}: set steps to {done} "
+                         "or more to continue it")
 
 
 def first_difference(saved: dict, now: dict, keys) -> str | None:

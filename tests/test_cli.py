@@ -42,7 +42,12 @@ def test_toy_train_then_edit_writes_an_edited_png(tmp_path, capsys, monkeypatch)
     with monkeypatch.context() as patched:  # a resume with another setting is refused before the model loads
         patched.setattr(loading, "load_backbone", lambda *args, **kwargs: pytest.fail("the model was loaded"))
         assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "shift=2.0", "--resume"]) == 2
-    assert "was made with shift=4.0, this run has shift=2.0; use the same shift" in capsys.readouterr().err
+        assert "was made with shift=4.0, this run has shift=2.0; use the same shift" in capsys.readouterr().err
+        assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", "steps=1", "--resume"]) == 2
+        assert "at step 3, past this run's steps = 1" in capsys.readouterr().err  # would have "finished" a 3-step run
+        assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides, "--set", f"output_dir={tmp_path / 'typo'}",
+                         "--resume"]) == 2
+        assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "typo").exists()
     edit_checkpoint = ["edit", "--lora", str(tmp_path / "run" / "checkpoint.safetensors"), "--image",
                        str(tmp_path / "data" / "00000.png"), "--out", str(tmp_path / "x.png"), "--instruction", "x"]
     assert cli.main(edit_checkpoint) == 2  # had said it "was not written by comfyui-byg"
@@ -199,6 +204,11 @@ def test_ctrl_c_stops_training_after_its_step_with_the_checkpoint_and_lora_writt
     assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "4"]) == 0
     overrides = sets(f"data={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}", "steps=4", "rank=4",
                      "batch_size=2", "warmup_identity_steps=1", "objective.rollout_steps=2")
+    with monkeypatch.context() as patched:  # Ctrl-C while the data was encoded: nothing written, so no refusal below
+        patched.setattr(Trainer, "_should_stop", lambda self: True)
+        assert cli.main(["train", str(EXAMPLES / "toy.toml"), *overrides]) == 130
+    assert "stopped before the first step: nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
     step = Trainer.train_step
 
     def interrupted_in_step_2(self):

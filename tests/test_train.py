@@ -12,7 +12,8 @@ from byg_core.config import TrainConfig
 from byg_core.data import CachedEdits, EditRecord
 from byg_core.objective import ObjectiveConfig, byg_step
 from byg_core.lora_io import read_lora
-from byg_core.train import Callbacks, Trainer, existing_run
+from byg_core.safefiles import load_checked
+from byg_core.train import Callbacks, Diverged, Trainer, check_resumable, existing_run
 from helpers import make_flux_backbone
 
 RECORDS = [
@@ -171,6 +172,49 @@ def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path, sch
     assert again.tensors.keys() == stopped.tensors.keys()
     for key, value in again.tensors.items():
         assert torch.equal(value, stopped.tensors[key]), key
+
+
+def test_a_run_stopped_before_its_first_step_writes_nothing(tmp_path):
+    """A Cancel while the dataset is encoded: no step-0 checkpoint or untrained LoRA to refuse the next run on."""
+    result = Trainer(config(tmp_path / "run"), make_flux_backbone(), tiny_data(),
+                     Callbacks(should_stop=lambda: True)).run()
+    assert result.stopped_early and result.steps_done == 0 and result.lora_paths == [] and result.checkpoint is None
+    assert not (tmp_path / "run").exists() and existing_run(tmp_path / "run") is None
+    stops = iter([False, False, True])
+    Trainer(config(tmp_path / "run"), make_flux_backbone(), tiny_data(), Callbacks(should_stop=lambda: next(stops))).run()
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    resumed = Trainer(config(tmp_path / "run"), make_flux_backbone(), tiny_data(), Callbacks(should_stop=lambda: True))
+    assert resumed.resume() == 2
+    result = resumed.run()  # stopped again before a step: the step-2 files stay as they were, and are its result
+    assert [p.name for p in result.lora_paths] == ["byg_lora_step2.safetensors"] and result.steps_done == 2
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == files
+
+
+def test_a_diverged_run_stops_keeping_its_last_finite_checkpoint_and_writes_no_lora(tmp_path):
+    cfg = config(tmp_path, steps=8, lr=1e4, grad_clip=0.0, checkpoint_every=2, log_every=1)
+    with pytest.raises(Diverged, match=r"not finite .* after step 3 .*checkpoint of step 2 .*lower lr \(now 10000.0\)"):
+        Trainer(cfg, make_flux_backbone(), tiny_data()).run()
+    tensors, raw = load_checked(tmp_path / "checkpoint.safetensors", "checkpoint")
+    assert raw["byg.step"] == "2" and all(torch.isfinite(v).all() for v in tensors.values())
+    assert not list(tmp_path.glob("byg_lora*"))
+
+
+def test_the_last_checkpoint_is_written_once(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path, steps=4, checkpoint_every=2), make_flux_backbone(), tiny_data())
+    saved, save = [], trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda: saved.append(trainer.step) or save())
+    trainer.run()
+    assert saved == [2, 4]
+
+
+def test_a_resume_past_the_runs_steps_is_refused(tmp_path):
+    stops = iter([False, False, False, False, True])
+    Trainer(config(tmp_path), make_flux_backbone(), tiny_data(), Callbacks(should_stop=lambda: next(stops))).run()
+    with pytest.raises(ValueError, match=r"at step 4, past this run's steps = 2: set steps to 4 or more"):
+        check_resumable(config(tmp_path, steps=2))
+    with pytest.raises(ValueError, match="past this run's steps"):
+        Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume()
+    assert not (tmp_path / "byg_lora.safetensors").exists()
 
 
 def test_training_on_a_fixed_tiny_batch_lowers_the_loss(tmp_path):
