@@ -280,9 +280,10 @@ class Trainer:
         done = existing_run(self.output_dir)
         kept = (f"the checkpoint of step {done} ({self.checkpoint_path}) is kept: resume it" if done is not None and done >= 0
                 else "no checkpoint was written: start the run again")
+        clip = ", or grad_clip above 0 (now 0: off)" if self.cfg.grad_clip == 0 else ""
         raise Diverged(f"training diverged: the LoRA's weights are not finite (nan or inf) after step {self.step}"
                        f"{f' (the loss first not finite at step {bad})' if bad is not None else ''}; nothing was written "
-                       f"and {kept} with a lower lr (now {self.cfg.lr}) or grad_clip set (now {self.cfg.grad_clip})")
+                       f"and {kept} with a lower lr (now {self.cfg.lr}){clip}")
 
     def preview(self, count: int = 4, steps: int = EDIT_STEPS) -> torch.Tensor:
         """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its seed;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import filecmp
 import functools
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -139,7 +140,17 @@ def free_host_models(backbone) -> None:
     host = _model_management()
     if host is not None and (isinstance(backbone.text_encoder, HostCLIP) or isinstance(backbone.codec, HostVAE)):
         host.unload_all_models()
+        empty_cache()
+
+
+def empty_cache() -> None:
+    """Give the GPU memory of models just dropped back (the host's own call where there is one)."""
+    gc.collect()
+    host = _model_management()
+    if host is not None:
         host.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def interrupted() -> bool:

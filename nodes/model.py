@@ -11,6 +11,7 @@ from .values import MODEL, BygModel
 NONE = "(none)"
 STORAGE = {"bf16": None, "fp8": "float8_e4m3fn"}  # the weights widget -> load_backbone's storage option
 _SHARED: dict = {}  # (model, files, clip, vae) -> backbone: loader nodes naming one model share one copy of its weights
+# (of the user's files, the last loaded alone)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class BYGModelLoader:
         # the host's CLIP and VAE objects themselves (not their ids, which a freed object's successor may reuse)
         key = (model, diffusion_model, diffusion_model_2, weights, clip, vae) if options else (model,)
         if key not in _SHARED:
+            if options:
+                _release_file_models()
             try:
                 if options:  # refused before a byte is read when the weights cannot fit the GPU
                     check_weights_fit(model, options.get("storage"), options["dtype"], gpu_bytes(host.torch_device()))
@@ -115,6 +118,15 @@ class BYGModelLoader:
         if spec.diffusion_model_2:
             options["transformer_2"] = host.diffusion_model_path(diffusion_model_2)
         return options
+
+
+def _release_file_models() -> None:
+    """Drop the model of the user's files loaded before (a toy's key is its name alone) before another loads: the
+    host dropped its node's output when an input changed (the weights widget, a CLIP it loaded again), so only this
+    cache kept it, on the GPU and beyond the host's reach (FLUX fp8 twice: 24 GB)."""
+    for key in [key for key in _SHARED if len(key) > 1]:
+        del _SHARED[key]
+    host.empty_cache()
 
 
 def host_codec(model: str, vae) -> host.HostVAE:

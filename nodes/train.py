@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -109,7 +110,7 @@ class CycleTrainer:
               warmup_identity_steps, preview_every, ema_decay, **schedule):
         from byg_core.data import cache, data_fingerprint
         from byg_core.memory import estimate, gpu_bytes
-        from byg_core.train import Callbacks, Trainer, same_finished_run, warmup_only
+        from byg_core.train import Callbacks, Diverged, Trainer, check_resumable, same_finished_run, warmup_only
 
         name = _save_name(save_name)
         if model.lora is not None:
@@ -128,6 +129,9 @@ class CycleTrainer:
             if done is not None and _loras_are_the_runs(name, config.output_dir, model.backbone):
                 return _result(name, model, done)
             _refuse_to_overwrite(config, model.backbone, data)
+        else:
+            with _resume_refusals(name):
+                check_resumable(config)  # before minutes of encoding the dataset
         progress = host.Progress(config.steps)
         callbacks = Callbacks(
             on_step=lambda step, _: progress.update(step),
@@ -148,8 +152,12 @@ class CycleTrainer:
         if warning := warmup_only(config):
             log.warning("CycleTrainer %r: %s", name, warning)
         if resume:
-            _resume(trainer, name)
-        result = trainer.run()
+            with _resume_refusals(name):
+                trainer.resume()
+        try:
+            result = trainer.run()
+        except Diverged as error:
+            raise ValueError(f"CycleTrainer: {error} (lr: the learning_rate widget; turn 'resume' on)") from error
         host.install_loras(result.set_aside)  # a longer run resumed under this name keeps the earlier LoRA as _step<K>
         installed = host.install_loras(result.lora_paths)  # a cancelled run's LoRA so far too
         progress.raise_if_interrupted()
@@ -227,11 +235,13 @@ def _loras_are_the_runs(name: str, output_dir: str, backbone) -> bool:
     return all(not theirs[e].exists() or filecmp.cmp(ours[e], theirs[e], shallow=False) for e in experts)
 
 
-def _resume(trainer, name: str) -> None:
+@contextlib.contextmanager
+def _resume_refusals(name: str):
+    """A resume refused (the checkpoint's check before the dataset is encoded, or its loading) in the widgets' words."""
     from byg_core.train import ResumeMismatch
 
     try:
-        trainer.resume()
+        yield
     except ResumeMismatch as error:
         raise ValueError(
             f"CycleTrainer: cannot resume: {error}.\nSet {RESUME_WIDGETS.get(error.key, error.key)} back to "

@@ -100,6 +100,29 @@ def test_flux_graph_trains_and_edits_with_the_hosts_clip_and_vae(run, nodes, com
     assert host.unloads == [0] and direction.shape == image.shape  # the map's too, before the model's two passes
 
 
+def test_loading_other_weights_lets_the_model_loaded_before_go(run, comfy_flux, submodule, monkeypatch):
+    """One model of the user's files stays loaded: each change of the weights widget (or a CLIP the host loaded again)
+    had kept every earlier transformer on the GPU, beyond the host's reach (FLUX fp8 twice: 24 GB)."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(submodule("nodes.model"), "_SHARED", {})
+    clip, vae, _ = comfy_flux
+
+    def load(**weights):
+        (model,) = run("BYGModelLoader", model="flux1-dev", diffusion_model="flux1-dev.safetensors", clip=clip, vae=vae,
+                       **weights)
+        return model.backbone
+
+    first = load()
+    assert load() is first  # two loaders of the same files share one copy
+    earlier = weakref.ref(first)
+    del first
+    second = load(weights="fp8")
+    gc.collect()
+    assert earlier() is None and load(weights="fp8") is second
+
+
 def test_bfls_sft_files_are_listed_as_models(nodes, host):
     """BFL's own release names FLUX.1-dev's file flux1-dev.sft (safetensors); ComfyUI lists it, and so do we."""
     for name in ("flux1-dev.sft", "notes.txt"):

@@ -249,6 +249,37 @@ def test_resume_with_another_rank_says_what_to_change(run, graph):
             **train_inputs(steps=2, resume=True))
 
 
+def test_a_resume_that_cannot_go_on_is_refused_before_the_dataset_is_encoded(run, graph, monkeypatch):
+    import byg_core.data
+
+    monkeypatch.setattr(byg_core.data, "cache", lambda *args, **kwargs: pytest.fail("the dataset was encoded"))
+    with pytest.raises(ValueError, match=r"(?s)cannot resume: nothing to resume: checkpoint .*never_ran.* does not "
+                                         r"exist.*Turn 'resume' off"):
+        run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+            **train_inputs(steps=2, save_name="never_ran", resume=True))
+
+
+def test_a_cancel_while_the_dataset_is_encoded_writes_nothing(run, graph, host, monkeypatch):
+    """Had left a step-0 checkpoint and an untrained LoRA in loras/ that refused the next run under the name."""
+    import byg_core.data
+
+    cache = byg_core.data.cache
+
+    def cancelled_while_encoding(*args, **kwargs):
+        host.interrupt_flag = True
+        return cache(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(byg_core.data, "cache", cancelled_while_encoding)
+        with pytest.raises(sys.modules["comfy.model_management"].InterruptProcessingException):
+            run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                **train_inputs(steps=2, preview_every=0))
+    assert not list((host.root / "loras").glob("toy_test*")) and not (host.root / "output" / "byg" / "toy_test").exists()
+    lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
+                  **train_inputs(steps=2, preview_every=0))  # the next queue trains
+    assert lora.files[0].metadata["byg.config"]["steps"] == 2
+
+
 def test_trainer_refuses_a_model_that_carries_a_lora(run, graph):
     lora, _ = run("CycleTrainer", model=graph.model, dataset=graph.dataset, objective=graph.objective,
                   **train_inputs(steps=1, preview_every=0))
