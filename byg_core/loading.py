@@ -110,11 +110,23 @@ def shipped_config(model: str, part: str) -> dict:
 def from_folder(cls, folder: Path, **options):
     """``cls.from_pretrained`` on a local diffusers / transformers folder: its .safetensors weights only (a folder
     holding only pickled .bin weights is refused, never unpickled), never the network."""
+    config = folder / "config.json"
+    named = json.loads(config.read_text(encoding="utf-8")).get("_class_name") if config.is_file() else None
+    if named is not None and named != cls.__name__:  # e.g. Wan-AI's own repos: "WanModel", Wan's key names
+        raise ValueError(f"{config} names {named}, not {cls.__name__}: a folder of another layout; give the model's "
+                         "diffusers folder (the -Diffusers repo) or its single .safetensors file")
     try:
-        return cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
+        model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
     except OSError as error:
         raise FileNotFoundError(f"{folder} holds no .safetensors weights for {cls.__name__} ({error}); nothing is "
                                 "unpickled: give a folder with .safetensors files, or the model's single file") from error
+    # a weight the folder lacks is left on the meta device (no data) with a log line: refused here, by name
+    missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if missing:
+        raise ValueError(f"{folder} does not hold {len(missing)} of {cls.__name__}'s weights ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}): its files are incomplete or of another model; give "
+                         "the model's whole diffusers folder or its single .safetensors file")
+    return model
 
 
 def _part_folder(path: Path, part: str) -> Path:
@@ -363,6 +375,15 @@ WAN_MODELS = {
 EXPERT_NOISE = {"transformer": "high", "transformer_2": "low"}  # A14B: t >= 0.875 -> high-noise expert
 
 
+def _refuse_other_wan(found: str, model: str, path: Path) -> None:
+    """Raise naming ``path``, what it holds and what to give, unless it holds ``model``'s transformer."""
+    _, kind, _, files = WAN_MODELS[model]
+    if found in ("wan-ti2v-5b", "wan-14b") and found != kind:
+        other = next(name for name, spec in WAN_MODELS.items() if spec[1] == found)
+        raise ValueError(f"{path} is {KINDS[found]}, not {KINDS[kind]}: load it as model {other!r}, or pick {files}")
+    refuse_unless(found, kind, path, f"pick {files} from the diffusion_models folder")
+
+
 def load_wan_transformer(path: str | Path, model: str, part: str = "transformer", dtype: torch.dtype = torch.float32,
                          config: dict | None = None):
     """One Wan2.2 transformer (``part``: ``transformer``, or A14B's low-noise ``transformer_2``) from a single file
@@ -372,19 +393,17 @@ def load_wan_transformer(path: str | Path, model: str, part: str = "transformer"
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    _, kind, _, files = WAN_MODELS[model]
+    files = WAN_MODELS[model][3]
     path = Path(path)
     if path.is_dir():
         folder = _part_folder(path, part)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} holds no config.json: give a {model} diffusers folder or a .safetensors file")
-        return from_folder(WanTransformer3DModel, folder, torch_dtype=dtype).requires_grad_(False)
+        transformer = from_folder(WanTransformer3DModel, folder, torch_dtype=dtype)
+        _refuse_other_wan(identify(transformer.state_dict()), model, folder)
+        return transformer.requires_grad_(False)
     state = read_state_dict(path, f"{model} {part} file")
-    found = identify(state)
-    if found in ("wan-ti2v-5b", "wan-14b") and found != kind:
-        other = next(name for name, spec in WAN_MODELS.items() if spec[1] == found)
-        raise ValueError(f"{path} is {KINDS[found]}, not {KINDS[kind]}: load it as model {other!r}, or pick {files}")
-    refuse_unless(found, kind, path, f"pick {files} from the diffusion_models folder")
+    _refuse_other_wan(identify(state), model, path)
     state = wan_to_diffusers(state)
     with init_empty_weights():
         transformer = WanTransformer3DModel.from_config(config or wan_config_from_weights(state, shipped_config(model, part)))

@@ -104,6 +104,32 @@ def test_a_file_of_another_model_is_refused_naming_the_file_and_the_fix(tmp_path
         load_wan_transformer(flux, "wan2.2-ti2v-5b")
 
 
+def test_a_folder_of_another_layout_model_or_with_weights_missing_is_refused_naming_it(tmp_path):
+    """Folders had none of a single file's checks: Wan-AI's own repo folders (config "WanModel", Wan's key names)
+    and a folder short of a weight "loaded" with those weights left on the meta device (no data), to fail later
+    in a way that named nothing; a TI2V-5B folder loaded as A14B."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "transformer"
+    tiny_wan_transformer("ti2v-5b").save_pretrained(folder)
+    assert load_wan_transformer(folder.parent, "wan2.2-ti2v-5b").config.in_channels == 48
+    with pytest.raises(ValueError, match=r"Wan2.2-TI2V-5B-Diffusers/transformer is .*TI2V-5B.*load it as model "
+                                         r"'wan2.2-ti2v-5b'"):
+        load_wan_transformer(folder.parent, "wan2.2-t2v-a14b")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"_class_name": "WanModel"}))
+    with pytest.raises(ValueError, match=r"config.json names WanModel, not WanTransformer3DModel"):
+        load_wan_transformer(folder.parent, "wan2.2-ti2v-5b")
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if k != "proj_out.weight"}, weights)
+    with pytest.raises(ValueError, match=r"does not hold 1 of WanTransformer3DModel's weights \(proj_out.weight\)"):
+        load_wan_transformer(folder.parent, "wan2.2-ti2v-5b")
+
+
 def test_the_a14b_pair_is_refused_when_twice_the_same_or_in_the_wrong_order(tmp_path):
     high, low = tmp_path / "wan2.2_t2v_high_noise_14B_fp16.safetensors", tmp_path / "wan2.2_t2v_low_noise_14B_fp16.safetensors"
     for path in (high, low):
