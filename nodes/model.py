@@ -135,10 +135,11 @@ def host_codec(model: str, vae) -> host.HostVAE:
     from byg_core.loading import shipped_config
 
     config = shipped_config(model, "vae")
+    channels = config.get("z_dim", config.get("latent_channels"))  # Wan's config names them z_dim, FLUX.1's not
+    if vae.latent_channels != channels:
+        raise ValueError(f"BYGModelLoader: {model} takes a VAE of {channels} latent channels; the connected one "
+                         f"has {vae.latent_channels}: connect {HOST_FILES[model].vae}")
     if config.get("latents_mean") is None:  # FLUX.1 (its config names the key, empty)
         return host.HostVAE(vae, config["shift_factor"], config["scaling_factor"])
-    if vae.latent_channels != config["z_dim"]:
-        raise ValueError(f"BYGModelLoader: {model} takes a VAE of {config['z_dim']} latent channels; the connected one "
-                         f"has {vae.latent_channels}: connect {HOST_FILES[model].vae}")
     return host.HostVAE(vae, config["latents_mean"], [1 / s for s in config["latents_std"]],
                         config.get("scale_factor_temporal", 4))

@@ -123,6 +123,15 @@ def test_loading_other_weights_lets_the_model_loaded_before_go(run, comfy_flux, 
     assert earlier() is None and load(weights="fp8") is second
 
 
+def test_a_vae_of_other_latent_channels_is_refused_naming_the_one_to_connect(submodule, comfy_flux):
+    """An SD VAE (4 channels) or FLUX.2's (32) had been taken, to fail mid-training in a matrix product."""
+    _, vae, _ = comfy_flux
+    other = type("SDVAE", (type(vae),), {"latent_channels": 4})(vae.vae)
+    with pytest.raises(ValueError, match=r"flux1-dev takes a VAE of 16 latent channels; the connected one has 4: "
+                                         r"connect VAELoader: ae.safetensors"):
+        submodule("nodes.model").host_codec("flux1-dev", other)
+
+
 def test_bfls_sft_files_are_listed_as_models(nodes, host):
     """BFL's own release names FLUX.1-dev's file flux1-dev.sft (safetensors); ComfyUI lists it, and so do we."""
     for name in ("flux1-dev.sft", "notes.txt"):
