@@ -65,6 +65,10 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
             state = {key: handle.get_tensor(key).clone() for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{what} {path} is not a readable safetensors file ({error}); it may be truncated") from error
+    quantized = next((key for key in state if key.endswith((".comfy_quant", ".weight_scale"))), None)
+    if quantized is not None:  # codes of W / s beside their scales: read as weights they would be W / s, in silence
+        raise ValueError(f"{what} {path} is in ComfyUI's newer quantized layout ({quantized}), which this pack does "
+                         "not read: give its fp16, bf16 or fp8_scaled file")
     return dequantize_scaled_fp8(strip_prefix(state))
 
 

@@ -143,6 +143,27 @@ def test_missing_files_and_tokenizers_say_what_to_give(parts, files, tmp_path):
         load_clip_l(files["vae"])
 
 
+def test_comfyuis_newer_quantized_layout_is_refused_by_name_not_read_unscaled(parts, tmp_path):
+    """A T5 file in ComfyUI's newer fp8 layout (<layer>.weight as fp8 codes of W / s, <layer>.weight_scale,
+    <layer>.comfy_quant) had loaded its codes as the weights (448 where 0.24), the scales dropped in silence."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().clone().contiguous() for k, v in parts["t5"].state_dict().items()}
+    state.pop("encoder.embed_tokens.weight")
+    key = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    scale = state[key].abs().max() / 448
+    state[key] = (state[key] / scale).to(torch.float8_e4m3fn)
+    state[key.replace(".weight", ".weight_scale")] = scale.float().reshape(())
+    state[key.replace(".weight", ".comfy_quant")] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                                 dtype=torch.uint8)
+    save_file(state, tmp_path / "t5xxl_fp8_mixed.safetensors")
+    with pytest.raises(ValueError, match=r"t5xxl_fp8_mixed.safetensors is in ComfyUI's newer quantized layout "
+                                         r"\(encoder.block.0.layer.0.SelfAttention.q.comfy_quant\).*give its fp16"):
+        load_t5_xxl(tmp_path / "t5xxl_fp8_mixed.safetensors", parts["t5"].config.to_dict(), torch.float32)
+
+
 def test_comfyuis_own_tokenizers_serve_a_user_with_comfyuis_files_only(parts, files, tmp_path):
     """A ComfyUI user has no diffusers folder; ComfyUI ships both tokenizers (its CLIP one says 8192 tokens)."""
     comfy = tmp_path / "ComfyUI"
