@@ -306,8 +306,8 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
 
 
 def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
-    """The base model to edit with: --model, else the model the LoRA was trained on; its files: the LoRA's
-    (as trained, when the model is that one) with --model-file's on top."""
+    """The base model to edit with: the model the LoRA was trained on (--model, where given, must name it); its
+    files: the LoRA's (as trained) with --model-file's on top."""
     from .data import is_video
     from .loading import NEEDS_FILES
     from .lora_io import EXPERT_SUFFIX, check_one_file_per_expert, refuse_checkpoint
@@ -332,12 +332,15 @@ def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:
                          "images: give a Wan2.2 LoRA to edit a video, or a still image")
     config = meta_json(metadatas[0], "byg.config", args.lora[0])
     trained_on = config.get("model", "toy")
-    model = args.model or trained_on
+    if args.model and args.model != trained_on:  # its shapes are that model's: refused before either loads
+        raise ValueError(f"--lora {args.lora[0]} was trained on model {trained_on!r}, not --model {args.model!r}: "
+                         f"drop --model (the LoRA's own model is used), or give a LoRA trained on {args.model}")
+    model = trained_on
     given = dict(_parse_model_file(text) for text in args.model_file or [])
-    files = {**(config.get("model_files", {}) if model == trained_on else {}), **given}
+    files = {**config.get("model_files", {}), **given}
     if model in NEEDS_FILES and not files:
         raise SystemExit(
-            f"{args.lora[0]} names no files for its model {model} (a LoRA trained in ComfyUI or given --model): "
+            f"{args.lora[0]} names no files for its model {model} (a LoRA trained in ComfyUI): "
             "name them as a training TOML's [model_files] does, e.g. --model-file transformer=flux1-dev.safetensors "
             "--model-file vae=ae.safetensors ..., or --model-file folder=<a local diffusers folder>"
         )
@@ -543,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="centre-crop and resize the source to H x W px, as training's resolution does (default: "
                            "its own size, which the model must divide: Wan2.2 TI2V-5B by 32, A14B and FLUX by 16)")
     edit.add_argument("--model", default=None,
-                      help="base model (default: the model and files the LoRA was trained on, from its metadata)")
+                      help="base model: the one the LoRA was trained on (its metadata's, the default; another is "
+                           "refused), with the files it was trained on unless --model-file says otherwise")
     edit.add_argument("--model-file", action="append", metavar="KEY=VALUE",
                       help="the base model's files as a training TOML's [model_files] names them, e.g. "
                            "transformer=flux1-dev.safetensors; over the LoRA's own (needed for a LoRA trained in "

@@ -291,14 +291,15 @@ def test_a_launchers_mixed_precision_other_than_the_configs_is_named(tmp_path, c
             in capsys.readouterr().err)
 
 
-def _untrained_lora(path, model):
-    """A LoRA file as training writes it for ``model`` (untrained: the edit is the base's)."""
+def _untrained_lora(path, model, named=None):
+    """A LoRA file as training writes it for ``model`` (untrained: the edit is the base's), its config naming
+    ``named`` (``model`` unless given: a stand-in for a real model's LoRA where nothing loads)."""
     from byg_core.adapters import Adapters, LoraSpec
     from byg_core.lora_io import save_lora
 
     backbone = load_backbone(model)
     adapters = Adapters(backbone, LoraSpec(2, 2.0, tuple(backbone.lora_target_modules())))
-    return save_lora(path, backbone, adapters, config={"model": model})[0]
+    return save_lora(path, backbone, adapters, config={"model": named or model})[0]
 
 
 def test_video_edits_are_checked_before_the_model_loads_and_a_frame_folder_gets_its_fps(tmp_path, capsys, monkeypatch):
@@ -339,5 +340,9 @@ def test_video_edits_are_checked_before_the_model_loads_and_a_frame_folder_gets_
     monkeypatch.setattr(cli, "load_pixels", lambda *a, **k: read.append(a[1]) or real_read(*a, **k))
     loaded.clear()
     real_model = ["--model", "wan2.2-ti2v-5b", "--model-file", f"folder={tmp_path / 'Wan2.2-TI2V-5B'}"]
+    assert cli.main([*edit_args, *real_model, "--lora", str(wan), "--image", str(odd), "--out", str(tmp_path / "d.mp4")]) == 2
+    # a LoRA of another model: had failed after the model loaded, blaming a missing pair file or naming no file
+    assert "was trained on model 'toy-wan-5b', not --model 'wan2.2-ti2v-5b'" in capsys.readouterr().err and not loaded
+    wan = _untrained_lora(tmp_path / "wan_real.safetensors", "toy-wan-5b", named="wan2.2-ti2v-5b")
     assert cli.main([*edit_args, *real_model, "--lora", str(wan), "--image", str(odd), "--out", str(tmp_path / "d.mp4")]) == 2
     assert "pass --size H W" in capsys.readouterr().err and read == [1] and not loaded  # its first frame alone
