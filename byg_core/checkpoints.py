@@ -60,12 +60,12 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         with safe_open(path, framework="pt") as handle:
+            quantized = next((key for key in handle.keys() if key.endswith((".comfy_quant", ".weight_scale"))), None)
             # cloned: a tensor read from the file sits at an offset set by the header's length, which misaligns
             # it for vector kernels (their results then differ in the last bits from a fresh model's)
-            state = {key: handle.get_tensor(key).clone() for key in handle.keys()}
+            state = {} if quantized else {key: handle.get_tensor(key).clone() for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{what} {path} is not a readable safetensors file ({error}); it may be truncated") from error
-    quantized = next((key for key in state if key.endswith((".comfy_quant", ".weight_scale"))), None)
     if quantized is not None:  # codes of W / s beside their scales: read as weights they would be W / s, in silence
         raise ValueError(f"{what} {path} is in ComfyUI's newer quantized layout ({quantized}), which this pack does "
                          "not read: give its fp16, bf16 or fp8_scaled file")

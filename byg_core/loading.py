@@ -113,8 +113,8 @@ def from_folder(cls, folder: Path, **options):
     config = folder / "config.json"
     named = json.loads(config.read_text(encoding="utf-8")).get("_class_name") if config.is_file() else None
     if named is not None and named != cls.__name__:  # e.g. Wan-AI's own repos: "WanModel", Wan's key names
-        raise ValueError(f"{config} names {named}, not {cls.__name__}: a folder of another layout; give the model's "
-                         "diffusers folder (the -Diffusers repo) or its single .safetensors file")
+        raise ValueError(f"{config} names {named}, not {cls.__name__}: a folder of another layout (Wan-AI's own "
+                         "repos: use their -Diffusers ones); give the model's diffusers folder or its single .safetensors file")
     try:
         model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
     except OSError as error:

@@ -66,13 +66,18 @@ class TrainResult:
     steps_done: int
     stopped_early: bool
     lora_paths: list[Path]
-    checkpoint: Path
+    checkpoint: Path | None  # None: stopped before its first step, nothing written
     history: list[dict[str, float]] = field(default_factory=list)
     set_aside: list[Path] = field(default_factory=list)  # an earlier finished LoRA of this name, renamed _step<K>
 
 
 class Diverged(ValueError):
-    """The student LoRA's weights became nan or inf (a learning rate too high for the model): nothing is written."""
+    """The student LoRA's weights became nan or inf (a learning rate too high for the model): nothing is written;
+    ``kept`` is the step of the run's checkpoint left to resume (None: none)."""
+
+    def __init__(self, message: str, kept: int | None) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class Trainer:
@@ -267,8 +272,10 @@ class Trainer:
             record = {"step": step, **{name: next(values) for name in terms}}
             self.history.append(record | {"identity_step": float(kind == "identity")})
         self._pending.clear()
-        if not all(math.isfinite(value) for value in self.history[-1].values()):
-            self._check_finite()  # a nan loss: stop now where the weights went with it, not after every step left
+        # a nan loss: stop now where the weights went with it, not after every step left; with several processes each
+        # checks (their weights are one), as one process's nan batch alone would leave the others in a collective
+        if self.accelerator.num_processes > 1 or not all(math.isfinite(v) for v in self.history[-1].values()):
+            self._check_finite()
         return self.history[-1]
 
     def _check_finite(self) -> None:
@@ -277,13 +284,13 @@ class Trainer:
         if torch.stack([torch.isfinite(p).all() for p in params]).all():
             return
         bad = next((r["step"] for r in self.history if not math.isfinite(r.get("loss", 0.0))), None)
-        done = existing_run(self.output_dir)
-        kept = (f"the checkpoint of step {done} ({self.checkpoint_path}) is kept: resume it" if done is not None and done >= 0
-                else "no checkpoint was written: start the run again")
+        kept = self._saved_at  # this run's own last checkpoint (a resumed run's is its start)
+        again = (f"the checkpoint of step {kept} ({self.checkpoint_path}) is kept: resume it" if kept is not None
+                 else "no checkpoint of it was written: start it again")
         clip = ", or grad_clip above 0 (now 0: off)" if self.cfg.grad_clip == 0 else ""
         raise Diverged(f"training diverged: the LoRA's weights are not finite (nan or inf) after step {self.step}"
                        f"{f' (the loss first not finite at step {bad})' if bad is not None else ''}; nothing was written "
-                       f"and {kept} with a lower lr (now {self.cfg.lr}){clip}")
+                       f"and {again} with a lower lr (now {self.cfg.lr}){clip}", kept)
 
     def preview(self, count: int = 4, steps: int = EDIT_STEPS) -> torch.Tensor:
         """Edit the first ``count`` sources with the current EMA editor as an edit after training would (its seed;
@@ -362,7 +369,7 @@ class Trainer:
         self.optimizer.load_state_dict(optim_state)  # validates before it changes anything
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
-        self.step = step
+        self.step = self._saved_at = step
         # the schedule is a function of the step: this run's, from its lr (each group's); AdamW's beta2 and weight
         # decay are this run's too (load_state_dict had put back the checkpoint's)
         for group, start in zip(self.optimizer.param_groups, self._param_groups()):
@@ -416,8 +423,8 @@ def check_resumable(cfg: TrainConfig, path: Path | None = None, raw: dict | None
     ``Trainer.resume`` names it."""
     path = path or Path(cfg.output_dir) / CHECKPOINT
     if raw is None and not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: checkpoint {path} does not exist; start a new run (no resume), or "
-                                "set output_dir to the folder of the run to continue")
+        raise FileNotFoundError(f"nothing to resume: checkpoint {path} does not exist; start a new run, or continue the "
+                                "run whose folder holds its checkpoint")
     raw = raw if raw is not None else read_metadata(path)
     if not raw or "byg.config" not in raw:
         return

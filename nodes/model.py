@@ -84,11 +84,10 @@ class BYGModelLoader:
         # the host's CLIP and VAE objects themselves (not their ids, which a freed object's successor may reuse)
         key = (model, diffusion_model, diffusion_model_2, weights, clip, vae) if options else (model,)
         if key not in _SHARED:
-            if options:
-                _release_file_models()
             try:
                 if options:  # refused before a byte is read when the weights cannot fit the GPU
                     check_weights_fit(model, options.get("storage"), options["dtype"], gpu_bytes(host.torch_device()))
+                    _release_file_models()
                 # the transformer (and a toy's own text encoder and codec) on ComfyUI's device; its CLIP and VAE
                 # stay where ComfyUI places them
                 _SHARED[key] = load_backbone(model, **options).to(host.torch_device())

@@ -157,7 +157,8 @@ class CycleTrainer:
         try:
             result = trainer.run()
         except Diverged as error:
-            raise ValueError(f"CycleTrainer: {error} (lr: the learning_rate widget; turn 'resume' on)") from error
+            resume_it = "; turn 'resume' on" if error.kept is not None else ""
+            raise ValueError(f"CycleTrainer: {error} (lr: the learning_rate widget{resume_it})") from error
         host.install_loras(result.set_aside)  # a longer run resumed under this name keeps the earlier LoRA as _step<K>
         installed = host.install_loras(result.lora_paths)  # a cancelled run's LoRA so far too
         progress.raise_if_interrupted()
@@ -249,8 +250,8 @@ def _resume_refusals(name: str):
         ) from error
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(
-            f"CycleTrainer: cannot resume: {error}.\nTurn 'resume' off to start a new run {name!r}, or set "
-            "'save_name' to the run you want to continue."
+            f"CycleTrainer: cannot resume: {error}.\nTurn 'resume' off to start a new run (under another 'save_name' "
+            f"where {name!r} is taken), or set 'save_name' to the run you want to continue."
         ) from error
 
 

@@ -1,6 +1,8 @@
 """Run under ``torchrun`` / ``accelerate launch``: a few training steps, then every rank writes its LoRA and its
 own losses and steps done (``rank<i>_losses.safetensors``) and its LoRA as it started (``rank<i>_init``); a fourth
-argument N stops rank 0 alone at step N ("-": never); a fifth, ``seed-by-rank``, gives each rank its own seed.
+argument N stops rank 0 alone at step N ("-": never); a fifth, ``seed-by-rank``, gives each rank its own seed;
+``nan-on-rank1`` gives rank 1 alone a nan loss at step 2 and every rank nan weights (one process's batch overflowing),
+and each rank that stops there as diverged writes ``rank<i>_diverged`` (its step).
 
 ``toy`` (the default): the toy image model. ``toy-wan-a14b``: the two-expert Wan at shift 1, where the two ranks'
 first batches fall on different experts; each rank also writes its first step's gradients before and after they
@@ -18,13 +20,14 @@ from byg_core.config import TrainConfig
 from byg_core.data import EditDataset, cache
 from byg_core.loading import load_backbone
 from byg_core.objective import ObjectiveConfig
-from byg_core.train import Callbacks, Trainer
+from byg_core.train import Callbacks, Diverged, Trainer
 
 torch.set_num_threads(1)
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 model = sys.argv[3] if len(sys.argv) > 3 else "toy"
 stop_rank0_at = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None  # a Ctrl-C one process sees
 seed_by_rank = len(sys.argv) > 5 and sys.argv[5] == "seed-by-rank"  # as GPUs of two models drawing other LoRA inits
+nan_on_rank1 = len(sys.argv) > 5 and sys.argv[5] == "nan-on-rank1"
 if model == "toy":
     cfg = TrainConfig(model="toy", data=str(data_dir), output_dir=str(out), steps=3, batch_size=2, rank=4, lr=1e-2,
                       warmup_identity_steps=1, checkpoint_every=0, objective=ObjectiveConfig(rollout_steps=2))
@@ -57,6 +60,28 @@ if model != "toy":
             save_file(grads, out / f"rank{rank}_grads.safetensors")
 
     trainer._sync_and_clip = sync_and_record
+if nan_on_rank1:
+    trainer.cfg.log_every = 1
+    sync, step = trainer._sync_and_clip, trainer.train_step
+
+    def nan_gradients():  # averaged: nan weights on every rank
+        if rank == 1 and trainer.step == 1:
+            for p in trainer.adapters.parameters(STUDENT):
+                p.grad.fill_(float("nan"))
+        sync()
+
+    def nan_loss_here():  # the batch's loss is nan on rank 1 alone
+        losses = step()
+        if rank == 1 and trainer.step == 2:
+            losses.total = losses.total * float("nan")
+        return losses
+
+    trainer._sync_and_clip, trainer.train_step = nan_gradients, nan_loss_here
+    try:
+        trainer.run()
+    except Diverged:
+        save_file({"step": torch.tensor(trainer.step)}, out / f"rank{rank}_diverged.safetensors")
+    sys.exit(0)
 trainer.run()
 state = {k.replace("/", "|"): v.contiguous() for k, v in trainer.adapters.state_dict(STUDENT).items()}
 save_file(state, out / f"rank{rank}.safetensors")

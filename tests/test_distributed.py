@@ -64,6 +64,14 @@ def test_a_stop_one_process_sees_stops_every_process_at_that_step(tmp_path):
     assert (tmp_path / "run" / "byg_lora_step2.safetensors").is_file()
 
 
+def test_a_nan_loss_on_one_process_stops_every_process_as_diverged_at_that_step(tmp_path):
+    """One process's batch overflowing gives a nan loss there alone and nan weights on every process (the average):
+    the one that saw it alone stopping had left the others in the next collective (gloo: connection closed)."""
+    write_toy_dataset(tmp_path / "data", n=8, seed=0)
+    torchrun(WORKER, tmp_path / "data", tmp_path / "run", "toy", "-", "nan-on-rank1")
+    assert [int(load_file(tmp_path / "run" / f"rank{i}_diverged.safetensors")["step"]) for i in (0, 1)] == [2, 2]
+
+
 def test_each_expert_is_averaged_with_itself_when_the_ranks_train_different_experts(tmp_path):
     """Two-expert Wan: a rank whose t all fell on one expert has no gradient for the other; it counts as zero there,
     so each tensor is averaged with its own counterpart on the other rank, never with the other expert's."""

@@ -191,11 +191,16 @@ def test_a_run_stopped_before_its_first_step_writes_nothing(tmp_path):
 
 
 def test_a_diverged_run_stops_keeping_its_last_finite_checkpoint_and_writes_no_lora(tmp_path):
-    cfg = config(tmp_path, steps=8, lr=1e4, grad_clip=0.0, checkpoint_every=2, log_every=1)
-    with pytest.raises(Diverged, match=r"not finite .* after step 3 .*checkpoint of step 2 .*lower lr \(now 10000.0\)"):
+    """At an lr far too high the weights go nan within a few steps: had been written over the last good checkpoint,
+    and the nan LoRA shipped as finished."""
+    cfg = config(tmp_path, steps=8, lr=1e4, grad_clip=0.0, checkpoint_every=1, log_every=1)
+    with pytest.raises(Diverged, match=r"not finite .* after step (\d+).*checkpoint of step (\d+) .*lower lr "
+                                       r"\(now 10000.0\), or grad_clip above 0") as raised:
         Trainer(cfg, make_flux_backbone(), tiny_data()).run()
+    diverged, kept = map(int, re.search(r"after step (\d+).*checkpoint of step (\d+)", str(raised.value)).groups())
+    assert 1 < diverged < 8 and kept == raised.value.kept == diverged - 1
     tensors, raw = load_checked(tmp_path / "checkpoint.safetensors", "checkpoint")
-    assert raw["byg.step"] == "2" and all(torch.isfinite(v).all() for v in tensors.values())
+    assert raw["byg.step"] == str(kept) and all(torch.isfinite(v).all() for v in tensors.values())
     assert not list(tmp_path.glob("byg_lora*"))
 
 
@@ -214,7 +219,6 @@ def test_a_resume_past_the_runs_steps_is_refused(tmp_path):
         check_resumable(config(tmp_path, steps=2))
     with pytest.raises(ValueError, match="past this run's steps"):
         Trainer(config(tmp_path, steps=2), make_flux_backbone(), tiny_data()).resume()
-    assert not (tmp_path / "byg_lora.safetensors").exists()
 
 
 def test_training_on_a_fixed_tiny_batch_lowers_the_loss(tmp_path):
