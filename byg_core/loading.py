@@ -116,12 +116,14 @@ def from_folder(cls, folder: Path, **options):
         raise ValueError(f"{config} names {named}, not {cls.__name__}: a folder of another layout (Wan-AI's own "
                          "repos: use their -Diffusers ones); give the model's diffusers folder or its single .safetensors file")
     try:
-        model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
+        model, info = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, output_loading_info=True,
+                                          **options)
     except OSError as error:
         raise FileNotFoundError(f"{folder} holds no .safetensors weights for {cls.__name__} ({error}); nothing is "
                                 "unpickled: give a folder with .safetensors files, or the model's single file") from error
-    # a weight the folder lacks is left on the meta device (no data) with a log line: refused here, by name
-    missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    # a weight the folder lacks is only a log line: diffusers leaves it on the meta device (no data), transformers
+    # fills it at random (an encoder that turns every caption into noise); refused here, by name
+    missing = sorted(info["missing_keys"])
     if missing:
         raise ValueError(f"{folder} does not hold {len(missing)} of {cls.__name__}'s weights ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}): its files are incomplete or of another model; give "

@@ -397,3 +397,20 @@ def test_a_folder_of_pickled_weights_is_refused_never_unpickled(parts, tmp_path,
     with pytest.raises(FileNotFoundError, match=r"FLUX.1-dev/vae holds no .safetensors weights for AutoencoderKL .*"
                                                 r"nothing is unpickled"):
         load_flux_vae(tmp_path / "FLUX.1-dev")
+
+
+@pytest.mark.parametrize("part, load", [("text_encoder", load_clip_l), ("text_encoder_2", load_t5_xxl)])
+def test_a_text_encoder_folder_short_of_a_weight_is_refused_not_filled_at_random(parts, tmp_path, part, load):
+    """transformers fills a weight its folder lacks with random numbers (a log line, no error): an encoder that
+    loads "fine" and encodes every caption into noise the run then trains on."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_folder(parts, tmp_path / "FLUX.1-dev")
+    torch.testing.assert_close(load(folder).state_dict(), parts["clip_l" if part == "text_encoder" else "t5"].state_dict(),
+                               rtol=0, atol=0)  # the whole folder loads to the saved weights
+    weights = folder / part / "model.safetensors"
+    state = load_file(weights)
+    dropped = sorted(k for k in state if k.endswith("layer_norm.weight") or k.endswith("final_layer_norm.weight"))[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{part} does not hold 1 of .*'s weights \({dropped}\)"):
+        load(folder)
