@@ -29,8 +29,14 @@ def read_dataset(folder: Path, strict: bool, size: tuple[int, int] | None, node:
         raise ValueError(f"{node}: {error}\n{fix}, or point 'folder' at {layout}.") from error
 
 
+def _unquoted(folder: str) -> str:
+    """The widget's path without the spaces, newline or one pair of quotes a paste brings (Windows' "Copy as path")."""
+    folder = folder.strip()
+    return folder[1:-1].strip() if len(folder) >= 2 and folder[0] == folder[-1] and folder[0] in "\"'" else folder
+
+
 def _resolve(folder: str) -> Path:
-    path = Path(folder.strip())
+    path = Path(_unquoted(folder))
     return path if path.is_absolute() else host.input_dir() / path
 
 
@@ -84,7 +90,7 @@ class BYGDataset:
         return hashlib.sha256(repr(sorted(stamps)).encode()).hexdigest()
 
     def load(self, folder, strict, width, height, frames=0, frame_stride=1):
-        if not folder.strip():
+        if not _unquoted(folder):
             raise ValueError("BYGDataset: set 'folder' to a dataset folder holding edits.jsonl")
         path = _resolve(folder)
         if frames:

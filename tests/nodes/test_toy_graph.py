@@ -192,6 +192,18 @@ def test_empty_and_missing_datasets(run, host_folders):
         run("BYGDataset", folder=" ", strict=False, width=0, height=0)
 
 
+def test_a_folder_pasted_with_quotes_or_spaces_is_read(run, host_folders):
+    """Windows' "Copy as path" pastes the folder in double quotes; a path copied from a shell may carry single ones."""
+    from byg_core.toy.dataset import write_toy_dataset
+
+    root = write_toy_dataset(host_folders / "input" / "pasted", n=2, seed=0)
+    for pasted in (f'"{root}"', f" '{root}' \n", '"pasted"'):
+        dataset, _ = run("BYGDataset", folder=pasted, strict=True, width=0, height=0)
+        assert len(dataset.dataset) == 2
+    with pytest.raises(ValueError, match="set 'folder'"):
+        run("BYGDataset", folder=' "" ', strict=False, width=0, height=0)
+
+
 def test_dataset_report_lists_rejected_lines(run, host_folders, caplog):
     from byg_core.toy.dataset import write_toy_dataset
 
