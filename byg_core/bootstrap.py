@@ -25,8 +25,9 @@ class Rollout:
 
 
 def snap_to_grid(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Round t to the nearest state the n-step rollout visits, k/n with k in 1..n (Algorithm 1, line 8)."""
-    return (t * n).round().clamp(1, n) / n
+    """The state k/n (k in 1..n) of the rollout step that covers t: t in ((k-1)/n, k/n] (Algorithm 1, lines 6-9), so
+    t ~ U(0, 1) visits every state equally often; a t already on the grid (within float error) stays put."""
+    return (t * n - 1e-4).ceil().clamp(1, n) / n
 
 
 def state_at(states: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -161,13 +161,14 @@ class Trainer:
         """The t interval that snaps onto rollout-grid points k/n served by the chosen expert.
 
         Squeezing t into the expert's own range is not enough: the rollout snaps t to k/n,
-        and e.g. t = 0.86 (low-noise expert) would snap to 0.9 (high-noise expert).
+        and e.g. t = 0.86 (low-noise expert) would snap to 0.9 (high-noise expert). The interval is the expert's steps'
+        cells ((k-1)/n, k/n], so uniform t covers each of its k/n equally often, as on the whole grid.
         """
         n = self.cfg.objective.rollout_steps
         ks = [k for k in range(1, n + 1) if self.backbone.expert_for(k / n) == self.cfg.expert]
         if not ks:
             raise ValueError(f"no rollout step k/{n} falls on expert {self.cfg.expert!r}; raise rollout_steps")
-        return (min(ks) - 0.5) / n, (max(ks) + 0.5 - 1e-3) / n
+        return (min(ks) - 1 + 1e-3) / n, max(ks) / n
 
     def is_identity_step(self, coin: float) -> bool:
         """Warm-up steps, then random identity steps with probability identity_prob (B.1)."""

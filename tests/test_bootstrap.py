@@ -21,9 +21,20 @@ class LinearField:
         return contextlib.nullcontext()  # the real one switches the adapters once for the whole rollout
 
 
-def test_snap_to_grid_rounds_onto_k_over_n_and_never_zero():
-    t = torch.tensor([0.0, 0.04, 0.26, 0.5, 0.99, 1.0])
-    assert torch.allclose(snap_to_grid(t, 10), torch.tensor([0.1, 0.1, 0.3, 0.5, 1.0, 1.0]))
+def test_snap_to_grid_maps_each_t_to_the_euler_step_that_covers_it_and_never_zero():
+    """t in ((k-1)/n, k/n] is covered by the rollout's step from k/n: the state y_{k/n} (Algorithm 1, lines 6-9)."""
+    t = torch.tensor([0.0, 0.04, 0.26, 0.3, 0.5, 0.91, 0.99, 1.0])
+    assert torch.allclose(snap_to_grid(t, 10), torch.tensor([0.1, 0.1, 0.3, 0.3, 0.5, 1.0, 1.0, 1.0]))
+    grid = torch.arange(1, 11) / 10
+    assert torch.equal(snap_to_grid(grid, 10), grid)  # a t on the grid stays put
+
+
+def test_uniform_t_visits_every_rollout_state_equally_often():
+    """Algorithm 1's t ~ U(0, 1) on the n-step grid: each k/n a tenth of the time (rounding to the nearest k/n
+    gave k = 1 half as often again and the pure-noise state y_1 = eps half as often)."""
+    t = snap_to_grid(torch.rand(200_000, generator=torch.Generator().manual_seed(0)), 10)
+    share = torch.bincount((t * 10).round().long(), minlength=11)[1:] / len(t)
+    assert (share - 0.1).abs().max() < 0.003, share
 
 
 def test_rollout_is_euler_and_keeps_the_state_at_each_samples_t():
