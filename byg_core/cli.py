@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -227,6 +228,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
+    _check_edit_values(args, model)
     size = tuple(args.size) if args.size else None
     try:
         if is_video(Path(args.image)):  # its size from its first frame, before the clip is decoded at full size
@@ -251,10 +253,35 @@ def cmd_edit(args: argparse.Namespace) -> int:
     backbone.to(args.device)
     c = backbone.encode_text([args.instruction])  # from the cache, on the transformer's device now
     adapters = load_lora(args.lora, backbone, strength=args.strength)
-    with guide_scales_of(backbone, args.cfg):
+    with _flag_error("--cfg", args.cfg), guide_scales_of(backbone, args.cfg):
         result = edit(backbone, adapters, x, c, steps=args.steps or backbone.edit_steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
+
+
+def _check_edit_values(args: argparse.Namespace, model: str) -> None:
+    """Before the model loads: the instruction, --cfg against the model's experts, --strength, --seed."""
+    from .loading import check_guidance_before_loading
+
+    args.instruction = args.instruction.strip()  # as the nodes take it
+    if not args.instruction:
+        raise ValueError("--instruction is blank: write the edit, e.g. \"change the circle's colour to green\"")
+    if args.cfg is not None:
+        with _flag_error("--cfg", args.cfg):
+            check_guidance_before_loading(model, args.cfg)
+    if not math.isfinite(args.strength):
+        raise ValueError(f"--strength must be a finite number, got {args.strength}")
+    if not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed must be in [0, {2**64}), got {args.seed}")
+
+
+@contextlib.contextmanager
+def _flag_error(flag: str, values: Sequence[float] | None):
+    """A value's refusal, said with the flag and the values given."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{flag} {' '.join(map(str, values or []))}: {error}") from None
 
 
 def _check_edit_clip(args: argparse.Namespace, frames: int) -> None:
@@ -372,9 +399,9 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
 
 def _parse_model_file(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key.strip() or not value:
+    if not sep or not key.strip() or not value.strip():
         raise SystemExit(f"--model-file expects key=value (a [model_files] field, e.g. vae=ae.safetensors), got {text!r}")
-    return key.strip(), value
+    return key.strip(), value.strip()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

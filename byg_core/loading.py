@@ -99,6 +99,19 @@ def check_size_before_loading(model: str, height: int, width: int, frames: int |
                          variant.vae_spatial_factor, variant.vae_temporal_factor)
 
 
+def check_guidance_before_loading(model: str, scales) -> None:
+    """An edit's classifier-free guidance (``sample.guide_scale_values``) against a real model's experts, from its
+    shipped facts, before minutes of loading (the toys, loaded in a second, are checked once loaded)."""
+    from .sample import guide_scale_values
+
+    if model == "flux1-dev":
+        guide_scale_values(scales, None, "flux")
+    elif model in WAN_MODELS:
+        from .backbones.wan import WAN22_VARIANTS
+
+        guide_scale_values(scales, len(WAN22_VARIANTS[WAN_MODELS[model][0]].guide_scales), "wan")
+
+
 def shipped_config(model: str, part: str) -> dict:
     """A shipped config as constructor arguments (its ``_class_name``-style keys left out),
     e.g. ``shipped_config("flux1-dev", "transformer")``."""

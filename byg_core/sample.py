@@ -8,6 +8,7 @@ optionally with classifier-free guidance (``guided_velocity``), as their papers 
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -96,6 +97,21 @@ def edit(
         return integrate(scheduler, velocity, eps, keep_states, on_step)
 
 
+def guide_scale_values(scales: float | Sequence[float], experts: int | None, family: str) -> list[float]:
+    """``scales`` as one classifier-free guidance scale per expert (one value serves all); ``experts`` None is a model
+    whose sampler does not guide, which takes 1 (no guidance) alone."""
+    values = [float(v) for v in ([scales] if isinstance(scales, (int, float)) else scales)]
+    if experts is None:
+        if any(v != 1.0 for v in values):
+            raise ValueError(f"this {family} model's edits take no classifier-free guidance (cfg): leave it "
+                             "at the model's own (-1 on the nodes, no --cfg on the CLI)")
+        return values
+    values = values * (experts if len(values) == 1 else 1)  # one for all
+    if len(values) != experts or not all(0 <= v < math.inf for v in values):
+        raise ValueError(f"cfg takes one scale >= 0, or one per expert ({experts}), got {scales}")
+    return values
+
+
 @contextmanager
 def guide_scales_of(backbone: EditBackbone, scales: float | Sequence[float] | None):
     """Within the block, an edit's classifier-free guidance (``EditBackbone.guide_scale``) is ``scales``: one value for
@@ -104,16 +120,11 @@ def guide_scales_of(backbone: EditBackbone, scales: float | Sequence[float] | No
     if scales is None:
         yield
         return
-    values = [float(v) for v in ([scales] if isinstance(scales, (int, float)) else scales)]
-    if not hasattr(backbone, "guide_scales"):
-        if any(v != 1.0 for v in values):
-            raise ValueError(f"this {backbone.family} model's edits take no classifier-free guidance (cfg): leave it "
-                             "at the model's own (-1 on the nodes, no --cfg on the CLI)")
+    guided = hasattr(backbone, "guide_scales")
+    values = guide_scale_values(scales, len(backbone.guide_scales) if guided else None, backbone.family)
+    if not guided:
         yield  # no guidance asked of a model that has none
         return
-    values = values * (len(backbone.guide_scales) if len(values) == 1 else 1)  # one for all
-    if len(values) != len(backbone.guide_scales) or min(values) < 0:
-        raise ValueError(f"cfg takes one scale >= 0, or one per expert ({len(backbone.guide_scales)}), got {scales}")
     previous, backbone.guide_scales = backbone.guide_scales, dict(zip(backbone.guide_scales, values))
     try:
         yield

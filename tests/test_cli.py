@@ -346,3 +346,31 @@ def test_video_edits_are_checked_before_the_model_loads_and_a_frame_folder_gets_
     wan = _untrained_lora(tmp_path / "wan_real.safetensors", "toy-wan-5b", named="wan2.2-ti2v-5b")
     assert cli.main([*edit_args, *real_model, "--lora", str(wan), "--image", str(odd), "--out", str(tmp_path / "d.mp4")]) == 2
     assert "pass --size H W" in capsys.readouterr().err and read == [1] and not loaded  # its first frame alone
+
+
+def test_an_edits_values_are_refused_by_flag_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """--cfg, --strength, --seed and a blank --instruction were refused (or not at all) only after minutes of
+    loading FLUX.1-dev or Wan2.2, in words that named no flag; --model-file kept a space after its '='."""
+    from byg_core import loading
+
+    image = tmp_path / "in.png"
+    save_pixels(torch.rand(1, 3, 32, 32), image)
+    flux = _untrained_lora(tmp_path / "flux.safetensors", "toy", named="flux1-dev")
+    wan = _untrained_lora(tmp_path / "wan.safetensors", "toy-wan-5b", named="wan2.2-ti2v-5b")
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    files = ["--model-file", f"folder={tmp_path / 'models'}"]
+
+    def refused(lora, *more, instruction="make it red"):
+        out = tmp_path / "out.png"
+        assert cli.main(["edit", "--lora", str(lora), "--image", str(image), "--out", str(out), *files,
+                         "--instruction", instruction, *more]) == 2
+        assert not out.exists()
+        return capsys.readouterr().err
+
+    assert "--cfg 2.0: this flux model's edits take no classifier-free guidance" in refused(flux, "--cfg", "2")
+    assert "--cfg 2.0 3.0: cfg takes one scale >= 0, or one per expert (1)" in refused(wan, "--cfg", "2", "3")
+    assert "--cfg -1.0: cfg takes one scale >= 0" in refused(wan, "--cfg", "-1")
+    assert "--strength must be a finite number, got nan" in refused(flux, "--strength", "nan")
+    assert f"--seed must be in [0, {2**64}), got {2**70}" in refused(flux, "--seed", str(2**70))
+    assert "--instruction is blank: write the edit" in refused(flux, instruction="  ")
+    assert cli._parse_model_file("vae = /models/ae.safetensors") == ("vae", "/models/ae.safetensors")
