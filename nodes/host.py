@@ -49,7 +49,7 @@ def lora_names() -> list[str]:
     else:
         root = loras_dir()
         names = [p.relative_to(root).as_posix() for p in root.rglob("*")] if root.is_dir() else []
-    return sorted(n for n in names if n.endswith(LORA_SUFFIXES))
+    return sorted(n for n in names if n.lower().endswith(LORA_SUFFIXES))  # ComfyUI lists B.SAFETENSORS too
 
 
 def lora_path(name: str) -> Path:

@@ -49,6 +49,9 @@ class BYGLoRALoader:
             lora = self._read(model, lora_name)
         try:
             carried = model.with_lora(lora, strength)
+        except ValueError as error:  # a model that carries a LoRA already, a strength it cannot take
+            raise ValueError(f"BYGLoRALoader: {error}") from error
+        try:
             carried.prepare()  # a file that does not fit this model fails here, at its loader
         except ValueError as error:
             raise ValueError(

@@ -29,7 +29,8 @@ def test_fallback_folders_and_lora_listing(submodule, no_host):
     (host_folders / "loras" / "sub").mkdir()
     (host_folders / "loras" / "sub" / "a.safetensors").write_bytes(b"")
     (host_folders / "loras" / "notes.txt").write_text("")
-    assert host.lora_names() == ["sub/a.safetensors"]
+    (host_folders / "loras" / "B.SAFETENSORS").write_bytes(b"")  # renamed on Windows: ComfyUI lists it too
+    assert host.lora_names() == ["B.SAFETENSORS", "sub/a.safetensors"]
     assert host.lora_path("sub/a.safetensors") == host_folders / "loras" / "sub" / "a.safetensors"
     with pytest.raises(FileNotFoundError, match="not in the loras folder"):
         host.lora_path("missing.safetensors")

@@ -298,6 +298,9 @@ def test_trainer_refuses_a_model_that_carries_a_lora(run, graph):
     (carrying,) = run("BYGLoRALoader", model=graph.model, lora_name="(none)", strength=1.0, lora=lora)
     with pytest.raises(ValueError, match="connect the model loader's output directly"):
         run("CycleTrainer", model=carrying, dataset=graph.dataset, objective=graph.objective, **train_inputs())
+    with pytest.raises(ValueError, match="already carries LoRA") as chained:  # a second loader after the first
+        run("BYGLoRALoader", model=carrying, lora_name="(none)", strength=1.0, lora=lora)
+    assert "was not trained on model" not in str(chained.value)  # it was: the LoRA is not what is wrong
 
 
 def test_a_save_name_that_is_a_path_is_refused(run, graph):
