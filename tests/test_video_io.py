@@ -317,6 +317,28 @@ def test_a_frame_folder_named_by_ffmpegs_percent_d_reads_in_number_order(tmp_pat
     assert levels == list(range(1, 10))
 
 
+def test_a_frame_folder_of_two_sequences_or_a_stray_image_is_refused_by_name(tmp_path):
+    """Every image counted as a frame: a .png and a .jpg export side by side became one clip alternating between
+    them, a thumbnail.png its last frame, both edited and trained on without a word."""
+    from byg_core.data import check_media, frame_paths
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(5):
+        save_pixels(torch.rand(1, 3, 16, 16), folder / f"{i:05d}.png")
+    assert len(frame_paths(folder)) == 5 and load_media(folder).shape[1] == 5
+    save_pixels(torch.rand(1, 3, 16, 16), folder / "thumbnail.png")
+    with pytest.raises(ValueError, match=r"clip holds images of 2 name patterns \(#.png: 5 files, e.g. 00000.png; "
+                                         r"thumbnail.png: 1 file\): a frame folder holds one numbered sequence"):
+        load_media(folder)
+    (folder / "thumbnail.png").unlink()
+    for i in range(4):
+        save_pixels(torch.rand(1, 3, 16, 16), folder / f"{i:05d}.jpg")
+    with pytest.raises(ValueError, match=r"2 name patterns \(#.png: 5 files, e.g. 00000.png; #.jpg: 4 files, e.g. "
+                                         r"00000.jpg\).*move the other images out"):
+        check_media(folder)  # a dataset's line naming this folder is rejected with it
+
+
 def test_a_trimmed_mp4s_cut_frames_do_not_count_toward_its_clip(tmp_path):
     """An .mp4 whose edit list cuts its first frames (as a trim does) held 9 packets and decoded to 5 frames: it passed
     the dataset's check for a 9-frame clip and failed only once the model had loaded."""
