@@ -307,7 +307,7 @@ def clip_report(path: Path, frames: int, stride: int, fps: float) -> str:
 def _check_edit_paths(args: argparse.Namespace) -> None:
     """Before any model loads: refuse an existing --out, an --out unlike the source, video options on an image."""
     from .data import IMAGE_SUFFIXES, is_video
-    from .video_io import WRITE_SUFFIXES
+    from .video_io import WRITE_SUFFIXES, check_frame_count
 
     source, out = Path(args.image), Path(args.out)
     if not source.exists():
@@ -316,6 +316,10 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out} is the source itself: the edit would replace the frames it reads; pick another --out")
     if not args.overwrite:
         refuse_to_overwrite([out], "Pick another --out")
+    frames_out = is_video(source) and not out.suffix  # a folder of PNG frames, else one file
+    if out.exists() and out.is_dir() != frames_out:  # --overwrite cannot make one into the other
+        raise ValueError(f"--out {out} is a {'folder' if out.is_dir() else 'file'}, and this edit writes "
+                         f"{'a folder of PNG frames' if frames_out else 'a file'} there: pick another --out")
     if is_video(source) and out.suffix.lower() in IMAGE_SUFFIXES:
         raise ValueError(
             f"--image {source} is a video but --out {out} names an image: give a video file "
@@ -330,6 +334,8 @@ def _check_edit_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--image {source} is an image but --out {out} names no image file: give a .png")
     if not is_video(source) and (args.frames is not None or args.stride != 1 or args.fps is not None):
         raise ValueError(f"--frames, --stride and --fps are a video's, but --image {source} is an image")
+    if args.frames is not None:
+        check_frame_count(args.frames, "--frames")
 
 
 def _edit_model(args: argparse.Namespace) -> tuple[str, dict]:

@@ -303,7 +303,8 @@ def load_media(
         clip = [load_image(paths[i], size) for i in sample_frames(len(paths), frames, stride, source=path)]
         sizes = sorted({tuple(f.shape[1:]) for f in clip})
         if len(sizes) > 1:
-            raise ValueError(f"frames of video {path} differ in size {sizes}; set a resolution to resize them alike")
+            raise ValueError(f"frames of video {path} differ in size {sizes}; set a size to resize them alike "
+                             "(byg edit's --size H W, a training TOML's resolution, BYGDataset's width and height)")
         return torch.stack(clip, dim=1)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return read_video(path, frames, stride, size)[0]

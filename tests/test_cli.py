@@ -374,3 +374,26 @@ def test_an_edits_values_are_refused_by_flag_before_the_model_loads(tmp_path, ca
     assert f"--seed must be in [0, {2**64}), got {2**70}" in refused(flux, "--seed", str(2**70))
     assert "--instruction is blank: write the edit" in refused(flux, instruction="  ")
     assert cli._parse_model_file("vae = /models/ae.safetensors") == ("vae", "/models/ae.safetensors")
+
+
+def test_a_video_edits_frame_faults_name_the_flags_that_fix_them(tmp_path, capsys):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(5):
+        save_pixels(torch.rand(1, 3, 32 if i else 48, 32), clip / f"{i:03d}.png")
+    wan = _untrained_lora(tmp_path / "wan.safetensors", "toy-wan-5b")
+    edit_args = ["edit", "--instruction", "turn the background red", "--lora", str(wan), "--image", str(clip),
+                 "--out", str(tmp_path / "out.mp4")]
+    assert cli.main([*edit_args, "--frames", "10"]) == 2
+    assert "--frames=10 is not 4k+1 (Wan's frame rule): use 9 or 13" in capsys.readouterr().err
+    assert cli.main(edit_args) == 2
+    assert "differ in size [(32, 32), (48, 32)]; set a size to resize them alike (byg edit's --size H W" in \
+        capsys.readouterr().err
+    # an --out of the other kind, with --overwrite: had failed after the whole edit (a folder for a .png: a traceback)
+    (tmp_path / "frames").write_text("notes")
+    assert cli.main([*edit_args[:-1], str(tmp_path / "frames"), "--overwrite", "--size", "32", "32"]) == 2
+    assert "--out " + str(tmp_path / "frames") + " is a file, and this edit writes a folder of PNG frames there" in \
+        capsys.readouterr().err and (tmp_path / "frames").read_text() == "notes"
+    (tmp_path / "still.png").mkdir()
+    assert cli.main([*edit_args[:-3], str(clip / "001.png"), "--out", str(tmp_path / "still.png"), "--overwrite"]) == 2
+    assert "still.png is a folder, and this edit writes a file there" in capsys.readouterr().err
