@@ -98,7 +98,8 @@ class TrainConfig:
     # ByG
     method: str = "byg"  # "supervised" trains on true pairs with Eq. 1 (the toy bench's reference)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    warmup_identity_steps: int = 200  # identity loss only, so the editor learns to read its source
+    warmup_identity_steps: int = 200  # identity loss only, so the editor learns to read its source (B.1, for
+    # 30000 image steps; B.2 gives none for video's 750, which keep the 200: our assumption, not the paper's)
     identity_prob: float = 0.15  # random identity steps (video: 0.10)
     use_ema: bool = True  # video default omits EMA (C.1): targets come from the current student
     ema_decay: float = 0.99  # the paper gives no value

@@ -101,7 +101,8 @@ def save_lora(
     role: str = EMA,
     config: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write the ``role`` adapter (EMA by default: it is what inference uses) atomically."""
+    """Write the ``role`` adapter atomically: EMA by default, the averaged weights an EMA-trained run edits with
+    (Algorithm 1 outputs the student G_edit; a run with ``use_ema = false``, as video's, saves the student)."""
     state = adapters.state_dict(role)
     written = []
     for expert, file_path in expert_paths(path, list(backbone.transformers)).items():

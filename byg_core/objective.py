@@ -60,8 +60,9 @@ def directional_prior_loss(
     v_pred: torch.Tensor, v_src: torch.Tensor, v_tgt: torch.Tensor, alpha: float, directional: bool = True,
     v_anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); without the directional term the MSE alone, at
-    weight 1 (section 6: "retaining only the MSE component of the prior").
+    """L_prior = L_dir + alpha * ||v_pred - v_tgt||^2 (section 4.2); without the directional term the MSE alone
+    (section 6: "retaining only the MSE component of the prior"), at weight 1: our reading, which keeps the prior's
+    pull comparable to the full one's (alpha * MSE, the other reading, would leave 0.1 of an MSE term).
     ``v_anchor``: the anchor's velocity where it is not v_tgt (``ObjectiveConfig.prior_guidance_terms`` "anchor")."""
     mse = F.mse_loss(v_pred.float(), (v_tgt if v_anchor is None else v_anchor).float())
     if not directional:
@@ -100,9 +101,11 @@ class ObjectiveConfig:
     alpha: float = 0.1  # MSE anchor inside the prior (4.2); the paper gives no value
     rollout_steps: int = 10  # n, Euler steps of the EMA rollout (B.1)
     gradient_routing: bool = True  # off: the reverse pass is conditioned on the blurry y_hat
-    cycle: bool = True  # off: no cycle loss and no reverse-pass prior
-    directional: bool = True  # off: the prior is the MSE anchor alone
-    bootstrap: bool = True  # off: the forward pass is fed the noised source x_t, not y_t
+    # Table 4's ablations; the paper says what each removes, not all it keeps, so each is a reading:
+    cycle: bool = True  # off: no cycle loss and no reverse-pass prior (section 4.3 applies that prior to the cycle)
+    directional: bool = True  # off: the prior is the MSE anchor alone, at weight 1 (directional_prior_loss)
+    bootstrap: bool = True  # off: the forward pass is fed the noised source x_t, not y_t; the rollout still gives
+    # the reverse pass its sg(y_0) (section 6 names only the forward input)
     regularization: bool = True  # off: no prior loss at all (the editor collapses to identity)
     identity_steps: bool = True  # off: no random identity-only steps (the trainer reads this)
     # w of the base's velocities in the prior (4.2), classifier-free against the empty prompt (needs a base that
