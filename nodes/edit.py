@@ -45,6 +45,7 @@ def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: in
     if not instruction.strip():
         raise ValueError(f"{node}: write an edit instruction, e.g. \"change the circle's colour to green\"")
     backbone = model.backbone
+    steps = steps or backbone.edit_steps  # 0: the model's own
     guided = ExitStack()  # the guidance of this run, refused before anything is encoded
     try:
         guided.enter_context(guidance_of(backbone, guidance, cfg))
@@ -90,8 +91,9 @@ def _encode_edit_decode(node: str, model, pixels: torch.Tensor, instruction: str
 def _common_inputs(what: str) -> dict:
     return {
         "instruction": I.text("", f"What to change in the {what}, e.g. \"change the circle's colour to green\".", multiline=True),
-        "steps": I.integer(20, 1, 1000, "ODE steps of the edit (paper: 20 on FLUX.1-dev images; its video edits follow "
-                           "Wan2.2's own sampler: 50 on TI2V-5B, 40 on A14B)."),
+        "steps": I.integer(0, 0, 1000, "ODE steps of the edit. 0: the model's own sampler's, as byg edit without "
+                           "--steps (the paper: 20 on FLUX.1-dev images; its video edits follow Wan2.2's own sampler: "
+                           "50 on TI2V-5B, 40 on A14B)."),
         "seed": I.seed("Seed of the starting noise."),
         "guidance": I.number(3.5, 0.0, 100.0, 0.1, "FLUX.1-dev distilled guidance; models without a guidance input "
                              "ignore it (Wan2.2 guides by the cfg widget below)."),

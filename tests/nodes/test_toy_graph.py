@@ -372,6 +372,25 @@ def test_video_edit_on_a_wan_model(run, toy_video_model):
             guidance=3.5)
 
 
+@pytest.mark.parametrize("node", ["BYGVideoEdit", "BootstrapSampler"])
+def test_an_edit_node_added_from_the_menu_takes_the_models_own_step_count(run, nodes, toy_video_model, node,
+                                                                          monkeypatch):
+    """As byg edit without --steps: Wan2.2 samples 50 steps (TI2V-5B) or 40 (A14B); the widget's 20 was FLUX's."""
+    import byg_core.sample
+
+    steps = nodes[node].INPUT_TYPES()["required"]["steps"]
+    assert steps[1]["default"] == 0 and steps[1]["min"] == 0 and "0: the model's own" in steps[1]["tooltip"]
+    asked = []
+    real_edit = byg_core.sample.edit
+    monkeypatch.setattr(byg_core.sample, "edit", lambda *a, **k: asked.append(k["steps"]) or real_edit(*a, **{**k, "steps": 1}))
+    monkeypatch.setattr(toy_video_model.backbone, "edit_steps", 7)
+    pixels = {"frames": torch.rand(5, 16, 16, 3)} if node == "BYGVideoEdit" else {"image": torch.rand(1, 16, 16, 3),
+                                                                                   "return_states": False}
+    for given, taken in ((0, 7), (3, 3)):
+        run(node, model=toy_video_model, **pixels, instruction=INSTRUCTION, steps=given, seed=0, guidance=3.5)
+        assert asked.pop() == taken
+
+
 def test_dataset_node_reruns_when_edits_jsonl_changes(nodes, host_folders):
     from byg_core.toy.dataset import write_toy_dataset
 
