@@ -7,6 +7,7 @@ Nothing here unpickles: tensors come from safetensors, everything else from its 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -33,8 +34,29 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
         yield partial
         os.chmod(partial, mode)  # a writer may have put its own file there (safetensors writes one of 0600)
         os.replace(partial, path)
+    except (OSError, SafetensorError) as error:
+        raise _write_error(error, path) from error
     finally:
         partial.unlink(missing_ok=True)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_error(error: OSError | SafetensorError, path: Path) -> BaseException:
+    """A failed write said with the file it was for and what was kept; a full disk in words (safetensors says it
+    as ``IoError(Os { code: 28, ...``); any other safetensors error as it is."""
+    code = error.errno if isinstance(error, OSError) else \
+        next((c for c in FULL_DISK if f"code: {c}," in str(error)), None)
+    if code is None and not isinstance(error, OSError):
+        return error
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else os.strerror(code) if code else error
+    kept = "nothing was replaced, the earlier file is kept" if path.exists() else "nothing was written"
+    if code in FULL_DISK:
+        return OSError(code, f"could not write {path}: the disk is full ({reason}); {kept}: free space on "
+                             f"{path.parent}'s disk and run it again")
+    message = f"could not write {path} ({reason}); {kept}"
+    return OSError(code, message) if code is not None else OSError(message)
 
 
 def new_file(folder: Path, prefix: str, suffix: str) -> Path:

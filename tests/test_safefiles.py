@@ -43,3 +43,33 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path):
             partial.write_text("half")
             raise RuntimeError("disk full")
     assert path.read_text() == "finished work" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_a_full_disk_names_the_file_and_says_the_earlier_one_is_kept(tmp_path, monkeypatch):
+    """safetensors says a full disk as 'Error while serializing: IoError(Os { code: 28, kind: StorageFull ...' and
+    an image writer as 'No space left on device': neither named the checkpoint or LoRA being written."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    path = save_atomic({"w": torch.ones(2)}, tmp_path / "checkpoint.safetensors", {"step": "2"})
+
+    def full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr("byg_core.safefiles.save_file", full)
+    with pytest.raises(OSError, match=rf"could not write {path}: the disk is full \(No space left on device\); "
+                                      rf"nothing was replaced, the earlier file is kept: free space on {tmp_path}'s "
+                                      "disk") as error:
+        save_atomic({"w": torch.zeros(2)}, path, {"step": "4"})
+    assert error.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match=rf"could not write {tmp_path / 'x.png'}: the disk is full .*; nothing was "
+                                      "written: free space"):
+        with atomic_path(tmp_path / "x.png", keep_suffix=True):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert torch.equal(load_checked(path, "checkpoint")[0]["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]  # no partial file left
