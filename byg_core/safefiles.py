@@ -8,8 +8,10 @@ Nothing here unpickles: tensors come from safetensors, everything else from its 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
+import re
 import secrets
 import stat
 from contextlib import contextmanager
@@ -24,12 +26,14 @@ from safetensors.torch import load_file, save_file
 @contextmanager
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """A new hidden temporary name beside ``path``, moved onto ``path`` when the block succeeds and removed
-    when it fails: a crash never leaves half a file. It ends in ``.partial``, so no listing of LoRAs or media
-    takes it for one, unless ``keep_suffix`` (for writers that pick the format from the suffix: PIL, PyAV)."""
+    when it fails: a crash never leaves half a file under ``path``'s name (a kill mid-write leaves the hidden one,
+    removed by the next write of ``path``). It ends in ``.partial``, so no listing of LoRAs or media takes it for
+    one, unless ``keep_suffix`` (for writers that pick the format from the suffix: PIL, PyAV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = new_file(path.parent, f".{path.name}.", f".partial{path.suffix}" if keep_suffix else ".partial")
     mode = stat.S_IMODE(partial.stat().st_mode)
+    began = partial.stat().st_mtime
     try:
         yield partial
         os.chmod(partial, mode)  # a writer may have put its own file there (safetensors writes one of 0600)
@@ -38,6 +42,15 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
         raise _write_error(error, path) from error
     finally:
         partial.unlink(missing_ok=True)
+    _remove_killed_writes(path, began)
+
+
+def _remove_killed_writes(path: Path, began: float) -> None:
+    """The hidden half files of ``path`` that writes killed mid-way left (a real model's checkpoint: gigabytes),
+    untouched for a minute before this write began (not another write of it under way)."""
+    for half in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
+        if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.partial.*", half.name) and half.stat().st_mtime < began - 60:
+            half.unlink(missing_ok=True)
 
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)

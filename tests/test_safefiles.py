@@ -73,3 +73,17 @@ def test_a_full_disk_names_the_file_and_says_the_earlier_one_is_kept(tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device")
     assert torch.equal(load_checked(path, "checkpoint")[0]["w"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]  # no partial file left
+
+
+def test_a_save_removes_the_half_file_a_killed_save_of_it_left(tmp_path):
+    """A save killed mid-write (power off, SIGKILL, an out-of-memory kill) leaves its hidden .partial file, for a
+    real model's checkpoint gigabytes; the next save of that file removes it, and only its own."""
+    path = tmp_path / "checkpoint.safetensors"
+    stale = tmp_path / ".checkpoint.safetensors.0a1b2c3d.partial"
+    others = [tmp_path / ".lora.safetensors.0a1b2c3d.partial", tmp_path / "notes.partial"]
+    for half in (stale, *others):
+        half.write_bytes(b"half")
+        os.utime(half, (1e9, 1e9))  # written long before this save began
+    save_atomic({"w": torch.ones(2)}, path, {})
+    assert not stale.exists() and all(p.exists() for p in others)
+    assert torch.equal(load_checked(path, "checkpoint")[0]["w"], torch.ones(2))
