@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_resumable(cfg)  # a checkpoint made with other settings, refused before minutes of loading
         except ResumeMismatch as error:
             raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
+    _refuse_missing_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
+                                "--set model_files.<key>=...")
     if cfg.resolution:
         try:
             check_size_before_loading(cfg.model, *cfg.resolution, cfg.frames)
@@ -228,6 +230,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
+    _refuse_missing_model_files(model, files, "--model-file, or the files the LoRA was trained with")
     _check_edit_values(args, model)
     size = tuple(args.size) if args.size else None
     try:
@@ -401,6 +404,16 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
             "so it cannot be continued); nothing was overwritten. Set another output_dir or save_name "
             "(--set save_name=...) to start a new run."
         )
+
+
+def _refuse_missing_model_files(model: str, files: dict, given_by: str) -> None:
+    """Before the model loads: every file it names is there (``given_by``: where the user set them)."""
+    from .loading import missing_model_files
+
+    missing = missing_model_files(model, files)
+    if missing:
+        raise FileNotFoundError("; ".join(f"model file {key} = {path} does not exist" for key, path in missing)
+                                + f" ({given_by}): fix the path")
 
 
 def _parse_model_file(text: str) -> tuple[str, str]:

@@ -99,6 +99,17 @@ def check_size_before_loading(model: str, height: int, width: int, frames: int |
                          variant.vae_spatial_factor, variant.vae_temporal_factor)
 
 
+def missing_model_files(model: str, files: dict) -> list[tuple[str, str]]:
+    """The (option, path) pairs of ``files`` that name a path (the loader's ``Path`` options) not on disk: found
+    before the model loads, not when its part's turn comes (FLUX.1's VAE after the 12B transformer)."""
+    import inspect
+
+    options = inspect.signature(LOADERS[model]).parameters if model in LOADERS else {}
+    return [(key, str(value)) for key, value in files.items()
+            if key in options and "Path" in str(options[key].annotation) and value is not None
+            and not Path(value).exists()]
+
+
 def check_guidance_before_loading(model: str, scales) -> None:
     """An edit's classifier-free guidance (``sample.guide_scale_values``) against a real model's experts, from its
     shipped facts, before minutes of loading (the toys, loaded in a second, are checked once loaded)."""

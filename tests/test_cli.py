@@ -397,3 +397,29 @@ def test_a_video_edits_frame_faults_name_the_flags_that_fix_them(tmp_path, capsy
     (tmp_path / "still.png").mkdir()
     assert cli.main([*edit_args[:-3], str(clip / "001.png"), "--out", str(tmp_path / "still.png"), "--overwrite"]) == 2
     assert "still.png is a folder, and this edit writes a file there" in capsys.readouterr().err
+
+
+def test_a_model_file_that_is_not_there_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A typo in [model_files] or --model-file was found when its part's turn came: the VAE's after the 12B
+    transformer had loaded, minutes in; the text encoders' after both."""
+    from byg_core import loading
+
+    image = tmp_path / "in.png"
+    save_pixels(torch.rand(1, 3, 32, 32), image)
+    (tmp_path / "flux1-dev.safetensors").write_bytes(b"")
+    flux = _untrained_lora(tmp_path / "flux.safetensors", "toy", named="flux1-dev")
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    files = ["--model-file", f"transformer={tmp_path / 'flux1-dev.safetensors'}", "--model-file",
+             f"vae={tmp_path / 'ae.safetensor'}", "--model-file", "dtype=bfloat16"]
+    assert cli.main(["edit", "--lora", str(flux), "--image", str(image), "--out", str(tmp_path / "out.png"),
+                     "--instruction", "make it red", *files]) == 2
+    assert f"model file vae = {tmp_path / 'ae.safetensor'} does not exist (--model-file, or the files the LoRA " \
+           "was trained with)" in capsys.readouterr().err
+    data = tmp_path / "data"
+    assert cli.main(["toy", "dataset", "--out", str(data), "--n", "2"]) == 0
+    toml = tmp_path / "flux.toml"
+    toml.write_text(f'model = "flux1-dev"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n[model_files]\n'
+                    f'folder = "{tmp_path / "FLUX.1-dev"}"\n')
+    assert cli.main(["train", str(toml)]) == 2
+    assert f"model file folder = {tmp_path / 'FLUX.1-dev'} does not exist ([model_files] in {toml}" in \
+        capsys.readouterr().err
