@@ -87,8 +87,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_resumable(cfg)  # a checkpoint made with other settings, refused before minutes of loading
         except ResumeMismatch as error:
             raise ValueError(f"{error}; use the same {error.key} or another output_dir") from error
-    _refuse_missing_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
-                                "--set model_files.<key>=...")
     if cfg.resolution:
         try:
             check_size_before_loading(cfg.model, *cfg.resolution, cfg.frames)
@@ -104,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop.remove_stale()  # an earlier run's, now: one made while the model loads stops this run
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
+    _refuse_missing_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
+                                "--set model_files.<key>=...")
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
@@ -230,7 +230,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_device(args.device)
     _check_edit_paths(args)
     model, files = _edit_model(args)
-    _refuse_missing_model_files(model, files, "--model-file, or the files the LoRA was trained with")
     _check_edit_values(args, model)
     size = tuple(args.size) if args.size else None
     try:
@@ -243,6 +242,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
         frames = pixels.shape[2] if pixels.ndim == 5 else None
         check_size_before_loading(model, pixels.shape[-2], pixels.shape[-1], frames)  # not after minutes of loading
+        _refuse_missing_model_files(model, files, "--model-file, or the files the LoRA was trained with")
         backbone = load_backbone(model, **files).to(args.device, transformers=False)  # the text encoder and VAE first
         backbone.check_pixels(pixels.shape)
     except PixelShapeError as error:
@@ -256,7 +256,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     backbone.to(args.device)
     c = backbone.encode_text([args.instruction])  # from the cache, on the transformer's device now
     adapters = load_lora(args.lora, backbone, strength=args.strength)
-    with _flag_error("--cfg", args.cfg), guide_scales_of(backbone, args.cfg):
+    guided = contextlib.ExitStack()
+    with _flag_error("--cfg", args.cfg):  # the guidance's refusal alone, not the edit's errors
+        guided.enter_context(guide_scales_of(backbone, args.cfg))
+    with guided:
         result = edit(backbone, adapters, x, c, steps=args.steps or backbone.edit_steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
     return 0
@@ -750,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, OSError) as error:  # OSError: a missing file, a full disk (safefiles names the file)
         print(f"byg: error: {error}", file=sys.stderr)
         return 2
 

@@ -46,8 +46,10 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
 
 
 def _remove_killed_writes(path: Path, began: float) -> None:
-    """The hidden half files of ``path`` that writes killed mid-way left (a real model's checkpoint: gigabytes),
-    untouched for a minute before this write began (not another write of it under way)."""
+    """The hidden half files of ``path`` that writes killed mid-way left, untouched for a minute before this write
+    began (not another write of it under way): what the writers that fill the partial file leave (images, videos,
+    text, a LoRA copied into loras/). safetensors' ``save_file`` writes a ``.tmpXXXXXX`` of its own beside it and
+    renames that onto the partial: a checkpoint save killed mid-way leaves that one, which is not ours to remove."""
     for half in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
         if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.partial.*", half.name) and half.stat().st_mtime < began - 60:
             half.unlink(missing_ok=True)
@@ -59,17 +61,20 @@ FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 def _write_error(error: OSError | SafetensorError, path: Path) -> BaseException:
     """A failed write said with the file it was for and what was kept; a full disk in words (safetensors says it
     as ``IoError(Os { code: 28, ...``); any other safetensors error as it is."""
-    code = error.errno if isinstance(error, OSError) else \
-        next((c for c in FULL_DISK if f"code: {c}," in str(error)), None)
+    code = error.errno if isinstance(error, OSError) else next(  # safetensors 0.8: "(os error 28)"; older "code: 28,"
+        (c for c in FULL_DISK if f"(os error {c})" in str(error) or f"code: {c}," in str(error)), None)
     if code is None and not isinstance(error, OSError):
         return error
     reason = error.strerror if isinstance(error, OSError) and error.strerror else os.strerror(code) if code else error
     kept = "nothing was replaced, the earlier file is kept" if path.exists() else "nothing was written"
     if code in FULL_DISK:
-        return OSError(code, f"could not write {path}: the disk is full ({reason}); {kept}: free space on "
-                             f"{path.parent}'s disk and run it again")
-    message = f"could not write {path} ({reason}); {kept}"
-    return OSError(code, message) if code is not None else OSError(message)
+        message = f"could not write {path}: the disk is full ({reason}); {kept}: free space on {path.parent}'s disk " \
+                  "and run it again"
+    else:
+        message = f"could not write {path} ({reason}); {kept}"
+    said = (type(OSError(code, "")) if code is not None else OSError)(message)  # FileNotFoundError for ENOENT, ...
+    said.errno = code  # set apart from the message, which then reads without "[Errno N]"
+    return said
 
 
 def new_file(folder: Path, prefix: str, suffix: str) -> Path:

@@ -423,3 +423,14 @@ def test_a_model_file_that_is_not_there_is_named_before_the_model_loads(tmp_path
     assert cli.main(["train", str(toml)]) == 2
     assert f"model file folder = {tmp_path / 'FLUX.1-dev'} does not exist ([model_files] in {toml}" in \
         capsys.readouterr().err
+
+
+def test_only_the_guidance_refusal_is_said_as_a_cfg_fault(tmp_path, capsys, monkeypatch):
+    import byg_core.sample
+
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "1"]) == 0
+    lora = _untrained_lora(tmp_path / "toy.safetensors", "toy")
+    monkeypatch.setattr(byg_core.sample, "edit", lambda *a, **k: (_ for _ in ()).throw(ValueError("the edit's own")))
+    assert cli.main(["edit", "--lora", str(lora), "--image", str(tmp_path / "data" / "00000.png"), "--out",
+                     str(tmp_path / "out.png"), "--instruction", "turn the background red"]) == 2
+    assert capsys.readouterr().err == "byg: error: the edit's own\n"  # had said "--cfg : the edit's own"
