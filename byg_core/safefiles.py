@@ -39,7 +39,10 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
         os.chmod(partial, mode)  # a writer may have put its own file there (safetensors writes one of 0600)
         os.replace(partial, path)
     except (OSError, SafetensorError) as error:
-        raise _write_error(error, path) from error
+        said = _write_error(error, path)
+        if said is error:
+            raise  # not a fault of the write (a safetensors error other than the disk's): as it came
+        raise said from error
     finally:
         partial.unlink(missing_ok=True)
     _remove_killed_writes(path, began)
@@ -60,7 +63,7 @@ FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 def _write_error(error: OSError | SafetensorError, path: Path) -> BaseException:
     """A failed write said with the file it was for and what was kept; a full disk in words (safetensors says it
-    as ``IoError(Os { code: 28, ...``); any other safetensors error as it is."""
+    as "(os error 28)", older releases as ``IoError(Os { code: 28, ...``); any other safetensors error as it is."""
     code = error.errno if isinstance(error, OSError) else next(  # safetensors 0.8: "(os error 28)"; older "code: 28,"
         (c for c in FULL_DISK if f"(os error {c})" in str(error) or f"code: {c}," in str(error)), None)
     if code is None and not isinstance(error, OSError):

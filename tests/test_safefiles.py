@@ -75,6 +75,10 @@ def test_a_full_disk_names_the_file_and_says_the_earlier_one_is_kept(tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device")
     assert torch.equal(load_checked(path, "checkpoint")[0]["w"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]  # no partial file left
+    with pytest.raises(SafetensorError, match="^other$") as other:  # not the disk's: as it came, its own cause
+        with atomic_path(tmp_path / "y.safetensors"):
+            raise SafetensorError("other")
+    assert other.value.__cause__ is None
 
 
 def test_a_save_removes_the_half_file_a_killed_save_of_it_left(tmp_path):
