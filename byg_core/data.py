@@ -250,9 +250,11 @@ def frame_paths(folder: Path) -> list[Path]:
     """A folder's frames in name order, numbers by their value (ffmpeg's ``frame%d.png`` writes frame2 before
     frame10); hidden files (a write stopped half-way) are not frames. Its images must be one numbered sequence,
     one name pattern (a .png and a .jpg export side by side, or a thumbnail.png, would be cut into the clip)."""
-    frames = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                    key=lambda p: ([int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", p.name))],
+                                   p.name))
     patterns: dict[str, list[Path]] = {}
-    for path in sorted(frames):
+    for path in frames:
         patterns.setdefault(re.sub(r"\d+", "#", path.name), []).append(path)
     if len(patterns) > 1:
         groups = "; ".join(f"{pattern}: {len(paths)} file{'s' * (len(paths) > 1)}"
@@ -260,8 +262,7 @@ def frame_paths(folder: Path) -> list[Path]:
                            for pattern, paths in sorted(patterns.items(), key=lambda item: -len(item[1])))
         raise ValueError(f"video folder {folder} holds images of {len(patterns)} name patterns ({groups}): a frame "
                          "folder holds one numbered sequence; move the other images out")
-    return sorted(frames, key=lambda p: ([int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", p.name))],
-                                         p.name))
+    return frames
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -11,7 +11,6 @@ import errno
 import glob
 import json
 import os
-import re
 import secrets
 import stat
 from contextlib import contextmanager
@@ -32,8 +31,8 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = new_file(path.parent, f".{path.name}.", f".partial{path.suffix}" if keep_suffix else ".partial")
-    mode = stat.S_IMODE(partial.stat().st_mode)
-    began = partial.stat().st_mtime
+    made = partial.stat()
+    mode, began = stat.S_IMODE(made.st_mode), made.st_mtime
     try:
         yield partial
         os.chmod(partial, mode)  # a writer may have put its own file there (safetensors writes one of 0600)
@@ -53,8 +52,8 @@ def _remove_killed_writes(path: Path, began: float) -> None:
     began (not another write of it under way): what the writers that fill the partial file leave (images, videos,
     text, a LoRA copied into loras/). safetensors' ``save_file`` writes a ``.tmpXXXXXX`` of its own beside it and
     renames that onto the partial: a checkpoint save killed mid-way leaves that one, which is not ours to remove."""
-    for half in path.parent.glob(f".{glob.escape(path.name)}.*.partial*"):
-        if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.partial.*", half.name) and half.stat().st_mtime < began - 60:
+    for half in path.parent.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"):  # new_file's names for it
+        if half.stat().st_mtime < began - 60:
             half.unlink(missing_ok=True)
 
 
