@@ -222,7 +222,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .data import is_video
     from .lora_io import load_lora
     from .loading import check_size_before_loading, load_backbone
-    from .sample import edit, guide_scales_of
+    from .sample import distilled_guidance_of, edit, guide_scales_of
     from .video_io import save_pixels
 
     check_ranges(positive=[("--steps", args.steps), ("--frames", args.frames), ("--stride", args.stride),
@@ -259,6 +259,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     guided = contextlib.ExitStack()
     with _flag_error("--cfg", args.cfg):  # the guidance's refusal alone, not the edit's errors
         guided.enter_context(guide_scales_of(backbone, args.cfg))
+    with _flag_error("--guidance", None if args.guidance is None else [args.guidance]):
+        guided.enter_context(distilled_guidance_of(backbone, args.guidance))
     with guided:
         result = edit(backbone, adapters, x, c, steps=args.steps or backbone.edit_steps, seed=args.seed)
     print(save_pixels(backbone.decode_latents(result.latents), args.out, fps))
@@ -266,8 +268,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def _check_edit_values(args: argparse.Namespace, model: str) -> None:
-    """Before the model loads: the instruction, --cfg against the model's experts, --strength, --seed."""
-    from .loading import check_guidance_before_loading
+    """Before the model loads: the instruction, --cfg against the model's experts, --guidance, --strength, --seed."""
+    from .loading import check_distilled_guidance_before_loading, check_guidance_before_loading
 
     args.instruction = args.instruction.strip()  # as the nodes take it
     if not args.instruction:
@@ -275,6 +277,11 @@ def _check_edit_values(args: argparse.Namespace, model: str) -> None:
     if args.cfg is not None:
         with _flag_error("--cfg", args.cfg):
             check_guidance_before_loading(model, args.cfg)
+    if args.guidance is not None:
+        if not 0 <= args.guidance < math.inf:
+            raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+        with _flag_error("--guidance", [args.guidance]):
+            check_distilled_guidance_before_loading(model)
     if not math.isfinite(args.strength):
         raise ValueError(f"--strength must be a finite number, got {args.strength}")
     if not 0 <= args.seed < 2**64:
@@ -607,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="classifier-free guidance against the model's negative prompt: one scale, or one per expert "
                            "(A14B: high-noise, low-noise); 1: none (default: the model's own sampler's, Wan2.2 "
                            "TI2V-5B 5 and A14B 4 / 3; FLUX.1-dev takes none)")
+    edit.add_argument("--guidance", type=float, default=None, metavar="W",
+                      help="FLUX.1-dev's distilled guidance, its guidance input (default: 3.5, as it trains; the "
+                           "nodes' guidance widget); Wan2.2 has none (--cfg)")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--strength", type=float, default=1.0, help="LoRA strength (0 = base model)")
     edit.set_defaults(run=cmd_edit)

@@ -132,6 +132,27 @@ def guide_scales_of(backbone: EditBackbone, scales: float | Sequence[float] | No
         backbone.guide_scales = previous
 
 
+@contextmanager
+def distilled_guidance_of(backbone: EditBackbone, guidance: float | None):
+    """Within the block, FLUX.1-dev's distilled guidance (its guidance input; B.1 trains and edits at the backbone's
+    3.5) is ``guidance``; None leaves the model's own. Refused for a model without that input (Wan2.2, whose
+    guidance is classifier-free: ``guide_scales_of``)."""
+    if guidance is None:
+        yield
+        return
+    if not hasattr(backbone, "guidance"):
+        raise ValueError(NO_DISTILLED_GUIDANCE.format(family=backbone.family))
+    previous, backbone.guidance = backbone.guidance, float(guidance)
+    try:
+        yield
+    finally:
+        backbone.guidance = previous
+
+
+NO_DISTILLED_GUIDANCE = ("this {family} model has no distilled guidance input (FLUX.1-dev's); its guidance is "
+                         "classifier-free: --cfg (the nodes' cfg widget)")
+
+
 def guided_velocity(
     backbone: EditBackbone, y: torch.Tensor, t: torch.Tensor, text: TextCond, uncond: TextCond | None, w: float
 ) -> torch.Tensor:

@@ -23,20 +23,13 @@ FIX = {
 
 @contextmanager
 def guidance_of(backbone, guidance: float, cfg: float = DEFAULT_CFG):
-    """For this run only (the backbone is shared): FLUX.1-dev's distilled ``guidance`` (models without it ignore it),
-    and ``cfg``, every expert's classifier-free guidance (a model with guide scales; -1 leaves them as they are)."""
-    from byg_core.sample import guide_scales_of
+    """For this run only (the backbone is shared): FLUX.1-dev's distilled ``guidance`` (the widget's tooltip: models
+    without that input ignore it), and ``cfg``, every expert's classifier-free guidance (-1: the model's own)."""
+    from byg_core.sample import distilled_guidance_of, guide_scales_of
 
-    distilled = hasattr(backbone, "guidance")
-    previous = backbone.guidance if distilled else None
-    if distilled:
-        backbone.guidance = guidance
-    try:
-        with guide_scales_of(backbone, None if cfg == DEFAULT_CFG else cfg):
-            yield
-    finally:
-        if distilled:
-            backbone.guidance = previous
+    with distilled_guidance_of(backbone, guidance if hasattr(backbone, "guidance") else None), \
+            guide_scales_of(backbone, None if cfg == DEFAULT_CFG else cfg):
+        yield
 
 
 def run_edit(node: str, model, pixels: torch.Tensor, instruction: str, steps: int, seed: int, guidance: float,

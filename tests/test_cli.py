@@ -434,3 +434,36 @@ def test_only_the_guidance_refusal_is_said_as_a_cfg_fault(tmp_path, capsys, monk
     assert cli.main(["edit", "--lora", str(lora), "--image", str(tmp_path / "data" / "00000.png"), "--out",
                      str(tmp_path / "out.png"), "--instruction", "turn the background red"]) == 2
     assert capsys.readouterr().err == "byg: error: the edit's own\n"  # had said "--cfg : the edit's own"
+
+
+def test_flux_edits_take_a_distilled_guidance_and_wan_edits_refuse_it(tmp_path, capsys, monkeypatch):
+    """FLUX.1-dev's guidance input had no flag: `byg edit` edited at 3.5 alone, where the nodes' guidance widget
+    sets it; a Wan2.2 model, which has none (its guidance is --cfg), refuses it, a real one before loading."""
+    import byg_core.sample
+    from byg_core import loading
+
+    assert cli.main(["toy", "dataset", "--out", str(tmp_path / "data"), "--n", "1"]) == 0
+    image = str(tmp_path / "data" / "00000.png")
+    seen = []
+    real_edit = byg_core.sample.edit
+    monkeypatch.setattr(byg_core.sample, "edit", lambda backbone, *a, **k: seen.append(backbone.guidance) or
+                        real_edit(backbone, *a, **k))
+    flux = _untrained_lora(tmp_path / "toy.safetensors", "toy")
+    args = ["edit", "--lora", str(flux), "--image", image, "--instruction", "turn the background red"]
+    assert cli.main([*args, "--out", str(tmp_path / "a.png"), "--guidance", "5.5"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b.png")]) == 0
+    assert seen == [5.5, 3.5], "--guidance sets FLUX's guidance input for the edit; without it, the model's own"
+    for value in ("-1", "nan"):
+        assert cli.main([*args, "--out", str(tmp_path / "c.png"), "--guidance", value]) == 2
+        assert f"--guidance must be a finite number >= 0, got {float(value)}" in capsys.readouterr().err
+    toy_wan = _untrained_lora(tmp_path / "toy_wan.safetensors", "toy-wan-5b")
+    assert cli.main(["edit", "--lora", str(toy_wan), "--image", image, "--instruction", "turn the background red",
+                     "--out", str(tmp_path / "d.png"), "--guidance", "4", "--size", "32", "32"]) == 2
+    assert "--guidance 4.0: this wan model has no distilled guidance input (FLUX.1-dev's); its guidance is " \
+           "classifier-free: --cfg" in capsys.readouterr().err and not (tmp_path / "d.png").exists()
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    wan = _untrained_lora(tmp_path / "wan.safetensors", "toy-wan-5b", named="wan2.2-ti2v-5b")
+    assert cli.main(["edit", "--lora", str(wan), "--image", image, "--instruction", "turn the background red",
+                     "--out", str(tmp_path / "e.png"), "--guidance", "4", "--model-file",
+                     f"folder={tmp_path / 'models'}"]) == 2
+    assert "--guidance 4.0: this wan model has no distilled guidance input" in capsys.readouterr().err
