@@ -245,7 +245,27 @@ def environment(device: torch.device) -> dict:
         processor = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                           if line.startswith("model name")), processor)
     return {"torch": torch.__version__, "cpu": processor, "threads": torch.get_num_threads(),
-            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}), "code": code_revision()}
+
+
+def code_revision(folder: Path = Path(__file__).resolve().parents[2]) -> dict:
+    """The code a run's figures came from: the pack's version and, where the pack is a git checkout of its own, its
+    commit and whether tracked files differ from it (None where it is not, or git is not installed)."""
+    import subprocess
+
+    from .. import __version__
+
+    def git(*command: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *command], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")  # the pack's own checkout, not one it was copied into (ComfyUI's)
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == folder.resolve() else None
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"version": __version__, "commit": commit, "modified": None if changes is None else bool(changes)}
 
 
 def suite_methods(settings: ToySettings, suite: str, names: Sequence[str] | None = None) -> list[str]:

@@ -74,7 +74,8 @@ def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch, ca
     assert saved["steps"] == report["steps"] == 2
     # where the figures came from: a run reproduces bit for bit on one machine, not across CPUs (docs/toy_bench.md)
     assert saved["environment"] == {"torch": torch.__version__, "cpu": saved["environment"]["cpu"],
-                                    "threads": torch.get_num_threads()} and saved["environment"]["cpu"]
+                                    "threads": torch.get_num_threads(), "code": bench.code_revision()} \
+        and saved["environment"]["cpu"]
     printed = capsys.readouterr().out
     assert "clean_edit" in printed.splitlines()[1] and "untrained" in printed  # the headline comes first
 
@@ -353,3 +354,27 @@ def test_a_guided_prior_runs_on_a_base_with_an_unconditional_velocity_and_is_ref
     assert byg([*common, "--base-size", "medium", "--methods", "byg", "--out", str(tmp_path / "medium")]) == 0
     assert json.loads((tmp_path / "medium" / "results.json").read_text())["settings"]["prior_guidance"] == 4.0
     assert "byg: the prior's base velocities at classifier-free guidance 4." in (tmp_path / "medium" / "results.md").read_text()
+
+
+def test_a_runs_figures_name_the_code_that_made_them(tmp_path):
+    """results.json and metrics.json named no code revision, so a recorded figure could not be tied to the code
+    that made it (the grid change of stop 65 moved figures under an unchanged version)."""
+    import subprocess
+
+    from byg_core import __version__
+    from byg_core.toy.bench import code_revision
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for step in (["init", "-q"], ["add", "a.py"], ["commit", "-q", "-m", "a"]):
+        subprocess.run([*git, *step], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert code_revision(repo) == {"version": __version__, "commit": head, "modified": False}
+    (repo / "a.py").write_text("x = 2\n")
+    assert code_revision(repo) == {"version": __version__, "commit": head, "modified": True}
+    (tmp_path / "plain").mkdir()  # an installed copy, not a checkout
+    assert code_revision(tmp_path / "plain") == {"version": __version__, "commit": None, "modified": None}
+    (repo / "copied").mkdir()  # the pack copied into another checkout (a ComfyUI's custom_nodes): not its commit
+    assert code_revision(repo / "copied") == {"version": __version__, "commit": None, "modified": None}
