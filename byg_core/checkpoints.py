@@ -30,6 +30,7 @@ SCALED_FP8_MARKER = "scaled_fp8"
 KINDS = {
     "flux-bfl": "a FLUX.1 diffusion model",
     "flux-diffusers": "a FLUX.1 diffusion model (diffusers' keys)",
+    "flux2": "a FLUX.2 diffusion model (this pack trains FLUX.1-dev)",
     "flux-vae": "the FLUX.1 VAE (ae.safetensors, for the vae folder)",
     "sd-vae": "a Stable Diffusion VAE (4 latent channels; FLUX.1's has 16)",
     "wan": "a Wan diffusion model",
@@ -58,6 +59,10 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         raise ValueError(f"{what} {path} is not a .safetensors file; only safetensors are read (nothing is unpickled)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    shard = re.search(r"-\d{5}-of-(\d{5})$", path.stem)  # transformers' and diffusers' shard names
+    if shard:  # part of the weights: read alone it fails on the first weight that sits in another shard
+        raise ValueError(f"{what} {path} is one of {int(shard[1])} shards of a model: give the folder that holds "
+                         "them all with their index (a diffusers folder), or a single-file checkpoint (ComfyUI's)")
     try:
         with safe_open(path, framework="pt") as handle:
             quantized = next((key for key in handle.keys() if key.endswith((".comfy_quant", ".weight_scale"))), None)
@@ -106,6 +111,8 @@ def identify(state: dict[str, torch.Tensor]) -> str:
 
     if has(r"lora_[AB]\.|lora_(up|down)\.|\.alpha$"):
         return "lora"
+    if keys & {"single_stream_modulation.lin.weight", "single_stream_modulation.linear.weight"}:  # BFL's, diffusers'
+        return "flux2"  # FLUX.2's blocks share modulation; its double blocks are named as FLUX.1's
     if "double_blocks.0.img_attn.qkv.weight" in keys:
         return "flux-bfl"
     if "transformer_blocks.0.attn.add_q_proj.weight" in keys and "single_transformer_blocks.0.proj_mlp.weight" in keys:

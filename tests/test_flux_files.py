@@ -414,3 +414,34 @@ def test_a_text_encoder_folder_short_of_a_weight_is_refused_not_filled_at_random
     save_file({k: v for k, v in state.items() if k != dropped}, weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"{part} does not hold 1 of .*'s weights \({dropped}\)"):
         load(folder)
+
+
+def test_a_flux2_file_and_one_shard_are_refused_by_name_not_with_a_bare_key_error(tmp_path):
+    """FLUX.2's single files (BFL's or ComfyUI's keys) failed with "KeyError: 'double_blocks.0.img_attn.qkv.bias'",
+    its diffusers-keyed file as "no model this pack knows"; one shard of a sharded checkpoint as either."""
+    from diffusers import Flux2Transformer2DModel
+    from safetensors.torch import save_file
+    from byg_core.loading import load_flux_transformer
+
+    bfl = ["double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_mlp.0.weight", "single_blocks.0.linear1.weight",
+           "double_stream_modulation_img.lin.weight", "single_stream_modulation.lin.weight", "img_in.weight",
+           "txt_in.weight", "time_in.in_layer.weight", "guidance_in.in_layer.weight", "final_layer.linear.weight"]
+    torch.manual_seed(0)
+    flux2 = Flux2Transformer2DModel(in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                    num_attention_heads=2, joint_attention_dim=32, timestep_guidance_channels=16,
+                                    axes_dims_rope=(4, 4, 4, 4))
+    files = {"flux2-dev.safetensors": {key: torch.zeros(2, 2) for key in bfl},
+             "flux2_dev_comfy.safetensors": {f"model.diffusion_model.{key}": torch.zeros(2, 2) for key in bfl},
+             "flux2_diffusers.safetensors": {k: v.contiguous() for k, v in flux2.state_dict().items()}}
+    for name, state in files.items():
+        save_file(state, tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name} is a FLUX.2 diffusion model \(this pack trains FLUX.1-dev\), "
+                                             "not a FLUX.1 diffusion model; pick flux1-dev.safetensors"):
+            load_flux_transformer(tmp_path / name)
+    shard = tmp_path / "transformer" / "diffusion_pytorch_model-00001-of-00003.safetensors"
+    shard.parent.mkdir()
+    save_file({"transformer_blocks.0.attn.add_q_proj.weight": torch.zeros(2, 2),
+               "single_transformer_blocks.0.proj_mlp.weight": torch.zeros(2, 2)}, shard)
+    with pytest.raises(ValueError, match=r"diffusion_pytorch_model-00001-of-00003.safetensors is one of 3 shards of "
+                                         r"a model: give the folder that holds them all with their index \("):
+        load_flux_transformer(shard)
