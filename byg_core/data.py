@@ -37,7 +37,7 @@ from .safefiles import write_text_atomic
 
 TEXT_FIELDS = ("src_caption", "instruction", "tgt_caption", "reverse_instruction")
 MEDIA_FIELDS = ("image", "video")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # containers read with PyAV (byg_core.video_io)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 # the words, not words that begin so ("undocked", "restorer", "reverted" counts)
@@ -170,8 +170,7 @@ def parse_record(obj: dict, root: Path, line: int, frames: int | None = None, st
 def check_media(path: Path) -> None:
     """An image must open, a video file must decode at least one frame, a folder must hold image frames."""
     if path.is_dir():
-        if not frame_paths(path):
-            raise ValueError(f"video folder {path} holds no image frames")
+        frame_paths(path)  # one sequence of images, or refused
         return  # check_clip decodes the frames its clip takes
     if not path.is_file():
         hint = "; write paths with / (a \\ is part of the file name here)" if "\\" in str(path) and os.sep == "/" else ""
@@ -249,10 +248,19 @@ def is_video(path: Path) -> bool:
 def frame_paths(folder: Path) -> list[Path]:
     """A folder's frames in name order, numbers by their value (ffmpeg's ``frame%d.png`` writes frame2 before
     frame10); hidden files (a write stopped half-way) are not frames. Its images must be one numbered sequence,
-    one name pattern (a .png and a .jpg export side by side, or a thumbnail.png, would be cut into the clip)."""
+    one name pattern (a .png and a .jpg export side by side, or a thumbnail.png, would be cut into the clip); a
+    folder of none is refused, saying what it holds instead."""
     frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
                     key=lambda p: ([int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", p.name))],
                                    p.name))
+    if not frames:
+        others: dict[str, list[str]] = {}
+        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            others.setdefault(path.suffix.lower() or "no suffix", []).append(path.name)
+        held = "; ".join(f"{suffix}: {len(names)}, e.g. {names[0]}" for suffix, names in others.items())
+        raise ValueError(f"video folder {folder} holds no image frames ({' '.join(IMAGE_SUFFIXES)}): " + (
+            f"it holds {sum(map(len, others.values()))} other files ({held}); convert the frames to one of these"
+            if others else "it is empty"))
     patterns: dict[str, list[Path]] = {}
     for path in frames:
         patterns.setdefault(re.sub(r"\d+", "#", path.name), []).append(path)

@@ -364,3 +364,34 @@ def test_a_trimmed_mp4s_cut_frames_do_not_count_toward_its_clip(tmp_path):
     with pytest.raises(ValueError, match=r"trimmed.mp4 has 5 frames at stride 1; use frames=5"):
         check_clip(path, 9, 1)
     check_clip(path, 5, 1)
+
+
+def test_tiff_frames_are_frames_and_a_folder_of_none_says_what_it_holds(tmp_path):
+    """A folder of .tif frames (an editor's export) "held no frames", naming no cause; a still .tif loaded."""
+    import numpy as np
+    from PIL import Image
+
+    from byg_core.data import check_media
+
+    folder = tmp_path / "tiff"
+    folder.mkdir()
+    frames = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(5)]
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:04d}.tif")
+    clip = load_media(folder)
+    assert clip.shape == (3, 5, 16, 16)
+    assert torch.equal(clip[:, 3], torch.from_numpy(frames[3]).permute(2, 0, 1) / 255.0)
+    Image.fromarray(frames[0]).save(tmp_path / "still.TIFF")
+    check_media(tmp_path / "still.TIFF")
+    assert torch.equal(load_media(tmp_path / "still.TIFF"), clip[:, 0])
+    empty = tmp_path / "exr"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"video folder .*exr holds no image frames \(.png .jpg .jpeg .webp .bmp "
+                                         r".tif .tiff\): it is empty"):
+        check_media(empty)
+    for i in range(3):
+        (empty / f"{i:04d}.exr").write_bytes(b"EXR")
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"holds no image frames \(.png .* .tiff\): it holds 4 other files "
+                                         r"\(.exr: 3, e.g. 0000.exr; .txt: 1, e.g. notes.txt\); convert"):
+        load_media(empty)
