@@ -178,6 +178,9 @@ def check_media(path: Path) -> None:
             if path.parent.is_dir() else None
         if other_case:  # a dataset made on Windows or macOS, whose file names ignore case
             hint = f"; {other_case} exists: file names are case-sensitive here"
+        if path.name != path.name.strip() and (path.parent / path.name.strip()).exists():  # a space no one sees
+            raise ValueError(f"file {path.parent / repr(path.name)} does not exist; {path.name.strip()!r} exists: the "
+                             "name has a space or tab at its start or end, remove it")
         raise ValueError(f"file {path} does not exist{hint}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         from .video_io import read_video  # video_io builds on this module

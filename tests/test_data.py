@@ -45,6 +45,10 @@ def test_a_written_dataset_reads_back(tmp_path):
         ({**ROW, "image": "sub\\00000.png"}, r"does not exist; write paths with /"),  # a Windows path on Linux
         ({**ROW, "image": "00000.png", "tgt_caption": ROW["src_caption"] + " "}, "tgt_caption is src_caption"),
         ({**ROW, "image": "00000.PNG"}, r"00000.PNG does not exist; 00000.png exists: file names are case-sensitive"),
+        # an invisible space had read "file .../00000.png  does not exist"
+        ({**ROW, "image": "00000.png "}, r"'00000.png ' does not exist; '00000.png' exists: the name has a space or "
+                                         r"tab at its start or end, remove it"),
+        ({**ROW, "image": "\t00000.png"}, r"'\\t00000.png' does not exist; '00000.png' exists"),
         ({**ROW, "image": "."}, r"image .* is a video \(a folder of frames or a video file\): give it as 'video'"),
     ],
 )
