@@ -118,6 +118,7 @@ class CycleTrainer:
                 f"CycleTrainer trains a new LoRA on the base model, but this model carries LoRA {model.lora.name!r}: "
                 "connect the model loader's output directly"
             )
+        _check_dataset_size(model, dataset)
         widgets = dict(steps=steps, learning_rate=learning_rate, rank=rank, batch_size=batch_size,
                        warmup_identity_steps=warmup_identity_steps, ema_decay=ema_decay)
         config = _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule)
@@ -174,6 +175,20 @@ def _result(name: str, model, result, installed=None):
     lora = BygLora(name, model.family, tuple(read_lora(path, model.backbone) for path in installed))
     curve = _loss_curve(result.history)
     return {"ui": host.ui_images(curve, f"byg_loss_{name}"), "result": (lora, curve)}
+
+
+def _check_dataset_size(model, dataset) -> None:
+    """BYGDataset's width and height (they step by 8; FLUX.1 takes multiples of 16, TI2V-5B of 32) against the
+    model, by widget and before any source is encoded: not as a fault of the first file, which the node resizes."""
+    from byg_core.backbones.base import PixelShapeError
+
+    if dataset.size:
+        height, width = dataset.size
+        try:
+            model.backbone.check_pixels((1, 3, height, width))
+        except PixelShapeError as error:
+            raise ValueError(f"CycleTrainer: BYGDataset's width and height ({width} x {height}): {error}; set them "
+                             "to a size this model takes") from None
 
 
 def _config(model, dataset, objective, preset, name, seed, preview_every, widgets, schedule):

@@ -178,6 +178,20 @@ def test_image_size_the_model_cannot_take(run, graph):
             guidance=3.5, return_states=False)
 
 
+def test_a_dataset_size_the_model_cannot_take_names_the_datasets_widgets(run, graph, monkeypatch):
+    """BYGDataset's width and height step by 8 where FLUX.1 takes 16 and TI2V-5B 32: a size off the model's grid
+    was blamed on the first file ("<file> (edits.jsonl line 1): image width 15 px ...: resize or crop it"), a file
+    the node resizes anyway; now the widgets, before any source is encoded."""
+    import byg_core.data
+
+    (dataset, _) = run("BYGDataset", folder=str(graph.dataset.dataset.root), strict=True, width=15, height=16)
+    monkeypatch.setattr(byg_core.data, "cache", lambda *args, **kwargs: pytest.fail("the dataset was encoded"))
+    with pytest.raises(ValueError, match=r"CycleTrainer: BYGDataset's width and height \(15 x 16\): image width 15 px "
+                                         r"is not a multiple of 2 .*set them to a size this model takes"):
+        run("CycleTrainer", model=graph.model, dataset=dataset, objective=graph.objective,
+            **train_inputs(steps=1, preview_every=0, save_name="odd_size"))
+
+
 def test_empty_and_missing_datasets(run, host_folders):
     empty = host_folders / "input" / "empty"
     empty.mkdir()
