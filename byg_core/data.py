@@ -355,7 +355,9 @@ def _size_mismatch(a: tuple[EditRecord, torch.Size], b: tuple[EditRecord, torch.
         return f"{record.media} (edits.jsonl line {record.line}) is {clip}{shape[-1]}x{shape[-2]} px"
 
     (_, one), (_, other) = a, b
-    if len(one) == len(other) == 5 and one[2] != other[2]:
+    if len(one) != len(other):
+        fix = "a run trains on clips or on images, not both: give the stills a dataset of their own"
+    elif len(one) == 5 and one[2] != other[2]:
         fix = "set frames (a 4k+1 count every clip has, e.g. frames = 9) so every clip gives as many"
     else:
         fix = "set a training resolution (resolution = [height, width]; the node's width and height) to resize all alike"

@@ -225,6 +225,14 @@ def test_sources_of_different_sizes_or_lengths_name_two_files_and_the_setting_th
     with pytest.raises(ValueError, match=r"short \(edits.jsonl line 1\) is 5 frames of 16x16 px, .*long \(edits.jsonl "
                                          r"line 2\) is 9 frames of 16x16 px; set frames"):
         cache(EditDataset.from_folder(videos), build_toy_wan_backbone("ti2v-5b"))
+    # a still beside the clips: had been told to set a resolution, which changes no source's kind
+    save_pixels(torch.rand(1, 3, 16, 16), videos / "still.png")
+    (videos / "edits.jsonl").write_text(json.dumps({**ROW, "video": "short"}) + "\n"
+                                        + json.dumps({**ROW, "image": "still.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"short \(edits.jsonl line 1\) is 5 frames of 16x16 px, .*still.png "
+                                         r"\(edits.jsonl line 2\) is 16x16 px; a run trains on clips or on images, "
+                                         r"not both: give the stills a dataset of their own"):
+        cache(EditDataset.from_folder(videos), build_toy_wan_backbone("ti2v-5b"))
 
 
 def test_a_truncated_jpeg_or_an_empty_frame_is_a_bad_line_before_any_model_loads(tmp_path):
