@@ -404,7 +404,7 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
     done = existing_run(cfg.output_dir)
     if done is not None:
         raise SystemExit(
-            f"{cfg.output_dir} already holds a run (checkpoint at step {done}); nothing was overwritten. "
+            f"{cfg.output_dir} already holds a run ({done}); nothing was overwritten. "
             "Continue it with --resume, or set another output_dir (--set output_dir=...) to start a new run."
         )
     finished = existing_lora(cfg.output_dir, cfg.save_name) + stopped_loras(cfg.output_dir, cfg.save_name)

@@ -365,8 +365,12 @@ class Trainer:
         optim_state = self._optimizer_state(tensors, meta_json(raw, "byg.param_groups", path), path)
         student = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("student/")}
         ema = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ema/")}
-        self.adapters.check_state_dict(STUDENT, student)
-        self.adapters.check_state_dict(EMA, ema)
+        try:  # another model's shapes under this model's name (other weights): said with the checkpoint
+            self.adapters.check_state_dict(STUDENT, student)
+            self.adapters.check_state_dict(EMA, ema)
+        except ValueError as error:
+            raise ValueError(f"checkpoint {path} does not fit this model: {error}; resume with the model files it "
+                             "was made with, or start a new run in another output_dir") from None
         self.optimizer.load_state_dict(optim_state)  # validates before it changes anything
         self.adapters.load_state_dict(STUDENT, student)
         self.adapters.load_state_dict(EMA, ema)
@@ -407,14 +411,16 @@ def warmup_only(cfg: TrainConfig) -> str | None:
             "the LoRA learns to copy its source, no edit; raise steps or lower warmup_identity_steps")
 
 
-def existing_run(output_dir: str | Path) -> int | None:
-    """The step of the checkpoint a run left in ``output_dir`` (None where there is none), so a fresh
-    run can refuse to overwrite it; a checkpoint that cannot be read still counts as a run."""
+def existing_run(output_dir: str | Path) -> str | None:
+    """The checkpoint a run left in ``output_dir``, said ("checkpoint at step 2"; None where there is none), so a
+    fresh run can refuse to overwrite it; a checkpoint that cannot be read still counts as a run, said so."""
     path = Path(output_dir) / CHECKPOINT
     if not path.is_file():
         return None
     metadata = read_metadata(path)
-    return -1 if metadata is None else int(metadata.get("byg.step", -1))
+    if metadata is None or "byg.step" not in metadata:
+        return f"checkpoint {path}, which cannot be read (it may be truncated)"
+    return f"checkpoint at step {int(metadata['byg.step'])}"
 
 
 def check_resumable(cfg: TrainConfig, path: Path | None = None, raw: dict | None = None) -> None:

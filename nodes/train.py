@@ -226,7 +226,7 @@ def _refuse_to_overwrite(config, backbone, data: str) -> None:
         seed = ("" if "seed" not in [key for key, _, _ in changes] else " The seed changed: a seed widget whose "
                 "'control after generate' is randomize or increment changes it on every queue; set it to fixed.")
         raise ValueError(
-            f"CycleTrainer: save_name {name!r} already names a run ({output_dir}, checkpoint at step {done}"
+            f"CycleTrainer: save_name {name!r} already names a run ({output_dir}, {done}"
             f"{'; ' + made if made else ''}); nothing was overwritten. Turn 'resume' on to continue that run, or "
             f"change 'save_name' to start a new one.{seed}"
         )

@@ -160,7 +160,7 @@ def test_a_stopped_run_writes_its_lora_under_its_own_name_and_step(tmp_path, sch
                       Callbacks(should_stop=lambda: next(stops))).run()
     assert [p.name for p in partial.lora_paths] == ["byg_lora_step2.safetensors"]
     assert not (tmp_path / "split" / "byg_lora.safetensors").exists()
-    assert existing_run(tmp_path / "split") == 2 and existing_run(tmp_path / "nothing") is None
+    assert existing_run(tmp_path / "split") == "checkpoint at step 2" and existing_run(tmp_path / "nothing") is None
     stopped = read_lora(partial.lora_paths[0], backbone)
     saved = stopped.metadata["byg.config"]
     assert saved["steps"] == 2 and saved["lr_decay_steps"] == 6  # the schedule of the run it was stopped in
@@ -275,6 +275,27 @@ def test_missing_or_corrupt_checkpoint_is_reported_and_changes_nothing(tmp_path)
         trainer.resume()
     assert trainer.step == 0
     assert all(torch.equal(v, trainer.adapters.state_dict(STUDENT)[k]) for k, v in before.items())
+
+
+def test_an_unreadable_checkpoint_or_one_of_other_shapes_is_named_as_such(tmp_path):
+    """A fresh run's refusal called an unreadable checkpoint "a run (checkpoint at step -1)"; a resume onto a model
+    of other shapes (other weights under the same model name) named no checkpoint."""
+    from diffusers import FluxTransformer2DModel
+    from byg_core.backbones.flux import FluxBackbone
+    from helpers import TINY_FLUX, ToyCodec, ToyTextEncoder
+
+    broken = tmp_path / "broken" / "checkpoint.safetensors"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x00 cut short")
+    assert existing_run(broken.parent) == f"checkpoint {broken}, which cannot be read (it may be truncated)"
+    Trainer(config(tmp_path / "run", steps=1), make_flux_backbone(), tiny_data()).run()
+    assert existing_run(tmp_path / "run") == "checkpoint at step 1"
+    torch.manual_seed(0)
+    wider = FluxBackbone(FluxTransformer2DModel(**(TINY_FLUX | {"num_attention_heads": 4})),
+                         ToyTextEncoder(strict=False), ToyCodec())
+    with pytest.raises(ValueError, match=rf"checkpoint {tmp_path / 'run' / 'checkpoint.safetensors'} does not fit "
+                                         r"this model: LoRA tensor .* has shape"):
+        Trainer(config(tmp_path / "run", steps=2), wider, tiny_data()).resume()
 
 
 def test_checkpoint_from_another_rank_is_refused(tmp_path):
