@@ -101,14 +101,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write ``tensors`` with JSON-encoded ``metadata`` values to ``path``, all or nothing (fsynced)."""
+    """Write ``tensors`` with JSON-encoded ``metadata`` values to ``path``, all or nothing (the file and its
+    folder fsynced: a checkpoint or LoRA written is on disk once this returns)."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as partial:
         save_file(contiguous, partial, metadata=meta)
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
+    _fsync_folder(Path(path).parent)  # the rename too: after a power cut the name points at this file
     return Path(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """A folder's entries on disk (POSIX; Windows cannot open a folder to fsync it)."""
+    if os.name != "posix":
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def load_checked(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -93,3 +93,21 @@ def test_a_save_removes_the_half_file_a_killed_save_of_it_left(tmp_path):
     save_atomic({"w": torch.ones(2)}, path, {})
     assert not stale.exists() and all(p.exists() for p in others)
     assert torch.equal(load_checked(path, "checkpoint")[0]["w"], torch.ones(2))
+
+
+def test_a_saved_checkpoint_is_on_disk_data_and_name_before_save_atomic_returns(tmp_path, monkeypatch):
+    """The file's bytes were fsynced but not the folder after the rename: after a power cut the name could still
+    point at the earlier checkpoint (or at nothing, for a first save) though the run had gone on past it."""
+    import os
+
+    from byg_core import safefiles
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    safefiles.save_atomic({"w": torch.ones(2)}, path, {"byg.step": 3})
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".partial") and events[1][1] == str(path) and events[2][1] == str(path.parent)
