@@ -254,10 +254,16 @@ def load_flux_vae(path: str | Path, config: dict | None = None):
     refuse_unless(identify(state), "flux-vae", path, "pick ae.safetensors from the vae folder")
     config = config or shipped_config("flux1-dev", "vae")
     vae = AutoencoderKL.from_config(config)
+    # BFL's ae.safetensors has the original (LDM) names; the FLUX.1-dev repo's vae/ file, copied alone, diffusers' own
+    diffusers_keys = "encoder.down_blocks.0.resnets.0.conv1.weight" in state
     try:
-        vae.load_state_dict(convert_ldm_vae_checkpoint(state, vae.config))
-    except RuntimeError as error:
+        result = vae.load_state_dict(state if diffusers_keys else convert_ldm_vae_checkpoint(state, vae.config),
+                                     strict=False)
+    except (RuntimeError, KeyError) as error:
         raise ValueError(f"{path} does not fit FLUX.1's VAE ({error}); the file may be truncated or of another VAE") from error
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path} does not fill FLUX.1's VAE: missing {result.missing_keys[:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]}; the file may be truncated or of another VAE")
     return vae.eval().requires_grad_(False)
 
 

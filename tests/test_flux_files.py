@@ -445,3 +445,22 @@ def test_a_flux2_file_and_one_shard_are_refused_by_name_not_with_a_bare_key_erro
     with pytest.raises(ValueError, match=r"diffusion_pytorch_model-00001-of-00003.safetensors is one of 3 shards of "
                                          r"a model: give the folder that holds them all with their index \("):
         load_flux_transformer(shard)
+
+
+def test_the_vae_as_a_single_file_in_diffusers_keys_loads_as_ae_safetensors_does(parts, files, tmp_path):
+    """The FLUX.1-dev repo's vae/diffusion_pytorch_model.safetensors, copied into ComfyUI's vae folder, was refused
+    as "does not fit FLUX.1's VAE ... may be truncated": it is the VAE in diffusers' key names."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "flux_vae_diffusers.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in parts["vae"].state_dict().items()}, path)
+    config = tiny_configs(parts)["vae"]
+    ours, theirs = load_flux_vae(path, config), load_flux_vae(files["vae"], config)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    cut = {k: v.detach().clone().contiguous() for k, v in parts["vae"].state_dict().items()
+           if k != "decoder.conv_norm_out.bias"}
+    save_file(cut, tmp_path / "cut.safetensors")  # short of a weight: had loaded with it left at its init
+    with pytest.raises(ValueError, match=r"cut.safetensors does not fill FLUX.1's VAE: missing "
+                                         r"\['decoder.conv_norm_out.bias'\], unexpected \[\]; the file may be truncated"):
+        load_flux_vae(tmp_path / "cut.safetensors", config)
