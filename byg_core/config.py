@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .objective import ObjectiveConfig
+from .objective import ObjectiveConfig, refuse_non_finite
 from .timesteps import TIMESTEP_SAMPLERS
 from .video_io import check_frame_count
 
@@ -49,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "toy-wan": VIDEO_PRESET | {"steps": 40, "batch_size": 2, "rank": 16, "warmup_identity_steps": 5},
 }
 METHODS = ("byg", "supervised")
+MAX_SEED = 2**32 - 1  # each step's generator seed is derived from it (Trainer._generator) in 64 bits; the nodes' too
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
@@ -121,6 +122,9 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> "TrainConfig":
+        refuse_non_finite(self)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}] (the nodes' range), got {self.seed}")
         name = self.save_name
         if not name.strip() or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"save_name must be a plain file name like 'byg_lora' (the LoRA is written into "
@@ -160,6 +164,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay_steps must be >= 1 or left out (the run's steps), got {self.lr_decay_steps}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.lr_scheduler != "constant":
+            self._check_decay()
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -174,6 +180,17 @@ class TrainConfig:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         self.objective.validate()
         return self
+
+    def _check_decay(self) -> None:
+        """A linear or cosine decay ends at or after the run's last step (a stopped run's config: after), its warm-up
+        before it: diffusers' cosine rises again past its end, so a run longer than its decay went back to full lr."""
+        decay = self.lr_decay_steps or self.steps
+        if decay < self.steps:
+            raise ValueError(f"lr_decay_steps {decay} ends before the run's {self.steps} steps: the lr would be 0 (or, "
+                             "cosine, rise again) for the rest; set lr_decay_steps >= steps, or leave it out")
+        if self.lr_warmup_steps >= decay:
+            raise ValueError(f"lr_warmup_steps {self.lr_warmup_steps} must end before the decay does (lr_decay_steps, "
+                             f"or steps where it is left out: {decay})")
 
     @property
     def alpha(self) -> float:

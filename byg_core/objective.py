@@ -5,6 +5,8 @@ Time convention (section 3): ``t = 1`` is noise, ``t = 0`` is data.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -123,6 +125,7 @@ class ObjectiveConfig:
         return self.prior_guidance != 1.0
 
     def validate(self) -> None:
+        refuse_non_finite(self)
         for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -136,6 +139,14 @@ class ObjectiveConfig:
         if self.prior_guidance_terms != "all" and not self.guides_prior:
             raise ValueError(f"prior_guidance_terms {self.prior_guidance_terms!r} guides nothing at prior_guidance 1; "
                              "give the guidance too (prior_guidance, --prior-guidance W), or leave the terms at 'all'")
+
+
+def refuse_non_finite(config) -> None:
+    """A config's float fields must be numbers: nan and inf pass every range test ("< 0" is False for nan)."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{item.name} must be a finite number, got {value}")
 
 
 @dataclass

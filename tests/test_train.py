@@ -314,11 +314,31 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
      ("target_modules", "all-linear", "'target_modules' must be a list of str"),  # else split into letters
      ("target_modules", [], "target_modules must be a list"),
      ("adam_beta2", 1.0, r"adam_beta2 must be in \(0, 1\), got 1.0"),
-     ("ema_decay", 1.0, r"ema_decay 1 never moves the EMA editor")],  # a widget at step 0.001 rounds 0.9999 to 1
+     ("ema_decay", 1.0, r"ema_decay 1 never moves the EMA editor"),  # a widget at step 0.001 rounds 0.9999 to 1
+     # nan and inf passed every "< 0" test: the run failed after loading, blaming the lr, or with torch's words
+     ("lr", float("nan"), r"lr must be a finite number, got nan"), ("shift", float("inf"), "shift must be a finite"),
+     ("weight_decay", float("nan"), "weight_decay must be a finite"), ("lora_alpha", float("nan"), "lora_alpha must"),
+     ("objective", {"lambda_prior": float("inf")}, r"lambda_prior must be a finite number, got inf"),
+     ("objective", {"prior_guidance": float("inf")}, "prior_guidance must be a finite number"),
+     ("seed", 2**40, r"seed must be in \[0, 4294967295\] \(the nodes' range\), got 1099511627776")],
 )
 def test_bad_config_values_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict({field: value})
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_decay_that_ends_before_the_run_or_its_warm_up_is_refused(schedule):
+    """diffusers' cosine rises again past its num_training_steps: lr_decay_steps 10 of 20 steps went back to the full
+    lr at step 20 (with 5 warm-up steps and 3 decay steps the lr flipped between full and 0 every step)."""
+    with pytest.raises(ValueError, match=r"lr_decay_steps 10 ends before the run's 20 steps: the lr would be 0 \(or, "
+                                         r"cosine, rise again\) for the rest; set lr_decay_steps >= steps"):
+        TrainConfig.from_dict({"lr_scheduler": schedule, "steps": 20, "lr_decay_steps": 10})
+    with pytest.raises(ValueError, match=r"lr_warmup_steps 5 must end before the decay does \(lr_decay_steps, or "
+                                         r"steps where it is left out: 3\)"):
+        TrainConfig.from_dict({"lr_scheduler": schedule, "steps": 3, "lr_warmup_steps": 5})
+    TrainConfig.from_dict({"lr_scheduler": schedule, "steps": 2, "lr_decay_steps": 6})  # a stopped run's config
+    TrainConfig.from_dict({"lr_scheduler": "constant", "steps": 20, "lr_decay_steps": 10, "lr_warmup_steps": 30})
 
 
 def test_config_loads_from_toml_with_an_objective_table(tmp_path):

@@ -54,6 +54,14 @@ def test_node_contract(nodes, name):
         assert parameter is None or parameter.default is inspect.Parameter.empty or takes_any
 
 
+def test_the_seed_widgets_stop_where_a_training_config_does(nodes):
+    """A config refuses seeds past MAX_SEED (its 64-bit step seeds); the widgets must not offer them."""
+    from byg_core.config import MAX_SEED
+
+    seed = nodes["CycleTrainer"].INPUT_TYPES()["required"]["seed"][1]
+    assert (seed["min"], seed["max"]) == (0, MAX_SEED)
+
+
 def test_outputs_are_the_expected_types(nodes):
     expected = {
         "BYGModelLoader": ("BYG_MODEL",),
