@@ -6,6 +6,7 @@ table). Every bad value is refused with a message naming the field.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 import types
@@ -108,7 +109,9 @@ class TrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # t' = s t / (1 + (s - 1) t), biases t toward noise for s > 1
-    expert: str = "auto"  # two-expert Wan: "auto" trains the expert each t falls on, or name one
+    # two-expert Wan: "auto" trains the expert each t falls on, or name one: "transformer" (high noise) or
+    # "transformer_2" (low noise); "high_noise" and "low_noise", the LoRA files' names, read as those
+    expert: str = "auto"
     # the rollout cache (not in the paper; off = 1): a tuple's EMA rollout serves up to this many of its steps, so
     # the rollout (about half a ByG step) is paid once per reuse, against targets from an older EMA; the states
     # live on the CPU (n + 2 latents per tuple) and are rebuilt after a resume (exact resume needs it off).
@@ -178,6 +181,10 @@ class TrainConfig:
             check_frame_count(self.frames)
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        from .lora_io import EXPERT_SUFFIX
+
+        aliases = {suffix: expert for expert, suffix in EXPERT_SUFFIX.items()}  # the LoRA files' names for them
+        self.expert = aliases.get(self.expert, self.expert)
         self.objective.validate()
         return self
 
@@ -231,15 +238,51 @@ class TrainConfig:
     def for_model(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
         """``values`` on top of the preset their model's loader names (byg_core.loading), as CycleTrainer's widgets
         at -1 take it: a TOML naming a Wan2.2 model and nothing else trains with the paper's video values (B.2)."""
-        from .loading import PRESET_OF
+        from .loading import PRESET_OF, check_model_files, check_model_name, model_experts
 
+        values = _home_expanded(values)
         model = values.get("model", cls.model)
+        files = values.get("model_files", {})
+        if isinstance(model, str):  # a name or file mistyped is said now, not after the dataset scan and loading
+            with _said_in(source):
+                check_model_name(model)
+            if isinstance(files, dict):
+                with _said_in(f"{source} [model_files]"):
+                    check_model_files(model, files, top_level=[f.name for f in dataclasses.fields(cls)])
         preset = PRESET_OF.get(model) if isinstance(model, str) else None
-        return cls.for_preset(preset, values, source) if preset else cls.from_dict(values, source)
+        config = cls.for_preset(preset, values, source) if preset else cls.from_dict(values, source)
+        experts = model_experts(config.model)
+        if experts and config.expert not in ("auto", *experts):
+            raise ValueError(f"{source}: expert must be 'auto' or one of {config.model}'s experts {list(experts)}, got "
+                             f"{config.expert!r}")
+        return config
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
         return cls.for_model(read_toml(path), str(path))
+
+
+def _home_expanded(values: dict[str, Any]) -> dict[str, Any]:
+    """``~`` in a config's paths is the home folder, as a shell reads it (not a folder named '~')."""
+    import os
+
+    values = dict(values)
+    for key in ("data", "output_dir", "text_cache_dir"):
+        if isinstance(values.get(key), str):
+            values[key] = os.path.expanduser(values[key])
+    if isinstance(values.get("model_files"), dict):
+        values["model_files"] = {k: os.path.expanduser(v) if isinstance(v, str) else v
+                                 for k, v in values["model_files"].items()}
+    return values
+
+
+@contextlib.contextmanager
+def _said_in(source: str):
+    """A value's refusal, said with where it was set."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

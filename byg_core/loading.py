@@ -69,12 +69,63 @@ def _load_toy_wan_a14b(seed: int = 0, **options) -> EditBackbone:
     return build_toy_wan_backbone("t2v-a14b", seed=seed, **options)
 
 
+def check_model_name(model: str) -> None:
+    """A model this pack loads (``LOADERS``), or refused with the nearest name and the list."""
+    import difflib
+
+    if model not in LOADERS:
+        close = difflib.get_close_matches(model, LOADERS, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {model!r}{hint}; known models: {', '.join(sorted(LOADERS))}")
+
+
+HOST_OPTIONS = ("text_encoder", "codec")  # a host's own objects (ComfyUI's CLIP and VAE), not what a config names
+
+
+def check_model_files(model: str, files: dict, top_level: Sequence[str] = ()) -> None:
+    """A config's model files and options against ``model``'s loader when the config is read, not when loading
+    reaches them: unknown keys (the nearest named; a ``top_level`` setting written below the table said so), a path
+    that is not text, dtype and storage out of their lists. The toys take any option."""
+    import difflib
+    import inspect
+
+    parameters = inspect.signature(LOADERS[model]).parameters if model in LOADERS else {}
+    if not parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    keys = [k for k in parameters if k not in ("model", *HOST_OPTIONS)]
+    for key, value in files.items():
+        if key in top_level and key not in keys:
+            raise ValueError(f"{key!r} is a top-level setting, not a model file: write it above the first [table] "
+                             "(a TOML table holds every key below it up to the next table)")
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{key!r} is not one of {model}'s files or options{hint}; it takes {', '.join(keys)}")
+        if "Path" in str(parameters[key].annotation) and not isinstance(value, str):
+            raise ValueError(f"{key} must be a path (text), got {value!r}")
+    if "dtype" in files:
+        torch_dtype_of(files["dtype"])
+    if files.get("storage") is not None and files["storage"] not in STORAGE:
+        raise ValueError(f"storage must be one of {sorted(STORAGE)}, got {files['storage']!r}")
+
+
+def model_experts(model: str) -> tuple[str, ...] | None:
+    """A real model's transformers, by name (A14B: high-noise ``transformer``, low-noise ``transformer_2``); None for
+    the toys, whose loaded backbone says."""
+    if model == "flux1-dev":
+        return ("transformer",)
+    if model in WAN_MODELS:
+        from .backbones.wan import WAN22_VARIANTS
+
+        return ("transformer", "transformer_2") if WAN22_VARIANTS[WAN_MODELS[model][0]].two_experts else ("transformer",)
+    return None
+
+
 def load_backbone(model: str, **options) -> EditBackbone:
     """The backbone named ``model`` (see ``LOADERS``); ``options`` are its loader's (the files it reads)."""
     import inspect
 
-    if model not in LOADERS:
-        raise ValueError(f"unknown model {model!r}; available: {sorted(LOADERS)}")
+    check_model_name(model)
     loader = LOADERS[model]
     parameters = inspect.signature(loader).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):

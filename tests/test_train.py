@@ -341,6 +341,42 @@ def test_a_decay_that_ends_before_the_run_or_its_warm_up_is_refused(schedule):
     TrainConfig.from_dict({"lr_scheduler": "constant", "steps": 20, "lr_decay_steps": 10, "lr_warmup_steps": 30})
 
 
+def test_a_training_tomls_model_files_and_expert_are_checked_when_it_is_read(tmp_path, monkeypatch):
+    """A misspelled model, [model_files] key or expert surfaced after the dataset scan and minutes of loading, naming
+    no file (a list where a path goes: a traceback); a top-level key written below [model_files] was swallowed into
+    it ("no dataset"); '~' was never expanded (output_dir "~/x" made a folder named '~' in the current one)."""
+    toml = tmp_path / "run.toml"
+
+    def refused(text, message):
+        toml.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_toml(toml)
+
+    at = re.escape(str(toml))
+    refused('model = "flux-dev"\n', rf"^{at}: unknown model 'flux-dev' \(did you mean 'flux1-dev'\?\); known models:")
+    refused('model = "flux1-dev"\n[model_files]\ntransfomer = "a.safetensors"\n',
+            rf"^{at} \[model_files\]: 'transfomer' is not one of flux1-dev's files or options \(did you mean "
+            r"'transformer'\?\); it takes folder, transformer, vae,")
+    refused('model = "flux1-dev"\n[model_files]\ntransformer = ["a.safetensors"]\n',
+            r"\[model_files\]: transformer must be a path \(text\), got \['a.safetensors'\]")
+    refused('model = "flux1-dev"\n[model_files]\ndtype = "bf16"\n', r"\[model_files\]: dtype must be one of .*got 'bf16'")
+    refused('model = "flux1-dev"\n[model_files]\nstorage = "fp8"\n', r"\[model_files\]: storage must be one of")
+    refused('model = "flux1-dev"\n[model_files]\nfolder = "F"\ndata = "d"\n',
+            r"\[model_files\]: 'data' is a top-level setting, not a model file: write it above the first \[table\]")
+    refused('model = "wan2.2-ti2v-5b"\nexpert = "transformer_2"\n',
+            rf"^{at}: expert must be 'auto' or one of wan2.2-ti2v-5b's experts \['transformer'\], got 'transformer_2'")
+    toml.write_text('model = "wan2.2-t2v-a14b"\nexpert = "low_noise"\n')  # the LoRA files' name for it
+    assert TrainConfig.from_toml(toml).expert == "transformer_2"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    toml.write_text('model = "flux1-dev"\ndata = "~/data"\noutput_dir = "~/runs/x"\ntext_cache_dir = "~/cache"\n'
+                    '[model_files]\nfolder = "~/FLUX.1-dev"\ndtype = "bfloat16"\n')
+    cfg = TrainConfig.from_toml(toml)
+    home = tmp_path / "home"
+    assert (cfg.data, cfg.output_dir, cfg.text_cache_dir) == (str(home / "data"), str(home / "runs/x"),
+                                                              str(home / "cache"))
+    assert cfg.model_files == {"folder": str(home / "FLUX.1-dev"), "dtype": "bfloat16"}
+
+
 def test_config_loads_from_toml_with_an_objective_table(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('steps = 12\nlr = 1e-4\n[objective]\nalpha = 0.5\ncycle = false\n')
