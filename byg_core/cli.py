@@ -98,13 +98,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if state.is_main_process:
         for warning in launcher:
             print(f"warning: {warning}", file=sys.stderr)
-    stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
-    stop.remove_stale()  # an earlier run's, now: one made while the model loads stops this run
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
     _refuse_missing_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
                                 "--set model_files.<key>=...")
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
+    stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
+    stop.remove_stale()  # an earlier run's, now: one made while the model loads stops this run (no folder made before)
     backbone = load_backbone(cfg.model, **cfg.model_files)
     backbone.to(state.device, transformers=False)  # the prompts and sources encoded on this process's GPU
     # every process encodes the sources side by side; a disk text cache is written by the main process while the

@@ -423,6 +423,10 @@ def test_a_model_file_that_is_not_there_is_named_before_the_model_loads(tmp_path
     assert cli.main(["train", str(toml)]) == 2
     assert f"model file folder = {tmp_path / 'FLUX.1-dev'} does not exist ([model_files] in {toml}" in \
         capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # a refused run had left its output_dir behind, empty
+    toml.write_text(f'model = "toy"\ndata = "{tmp_path / "no_data"}"\noutput_dir = "{tmp_path / "run"}"\n')
+    assert cli.main(["train", str(toml)]) == 2 and "edits.jsonl not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_only_the_guidance_refusal_is_said_as_a_cfg_fault(tmp_path, capsys, monkeypatch):
