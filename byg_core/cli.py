@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, get_type_hints
 
 import torch
 
@@ -70,7 +70,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                         write_history)
 
     values = read_toml(args.config) if args.config else {}
-    for key, value in map(_parse_override, args.set or []):
+    text_fields = [name for name, hint in get_type_hints(TrainConfig).items() if hint in (str, str | None)]
+    for override in args.set or []:
+        key, value = _parse_override(override)
+        if key in text_fields and not isinstance(value, str):  # a folder named 2024 or 2024-06-01: text, as written
+            value = override.partition("=")[2].strip()
         table = values
         *parents, leaf = key.split(".")
         for parent in parents:

@@ -471,3 +471,13 @@ def test_flux_edits_take_a_distilled_guidance_and_wan_edits_refuse_it(tmp_path, 
                      "--out", str(tmp_path / "e.png"), "--guidance", "4", "--model-file",
                      f"folder={tmp_path / 'models'}"]) == 2
     assert "--guidance 4.0: this wan model has no distilled guidance input" in capsys.readouterr().err
+
+
+def test_a_set_value_for_a_text_setting_stays_text(tmp_path, capsys, monkeypatch):
+    """--set reads values as TOML: a folder named 2024 or 2024-06-01 became a number or a date and was refused as
+    "field 'data' must be str, got 2024"."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *sets("model=toy", "data=2024-06-01", "output_dir=2024", "steps=2")]) == 2
+    assert "2024-06-01/edits.jsonl not found" in capsys.readouterr().err
+    assert cli.main(["train", *sets("model=toy", "data=d", "steps=two")]) == 2  # a number's field still checks
+    assert "field 'steps' must be int, got 'two'" in capsys.readouterr().err
