@@ -240,7 +240,7 @@ class TrainConfig:
         at -1 take it: a TOML naming a Wan2.2 model and nothing else trains with the paper's video values (B.2)."""
         from .loading import PRESET_OF, check_model_files, check_model_name, model_experts
 
-        values = _home_expanded(values)
+        values = _home_expanded(values, source)
         model = values.get("model", cls.model)
         files = values.get("model_files", {})
         if isinstance(model, str):  # a name or file mistyped is said now, not after the dataset scan and loading
@@ -262,17 +262,26 @@ class TrainConfig:
         return cls.for_model(read_toml(path), str(path))
 
 
-def _home_expanded(values: dict[str, Any]) -> dict[str, Any]:
-    """``~`` in a config's paths is the home folder, as a shell reads it (not a folder named '~')."""
+PATH_FIELDS = ("data", "output_dir", "text_cache_dir")
+
+
+def _home_expanded(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``~`` in a config's paths is the home folder, as a shell reads it (not a folder named '~'); a path holding a
+    control character is a Windows path whose backslash began a TOML escape ("C:\\new": a newline)."""
     import os
 
     values = dict(values)
-    for key in ("data", "output_dir", "text_cache_dir"):
+    files = values.get("model_files") if isinstance(values.get("model_files"), dict) else {}
+    for key, value in [*((k, values.get(k)) for k in PATH_FIELDS), *files.items()]:
+        bad = next((c for c in value if ord(c) < 32), None) if isinstance(value, str) else None
+        if bad is not None:
+            raise ValueError(f"{source}: {key} holds a control character ({bad!r}): a backslash in double quotes "
+                             "began an escape (\\n, \\t); write the path in single quotes or with /")
+    for key in PATH_FIELDS:
         if isinstance(values.get(key), str):
             values[key] = os.path.expanduser(values[key])
-    if isinstance(values.get("model_files"), dict):
-        values["model_files"] = {k: os.path.expanduser(v) if isinstance(v, str) else v
-                                 for k, v in values["model_files"].items()}
+    if files:
+        values["model_files"] = {k: os.path.expanduser(v) if isinstance(v, str) else v for k, v in files.items()}
     return values
 
 
@@ -294,13 +303,20 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a folder: give the training .toml file (examples/*.toml)") from None
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path} is not valid TOML: {error}") from None
+        hint = ("; write a Windows path in single quotes ('C:\\data') or with / (C:/data)"
+                if "Unescaped '\\'" in str(error) else "")
+        raise ValueError(f"{path} is not valid TOML: {error}{hint}") from None
 
 
 def _build(cls, values: dict[str, Any], source: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    misplaced = [name for name in unknown if cls is not TrainConfig and name in TrainConfig.__dataclass_fields__]
+    if misplaced:  # a TOML table holds every key below it up to the next table
+        raise ValueError(f"{source}: {misplaced[0]!r} is a top-level setting: write it above the first [table]")
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(fields)}")
     hints = typing.get_type_hints(cls)

@@ -377,6 +377,27 @@ def test_a_training_tomls_model_files_and_expert_are_checked_when_it_is_read(tmp
     assert cfg.model_files == {"folder": str(home / "FLUX.1-dev"), "dtype": "bfloat16"}
 
 
+def test_toml_mistakes_a_windows_user_makes_are_said_with_the_fix(tmp_path):
+    """A Windows path in double quotes was "Unescaped '\\'" with no hint, or, where the backslash began an escape
+    ("C:\\new"), a path with a newline in it, "not found"; a folder given as the config read "[Errno 21]"; a setting
+    written below [objective] was "unknown" there."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('data = "C:\\data"\n')
+    with pytest.raises(ValueError, match=r"not valid TOML: Unescaped .*write a Windows path in single quotes "
+                                         r"\('C:\\data'\) or with / \(C:/data\)"):
+        TrainConfig.from_toml(toml)
+    toml.write_text('data = "C:\\new\\temp"\n')
+    with pytest.raises(ValueError, match=r"run.toml: data holds a control character \('\\n'\): a backslash in double "
+                                         r"quotes began an escape \(\\n, \\t\); write the path in single quotes or with /"):
+        TrainConfig.from_toml(toml)
+    with pytest.raises(ValueError, match=r"config file .* is a folder: give the training \.toml file"):
+        TrainConfig.from_toml(tmp_path)
+    toml.write_text('[objective]\nalpha = 0.5\nsteps = 3\n')
+    with pytest.raises(ValueError, match=r"\[objective\]: 'steps' is a top-level setting: write it above the first "
+                                         r"\[table\]"):
+        TrainConfig.from_toml(toml)
+
+
 def test_config_loads_from_toml_with_an_objective_table(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('steps = 12\nlr = 1e-4\n[objective]\nalpha = 0.5\ncycle = false\n')
