@@ -493,13 +493,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.overwrite:  # what run_bench writes: its report and each method's run (LoRA, checkpoint)
         refuse_to_overwrite([out / "results.json", out / "runs"],
                             "Pick another --out (one per training seed: `byg bench combine` reads them together)")
-    run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
-              base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
-              edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
-              lora_targets=args.lora_targets, adam_beta2=args.adam_beta2, baseline_guidance=args.baseline_guidance,
-              prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms,
-              eval_seed=args.eval_seed, settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
+    with matmul_precision(args.matmul_precision):
+        run_bench(out, suite=args.suite, steps=args.steps, seed=args.seed, device=args.device,
+                  base=base, methods=methods, lr=args.lr, lr_scheduler=args.lr_scheduler, batch_size=args.batch_size,
+                  edit_steps=args.edit_steps, loraplus_lr_ratio=args.loraplus_lr_ratio, n_train=args.n_train,
+                  lora_targets=args.lora_targets, adam_beta2=args.adam_beta2, baseline_guidance=args.baseline_guidance,
+                  prior_guidance=args.prior_guidance, prior_guidance_terms=args.prior_guidance_terms,
+                  eval_seed=args.eval_seed,
+                  settings=SMOKE_SETTINGS if args.smoke else DEMO_SETTINGS if args.budget == "demo" else None)
     return 0
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """torch's float32 matmul precision within the block ("high": TF32 on a GPU that has it; results.json records
+    it), as it was after."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def cmd_toy_pretrain(args: argparse.Namespace) -> int:
@@ -656,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="speed: timed steps per method, interleaved")
     bench.add_argument("--device", default=default_device(),
                        help="cuda or cpu (default: cuda when there is one)")
+    bench.add_argument("--matmul-precision", choices=["highest", "high"], default="highest",
+                       help="torch's float32 matmul precision: high lets a GPU use its TF32 tensor cores (faster; "
+                            "figures not bit-equal to fp32 ones; results.json records it)")
     bench.add_argument("--suite", choices=["main", "ablations", "cache"], default="main",
                        help="main: ByG, the supervised reference, baselines; ablations: + the paper's Table 4; cache: ByG "
                             "with the rollout cache at K = 2, 4, 8, at equal steps and at the exact run's wall time")

@@ -245,7 +245,8 @@ def environment(device: torch.device) -> dict:
         processor = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                           if line.startswith("model name")), processor)
     return {"torch": torch.__version__, "cpu": processor, "threads": torch.get_num_threads(),
-            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}), "code": code_revision()}
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(), "code": code_revision()}
 
 
 def code_revision(folder: Path = Path(__file__).resolve().parents[2]) -> dict:

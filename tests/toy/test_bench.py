@@ -74,7 +74,8 @@ def test_the_demo_writes_its_lora_pictures_and_metrics(tmp_path, monkeypatch, ca
     assert saved["steps"] == report["steps"] == 2
     # where the figures came from: a run reproduces bit for bit on one machine, not across CPUs (docs/toy_bench.md)
     assert saved["environment"] == {"torch": torch.__version__, "cpu": saved["environment"]["cpu"],
-                                    "threads": torch.get_num_threads(), "code": bench.code_revision()} \
+                                    "threads": torch.get_num_threads(), "float32_matmul_precision": "highest",
+                                    "code": bench.code_revision()} \
         and saved["environment"]["cpu"]
     printed = capsys.readouterr().out
     assert "clean_edit" in printed.splitlines()[1] and "untrained" in printed  # the headline comes first
@@ -215,8 +216,12 @@ def test_the_bench_trains_every_method_at_the_learning_rate_schedule_and_batch_a
     tiny, tiny_cfg, b_tiny, keys_tiny = run(tmp_path / "tiny", "--lr", "1e-9", "--lr-scheduler", "cosine",
                                             "--batch-size", "2", "--edit-steps", "1", "--loraplus-lr-ratio", "4",
                                             "--n-train", "5", "--lora-targets", "all-linear",
-                                            "--adam-beta2", "0.99")
+                                            "--adam-beta2", "0.99", "--matmul-precision", "high")
     assert sampled and set(sampled) == {1} == {tiny["edit_steps"]}
+    # TF32 on a GPU (the one-shot GPU run's speed) is recorded, and this process's precision left as it was
+    environments = [json.loads((tmp_path / run / "results.json").read_text())["environment"] for run in ("default", "tiny")]
+    assert [e["float32_matmul_precision"] for e in environments] == ["highest", "high"]
+    assert torch.get_float32_matmul_precision() == "highest"
     assert drawn == [5] == [tiny["n_train"]]
     # recorded where a reader looks (results.json, the LoRA's own config), and the optimiser really used it:
     # LoRA B starts at zero and moves by about lr per step (the saved EMA editor by a twentieth of that)
