@@ -93,8 +93,11 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,10 +109,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from byg_core.cli import check_device, check_ranges, refuse_to_overwrite  # noqa: E402
+from byg_core.cli import check_device, check_ranges, matmul_precision, refuse_to_overwrite  # noqa: E402
 from byg_core.config import LR_SCHEDULERS  # noqa: E402
 from byg_core.objective import PRIOR_GUIDANCE_TERMS  # noqa: E402
-from byg_core.safefiles import write_text_atomic  # noqa: E402
+from byg_core.safefiles import atomic_path, write_text_atomic  # noqa: E402
 from byg_core.toy.bench import (BASELINES, BENCH_SETTINGS, GUIDED_BASELINES, LORA_TARGETS, SMOKE_SETTINGS,  # noqa: E402
                                  ToySettings, guidance_asks, suite_methods)
 from byg_core.toy.model import BASE_SIZES, build_toy_backbone, evaluate_base, pretrain  # noqa: E402
@@ -127,6 +130,9 @@ REFERENCE_ADAM_BETA2 = 0.95  # on the CPU, on top of every linear layer: 0.914 c
 # unknown speed still leaves the bench jobs half the time and the log its timings (a base stopped early is undecayed)
 PRETRAIN_SHARE, DISTILL_SHARE = 0.4, 0.5
 DONE, FAILED, STOPPED, NOT_STARTED = "done", "failed", "stopped at the time limit", "not started: past the time limit"
+PENDING, SKIPPED = "running or waiting (an interim summary)", "not run: the time limit skipped the distillation"
+PART_BYTES = 15 * 2**20  # the device tool brings back files of up to 16 MiB, eight in all
+RUN_FILES = ("results.json", "results.md", "log.txt", "grid.png")  # what results.tgz keeps of a run (no LoRAs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -194,6 +200,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="wall time for the whole run: past it no phase or bench job starts and running jobs are "
                         "stopped; the summary covers the jobs that finished and names the rest (default: none)")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="a folder that gets, as the run goes, what a lent machine must bring back: the base in 15 MiB "
+                        "parts (cat them together) once pretrained, and after every job summary.md, summary.json and "
+                        "results.tgz (each finished run's results.json, results.md, log.txt, grid.png)")
+    p.add_argument("--matmul-precision", choices=["highest", "high"], default=None,
+                   help="torch's float32 matmul precision for the pretraining and every bench process (default: high, "
+                        "TF32, on cuda; highest elsewhere)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the base, the benches and the summary an earlier run left in --out")
     p.add_argument("--tiny", action="store_true", help="a check that every step runs (< 1 min on a CPU)")
@@ -235,6 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seeds, args.jobs = [0, 1], 2
         args.reference_n_train = min(args.reference_n_train, 32)
     settings = SMOKE_SETTINGS if args.tiny else BENCH_SETTINGS
+    args.matmul_precision = args.matmul_precision or ("high" if args.device.startswith("cuda") else "highest")
     args.suite_steps = args.steps or settings.steps
     args.reference_edit_steps = args.reference_edit_steps or args.edit_steps or settings.edit_steps
     args.reference_steps = (list(dict.fromkeys(args.reference_steps or [args.suite_steps, 3 * args.suite_steps]))
@@ -277,6 +291,8 @@ def make_base(args: argparse.Namespace, start: float) -> dict:
     report = pretrain(steps=args.pretrain_steps, batch_size=args.pretrain_batch, out_path=path,
                       size=args.base_size, device=args.device, p_uncond=args.p_uncond,
                       progress=progress_printer("pretrain", args.pretrain_steps), stop_at=stop_at[PRETRAIN_SHARE])
+    if args.results_dir:  # before anything else can fail: the base is what the run is for
+        print(f"base in parts: {', '.join(p.name for p in export_parts(path, args.results_dir))}", flush=True)
     accuracy = {g: sample_accuracy(args, path, g) for g in dict.fromkeys([1.0, args.guidance])}
     base = {"pretrain": report, "sample_accuracy": accuracy[1.0],
             "sample_accuracy_guided": {"guidance": args.guidance, **accuracy[args.guidance]}}
@@ -289,6 +305,31 @@ def make_base(args: argparse.Namespace, start: float) -> dict:
                                  stop_at=stop_at[DISTILL_SHARE]),
             "sample_accuracy": sample_accuracy(args, distilled, 1.0)}
     return base
+
+
+def export_parts(path: Path, folder: Path) -> list[Path]:
+    """``path`` as PART_BYTES pieces in ``folder`` (<name>.part0, .part1, ...: ``cat <name>.part* > <name>`` joins
+    them), each written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data, parts = path.read_bytes(), []
+    for index, offset in enumerate(range(0, len(data), PART_BYTES)):
+        with atomic_path(folder / f"{path.name}.part{index}") as partial:
+            partial.write_bytes(data[offset:offset + PART_BYTES])
+        parts.append(folder / f"{path.name}.part{index}")
+    return parts
+
+
+def export_runs(args: argparse.Namespace, folders: list[Path]) -> None:
+    """The summary and results.tgz (each finished run's RUN_FILES, named as under --out) into --results-dir."""
+    for name in ("summary.md", "summary.json"):
+        shutil.copyfile(args.out / name, args.results_dir / f".{name}.copy")
+        os.replace(args.results_dir / f".{name}.copy", args.results_dir / name)
+    with atomic_path(args.results_dir / "results.tgz") as partial:
+        with tarfile.open(partial, "w:gz") as archive:
+            for folder in folders:
+                for name in RUN_FILES:
+                    if (folder / name).is_file():
+                        archive.add(folder / name, arcname=str((folder / name).relative_to(args.out)))
 
 
 def guidance(args: argparse.Namespace) -> ToySettings:
@@ -316,7 +357,7 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
               loraplus: float | None = args.loraplus_lr_ratio, n_train: int | None = args.n_train,
               lora_targets: str | None = args.lora_targets, adam_beta2: float | None = None) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
-                "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
+                "--matmul-precision", args.matmul_precision, "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
                 *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 *(["--n-train", str(n_train)] if n_train else []),
                 *(["--lora-targets", lora_targets] if lora_targets else []),
@@ -386,9 +427,10 @@ def run_job(command: list[str], folder: Path, env: dict, deadline: float | None 
     return {"status": DONE, "seconds": seconds}
 
 
-def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int, deadline: float | None = None) -> dict[str, dict]:
-    """Every job, ``parallel`` at a time in their order, until ``deadline``; each one's ``run_job`` record. A failed
-    job is printed as it ends and the others go on."""
+def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int, deadline: float | None = None,
+             on_done=None) -> dict[str, dict]:
+    """Every job, ``parallel`` at a time in their order, until ``deadline``; each one's ``run_job`` record, also
+    handed to ``on_done(name, record)`` as it ends. A failed job is printed as it ends and the others go on."""
     # one CPU thread each: the processes share the machine's cores; the pack from this checkout
     env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel)),
                         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -397,6 +439,8 @@ def run_jobs(jobs: dict[str, tuple[list[str], Path]], parallel: int, deadline: f
         record = run_job(command, folder, env, deadline)
         if record["status"] == FAILED:
             print(f"{name}: {record['error']}", flush=True)
+        if on_done is not None:
+            on_done(name, record)
         return record
 
     with ThreadPoolExecutor(parallel) as pool:
@@ -434,7 +478,13 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     deadline = None if args.time_limit is None else start + args.time_limit
-    base_report = make_base(args, start)
+    with matmul_precision(args.matmul_precision):  # TF32 on cuda by default: the pretraining's matmuls too
+        base_report = make_base(args, start)
+    if "distilled" not in base_report:  # its jobs would fail on a base that was never made
+        skipped = [name for name in jobs if name.startswith("distilled/")]
+        jobs = {name: job for name, job in jobs.items() if name not in skipped}
+    else:
+        skipped = []
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the bench processes share the GPU: this one keeps no cached pretraining memory
     accuracy, guided = base_report["sample_accuracy"], base_report["sample_accuracy_guided"]
@@ -451,7 +501,31 @@ def main(argv=None) -> int:
               "unguided " + ", ".join(f"{k} {drawn[k]:.3f}" for k in ("shape", "shape_color", "bg_color", "all")),
               flush=True)
     bench_start = time.perf_counter()
-    records = run_jobs(jobs, args.jobs, deadline)
+    records: dict[str, dict] = {name: {"status": SKIPPED, "seconds": 0.0} for name in skipped}
+    lock = threading.Lock()
+
+    def interim(name: str, record: dict) -> None:
+        """Each job's end rewrites the summary (and --results-dir's copy): a run cut short still returns figures."""
+        with lock:
+            records[name] = record
+            try:
+                write_summary(args, jobs, records, base_report, start, bench_start)
+            except Exception as error:  # an interim summary's fault must not stop the run: the last one says it
+                print(f"interim summary after {name} not written: {error!r}", flush=True)
+
+    records |= run_jobs(jobs, args.jobs, deadline, on_done=interim)
+    text, unfinished = write_summary(args, jobs, records, base_report, start, bench_start)
+    print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}"
+          + (f"; {args.results_dir} holds them, results.tgz and the base's parts" if args.results_dir else ""))
+    return 1 if unfinished else 0
+
+
+def write_summary(args: argparse.Namespace, jobs: dict, records: dict[str, dict], base_report: dict, start: float,
+                  bench_start: float) -> tuple[str, dict]:
+    """summary.md and summary.json of the jobs finished so far (the others listed with their status, PENDING while
+    they run or wait), copied with results.tgz into --results-dir; the summary's text and the unfinished jobs."""
+    base = base_files(args)[0]
+    records = {name: records.get(name, {"status": PENDING, "seconds": 0.0}) for name in [*jobs, *records]}
     done = {name: folder for name, (_, folder) in jobs.items() if records[name]["status"] == DONE}
     unfinished = {name: record["status"] for name, record in records.items() if record["status"] != DONE}
     parts = ("distilled", "guided", "prior_guided", *(tuned_part(args, steps) for steps in args.reference_steps))
@@ -495,10 +569,11 @@ def main(argv=None) -> int:
                       + (f"\n\nIts change from {args.suite_steps} steps, paired over the same held-out tuples:\n\n"
                          + against_table(tuned_change[steps]) if tuned_change.get(steps) else "")
                       for steps, methods in tuned.items() if methods)
-            + (f"\n\n{len(unfinished)} of {len(jobs)} bench jobs did not finish (the tables leave them out):\n\n"
+            + (f"\n\n{len(unfinished)} of {len(records)} bench jobs did not finish (the tables leave them out):\n\n"
                + "\n".join(f"- {name}: {status}" for name, status in unfinished.items()) if unfinished else "")
             + f"\n\nbench {time.perf_counter() - bench_start:.0f} s ({len(jobs)} processes, {args.jobs} at a time"
-            + (f", time limit {args.time_limit:g} s" if deadline is not None else "") + "); "
+            + f", float32 matmuls at {args.matmul_precision} precision"
+            + (f", time limit {args.time_limit:g} s" if args.time_limit is not None else "") + "); "
             + (f"slowest finished job {max(finished, key=finished.get)} {max(finished.values()):.0f} s; "
                if finished else "")
             + f"total {time.perf_counter() - start:.0f} s\n")
@@ -509,7 +584,7 @@ def main(argv=None) -> int:
          "guided_baselines": {"guidance": list(args.baseline_guidance), "methods": guided_methods},
          "prior_guided": {"guidance": args.prior_guidance, "terms": args.prior_guidance_terms, "methods": prior_guided,
                           "against_byg": prior_change},
-         "tuned_reference": args.reference_steps and {
+         "tuned_reference": {} if not args.reference_steps else {
              "lr": args.reference_lr, "lr_scheduler": args.reference_lr_scheduler,
              "loraplus_lr_ratio": args.reference_loraplus_lr_ratio, "n_train": args.reference_n_train,
              "lora_targets": args.reference_lora_targets, "adam_beta2": args.reference_adam_beta2,
@@ -518,9 +593,11 @@ def main(argv=None) -> int:
              "methods_at_steps": {str(steps): m for steps, m in tuned.items() if steps != args.suite_steps},
              "changes_at_steps": {str(steps): c for steps, c in tuned_change.items() if c}},
          "jobs": records, "unfinished": unfinished, "time_limit": args.time_limit,
+         "matmul_precision": args.matmul_precision,
          "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
-    print(text + f"wrote {args.out / 'summary.md'}, {args.out / 'summary.json'}")
-    return 1 if unfinished else 0
+    if args.results_dir:
+        export_runs(args, list(done.values()))
+    return text, unfinished
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -24,10 +25,27 @@ def _script():
     return module
 
 
-def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_path, capsys):
+def test_the_tiny_gpu_bench_pretrains_a_base_runs_every_job_and_summarises(tmp_path, capsys, monkeypatch):
     script = _script()
-    assert script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    summaries = []  # one after every job, so a run cut short still returns figures, and the last
+    real_summary = script.write_summary
+    monkeypatch.setattr(script, "write_summary", lambda *a: summaries.append(len(a[2])) or real_summary(*a))
+    returned = tmp_path / "returned"  # the device tool's $OUT: what a lent machine brings back
+    assert script.main(["--tiny", "--out", str(tmp_path), "--device", "cpu", "--results-dir", str(returned)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    jobs = summary["jobs"]
+    assert summaries == [*range(1, len(jobs) + 1), len(jobs)]
+    # the base had stayed on the machine (53 MiB at full size: the tool returns 16 MiB files): in parts, as made
+    parts = sorted(returned.glob("toy_base_medium.safetensors.part*"))
+    assert parts and b"".join(p.read_bytes() for p in parts) == (tmp_path / "toy_base_medium.safetensors").read_bytes()
+    assert json.loads((returned / "summary.json").read_text()) == summary
+    assert (returned / "summary.md").read_text() == (tmp_path / "summary.md").read_text()
+    with tarfile.open(returned / "results.tgz") as archive:
+        names = set(archive.getnames())
+    assert {f"{name}/results.json" for name in jobs if name != "baselines"} | {"baselines/results.json"} <= names
+    assert not any(name.endswith(".safetensors") for name in names) and "seed1/byg/log.txt" in names
+    assert len(list(returned.iterdir())) <= 8 - 1  # with the shell's log.txt, within the tool's eight files
+    assert summary["matmul_precision"] == "highest"  # cpu; cuda's default is high (TF32)
     assert set(summary["methods"]) == {"identity", "sdedit", "flowedit", *script.TINY_METHODS}
     assert summary["methods"]["identity"]["training_seeds"] == [0]  # the baselines train nothing: one run
     assert summary["methods"]["byg"]["training_seeds"] == [0, 1]
@@ -144,7 +162,9 @@ def test_past_its_time_limit_the_gpu_bench_writes_its_base_and_a_summary_that_na
     # pretraining stops by its share of the limit, here before its first step: the base is saved, and says so
     assert (summary["base"]["pretrain"]["steps"], summary["base"]["pretrain"]["planned_steps"]) == (0, 3)
     jobs = script.bench_jobs(script.parse_args(["--tiny", "--out", str(tmp_path), "--device", "cpu"]), tmp_path)
-    assert summary["unfinished"] == {name: script.NOT_STARTED for name in jobs}
+    # the reference on the distilled base, never made, is skipped, not started and failed on a missing base
+    assert summary["unfinished"] == {name: script.SKIPPED if name.startswith("distilled/") else script.NOT_STARTED
+                                     for name in jobs}
     assert summary["methods"] == {} and summary["time_limit"] == 0.001
     printed = capsys.readouterr().out
     assert ", 0 of 3 steps (stopped by the time limit, its learning rate not decayed) at batch 4, " in printed
