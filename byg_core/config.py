@@ -128,11 +128,8 @@ class TrainConfig:
         refuse_non_finite(self)
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, {MAX_SEED}] (the nodes' range), got {self.seed}")
-        name = self.save_name
-        if not name.strip() or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"save_name must be a plain file name like 'byg_lora' (the LoRA is written into "
-                             f"output_dir), got {name!r}")
-        positive = ("steps", "batch_size", "rank", "rollout_reuse")
+        self._check_names()
+        positive = ("steps", "batch_size", "rank", "rollout_reuse", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -187,6 +184,25 @@ class TrainConfig:
         self.expert = aliases.get(self.expert, self.expert)
         self.objective.validate()
         return self
+
+    def _check_names(self) -> None:
+        """save_name a plain file name any system can write (the LoRA is written at the run's end); the folders
+        named, not blank (output_dir "" wrote into the current folder)."""
+        name = self.save_name
+        if not name.strip() or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"save_name must be a plain file name like 'byg_lora' (the LoRA is written into "
+                             f"output_dir), got {name!r}")
+        if name.lower().endswith(".safetensors"):
+            raise ValueError(f"save_name is the LoRA's name without .safetensors: {name[:-len('.safetensors')]!r}")
+        if name != name.strip():
+            raise ValueError(f"save_name {name!r} begins or ends with a space")
+        forbidden = next((c for c in name if c in '<>:"|?*' or ord(c) < 32), None)
+        if forbidden is not None:
+            raise ValueError(f"save_name {name!r} holds {forbidden!r}, which Windows does not allow in a file name")
+        if not self.output_dir.strip():
+            raise ValueError(f"output_dir must name a folder, got {self.output_dir!r}")
+        if self.text_cache_dir is not None and not self.text_cache_dir.strip():
+            raise ValueError("text_cache_dir must name a folder, or be left out (no disk cache)")
 
     def _check_decay(self) -> None:
         """A linear or cosine decay ends at or after the run's last step (a stopped run's config: after), its warm-up

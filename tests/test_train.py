@@ -320,7 +320,16 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
      ("weight_decay", float("nan"), "weight_decay must be a finite"), ("lora_alpha", float("nan"), "lora_alpha must"),
      ("objective", {"lambda_prior": float("inf")}, r"lambda_prior must be a finite number, got inf"),
      ("objective", {"prior_guidance": float("inf")}, "prior_guidance must be a finite number"),
-     ("seed", 2**40, r"seed must be in \[0, 4294967295\] \(the nodes' range\), got 1099511627776")],
+     ("seed", 2**40, r"seed must be in \[0, 4294967295\] \(the nodes' range\), got 1099511627776"),
+     # accepted, and then: a LoRA named lora.safetensors.safetensors, a name Windows cannot write at the run's end,
+     # a loss that is always 0, the checkpoint and LoRA written into the current folder
+     ("save_name", "lora.safetensors", r"save_name is the LoRA's name without \.safetensors: 'lora'"),
+     ("save_name", "a:b", r"save_name 'a:b' holds ':', which Windows does not allow in a file name"),
+     ("save_name", " lora ", r"save_name ' lora ' begins or ends with a space"),
+     ("objective", {"lambda_cycle": 0.0, "lambda_prior": 0.0, "lambda_id": 0.0},
+      r"lambda_cycle, lambda_prior and lambda_id are all 0: the loss is always 0 and nothing trains"),
+     ("log_every", 0, r"log_every must be >= 1, got 0"), ("output_dir", "", r"output_dir must name a folder"),
+     ("text_cache_dir", " ", r"text_cache_dir must name a folder, or be left out \(no disk cache\)")],
 )
 def test_bad_config_values_are_refused_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
