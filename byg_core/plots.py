@@ -21,14 +21,17 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
-    """Trailing moving average, so a noisy per-step loss shows its trend."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    """Trailing moving average of the finite values, so a noisy per-step loss shows its trend and one nan or inf
+    step leaves the rest of the curve (nan only where a window holds no finite value)."""
+    array = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(array)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, array, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    ends = np.arange(1, len(array) + 1)
+    starts = np.maximum(ends - window, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (sums[ends] - sums[starts]) / (counts[ends] - counts[starts])
+    return [float(v) for v in means]
 
 
 def loss_curve(history: list[dict[str, float]], keys: Sequence[str] | None = None, size=(640, 360)) -> torch.Tensor:
@@ -47,15 +50,22 @@ def loss_curve(history: list[dict[str, float]], keys: Sequence[str] | None = Non
     if not series:
         draw.text((left + 10, top + 10), "no steps yet", fill="black")
         return _to_tensor(image)
-    high = max(max(v) for v in series.values())
-    low = min(0.0, min(min(v) for v in series.values()))
+    shown = [v for values in series.values() for v in values if np.isfinite(v)] or [0.0]
+    high, low = max(shown), min(0.0, min(shown))
     span = max(high - low, 1e-9)
     for i, (name, values) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
         n = max(len(history) - 1, 1)
-        points = [(left + (right - left) * i / n, bottom - (bottom - top) * (v - low) / span)
-                  for i, v in zip(steps[name], values)]
-        draw.line(points if len(points) > 1 else points * 2, fill=colour, width=2)
+        points = [(left + (right - left) * i / n, bottom - (bottom - top) * (v - low) / span) if np.isfinite(v)
+                  else None for i, v in zip(steps[name], values)]
+        run = []  # a window without a finite value breaks the line
+        for point in [*points, None]:
+            if point is not None:
+                run.append(point)
+                continue
+            if run:
+                draw.line(run if len(run) > 1 else run * 2, fill=colour, width=2)
+            run = []
         draw.text((left + 8, top + 6 + 14 * i), name, fill=colour)
     draw.text((4, top), f"{high:.3g}", fill="black")
     draw.text((4, bottom - 10), f"{low:.3g}", fill="black")

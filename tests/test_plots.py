@@ -24,3 +24,16 @@ def test_image_grid_places_each_image_scaled():
     grid = image_grid([[red, torch.ones(3, 2, 2)]], scale=3, pad=1)
     assert grid.shape == (1 + 6 + 1, 2 * 7 + 1, 3)
     assert torch.equal(grid[1, 1], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_one_non_finite_step_does_not_blank_the_curve_after_it():
+    """smooth kept a running sum: one nan or inf step made every later point nan, and the loss line vanished from
+    the rest of the plot (a diverged step, or a term logged as inf)."""
+    nan, inf = float("nan"), float("inf")
+    assert smooth([1.0, nan, 1.0, 1.0, 1.0], 2) == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert smooth([1.0, inf, 3.0, 5.0], 2) == [1.0, 1.0, 3.0, 4.0]
+    assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    blue = torch.tensor([31, 119, 180]) / 255.0  # the first term's colour
+    image = loss_curve([{"step": i, "loss": nan if i == 3 else 1.0 + 0.01 * i} for i in range(40)])
+    right = image[:, 400:630]
+    assert torch.isclose(right, blue, atol=1e-3).all(-1).any()  # the line goes on after the nan step
