@@ -77,6 +77,17 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     return dequantize_scaled_fp8(strip_prefix(state))
 
 
+def header_state(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """A safetensors file's keys and shapes as meta tensors, no weight read (what ``identify`` reads), ComfyUI's
+    prefix removed; None where the file cannot be read (its loader names it)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return strip_prefix(state)
+
+
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
     """Drop ComfyUI's checkpoint prefix when every model key carries it; from an all-in-one checkpoint (ComfyUI's
     checkpoints/flux1-dev-fp8.safetensors: model, VAE and text encoders) keep the FLUX.1 or Wan model alone."""

@@ -421,13 +421,18 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
 
 
 def _refuse_missing_model_files(model: str, files: dict, given_by: str) -> None:
-    """Before the model loads: every file it names is there (``given_by``: where the user set them)."""
-    from .loading import missing_model_files
+    """Before the model loads: every file it names is there, and each single file is of its part's kind
+    (``given_by``: where the user set them)."""
+    from .loading import missing_model_files, wrong_kind_files
 
     missing = missing_model_files(model, files)
     if missing:
         raise FileNotFoundError("; ".join(f"model file {key} = {path} does not exist" for key, path in missing)
                                 + f" ({given_by}): fix the path")
+    wrong = wrong_kind_files(model, files)
+    if wrong:
+        raise ValueError("; ".join(f"model file {key} = {path} is {found}, not {wanted}" for key, path, found, wanted
+                                   in wrong) + f" ({given_by}): give each part its own file")
 
 
 def _parse_model_file(text: str) -> tuple[str, str]:

@@ -161,6 +161,32 @@ def missing_model_files(model: str, files: dict) -> list[tuple[str, str]]:
             and not Path(value).exists()]
 
 
+def file_kinds(model: str) -> dict[str, tuple[str, ...]]:
+    """A real model's single-file options -> the kinds (``checkpoints.KINDS``) a file given there may be."""
+    if model == "flux1-dev":
+        return {"transformer": ("flux-bfl", "flux-diffusers"), "vae": ("flux-vae",), "clip_l": ("clip-l",),
+                "t5": ("t5",)}
+    if model in WAN_MODELS:
+        _, transformer, vae, _ = WAN_MODELS[model]
+        return {"transformer": (transformer,), "transformer_2": (transformer,), "vae": (vae,), "umt5": ("umt5",)}
+    return {}
+
+
+def wrong_kind_files(model: str, files: dict) -> list[tuple[str, str, str, str]]:
+    """(option, path, what it is, what goes there) for each single file given for a part of another kind, read from
+    its header (``checkpoints.header_state``): a VAE or text encoder of another model is found before minutes of
+    loading the transformers, not after. A file that cannot be read is left to its loader, which names it."""
+    from .checkpoints import header_state
+
+    wrong = []
+    for option, kinds in file_kinds(model).items():
+        path = Path(files[option]) if isinstance(files.get(option), str) else None
+        state = header_state(path) if path is not None and path.is_file() else None
+        if state is not None and identify(state) not in kinds:
+            wrong.append((option, str(path), KINDS[identify(state)], KINDS[kinds[0]]))
+    return wrong
+
+
 def check_guidance_before_loading(model: str, scales) -> None:
     """An edit's classifier-free guidance (``sample.guide_scale_values``) against a real model's experts, from its
     shipped facts, before minutes of loading (the toys, loaded in a second, are checked once loaded)."""

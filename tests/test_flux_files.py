@@ -464,3 +464,32 @@ def test_the_vae_as_a_single_file_in_diffusers_keys_loads_as_ae_safetensors_does
     with pytest.raises(ValueError, match=r"cut.safetensors does not fill FLUX.1's VAE: missing "
                                          r"\['decoder.conv_norm_out.bias'\], unexpected \[\]; the file may be truncated"):
         load_flux_vae(tmp_path / "cut.safetensors", config)
+
+
+def test_a_part_given_another_parts_file_is_refused_from_its_header_before_anything_loads(parts, files, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """A VAE or text encoder of the wrong kind was found when its turn came: FLUX.1's VAE after the 12B transformer,
+    A14B's after both 14B experts (27 GiB in fp8). Each file's kind is now read from its header (keys and shapes)."""
+    from safetensors.torch import save_file
+
+    from byg_core import cli, loading
+
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the model loaded"))
+    data = tmp_path / "data"
+    assert cli.main(["toy", "dataset", "--out", str(data), "--n", "2"]) == 0
+    toml = tmp_path / "flux.toml"
+    toml.write_text(f'model = "flux1-dev"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n[model_files]\n'
+                    f'transformer = "{files["transformer"]}"\nvae = "{files["clip_l"]}"\nclip_l = "{files["clip_l"]}"\n'
+                    f't5 = "{files["t5"]}"\ntokenizers = "{files["tokenizers"]}"\n')
+    assert cli.main(["train", str(toml)]) == 2
+    assert (f"model file vae = {files['clip_l']} is the CLIP-L text encoder (for the text_encoders folder), not the "
+            "FLUX.1 VAE (ae.safetensors, for the vae folder)") in capsys.readouterr().err
+    # a Wan2.1 VAE for TI2V-5B (Wan2.2's 48-channel VAE): keys alone say which
+    vae21 = tmp_path / "wan_2.1_vae.safetensors"
+    save_file({"decoder.middle.0.residual.0.gamma": torch.zeros(1), "encoder.downsamples.0.residual.0.gamma":
+               torch.zeros(1)}, vae21)
+    (tmp_path / "wan.safetensors").write_bytes(b"")  # never opened: the VAE is refused first
+    toml.write_text(f'model = "wan2.2-ti2v-5b"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n[model_files]\n'
+                    f'transformer = "{tmp_path / "wan.safetensors"}"\nvae = "{vae21}"\numt5 = "{vae21}"\n')
+    assert cli.main(["train", str(toml)]) == 2
+    assert f"model file vae = {vae21} is the Wan2.1 VAE" in capsys.readouterr().err
