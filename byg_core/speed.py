@@ -197,12 +197,15 @@ def measure(trainer, device: str) -> Measurement:
             trainer.train_step()
     with FlopCounterMode(display=False) as counter:
         trainer.train_step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    # on CUDA each range's kernels' device time (its host time is only their launches: kernels run asynchronously)
+    activities = [torch.profiler.ProfilerActivity.CPU, *([torch.profiler.ProfilerActivity.CUDA] * (device == "cuda"))]
+    with torch.profiler.profile(activities=activities) as profile:
         trainer.train_step()
     phases = {}
     for event in profile.key_averages():
         if event.key in PHASES:
-            phases[event.key.removeprefix("byg.")] = event.cpu_time_total / 1e6
+            phases[event.key.removeprefix("byg.")] = (event.device_time_total if device == "cuda"
+                                                      else event.cpu_time_total) / 1e6
     return Measurement(0.0, counter.get_total_flops(), peak[0], phases)
 
 
@@ -382,7 +385,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
           f"peak memory {report['supervised_peak_mib']:.0f} vs "
           f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")
     total = sum(byg.phases.values()) or 1.0
-    print("ByG step phases (profiled once): " + ", ".join(f"{k} {v / total:.0%}" for k, v in byg.phases.items()))
+    print(f"ByG step phases (profiled once, {'GPU' if device == 'cuda' else 'CPU'} time): "
+          + ", ".join(f"{k} {v / total:.0%}" for k, v in byg.phases.items()))
     print(f"edit 20 steps {edit_s:.2f} s vs plain sampling 20 steps {sample_s:.2f} s ({edit_s / sample_s:.2f}x)")
     if out is not None:
         write_text_atomic(Path(out) / "speed.json", json.dumps(report, indent=2))

@@ -8,14 +8,19 @@ weights: supervised and ByG step time, their ratio, FLOP ratio, peak memory, 20-
     python scripts/device_check.py --suite wan           # the Wan rows only
     python scripts/device_check.py --tiny --device cpu   # the same code on small configs (what the tests run)
 
-Writes every configuration's figures to OUT/device_check.json.
+Writes every configuration's figures to OUT/device_check.json (--out, $OUT by default where set), rewritten after
+each, so a run stopped at the device tool's 600 s keeps the rows it finished; on the device tool's machine run it as
+`bash scripts/device_toy_gpu_bench.sh check [FLAGS]` (with carry [".whl"]: it installs diffusers first), and size it
+to the call: `--suite flux` and `--suite wan` as two calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -35,23 +40,31 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="the architectures 128 wide, 2 blocks (CPU tests)")
     parser.add_argument("--suite", nargs="+", default=["flux", "wan"], choices=["flux", "wan"])
-    parser.add_argument("--out", type=Path, default=Path("out/device_check"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/device_check")),
+                        help="where device_check.json goes, rewritten after every row (default: $OUT, the device "
+                             "tool's folder, where set)")
+    parser.add_argument("--rows-out", type=Path, default=None,
+                        help="each row's own speed.json (default: a new temporary folder: the device tool brings "
+                             "back 8 files, and device_check.json holds every row)")
     args = parser.parse_args(argv)
+    rows_out = args.rows_out or Path(tempfile.mkdtemp(prefix="device_check_rows."))
     rows = []
+
+    def row(*speed_args, folder: str, **options) -> None:
+        rows.append(run_speed(*speed_args, rows_out / folder, **options))
+        write_text_atomic(args.out / "device_check.json", json.dumps(rows, indent=2))
+
     if "flux" in args.suite:
         model = "flux-128" if args.tiny else "flux1-dev"
         for size in args.sizes or ([64] if args.tiny else [512, 1024]):
             for storage in args.storage:
-                rows.append(run_speed(model, size, 1, args.device, args.repeats, args.rank, storage,
-                                      args.out / f"{model}_{size}_{storage}"))
+                row(model, size, 1, args.device, args.repeats, args.rank, storage, folder=f"{model}_{size}_{storage}")
     if "wan" in args.suite:
         height, width, frames = (64, 96, 5) if args.tiny else (320, 576, 17)
         for model in ["wan-128"] if args.tiny else ["wan2.2-ti2v-5b", "wan2.2-a14b-expert"]:
             for storage in args.storage:
-                rows.append(run_speed(model, height, 1, args.device, args.repeats, args.rank, storage,
-                                      args.out / f"{model}_{storage}", width, frames))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "device_check.json", json.dumps(rows, indent=2))
+                row(model, height, 1, args.device, args.repeats, args.rank, storage, folder=f"{model}_{storage}",
+                    width=width, frames=frames)
     return 0
 
 

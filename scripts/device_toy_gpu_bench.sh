@@ -3,6 +3,7 @@
 #
 #   bash scripts/device_toy_gpu_bench.sh wheels        # here, once: what that machine's image lacks, into .whl/
 #   bash scripts/device_toy_gpu_bench.sh run [FLAGS]   # there: the device tool's `run` with carry [".whl"]
+#   bash scripts/device_toy_gpu_bench.sh check [FLAGS] # there: scripts/device_check.py instead (real models' speed)
 #
 # That machine (Python 3.12, torch, transformers, accelerate, peft, safetensors, einops; no registry) lacks diffusers:
 # `wheels` downloads it at the version this checkout's .venv runs, into .whl/ (git ignores it; diffusers imports
@@ -25,12 +26,19 @@ wheels)
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "diffusers==$diffusers"
     ls .whl
     ;;
-run)
+run | check)
+    kind=$1
     shift
     if [ -n "${OUT:-}" ]; then out=$OUT; else mkdir -p out && out=$(mktemp -d out/device_XXXXXX); fi  # never over a run
     if compgen -G ".whl/*.whl" >/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    if [ "$kind" = check ]; then  # scripts/device_check.py: the real models' speed, its JSON into $OUT after each row
+        status=0
+        PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 python3 scripts/device_check.py --out "$out" "$@" 2>&1 \
+            | tee "$out/log.txt" || status=$?
+        exit "$status"
     fi
     work=$(mktemp -d /tmp/gpu_bench.XXXXXX)
     status=0
@@ -39,7 +47,7 @@ run)
     exit "$status"
     ;;
 *)
-    echo "usage: bash scripts/device_toy_gpu_bench.sh wheels | run [toy_gpu_bench.py flags]" >&2
+    echo "usage: bash scripts/device_toy_gpu_bench.sh wheels | run [toy_gpu_bench.py flags] | check [device_check.py flags]" >&2
     exit 2
     ;;
 esac

@@ -377,9 +377,14 @@ def test_the_device_check_runs_on_a_tiny_config(tmp_path):
     spec = importlib.util.spec_from_file_location("device_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    written = []  # the JSON after every row: a run the device tool stops at 600 s keeps the rows it finished
+    real_write = module.write_text_atomic
+    module.write_text_atomic = lambda path, text: written.append(len(json.loads(text))) or real_write(path, text)
     assert module.main(["--tiny", "--device", "cpu", "--repeats", "1", "--sizes", "32", "--rank", "2", "--storage", "fp8",
-                        "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "device_check.json").read_text())
+                        "--out", str(tmp_path / "out"), "--rows-out", str(tmp_path / "rows")]) == 0
+    assert written == [1, 2] and [p.name for p in (tmp_path / "out").iterdir()] == ["device_check.json"]
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == ["flux-128_32_fp8", "wan-128_fp8"]
+    rows = json.loads((tmp_path / "out" / "device_check.json").read_text())
     assert [(r["model"], r["size"], r["storage"], r["frames"]) for r in rows] == [("flux-128", 32, "fp8", None),
                                                                                   ("wan-128", 64, "fp8", 5)]
     for row in rows:
