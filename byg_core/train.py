@@ -403,12 +403,16 @@ def _checkpoint_non_reentrant(module, *args):
 
 
 def warmup_only(cfg: TrainConfig) -> str | None:
-    """What to say when every step of a run (ByG's or the supervised reference's) is an identity warm-up step (its
-    LoRA learns no edit), else None."""
-    if cfg.steps > cfg.warmup_identity_steps:
-        return None
-    return (f"all {cfg.steps} steps are identity warm-up steps (warmup_identity_steps = {cfg.warmup_identity_steps}): "
-            "the LoRA learns to copy its source, no edit; raise steps or lower warmup_identity_steps")
+    """What to say when every step of a run (ByG's or the supervised reference's) is an identity step, a warm-up one
+    or a random one at identity_prob 1 (its LoRA learns no edit), else None."""
+    if cfg.steps <= cfg.warmup_identity_steps:
+        return (f"all {cfg.steps} steps are identity warm-up steps (warmup_identity_steps = "
+                f"{cfg.warmup_identity_steps}): the LoRA learns to copy its source, no edit; raise steps or lower "
+                "warmup_identity_steps")
+    if cfg.identity_prob >= 1 and cfg.objective.identity_steps:
+        return ("identity_prob = 1: every step is an identity step, the LoRA learns to copy its source, no edit; "
+                "lower identity_prob (B.1: 0.15)")
+    return None
 
 
 def existing_run(output_dir: str | Path) -> str | None:

@@ -658,3 +658,18 @@ def test_the_processes_wait_for_each_other_longer_than_nccls_ten_minutes(monkeyp
     monkeypatch.setattr(train, "PartialState", lambda **kwargs: seen.update(kwargs))
     train.processes()
     assert seen["timeout"] >= timedelta(hours=1)
+
+
+def test_a_run_whose_every_step_copies_its_source_is_said_so():
+    """identity_prob 1 made every step after the warm-up an identity step without a word (the warm-up-only run was
+    said)."""
+    from byg_core.train import warmup_only
+
+    assert warmup_only(TrainConfig(steps=10, warmup_identity_steps=2)) is None
+    assert "all 10 steps are identity warm-up steps" in warmup_only(TrainConfig(steps=10, warmup_identity_steps=10))
+    said = warmup_only(TrainConfig(steps=10, warmup_identity_steps=2, identity_prob=1.0))
+    assert said == ("identity_prob = 1: every step is an identity step, the LoRA learns to copy its source, no edit; "
+                    "lower identity_prob (B.1: 0.15)")
+    off = TrainConfig.from_dict({"steps": 10, "warmup_identity_steps": 2, "identity_prob": 1.0,
+                                 "objective": {"identity_steps": False}})
+    assert warmup_only(off) is None  # the ablation without identity steps takes none
