@@ -59,10 +59,7 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         raise ValueError(f"{what} {path} is not a .safetensors file; only safetensors are read (nothing is unpickled)")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    shard = re.search(r"-\d{5}-of-(\d{5})$", path.stem)  # transformers' and diffusers' shard names
-    if shard:  # part of the weights: read alone it fails on the first weight that sits in another shard
-        raise ValueError(f"{what} {path} is one of {int(shard[1])} shards of a model: give the folder that holds "
-                         "them all with their index (a diffusers folder), or a single-file checkpoint (ComfyUI's)")
+    refuse_shard(path, what)
     try:
         with safe_open(path, framework="pt") as handle:
             quantized = next((key for key in handle.keys() if key.endswith((".comfy_quant", ".weight_scale"))), None)
@@ -75,6 +72,15 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         raise ValueError(f"{what} {path} is in ComfyUI's newer quantized layout ({quantized}), which this pack does "
                          "not read: give its fp16, bf16 or fp8_scaled file")
     return dequantize_scaled_fp8(strip_prefix(state))
+
+
+def refuse_shard(path: Path, what: str) -> None:
+    """One shard of a sharded model (transformers' and diffusers' names, ``-00001-of-00003``) is part of the weights:
+    read alone it fails on the first weight that sits in another shard."""
+    shard = re.search(r"-\d{5}-of-(\d{5})$", path.stem)
+    if shard and int(shard[1]) > 1:
+        raise ValueError(f"{what} {path} is one of {int(shard[1])} shards of a model: give the folder that holds "
+                         "them all with their index (a diffusers folder), or a single-file checkpoint (ComfyUI's)")
 
 
 def header_state(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:

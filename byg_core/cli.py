@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     text_fields = [name for name, hint in get_type_hints(TrainConfig).items() if hint in (str, str | None)]
     for override in args.set or []:
         key, value = _parse_override(override)
-        if key in text_fields and not isinstance(value, str):  # a folder named 2024 or 2024-06-01: text, as written
-            value = override.partition("=")[2].strip()
+        if (key in text_fields or key.startswith("model_files.")) and not isinstance(value, (str, list, dict)):
+            value = override.partition("=")[2].strip()  # a folder named 2024 or 2024-06-01: text, as written
         table = values
         *parents, leaf = key.split(".")
         for parent in parents:
@@ -431,8 +431,7 @@ def _refuse_missing_model_files(model: str, files: dict, given_by: str) -> None:
                                 + f" ({given_by}): fix the path")
     wrong = wrong_kind_files(model, files)
     if wrong:
-        raise ValueError("; ".join(f"model file {key} = {path} is {found}, not {wanted}" for key, path, found, wanted
-                                   in wrong) + f" ({given_by}): give each part its own file")
+        raise ValueError("; ".join(wrong) + f" ({given_by}): give each part its own file")
 
 
 def _parse_model_file(text: str) -> tuple[str, str]:
@@ -464,8 +463,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_device(args.device)
         if not args.overwrite:
             refuse_to_overwrite([Path(args.out) / "speed.json"], "Pick another --out")
-        run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage, Path(args.out),
-                  args.width, args.frames, args.cache_k)
+        with matmul_precision(args.matmul_precision):
+            run_speed(args.model, args.size, args.batch, args.device, args.repeats, args.rank, args.storage,
+                      Path(args.out), args.width, args.frames, args.cache_k)
         return 0
     if args.kind == "combine":
         from .toy.summary import combine_runs
@@ -677,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cuda or cpu (default: cuda when there is one)")
     bench.add_argument("--matmul-precision", choices=["highest", "high"], default="highest",
                        help="torch's float32 matmul precision: high lets a GPU use its TF32 tensor cores (faster; "
-                            "figures not bit-equal to fp32 ones; results.json records it)")
+                            "figures not bit-equal to fp32 ones; results.json and speed.json record it)")
     bench.add_argument("--suite", choices=["main", "ablations", "cache"], default="main",
                        help="main: ByG, the supervised reference, baselines; ablations: + the paper's Table 4; cache: ByG "
                             "with the rollout cache at K = 2, 4, 8, at equal steps and at the exact run's wall time")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -182,6 +183,10 @@ class TrainConfig:
 
         aliases = {suffix: expert for expert, suffix in EXPERT_SUFFIX.items()}  # the LoRA files' names for them
         self.expert = aliases.get(self.expert, self.expert)
+        weights = self.objective
+        if self.method == "byg" and weights.lambda_cycle == weights.lambda_prior == weights.lambda_id == 0:
+            raise ValueError("lambda_cycle, lambda_prior and lambda_id are all 0: ByG's steps train nothing (its "
+                             "identity steps alone would teach a copy); give one of them a weight")
         self.objective.validate()
         return self
 
@@ -313,17 +318,19 @@ def _said_in(source: str):
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file's tables; an error names the file (UTF-8, a byte-order mark allowed)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder: give the training .toml file (examples/*.toml)")
+    text = None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
-    except IsADirectoryError:
-        raise ValueError(f"config file {path} is a folder: give the training .toml file (examples/*.toml)") from None
-    except tomllib.TOMLDecodeError as error:
+    except tomllib.TOMLDecodeError as error:  # "C:\data": an unescaped backslash; "C:\Users": a bad \U escape
         hint = ("; write a Windows path in single quotes ('C:\\data') or with / (C:/data)"
-                if "Unescaped '\\'" in str(error) else "")
+                if re.search(r'"[^"\n]*\\', text or "") else "")
         raise ValueError(f"{path} is not valid TOML: {error}{hint}") from None
 
 

@@ -103,6 +103,9 @@ def check_model_files(model: str, files: dict, top_level: Sequence[str] = ()) ->
             raise ValueError(f"{key!r} is not one of {model}'s files or options{hint}; it takes {', '.join(keys)}")
         if "Path" in str(parameters[key].annotation) and not isinstance(value, str):
             raise ValueError(f"{key} must be a path (text), got {value!r}")
+    for key in ("dtype", "storage"):
+        if files.get(key) is not None and not isinstance(files[key], str):
+            raise ValueError(f"{key} must be text, e.g. \"bfloat16\", got {files[key]!r}")
     if "dtype" in files:
         torch_dtype_of(files["dtype"])
     if files.get("storage") is not None and files["storage"] not in STORAGE:
@@ -172,18 +175,26 @@ def file_kinds(model: str) -> dict[str, tuple[str, ...]]:
     return {}
 
 
-def wrong_kind_files(model: str, files: dict) -> list[tuple[str, str, str, str]]:
-    """(option, path, what it is, what goes there) for each single file given for a part of another kind, read from
-    its header (``checkpoints.header_state``): a VAE or text encoder of another model is found before minutes of
-    loading the transformers, not after. A file that cannot be read is left to its loader, which names it."""
-    from .checkpoints import header_state
+def wrong_kind_files(model: str, files: dict) -> list[str]:
+    """What is wrong with each single file given for a part of another kind (or one shard of a model), read from its
+    header (``checkpoints.header_state``): a VAE or text encoder of another model is found before minutes of loading
+    the transformers, not after. A file that cannot be read is left to its loader, which names it."""
+    from .checkpoints import header_state, refuse_shard
 
     wrong = []
     for option, kinds in file_kinds(model).items():
         path = Path(files[option]) if isinstance(files.get(option), str) else None
-        state = header_state(path) if path is not None and path.is_file() else None
-        if state is not None and identify(state) not in kinds:
-            wrong.append((option, str(path), KINDS[identify(state)], KINDS[kinds[0]]))
+        if path is None or not path.is_file():
+            continue
+        try:
+            refuse_shard(path, f"model file {option} =")
+            state = header_state(path)
+            if state is not None and option.startswith("transformer") and model in WAN_MODELS:
+                _refuse_other_wan(identify(state), model, path)  # its advice: the Wan model that file is
+            elif state is not None and identify(state) not in kinds:
+                wrong.append(f"model file {option} = {path} is {KINDS[identify(state)]}, not {KINDS[kinds[0]]}")
+        except ValueError as error:
+            wrong.append(str(error) if str(error).startswith("model file") else f"model file {option} = {error}")
     return wrong
 
 

@@ -129,9 +129,6 @@ class ObjectiveConfig:
         for name in ("lambda_cycle", "lambda_prior", "lambda_id", "alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lambda_cycle == self.lambda_prior == self.lambda_id == 0:
-            raise ValueError("lambda_cycle, lambda_prior and lambda_id are all 0: the loss is always 0 and nothing "
-                             "trains; give one of them a weight")
         if self.rollout_steps < 1:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
         if not self.prior_guidance > 0:

@@ -117,11 +117,14 @@ def _fsync_folder(folder: Path) -> None:
     """A folder's entries on disk (POSIX; Windows cannot open a folder to fsync it)."""
     if os.name != "posix":
         return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    try:  # best effort, after the file is in place: network shares (SMB, WSL's drives) refuse a folder's fsync
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError:
+        pass
 
 
 def load_checked(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -197,15 +197,14 @@ def measure(trainer, device: str) -> Measurement:
             trainer.train_step()
     with FlopCounterMode(display=False) as counter:
         trainer.train_step()
-    # on CUDA each range's kernels' device time (its host time is only their launches: kernels run asynchronously)
-    activities = [torch.profiler.ProfilerActivity.CPU, *([torch.profiler.ProfilerActivity.CUDA] * (device == "cuda"))]
-    with torch.profiler.profile(activities=activities) as profile:
+    # host time of each range: on CUDA the kernels' launches, not their run (asynchronous; and a range's device time
+    # misses the backward's kernels, which autograd launches from its own thread)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         trainer.train_step()
     phases = {}
     for event in profile.key_averages():
         if event.key in PHASES:
-            phases[event.key.removeprefix("byg.")] = (event.device_time_total if device == "cuda"
-                                                      else event.cpu_time_total) / 1e6
+            phases[event.key.removeprefix("byg.")] = event.cpu_time_total / 1e6
     return Measurement(0.0, counter.get_total_flops(), peak[0], phases)
 
 
@@ -373,7 +372,8 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
         "flop_ratio_no_rollout": no_rollout_flops / sup.flops,
         "supervised_gflop": sup.flops / 1e9, "byg_gflop": byg.flops / 1e9,
         "memory_ratio": byg.peak_bytes / max(sup.peak_bytes, 1), "supervised_peak_mib": sup.peak_bytes / 2**20,
-        "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases, "edit_20_steps_s": edit_s,
+        "byg_peak_mib": byg.peak_bytes / 2**20, "byg_phases_s": byg.phases,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(), "edit_20_steps_s": edit_s,
         "sample_20_steps_s": sample_s,
     }
     shown = f"{report['size']}x{report['width']}" + (f"x{frames} frames" if _is_wan(model) else "")
@@ -385,7 +385,7 @@ def run_speed(model: str = "toy", size: int = 512, batch: int = 8, device: str =
           f"peak memory {report['supervised_peak_mib']:.0f} vs "
           f"{report['byg_peak_mib']:.0f} MiB -> {report['memory_ratio']:.2f}x")
     total = sum(byg.phases.values()) or 1.0
-    print(f"ByG step phases (profiled once, {'GPU' if device == 'cuda' else 'CPU'} time): "
+    print(f"ByG step phases (profiled once, host time{': on CUDA the kernel launches' if device == 'cuda' else ''}): "
           + ", ".join(f"{k} {v / total:.0%}" for k, v in byg.phases.items()))
     print(f"edit 20 steps {edit_s:.2f} s vs plain sampling 20 steps {sample_s:.2f} s ({edit_s / sample_s:.2f}x)")
     if out is not None:

@@ -479,5 +479,7 @@ def test_a_set_value_for_a_text_setting_stays_text(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", *sets("model=toy", "data=2024-06-01", "output_dir=2024", "steps=2")]) == 2
     assert "2024-06-01/edits.jsonl not found" in capsys.readouterr().err
+    assert cli.main(["train", *sets("model=flux1-dev", "data=d", "model_files.folder=2024")]) == 2
+    assert "must be a path" not in (err := capsys.readouterr().err) and "model file folder = 2024 does not exist" in err
     assert cli.main(["train", *sets("model=toy", "data=d", "steps=two")]) == 2  # a number's field still checks
     assert "field 'steps' must be int, got 'two'" in capsys.readouterr().err

@@ -450,6 +450,10 @@ def test_a_flux2_file_and_one_shard_are_refused_by_name_not_with_a_bare_key_erro
     with pytest.raises(ValueError, match=r"diffusion_pytorch_model-00001-of-00003.safetensors is one of 3 shards of "
                                          r"a model: give the folder that holds them all with their index \("):
         load_flux_transformer(shard)
+    whole = tmp_path / "model-00001-of-00001.safetensors"  # one shard of one is the whole model
+    save_file({"x": torch.zeros(1)}, whole)
+    with pytest.raises(ValueError, match=r"is no model this pack knows"):
+        load_flux_transformer(whole)
 
 
 def test_the_vae_as_a_single_file_in_diffusers_keys_loads_as_ae_safetensors_does(parts, files, tmp_path):
@@ -498,3 +502,20 @@ def test_a_part_given_another_parts_file_is_refused_from_its_header_before_anyth
                     f'transformer = "{tmp_path / "wan.safetensors"}"\nvae = "{vae21}"\numt5 = "{vae21}"\n')
     assert cli.main(["train", str(toml)]) == 2
     assert f"model file vae = {vae21} is the Wan2.1 VAE" in capsys.readouterr().err
+    # TI2V-5B's transformer given to A14B: the loader's own advice, now before loading
+    ti2v = tmp_path / "wan2.2_ti2v_5B_fp16.safetensors"
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(1, 1), "patch_embedding.weight": torch.zeros(8, 48, 1, 2, 2)},
+              ti2v)
+    toml.write_text(f'model = "wan2.2-t2v-a14b"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n[model_files]\n'
+                    f'transformer = "{ti2v}"\ntransformer_2 = "{ti2v}"\nvae = "{vae21}"\numt5 = "{vae21}"\n')
+    assert cli.main(["train", str(toml)]) == 2
+    assert f"model file transformer = {ti2v} is the Wan2.2 TI2V-5B diffusion model (48 latent channels), not a Wan " \
+           "14B text-to-video expert" in (err := capsys.readouterr().err) and "load it as model 'wan2.2-ti2v-5b'" in err
+    # one shard of three: the shard's own refusal, not "no model this pack knows"
+    shard = tmp_path / "diffusion_pytorch_model-00001-of-00003.safetensors"
+    save_file({"transformer_blocks.0.attn.to_q.weight": torch.zeros(1, 1)}, shard)
+    toml.write_text(f'model = "flux1-dev"\ndata = "{data}"\noutput_dir = "{tmp_path / "run"}"\n[model_files]\n'
+                    f'transformer = "{shard}"\nvae = "{files["vae"]}"\nclip_l = "{files["clip_l"]}"\n'
+                    f't5 = "{files["t5"]}"\ntokenizers = "{files["tokenizers"]}"\n')
+    assert cli.main(["train", str(toml)]) == 2
+    assert f"model file transformer = {shard} is one of 3 shards of a model" in capsys.readouterr().err

@@ -3,14 +3,17 @@
 import json
 
 import pytest
+import torch
 
 from byg_core import cli
 
 
 def test_bench_speed_writes_the_ratios_and_where_a_step_goes(tmp_path, capsys):
     assert cli.main(["bench", "speed", "--model", "toy", "--batch", "2", "--rank", "2", "--repeats", "1",
-                     "--device", "cpu", "--out", str(tmp_path)]) == 0
+                     "--device", "cpu", "--out", str(tmp_path), "--matmul-precision", "high"]) == 0
     report = json.loads((tmp_path / "speed.json").read_text())
+    # the flag had been taken and ignored by the speed bench; the process's precision is restored after
+    assert report["float32_matmul_precision"] == "high" and torch.get_float32_matmul_precision() == "highest"
     assert {"time_ratio", "time_ratio_cache", "flop_ratio", "memory_ratio", "batch", "rank"} <= set(report)
     # the rollout alone is n = 10 no-grad passes: ByG costs several supervised steps in FLOPs
     assert report["flop_ratio"] > 4 and report["time_ratio"] > 1 and report["byg_peak_mib"] > 0

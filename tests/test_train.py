@@ -327,7 +327,7 @@ def test_checkpoint_from_another_rank_is_refused(tmp_path):
      ("save_name", "a:b", r"save_name 'a:b' holds ':', which Windows does not allow in a file name"),
      ("save_name", " lora ", r"save_name ' lora ' begins or ends with a space"),
      ("objective", {"lambda_cycle": 0.0, "lambda_prior": 0.0, "lambda_id": 0.0},
-      r"lambda_cycle, lambda_prior and lambda_id are all 0: the loss is always 0 and nothing trains"),
+      r"lambda_cycle, lambda_prior and lambda_id are all 0: ByG's steps train nothing"),
      ("log_every", 0, r"log_every must be >= 1, got 0"), ("output_dir", "", r"output_dir must name a folder"),
      ("text_cache_dir", " ", r"text_cache_dir must name a folder, or be left out \(no disk cache\)")],
 )
@@ -394,6 +394,9 @@ def test_toml_mistakes_a_windows_user_makes_are_said_with_the_fix(tmp_path):
     toml.write_text('data = "C:\\data"\n')
     with pytest.raises(ValueError, match=r"not valid TOML: Unescaped .*write a Windows path in single quotes "
                                          r"\('C:\\data'\) or with / \(C:/data\)"):
+        TrainConfig.from_toml(toml)
+    toml.write_text('data = "C:\\Users\\me\\data"\n')  # \U begins a unicode escape: "Invalid hex value"
+    with pytest.raises(ValueError, match=r"not valid TOML: .*write a Windows path in single quotes"):
         TrainConfig.from_toml(toml)
     toml.write_text('data = "C:\\new\\temp"\n')
     with pytest.raises(ValueError, match=r"run.toml: data holds a control character \('\\n'\): a backslash in double "
@@ -658,6 +661,12 @@ def test_the_processes_wait_for_each_other_longer_than_nccls_ten_minutes(monkeyp
     monkeypatch.setattr(train, "PartialState", lambda **kwargs: seen.update(kwargs))
     train.processes()
     assert seen["timeout"] >= timedelta(hours=1)
+
+
+def test_the_loss_weights_bind_byg_alone():
+    """The supervised reference trains on Eq. 1 and reads no ByG weight: all three at 0 had been refused for it too."""
+    zero = {"lambda_cycle": 0.0, "lambda_prior": 0.0, "lambda_id": 0.0}
+    assert TrainConfig.from_dict({"method": "supervised", "objective": zero}).method == "supervised"
 
 
 def test_a_run_whose_every_step_copies_its_source_is_said_so():
