@@ -211,7 +211,6 @@ def check_guidance_before_loading(model: str, scales) -> None:
         guide_scale_values(scales, len(WAN22_VARIANTS[WAN_MODELS[model][0]].guide_scales), "wan")
 
 
-
 def check_distilled_guidance_before_loading(model: str) -> None:
     """A distilled guidance (``sample.distilled_guidance_of``) asked of a real Wan2.2 model, which has no such input,
     refused before minutes of loading (the toys are checked once loaded)."""
@@ -219,6 +218,7 @@ def check_distilled_guidance_before_loading(model: str) -> None:
 
     if model in WAN_MODELS:
         raise ValueError(NO_DISTILLED_GUIDANCE.format(family="wan"))
+
 
 def shipped_config(model: str, part: str) -> dict:
     """A shipped config as constructor arguments (its ``_class_name``-style keys left out),
