@@ -93,7 +93,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -320,10 +319,7 @@ def export_parts(path: Path, folder: Path) -> list[Path]:
 
 
 def export_runs(args: argparse.Namespace, folders: list[Path]) -> None:
-    """The summary and results.tgz (each finished run's RUN_FILES, named as under --out) into --results-dir."""
-    for name in ("summary.md", "summary.json"):
-        shutil.copyfile(args.out / name, args.results_dir / f".{name}.copy")
-        os.replace(args.results_dir / f".{name}.copy", args.results_dir / name)
+    """results.tgz into --results-dir: each finished run's RUN_FILES, named as under --out."""
     with atomic_path(args.results_dir / "results.tgz") as partial:
         with tarfile.open(partial, "w:gz") as archive:
             for folder in folders:
@@ -357,7 +353,8 @@ def bench_jobs(args: argparse.Namespace, base: Path) -> dict[str, tuple[list[str
               loraplus: float | None = args.loraplus_lr_ratio, n_train: int | None = args.n_train,
               lora_targets: str | None = args.lora_targets, adam_beta2: float | None = None) -> list[str]:
         return [sys.executable, "-m", "byg_core.cli", "bench", "--suite", "ablations", "--device", args.device,
-                "--matmul-precision", args.matmul_precision, "--base", str(on), *(["--smoke"] if args.tiny else []), *(["--steps", str(steps)] if steps else []),
+                "--matmul-precision", args.matmul_precision, "--base", str(on), *(["--smoke"] if args.tiny else []),
+                *(["--steps", str(steps)] if steps else []),
                 *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 *(["--n-train", str(n_train)] if n_train else []),
                 *(["--lora-targets", lora_targets] if lora_targets else []),
@@ -577,8 +574,7 @@ def write_summary(args: argparse.Namespace, jobs: dict, records: dict[str, dict]
             + (f"slowest finished job {max(finished, key=finished.get)} {max(finished.values()):.0f} s; "
                if finished else "")
             + f"total {time.perf_counter() - start:.0f} s\n")
-    write_text_atomic(args.out / "summary.md", text)
-    write_text_atomic(args.out / "summary.json", json.dumps(
+    summary_json = json.dumps(
         {"base": {"path": str(base), **base_report}, "methods": summary, "distilled": distilled,
          "distilled_against_base": distilled_change,
          "guided_baselines": {"guidance": list(args.baseline_guidance), "methods": guided_methods},
@@ -594,7 +590,10 @@ def write_summary(args: argparse.Namespace, jobs: dict, records: dict[str, dict]
              "changes_at_steps": {str(steps): c for steps, c in tuned_change.items() if c}},
          "jobs": records, "unfinished": unfinished, "time_limit": args.time_limit,
          "matmul_precision": args.matmul_precision,
-         "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2))
+         "settings": "smoke" if args.tiny else "bench", "total_seconds": time.perf_counter() - start}, indent=2)
+    for folder in filter(None, (args.out, args.results_dir)):  # --results-dir: what a lent machine brings back
+        write_text_atomic(folder / "summary.md", text)
+        write_text_atomic(folder / "summary.json", summary_json)
     if args.results_dir:
         export_runs(args, list(done.values()))
     return text, unfinished
