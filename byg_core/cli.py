@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     if cfg.model in NEEDS_FILES:  # refused before a byte is read when the weights cannot fit the GPU
         check_weights_fit(cfg.model, cfg.model_files.get("storage"), cfg.model_files.get("dtype", "float32"), gpu_bytes())
-    _refuse_missing_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
+    _refuse_bad_model_files(cfg.model, cfg.model_files, f"[model_files] in {args.config or 'the run'}, or "
                                 "--set model_files.<key>=...")
     dataset = EditDataset.from_folder(cfg.data, frames=cfg.frames, stride=cfg.frame_stride)  # before the model loads
     stop = StopOnCtrlC(Path(cfg.output_dir) / STOP_FILE if state.is_main_process else None)
@@ -246,7 +246,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             print(clip_report(Path(args.image), pixels.shape[2], args.stride, fps))
         frames = pixels.shape[2] if pixels.ndim == 5 else None
         check_size_before_loading(model, pixels.shape[-2], pixels.shape[-1], frames)  # not after minutes of loading
-        _refuse_missing_model_files(model, files, "--model-file, or the files the LoRA was trained with")
+        _refuse_bad_model_files(model, files, "--model-file, or the files the LoRA was trained with")
         backbone = load_backbone(model, **files).to(args.device, transformers=False)  # the text encoder and VAE first
         backbone.check_pixels(pixels.shape)
     except PixelShapeError as error:
@@ -292,13 +292,11 @@ def _check_edit_values(args: argparse.Namespace, model: str) -> None:
         raise ValueError(f"--seed must be in [0, {2**64}), got {args.seed}")
 
 
-@contextlib.contextmanager
 def _flag_error(flag: str, values: Sequence[float] | None):
     """A value's refusal, said with the flag and the values given."""
-    try:
-        yield
-    except ValueError as error:
-        raise ValueError(f"{flag} {' '.join(map(str, values or []))}: {error}") from None
+    from .config import said_in
+
+    return said_in(f"{flag} {' '.join(map(str, values or []))}")
 
 
 def _check_edit_clip(args: argparse.Namespace, frames: int) -> None:
@@ -420,7 +418,7 @@ def _refuse_to_overwrite_run(cfg, resume: bool) -> None:
         )
 
 
-def _refuse_missing_model_files(model: str, files: dict, given_by: str) -> None:
+def _refuse_bad_model_files(model: str, files: dict, given_by: str) -> None:
     """Before the model loads: every file it names is there, and each single file is of its part's kind
     (``given_by``: where the user set them)."""
     from .loading import missing_model_files, wrong_kind_files

@@ -265,10 +265,10 @@ class TrainConfig:
         model = values.get("model", cls.model)
         files = values.get("model_files", {})
         if isinstance(model, str):  # a name or file mistyped is said now, not after the dataset scan and loading
-            with _said_in(source):
+            with said_in(source):
                 check_model_name(model)
             if isinstance(files, dict):
-                with _said_in(f"{source} [model_files]"):
+                with said_in(f"{source} [model_files]"):
                     check_model_files(model, files, top_level=[f.name for f in dataclasses.fields(cls)])
         preset = PRESET_OF.get(model) if isinstance(model, str) else None
         config = cls.for_preset(preset, values, source) if preset else cls.from_dict(values, source)
@@ -307,8 +307,8 @@ def _home_expanded(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _said_in(source: str):
-    """A value's refusal, said with where it was set."""
+def said_in(source: str):
+    """A value's refusal, said with where it was set (a file and table, a flag and its values)."""
     try:
         yield
     except ValueError as error:
