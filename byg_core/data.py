@@ -173,14 +173,14 @@ def check_media(path: Path) -> None:
         frame_paths(path)  # one sequence of images, or refused
         return  # check_clip decodes the frames its clip takes
     if not path.is_file():
+        if path.name != path.name.strip() and (path.parent / path.name.strip()).exists():  # a space no one sees
+            raise ValueError(f"file {path.parent / repr(path.name)} does not exist; {path.name.strip()!r} exists: the "
+                             "name has a space or tab at its start or end, remove it")
         hint = "; write paths with / (a \\ is part of the file name here)" if "\\" in str(path) and os.sep == "/" else ""
         other_case = _names_by_case(path.parent, path.parent.stat().st_mtime_ns).get(path.name.lower()) \
             if path.parent.is_dir() else None
         if other_case:  # a dataset made on Windows or macOS, whose file names ignore case
             hint = f"; {other_case} exists: file names are case-sensitive here"
-        if path.name != path.name.strip() and (path.parent / path.name.strip()).exists():  # a space no one sees
-            raise ValueError(f"file {path.parent / repr(path.name)} does not exist; {path.name.strip()!r} exists: the "
-                             "name has a space or tab at its start or end, remove it")
         raise ValueError(f"file {path} does not exist{hint}")
     if path.suffix.lower() in VIDEO_SUFFIXES:
         from .video_io import read_video  # video_io builds on this module
@@ -253,12 +253,13 @@ def frame_paths(folder: Path) -> list[Path]:
     frame10); hidden files (a write stopped half-way) are not frames. Its images must be one numbered sequence,
     one name pattern (a .png and a .jpg export side by side, or a thumbnail.png, would be cut into the clip); a
     folder of none is refused, saying what it holds instead."""
-    frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+    shown = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    frames = sorted((p for p in shown if p.suffix.lower() in IMAGE_SUFFIXES),
                     key=lambda p: ([int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", p.name))],
                                    p.name))
     if not frames:
         others: dict[str, list[str]] = {}
-        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        for path in sorted(shown):
             others.setdefault(path.suffix.lower() or "no suffix", []).append(path.name)
         held = "; ".join(f"{suffix}: {len(names)}, e.g. {names[0]}" for suffix, names in others.items())
         raise ValueError(f"video folder {folder} holds no image frames ({' '.join(IMAGE_SUFFIXES)}): " + (
