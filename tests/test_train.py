@@ -1,6 +1,7 @@
 """The trainer: loss goes down on a fixed batch, resume is exact, bad configs are refused."""
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -350,17 +351,19 @@ def test_a_decay_that_ends_before_the_run_or_its_warm_up_is_refused(schedule):
     TrainConfig.from_dict({"lr_scheduler": "constant", "steps": 20, "lr_decay_steps": 10, "lr_warmup_steps": 30})
 
 
+def refused_toml(toml, text: str, message: str) -> None:
+    """``text`` written as the TOML ``toml`` is refused with an error matching ``message``."""
+    toml.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_toml(toml)
+
+
 def test_a_training_tomls_model_files_and_expert_are_checked_when_it_is_read(tmp_path, monkeypatch):
     """A misspelled model, [model_files] key or expert surfaced after the dataset scan and minutes of loading, naming
     no file (a list where a path goes: a traceback); a top-level key written below [model_files] was swallowed into
     it ("no dataset"); '~' was never expanded (output_dir "~/x" made a folder named '~' in the current one)."""
     toml = tmp_path / "run.toml"
-
-    def refused(text, message):
-        toml.write_text(text)
-        with pytest.raises(ValueError, match=message):
-            TrainConfig.from_toml(toml)
-
+    refused = functools.partial(refused_toml, toml)
     at = re.escape(str(toml))
     refused('model = "flux-dev"\n', rf"^{at}: unknown model 'flux-dev' \(did you mean 'flux1-dev'\?\); known models:")
     refused('model = "flux1-dev"\n[model_files]\ntransfomer = "a.safetensors"\n',
@@ -391,23 +394,17 @@ def test_toml_mistakes_a_windows_user_makes_are_said_with_the_fix(tmp_path):
     ("C:\\new"), a path with a newline in it, "not found"; a folder given as the config read "[Errno 21]"; a setting
     written below [objective] was "unknown" there."""
     toml = tmp_path / "run.toml"
-    toml.write_text('data = "C:\\data"\n')
-    with pytest.raises(ValueError, match=r"not valid TOML: Unescaped .*write a Windows path in single quotes "
-                                         r"\('C:\\data'\) or with / \(C:/data\)"):
-        TrainConfig.from_toml(toml)
-    toml.write_text('data = "C:\\Users\\me\\data"\n')  # \U begins a unicode escape: "Invalid hex value"
-    with pytest.raises(ValueError, match=r"not valid TOML: .*write a Windows path in single quotes"):
-        TrainConfig.from_toml(toml)
-    toml.write_text('data = "C:\\new\\temp"\n')
-    with pytest.raises(ValueError, match=r"run.toml: data holds a control character \('\\n'\): a backslash in double "
-                                         r"quotes began an escape \(\\n, \\t\); write the path in single quotes or with /"):
-        TrainConfig.from_toml(toml)
+    refused = functools.partial(refused_toml, toml)
+    refused('data = "C:\\data"\n', r"not valid TOML: Unescaped .*write a Windows path in single quotes "
+                                    r"\('C:\\data'\) or with / \(C:/data\)")
+    # \U begins a unicode escape: "Invalid hex value"
+    refused('data = "C:\\Users\\me\\data"\n', r"not valid TOML: .*write a Windows path in single quotes")
+    refused('data = "C:\\new\\temp"\n', r"run.toml: data holds a control character \('\\n'\): a backslash in double "
+                                       r"quotes began an escape \(\\n, \\t\); write the path in single quotes or with /")
     with pytest.raises(ValueError, match=r"config file .* is a folder: give the training \.toml file"):
         TrainConfig.from_toml(tmp_path)
-    toml.write_text('[objective]\nalpha = 0.5\nsteps = 3\n')
-    with pytest.raises(ValueError, match=r"\[objective\]: 'steps' is a top-level setting: write it above the first "
-                                         r"\[table\]"):
-        TrainConfig.from_toml(toml)
+    refused('[objective]\nalpha = 0.5\nsteps = 3\n',
+            r"\[objective\]: 'steps' is a top-level setting: write it above the first \[table\]")
 
 
 def test_config_loads_from_toml_with_an_objective_table(tmp_path):
